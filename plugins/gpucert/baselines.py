@@ -1,0 +1,210 @@
+"""Versioned baselines: baselines/<profile>/<family>.json.
+
+Reading is strict (a file measured on another profile is an error, not a warning). Writing only
+ever merges: it touches the metrics this run measured, keeps every other entry, refuses values
+that are not finite or rest on too few samples, and replaces the file atomically. The git diff of
+baselines/ is the review of an update.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .metrics import Metric
+
+SCHEMA_VERSION = 1
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class BaselineError(ValueError):
+    """A baseline file is unreadable, of another schema, or of another profile."""
+
+
+@dataclass
+class Change:
+    family: str
+    key: str
+    action: str  # added | updated | unchanged | refused
+    old: float | None = None
+    new: float | None = None
+    reason: str = ""
+
+    def line(self) -> str:
+        if self.action == "added":
+            return f"+ {self.key} = {self.new:g}"
+        if self.action == "refused":
+            return f"! {self.key} not written: {self.reason}"
+        delta = f" ({(self.new - self.old) / abs(self.old) * 100:+.1f}%)" if self.old else ""
+        return f"~ {self.key}: {self.old:g} -> {self.new:g}{delta}"
+
+
+@dataclass
+class Provenance:
+    """What a baseline write records about where its numbers came from."""
+
+    snapshot_digest: str | None
+    git_revision: str | None
+    when: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def validate_profile(profile: str) -> str:
+    if not _PROFILE_RE.match(profile or ""):
+        raise BaselineError(f"profile {profile!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return profile
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    """The checkout's HEAD (with '-dirty' when it has changes); None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class BaselineStore:
+    """The baselines of one profile; families are loaded lazily and checked on load."""
+
+    def __init__(self, root: str | Path, profile: str):
+        self.root = Path(root)
+        self.profile = validate_profile(profile)
+        self.dir = self.root / profile
+        self._families: dict[str, dict[str, Any]] = {}
+
+    def validate_all(self) -> None:
+        """Load every family file now, so a profile mismatch stops the run before it measures."""
+        if self.dir.is_dir():
+            for path in sorted(self.dir.glob("*.json")):
+                self.family(path.stem)
+
+    def family(self, family: str) -> dict[str, Any]:
+        if family not in self._families:
+            self._families[family] = self._read(family)
+        return self._families[family]
+
+    def path(self, family: str) -> Path:
+        return self.dir / f"{family}.json"
+
+    def _read(self, family: str) -> dict[str, Any]:
+        path = self.path(family)
+        if not path.exists():
+            return empty_family(self.profile, family)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BaselineError(f"{path}: cannot read baseline ({exc})") from None
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            raise BaselineError(f"{path}: schema_version {data.get('schema_version') if isinstance(data, dict) else None!r} "
+                                f"is not supported (expected {SCHEMA_VERSION})")
+        if data.get("profile") != self.profile:
+            raise BaselineError(f"{path}: measured on profile {data.get('profile')!r}, this run is profile "
+                                f"{self.profile!r}; comparing across hardware is refused (use the right --profile "
+                                "or --baselines-dir)")
+        data.setdefault("metrics", {})
+        data.setdefault("artifacts", {})
+        return data
+
+    def entry(self, family: str, key: str) -> dict[str, Any] | None:
+        return self.family(family)["metrics"].get(key)
+
+    def artifact(self, family: str, key: str) -> Any:
+        return self.family(family)["artifacts"].get(key)
+
+
+def empty_family(profile: str, family: str) -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "profile": profile, "family": family, "metrics": {}, "artifacts": {}}
+
+
+def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, Any],
+          provenance: Provenance, min_samples: dict[str, int]) -> tuple[dict[str, Any], list[Change]]:
+    """A new family document: existing entries kept, this run's good measurements written over."""
+    doc = json.loads(json.dumps(existing))  # deep copy
+    family = doc["family"]
+    changes: list[Change] = []
+    for metric in metrics:
+        key = metric.key
+        old = doc["metrics"].get(key)
+        refusal = _refusal(metric, min_samples.get(key, 1))
+        if refusal:
+            changes.append(Change(family, key, "refused", old and old.get("value"), metric.value, refusal))
+            continue
+        stats = metric.stats
+        doc["metrics"][key] = {
+            "check": metric.check,
+            "params": metric.to_dict()["params"],
+            "metric": metric.metric,
+            "value": metric.value,
+            "unit": metric.unit,
+            "direction": metric.direction,
+            "spread": stats["iqr"] if stats else 0.0,
+            "samples": metric.sample_count,
+            "updated_at": provenance.when,
+            "snapshot_digest": provenance.snapshot_digest,
+        }
+        if old is None:
+            changes.append(Change(family, key, "added", None, metric.value))
+        elif old.get("value") != metric.value:
+            changes.append(Change(family, key, "updated", old.get("value"), metric.value))
+        else:
+            changes.append(Change(family, key, "unchanged", old.get("value"), metric.value))
+    for key, value in artifacts.items():
+        doc["artifacts"][key] = value
+    doc.update({
+        "gpucert_version": __version__,
+        "updated_at": provenance.when,
+        "git_revision": provenance.git_revision,
+        "snapshot_digest": provenance.snapshot_digest,
+    })
+    return _ordered(doc), changes
+
+
+def _refusal(metric: Metric, min_samples: int) -> str:
+    if metric.status != "ok":
+        return f"measurement {metric.status}: {metric.error or ''}".strip()
+    if metric.value is None or not math.isfinite(metric.value):
+        return f"value {metric.value!r} is not finite"
+    if any(not math.isfinite(s) for s in metric.samples):
+        return "raw samples contain NaN or inf"
+    if metric.sample_count < min_samples:
+        return f"{metric.sample_count} sample(s), thresholds.yaml asks for at least {min_samples}"
+    return ""
+
+
+def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
+    """Header first, then sorted entries, so diffs of baseline files stay small and readable."""
+    head = ["schema_version", "profile", "family", "gpucert_version", "updated_at", "git_revision", "snapshot_digest"]
+    out = {k: doc.get(k) for k in head}
+    out["metrics"] = {k: doc["metrics"][k] for k in sorted(doc["metrics"])}
+    out["artifacts"] = {k: doc["artifacts"][k] for k in sorted(doc["artifacts"])}
+    return out
+
+
+def write_atomic(path: Path, doc: dict[str, Any]) -> None:
+    """Write next to the target, then rename over it: a crash never leaves half a baseline."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

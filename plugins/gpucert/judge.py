@@ -1,0 +1,174 @@
+"""Turn one metric into a verdict: baseline band (two-sided), absolute limits, quarantine.
+
+Pure functions; the plugin calls `judge()` after a check's body ran and fails the check itself
+with `failure_line()` so the JUnit report and the card attribute the failure to its owner.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from .metrics import Judgement, Metric, worst
+from .thresholds import Quarantine, Rule
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value == 0:
+        return "0"
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 1:
+        return f"{value:.4g}"
+    return f"{value:.3g}"
+
+
+def _band(rel: float, abs_: float, baseline: float) -> float:
+    return max(rel * abs(baseline), abs_)
+
+
+def _band_text(rel: float, abs_: float) -> str:
+    parts = []
+    if rel:
+        parts.append(f"{rel * 100:g}%")
+    if abs_:
+        parts.append(f"{_fmt(abs_)}" if not math.isinf(abs_) else "any")
+    return " or ".join(parts) if parts else "0"
+
+
+def _limits(metric: Metric, rule: Rule) -> list[tuple[str, str, str]]:
+    """(verdict, why, threshold text) for every absolute limit the value breaks or meets."""
+    value = metric.value
+    out: list[tuple[str, str, str]] = []
+    checks = [
+        ("fail", "min", rule.min, value < rule.min if rule.min is not None else False, "below the minimum"),
+        ("fail", "max", rule.max, value > rule.max if rule.max is not None else False, "above the maximum"),
+        ("warn", "warn_min", rule.warn_min, value < rule.warn_min if rule.warn_min is not None else False, "below the warning minimum"),
+        ("warn", "warn_max", rule.warn_max, value > rule.warn_max if rule.warn_max is not None else False, "above the warning maximum"),
+    ]
+    for verdict, name, limit, broken, why in checks:
+        if limit is None:
+            continue
+        text = f"{name} {_fmt(limit)}"
+        out.append((verdict if broken else "pass", f"{_fmt(value)} {metric.unit} is {why} {_fmt(limit)}" if broken else "", text))
+    for verdict, fraction in (("fail", rule.min_fraction_of_peak), ("warn", rule.warn_fraction_of_peak)):
+        if fraction is None or metric.peak is None:
+            continue
+        floor = fraction * metric.peak
+        text = f">= {fraction:g} of peak {_fmt(metric.peak)}"
+        broken = value < floor
+        why = (f"{_fmt(value)} {metric.unit} is {value / metric.peak:.1%} of the datasheet peak "
+               f"{_fmt(metric.peak)}, below {fraction:.0%}") if broken else ""
+        out.append((verdict if broken else "pass", why, text))
+    return out
+
+
+def _against_baseline(metric: Metric, rule: Rule, baseline: float) -> tuple[str, str, float | None, bool, str]:
+    """(verdict, why, delta %, rebaseline suggested, threshold text) against the baseline band."""
+    value = metric.value
+    delta = value - baseline
+    delta_pct = delta / abs(baseline) * 100 if baseline else None
+    regression = -delta if rule.direction == "higher" else delta
+    tol = _band(rule.rel_tol, rule.abs_tol, baseline)
+    warn = _band(rule.warn_rel, rule.warn_abs, baseline)
+    improve_rel = rule.rel_tol if rule.improve_rel is None else rule.improve_rel
+    improve_abs = rule.abs_tol if rule.improve_abs is None else rule.improve_abs
+    improve = _band(improve_rel, improve_abs, baseline)
+    worse = "lower" if rule.direction == "higher" else "higher"
+    threshold = f"±{_band_text(rule.rel_tol, rule.abs_tol)} ({rule.direction} is better)"
+    change = f"{_fmt(value)} {metric.unit} vs baseline {_fmt(baseline)}"
+    if delta_pct is not None:
+        change += f" ({delta_pct:+.1f}%)"
+    if regression > tol:
+        return "fail", f"{change}: {worse} than the baseline beyond tolerance {_band_text(rule.rel_tol, rule.abs_tol)}", delta_pct, False, threshold
+    if regression > warn:
+        return "warn", f"{change}: {worse} than the baseline, inside tolerance but beyond the warning band {_band_text(rule.warn_rel, rule.warn_abs)}", delta_pct, False, threshold
+    if -regression > improve:
+        return "warn", f"{change}: better than the baseline beyond {_band_text(improve_rel, improve_abs)} — rebaseline suggested", delta_pct, True, threshold
+    return "pass", f"{change}: within tolerance", delta_pct, False, threshold
+
+
+def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline: str = "new",
+          quarantine: Quarantine | None = None, today: dt.date | None = None,
+          update_mode: bool = False) -> Judgement:
+    """The verdict of one metric. `baseline` is the stored entry (value, spread, …) or None."""
+    today = today or dt.date.today()
+    if metric.status == "skipped":
+        return Judgement("skipped", metric.error or "not measured")
+    if metric.status != "ok":
+        return _quarantined(Judgement("fail", f"measurement failed: {metric.error or metric.status}"), quarantine, today)
+    if metric.value is None or not math.isfinite(metric.value):
+        return _quarantined(Judgement("fail", f"measured value is {metric.value!r}, not a finite number"), quarantine, today)
+
+    direction = rule.direction or metric.direction
+    if direction is None:
+        return Judgement("fail", "no direction: give one in thresholds.yaml (direction: higher|lower) or when recording")
+    if rule.direction != direction:
+        rule = Rule(**{**rule.__dict__, "direction": direction})
+
+    verdicts: list[str] = []
+    reasons: list[str] = []
+    thresholds: list[str] = []
+    base_value = baseline.get("value") if baseline else None
+    delta_pct = None
+    suggested = False
+    if base_value is None:
+        if missing_baseline == "fail":
+            verdicts.append("fail")
+            reasons.append("no baseline for this metric (--missing-baseline=fail)")
+        else:
+            verdicts.append("new")
+            reasons.append("no baseline yet")
+    else:
+        verdict, why, delta_pct, suggested, text = _against_baseline(metric, rule, float(base_value))
+        if update_mode and verdict == "fail":
+            verdict, why = "warn", why + " (baseline being updated)"
+        verdicts.append(verdict)
+        reasons.append(why)
+        thresholds.append(text)
+    for verdict, why, text in _limits(metric, rule):
+        verdicts.append(verdict)
+        thresholds.append(text)
+        if why:
+            reasons.append(why)
+    if base_value is None and len(thresholds) > 0 and reasons[0].startswith("no baseline yet"):
+        reasons[0] += ": judged on absolute limits"
+
+    final = worst(verdicts)
+    # a breach outranks the plain "within tolerance" / "no baseline" text
+    if final in ("fail", "warn"):
+        reasons = [r for r in reasons if r and not r.endswith("within tolerance") and not r.startswith("no baseline yet")] or reasons
+    judgement = Judgement(final, "; ".join(r for r in reasons if r), base_value, delta_pct, "; ".join(thresholds), suggested)
+    if metric.note:
+        judgement.reason += f" — {metric.note}"
+    return _quarantined(judgement, quarantine, today)
+
+
+def _quarantined(judgement: Judgement, quarantine: Quarantine | None, today: dt.date) -> Judgement:
+    if quarantine is None:
+        return judgement
+    if not quarantine.active(today):
+        judgement.reason += f" (quarantine expired {quarantine.expires.isoformat()}: {quarantine.reason})"
+        return judgement
+    if judgement.verdict in ("fail", "warn"):
+        judgement.quarantined = quarantine.reason
+        judgement.reason += f" (quarantined until {quarantine.expires.isoformat()}: {quarantine.reason})"
+    return judgement
+
+
+def failure_line(metric: Metric) -> str:
+    """One readable line: which metric, what value, against what, and why."""
+    j = metric.judgement
+    assert j is not None
+    return f"{metric.key}: {j.verdict.upper()}: {j.reason}" + (f" [threshold {j.threshold}]" if j.threshold else "")
+
+
+def blocks(metric: Metric) -> bool:
+    """Does this metric fail its check? A quarantined failure is reported, not blocking."""
+    j = metric.judgement
+    return j is not None and j.verdict == "fail" and not j.quarantined

@@ -1,0 +1,116 @@
+"""The metric record: what a check measured, with its raw samples, and later its verdict.
+
+A metric is keyed by a stable id — check name plus sorted parameters plus metric name — never by
+pytest's node id, so renaming a test file does not orphan its baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# verdicts, worst first; "skipped" is a check that did not measure
+VERDICTS = ("fail", "warn", "new", "pass", "skipped")
+STATUSES = ("ok", "error", "skipped")
+
+
+def param_text(value: Any) -> str:
+    """Parameters become text in keys and files: stable across runs and platforms."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def check_id(check: str, params: dict[str, Any]) -> str:
+    if not params:
+        return check
+    inner = ",".join(f"{k}={param_text(params[k])}" for k in sorted(params))
+    return f"{check}[{inner}]"
+
+
+def metric_key(check: str, params: dict[str, Any], metric: str) -> str:
+    return f"{check_id(check, params)}::{metric}"
+
+
+def worst(verdicts: list[str]) -> str:
+    """The worst verdict of a list; an empty list passes."""
+    present = [v for v in VERDICTS if v in verdicts]
+    return present[0] if present else "pass"
+
+
+def sample_stats(samples: list[float]) -> dict[str, float | int] | None:
+    """Statistics of the raw samples, computed on demand (median, p90, p99, IQR, spread)."""
+    finite = [s for s in samples if isinstance(s, (int, float)) and math.isfinite(s)]
+    if not finite:
+        return None
+    arr = np.asarray(finite, dtype=float)
+    q25, q50, q75, q90, q99 = np.percentile(arr, [25, 50, 75, 90, 99])
+    mean = float(arr.mean())
+    return {
+        "n": int(arr.size),
+        "mean": mean,
+        "median": float(q50),
+        "p90": float(q90),
+        "p99": float(q99),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "iqr": float(q75 - q25),
+        "stdev": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        # coefficient of variation: > 5 % is called noisy on the card
+        "cv": float(arr.std(ddof=1) / abs(mean)) if arr.size > 1 and mean else 0.0,
+    }
+
+
+@dataclass
+class Judgement:
+    verdict: str
+    reason: str
+    baseline: float | None = None
+    delta_pct: float | None = None
+    threshold: str = ""
+    rebaseline_suggested: bool = False
+    quarantined: str | None = None  # the quarantine reason, when one applies
+
+
+@dataclass
+class Metric:
+    check: str
+    family: str
+    metric: str
+    unit: str
+    value: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)
+    direction: str | None = None
+    peak: float | None = None  # datasheet reference for min_fraction_of_peak rules
+    status: str = "ok"
+    error: str | None = None
+    note: str | None = None
+    nodeid: str = ""
+    judgement: Judgement | None = None
+
+    @property
+    def key(self) -> str:
+        return metric_key(self.check, self.params, self.metric)
+
+    @property
+    def sample_count(self) -> int:
+        return len(self.samples) if self.samples else (1 if self.value is not None else 0)
+
+    @property
+    def stats(self) -> dict[str, float | int] | None:
+        return sample_stats(self.samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["key"] = self.key
+        data["params"] = {k: param_text(v) for k, v in self.params.items()}
+        data["stats"] = self.stats
+        judgement = data.pop("judgement") or {}
+        data.update(judgement)
+        return data

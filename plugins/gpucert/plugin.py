@@ -1,0 +1,235 @@
+"""The pytest plugin: options, markers, the `gpucert` fixture and the session hooks. Thin on
+purpose — the work is in session.Run (collect, judge, store) and report.card (render)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from pathlib import Path
+
+import pytest
+
+from .baselines import BaselineError, validate_profile
+from .judge import blocks, failure_line
+from .recorder import CheckRecorder, CheckResult
+from .report import card
+from .session import Run, RunOptions
+from .thresholds import ThresholdsError, Thresholds, load as load_thresholds
+
+MARKERS = {
+    "hardware": "hardware check: the node reaches its physics (stack, GEMM, memory, P2P, NCCL)",
+    "inference": "inference check: a real serving engine under load (TTFT, TPOT, ITL, throughput)",
+    "forensics": "forensics check: explains latency spikes from traces and monitor samples",
+    "gpucert_check(name=None, family=None)": "override a check's stable name and baseline family "
+                                              "(default: test function and module name without 'test_')",
+}
+CHECK_MARKERS = ("hardware", "inference", "forensics")
+RUN_KEY = pytest.StashKey[Run]()
+
+
+class GpucertWarning(UserWarning):
+    """A metric in its warning band, or better than its baseline beyond the band."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("gpucert", "gpucert certification")
+    group.addoption("--update-baselines", action="store_true", default=False,
+                    help="merge this run's measured metrics into the profile's baselines (review with git diff)")
+    group.addoption("--baselines-dir", default=None, metavar="DIR",
+                    help="folder of baselines, one subfolder per profile (default: baselines/)")
+    group.addoption("--profile", default=None, metavar="NAME",
+                    help="hardware profile whose baselines apply (default: derived from the snapshot, "
+                         "e.g. 2xH100-80GB-HBM3-NV18)")
+    group.addoption("--thresholds", default=None, metavar="FILE",
+                    help="tolerance, SLO, datasheet and quarantine rules (default: thresholds.yaml)")
+    group.addoption("--report-dir", default=None, metavar="DIR",
+                    help="where report.html, metrics.json and candidate baselines go "
+                         "(default: a new folder per run under reports/)")
+    group.addoption("--snapshot-from", default=None, metavar="DIR",
+                    help="take the stack snapshot from captured nvidia-smi outputs in DIR instead of this machine")
+    group.addoption("--missing-baseline", default="new", choices=("new", "fail"),
+                    help="a metric with no baseline: 'new' (judged on absolute limits) or 'fail' (nightly CI)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if config.option.help:
+        return
+    root = _project_dir(config)
+    thresholds_path = Path(config.option.thresholds) if config.option.thresholds else root / "thresholds.yaml"
+    try:
+        if config.option.thresholds or thresholds_path.exists():
+            thresholds = load_thresholds(thresholds_path)
+        else:
+            thresholds = Thresholds("(built-in defaults: no thresholds.yaml)", {}, [], [])
+        profile = validate_profile(config.option.profile) if config.option.profile else None
+    except (ThresholdsError, BaselineError) as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    options = RunOptions(
+        baselines_dir=Path(config.option.baselines_dir) if config.option.baselines_dir else root / "baselines",
+        report_dir=Path(config.option.report_dir) if config.option.report_dir else root / "reports" / f"run-{stamp}",
+        thresholds=thresholds,
+        profile=profile,
+        snapshot_from=config.option.snapshot_from,
+        update_baselines=config.option.update_baselines,
+        missing_baseline=config.option.missing_baseline,
+    )
+    run = Run(options)
+    config.stash[RUN_KEY] = run
+    config.pluginmanager.register(RunHooks(run, config), "gpucert-run")
+
+
+def _project_dir(config: pytest.Config) -> Path:
+    """Where thresholds.yaml, baselines/ and reports/ live by default: the first of the ini file's
+    folder, pytest's rootdir and the invocation folder that holds a thresholds.yaml. (rootdir
+    alone is not enough: pytest derives it from path-like arguments, so `--baselines-dir /tmp/b`
+    can move it to /tmp and drop the ini file.)"""
+    candidates = [Path(config.inipath).parent] if config.inipath else []
+    candidates += [Path(config.rootpath), Path(config.invocation_params.dir)]
+    for folder in candidates:
+        if (folder / "thresholds.yaml").is_file():
+            return folder
+    return candidates[0]
+
+
+def _run(config: pytest.Config) -> Run | None:
+    return config.stash.get(RUN_KEY, None)
+
+
+def _is_check(item: pytest.Item) -> bool:
+    return "gpucert" in getattr(item, "fixturenames", ()) or any(item.get_closest_marker(m) for m in CHECK_MARKERS)
+
+
+def _check_result(item: pytest.Item) -> CheckResult:
+    marker = item.get_closest_marker("gpucert_check")
+    name = getattr(item, "originalname", item.name)
+    family = Path(str(item.path)).stem
+    name = (marker.kwargs.get("name") if marker else None) or name.removeprefix("test_")
+    family = (marker.kwargs.get("family") if marker else None) or family.removeprefix("test_")
+    callspec = getattr(item, "callspec", None)
+    params = dict(callspec.params) if callspec else {}
+    markers = [m for m in CHECK_MARKERS if item.get_closest_marker(m)]
+    return CheckResult(item.nodeid, name, family, params, markers)
+
+
+@pytest.fixture
+def gpucert(request: pytest.FixtureRequest) -> CheckRecorder:
+    """Record metrics, findings and baseline artifacts of this check; the plugin judges them."""
+    run = _run(request.config)
+    if run is None:
+        pytest.skip("gpucert plugin is not configured in this session")
+    result = run.checks.get(request.node.nodeid)
+    if result is None:  # a check collected late (e.g. pytester inside a check); register it now
+        result = run.checks[request.node.nodeid] = _check_result(request.node)
+    return CheckRecorder(run, result)
+
+
+
+def _publish(item: pytest.Item, result: CheckResult) -> None:
+    """Metrics ride on record_property, so --junitxml (and xdist) carry them."""
+    for metric in result.metrics:
+        item.user_properties.append((f"gpucert:{metric.key}", metric.value))
+        if metric.judgement:
+            item.user_properties.append((f"gpucert:{metric.key}:verdict", metric.judgement.verdict))
+
+
+def _short_message(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        return crash.message
+    return report.longreprtext.strip()
+
+
+class RunHooks:
+    """Session hooks bound to this session's Run (registered in pytest_configure)."""
+
+    def __init__(self, run: Run, config: pytest.Config):
+        self.run = run
+        self.config = config
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            if _is_check(item):
+                self.run.checks[item.nodeid] = _check_result(item)
+        if self.run.checks and not self.config.option.collectonly:
+            try:
+                self.run.prepare()
+            except (ValueError, OSError) as exc:  # SnapshotError, BaselineError: bad input, one line
+                raise pytest.UsageError(f"gpucert: {exc}") from None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        result = self.run.checks.get(item.nodeid)
+        try:
+            outcome = yield
+        except BaseException as exc:
+            if result is not None:
+                # metrics recorded before the failure stay on the card with their verdicts
+                result.body_raised = not isinstance(exc, pytest.skip.Exception)
+                self.run.judge_check(result)
+                _publish(item, result)
+            raise
+        if result is None:
+            return outcome
+        self.run.judge_check(result)
+        _publish(item, result)
+        for metric in result.metrics:
+            j = metric.judgement
+            if j and (j.verdict == "warn" or j.quarantined):
+                warnings.warn(GpucertWarning(failure_line(metric)), stacklevel=1)
+        failing = [failure_line(m) for m in result.metrics if blocks(m)]
+        if failing:
+            # the check owning the metric fails, with one readable line per metric
+            pytest.fail("\n".join(failing), pytrace=False)
+        return outcome
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        result = self.run.checks.get(report.nodeid)
+        if result is None:
+            return
+        result.duration_s += report.duration
+        if report.when == "call" or report.outcome != "passed":
+            if report.skipped:
+                result.outcome = "skipped"
+            elif report.failed:
+                result.outcome = "failed" if report.when == "call" else "error"
+            elif result.outcome == "pending":
+                result.outcome = "passed"
+            if report.outcome != "passed" and not result.message:
+                result.message = _short_message(report)
+        if report.when == "teardown":
+            self.run.write_metrics("running")
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.run.prepared or self.config.option.collectonly:
+            return  # no check was selected, or bad input stopped the run before it measured anything
+        status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
+        try:
+            self.run.store_baselines()
+        except (BaselineError, OSError) as exc:
+            self.run.notes.append(f"baselines not written: {exc}")
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.run.write_metrics(status)
+        card.write(self.run.options.report_dir)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        run = self.run
+        if not run.prepared or self.config.option.collectonly:
+            return
+        tr = terminalreporter
+        tr.section("gpucert")
+        counts = run.to_dict("complete")["counts"]
+        summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+        tr.write_line(f"profile {run.profile} (from the {run.profile_source}); checks: {summary or 'none'}")
+        for note in run.notes:
+            tr.write_line(f"note: {note}")
+        if run.options.update_baselines:
+            written = [c for c in run.baseline_changes if c.action != "unchanged"]
+            tr.write_line(f"baselines in {run.store.dir}: {len(written)} change(s)")
+            for change in written:
+                tr.write_line(f"  {change.family}: {change.line()}")
+        tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")

@@ -1,0 +1,107 @@
+"""What a check holds while it runs: the `gpucert` fixture's object.
+
+A check measures through an engine and records here; it never judges. Recording keeps
+everything — a failed measurement is recorded with its error, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .metrics import STATUSES, Metric, check_id
+
+if TYPE_CHECKING:
+    from .session import Run
+
+
+@dataclass
+class CheckResult:
+    """One check (one parametrized test) as it appears on the card."""
+
+    nodeid: str
+    check: str
+    family: str
+    params: dict[str, Any]
+    markers: list[str]
+    outcome: str = "pending"  # passed | failed | error | skipped | pending
+    duration_s: float = 0.0
+    message: str = ""
+    metrics: list[Metric] = field(default_factory=list)
+    findings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    body_raised: bool = False
+
+    @property
+    def check_id(self) -> str:
+        return check_id(self.check, self.params)
+
+
+class CheckRecorder:
+    """The `gpucert` fixture: record metrics, findings and baseline artifacts of one check."""
+
+    def __init__(self, run: "Run", result: CheckResult):
+        self._run = run
+        self._result = result
+
+    @property
+    def check(self) -> str:
+        return self._result.check
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._result.params)
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        """The run's stack snapshot (taken once per session)."""
+        return self._run.snapshot
+
+    @property
+    def profile(self) -> str:
+        return self._run.profile
+
+    def record(self, metric: str, value: float | None, *, unit: str, samples: list[float] | None = None,
+               params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
+               status: str = "ok", error: str | None = None, note: str | None = None) -> Metric:
+        """Record one metric. `params` add to the test's own parameters (e.g. one size of a sweep)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if direction not in (None, "higher", "lower"):
+            raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
+        if value is not None and not isinstance(value, (int, float)):
+            raise TypeError(f"{metric}: value must be a number, got {type(value).__name__}")
+        record = Metric(
+            check=self._result.check,
+            family=self._result.family,
+            metric=metric,
+            unit=unit,
+            value=float(value) if value is not None else None,
+            params={**self._result.params, **(params or {})},
+            samples=[float(s) for s in (samples or [])],
+            direction=direction,
+            peak=float(peak) if peak is not None and math.isfinite(peak) else None,
+            status=status,
+            error=error,
+            note=note,
+            nodeid=self._result.nodeid,
+        )
+        self._result.metrics.append(record)
+        return record
+
+    def record_error(self, metric: str, error: str, *, unit: str, params: dict[str, Any] | None = None) -> Metric:
+        """A measurement that could not be taken: kept on the card with its error, and it fails."""
+        return self.record(metric, None, unit=unit, params=params, status="error", error=error)
+
+    def finding(self, kind: str, **fields: Any) -> None:
+        """A row for the card that is not a number, e.g. one drift change {path, old, new, severity}."""
+        self._result.findings.setdefault(kind, []).append(fields)
+
+    def artifact(self, name: str, data: Any) -> None:
+        """A JSON document this check baselines beside its metrics (e.g. the stack snapshot)."""
+        self._result.artifacts[f"{self._result.check_id}::{name}"] = data
+
+    def baseline_artifact(self, name: str) -> Any:
+        """The profile's baselined artifact of this check, or None if there is none yet."""
+        return self._run.store.artifact(self._result.family, f"{self._result.check_id}::{name}")

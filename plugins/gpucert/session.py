@@ -1,0 +1,197 @@
+"""One certification run: snapshot, profile, baselines, thresholds, every check's record.
+
+The pytest plugin drives this object; it holds no pytest objects itself, so the whole flow —
+collect → measure → store → judge → report — can be followed in plain code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__, snapshot as snapshot_engine
+from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, write_atomic
+from .judge import judge
+from .metrics import VERDICTS, worst
+from .recorder import CheckResult
+from .thresholds import Thresholds
+
+METRICS_SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunOptions:
+    baselines_dir: Path
+    report_dir: Path
+    thresholds: Thresholds
+    profile: str | None = None  # None: derived from the snapshot
+    snapshot_from: str | None = None
+    update_baselines: bool = False
+    missing_baseline: str = "new"
+    today: dt.date | None = None
+
+
+class Run:
+    def __init__(self, options: RunOptions):
+        self.options = options
+        self.started_at = _now()
+        self.checks: dict[str, CheckResult] = {}
+        self.baseline_changes: list[Change] = []
+        self.notes: list[str] = []
+        self._snapshot: dict[str, Any] | None = None
+        self._store: BaselineStore | None = None
+        self.profile = options.profile
+        self.prepared = False  # snapshot taken and baselines opened
+        self.profile_source = "option" if options.profile else "snapshot"
+
+    # ---- collect: the stack, once per session -------------------------------------------
+    def prepare(self) -> None:
+        """Take the snapshot and open the baselines; raises on bad input before anything runs."""
+        snap = self.snapshot
+        derived = snapshot_engine.profile_name(snap)
+        self.profile = self.options.profile or derived
+        if self.options.profile and self.options.profile != derived:
+            self.notes.append(f"profile set to {self.options.profile} by --profile; the snapshot says {derived}")
+        self._store = BaselineStore(self.options.baselines_dir, self.profile)
+        self._store.validate_all()
+        for note in snap.get("notes") or []:
+            if note not in self.notes:
+                self.notes.append(note)
+        self.prepared = True
+
+    @property
+    def snapshot(self) -> dict[str, Any]:
+        if self._snapshot is None:
+            self._snapshot = snapshot_engine.collect(self.options.snapshot_from)
+        return self._snapshot
+
+    @property
+    def store(self) -> BaselineStore:
+        if self._store is None:
+            self.prepare()
+        return self._store
+
+    # ---- judge: after each check's body -------------------------------------------------
+    def judge_check(self, result: CheckResult) -> None:
+        th = self.options.thresholds
+        for metric in result.metrics:
+            rule = th.rule_for(metric.check, metric.metric, metric.params)
+            metric.direction = rule.direction or metric.direction
+            metric.judgement = judge(
+                metric, rule, self.store.entry(metric.family, metric.key),
+                missing_baseline=self.options.missing_baseline,
+                quarantine=th.quarantine_for(metric.check, metric.metric, metric.params),
+                today=self.options.today,
+                update_mode=self.options.update_baselines,
+            )
+
+    # ---- store: candidates every run, baselines in update mode --------------------------
+    def store_baselines(self) -> None:
+        """Write the candidate baseline next to the card; in update mode also merge into baselines/."""
+        by_family: dict[str, tuple[list, dict]] = {}
+        for result in self.checks.values():
+            if result.body_raised:
+                for metric in result.metrics:
+                    self.baseline_changes.append(Change(result.family, metric.key, "refused", None, metric.value,
+                                                        "the check raised before finishing"))
+                continue
+            metrics, artifacts = by_family.setdefault(result.family, ([], {}))
+            metrics.extend(result.metrics)
+            artifacts.update(result.artifacts)
+        if not by_family:
+            return
+        provenance = Provenance(snapshot_engine.digest(self.snapshot), git_revision(self.options.baselines_dir))
+        th = self.options.thresholds
+        for family, (metrics, artifacts) in sorted(by_family.items()):
+            min_samples = {m.key: th.rule_for(m.check, m.metric, m.params).min_samples for m in metrics}
+            existing = self.store.family(family) if self._store else empty_family(self.profile, family)
+            doc, changes = merge(existing, metrics, artifacts, provenance, min_samples)
+            write_atomic(self.options.report_dir / "candidate-baselines" / self.profile / f"{family}.json", doc)
+            if self.options.update_baselines:
+                if any(c.action != "refused" for c in changes) or artifacts:
+                    write_atomic(self.store.path(family), doc)
+                self.baseline_changes.extend(changes)
+
+    # ---- report: the content of metrics.json (the card renders from it) -----------------
+    def check_verdict(self, result: CheckResult) -> str:
+        if result.outcome == "skipped":
+            return "skipped"
+        verdicts = [m.judgement.verdict for m in result.metrics if m.judgement]
+        if result.outcome in ("failed", "error") and not any(m.judgement and m.judgement.quarantined for m in result.metrics):
+            verdicts.append("fail")
+        return worst(verdicts)
+
+    def to_dict(self, status: str) -> dict[str, Any]:
+        checks = []
+        for result in self.checks.values():
+            checks.append({
+                "nodeid": result.nodeid,
+                "check": result.check,
+                "check_id": result.check_id,
+                "family": result.family,
+                "params": {k: str(v) for k, v in result.params.items()},
+                "markers": result.markers,
+                "outcome": result.outcome,
+                "verdict": self.check_verdict(result),
+                "duration_s": round(result.duration_s, 3),
+                "message": result.message,
+                "metrics": [m.to_dict() for m in result.metrics],
+                "findings": result.findings,
+            })
+        check_counts = Counter(c["verdict"] for c in checks)
+        metric_counts = Counter(m.get("verdict") or "pending" for c in checks for m in c["metrics"])
+        snap = self._snapshot or {}
+        return {
+            "schema_version": METRICS_SCHEMA_VERSION,
+            "gpucert_version": __version__,
+            "status": status,
+            "started_at": self.started_at,
+            "finished_at": _now() if status != "running" else None,
+            "profile": self.profile,
+            "profile_source": self.profile_source,
+            "baselines_dir": str(self.options.baselines_dir),
+            "thresholds": self.options.thresholds.path,
+            "update_baselines": self.options.update_baselines,
+            "missing_baseline": self.options.missing_baseline,
+            "counts": {v: check_counts.get(v, 0) for v in VERDICTS},
+            "metric_counts": {v: metric_counts.get(v, 0) for v in VERDICTS},
+            "verdict": worst([c["verdict"] for c in checks if c["verdict"] != "skipped"]) if checks else "skipped",
+            "notes": self.notes,
+            "stack": {
+                "summary": [list(row) for row in snapshot_engine.summary(snap)] if snap else [],
+                "digest": snapshot_engine.digest(snap) if snap else None,
+                "source": snap.get("source"),
+                "gpu_found": snap.get("gpu_found"),
+            },
+            "checks": checks,
+            "skipped": [{"nodeid": c["nodeid"], "check_id": c["check_id"], "reason": c["message"]}
+                        for c in checks if c["outcome"] == "skipped"],
+            "baseline_changes": [c.__dict__ for c in self.baseline_changes],
+        }
+
+    def write_metrics(self, status: str) -> Path:
+        """metrics.json is rewritten after every check, so a crash keeps what was measured."""
+        path = self.options.report_dir / "metrics.json"
+        write_atomic(path, json_safe(self.to_dict(status)))
+        return path
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and inf become strings (strict parsers reject them), objects become text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

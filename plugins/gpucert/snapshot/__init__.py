@@ -1,0 +1,25 @@
+"""Stack snapshot engine: what is installed and how the GPUs are wired, as one JSON-able dict.
+
+Public API (the plugin, the CLI and the stack check rely on these names):
+
+    collect(from_dir=None) -> dict        live (NVML first, nvidia-smi where NVML lacks a field,
+                                          package metadata for software) or from captured
+                                          nvidia-smi outputs in from_dir
+    digest(snapshot) -> str               "sha256:..." of the stable (non-volatile) fields
+    profile_name(snapshot) -> str         e.g. "2xH100-80GB-HBM3-NV18"; "no-gpu" without GPUs
+    diff(old, new) -> list[dict]          each {"path", "old", "new", "severity"} with severity
+                                          critical | warning | info, critical first
+    summary(snapshot) -> list[tuple[str, str]]   label/value rows for the report card
+
+Also: SnapshotError (bad input: raised by collect(from_dir) and diff), explain(old, new) (diff
+with each rule's reason), RULES (the severity policy), SEVERITIES.
+"""
+
+from .collect import collect
+from .compare import RULES, SEVERITIES, diff, digest, explain
+from .profile import profile_name
+from .schema import SCHEMA_VERSION, SnapshotError
+from .summary import summary
+
+__all__ = ["collect", "digest", "profile_name", "diff", "summary", "explain", "RULES",
+           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError"]

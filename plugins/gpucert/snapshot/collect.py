@@ -1,0 +1,157 @@
+"""Assemble a snapshot: live (NVML, then nvidia-smi where NVML lacks a field) or from captured
+nvidia-smi outputs. Every source that is missing leaves its part null and says so in `notes`."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import host, nvml, smi, smi_nvlink, smi_query, smi_table, smi_topo, software
+from .schema import (CAPTURE_FILES, HOST_FILES, NVLINK_FILE, QUERY_FILE, SCHEMA_VERSION,
+                     TABLE_FILE, TOPO_FILE, SnapshotError)
+
+# What is lost when a captured file is absent.
+_WITHOUT = {
+    QUERY_FILE: "GPU details skipped",
+    TOPO_FILE: "topology skipped",
+    NVLINK_FILE: "NVLink status skipped",
+    TABLE_FILE: "driver version unknown",
+}
+
+
+def collect(from_dir: str | Path | None = None) -> dict:
+    if from_dir is not None:
+        return collect_captured(Path(from_dir))
+    return collect_live()
+
+
+def _empty(source: str) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "taken_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "source": source,
+        "gpu_found": False,
+        "notes": [],
+        "host": None,
+        "driver": {"version": None, "cuda_driver_version": None},
+        "software": None,
+        "gpus": [],
+        "topology": None,
+    }
+
+
+def collect_captured(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise SnapshotError(f"{directory}: not a directory")
+    # An empty file is a capture too: `nvidia-smi nvlink -s` prints nothing without NVLink.
+    texts = {name: _read(directory / name) for name in CAPTURE_FILES}
+    if all(content is None for content in texts.values()):
+        raise SnapshotError(f"{directory}: no captured nvidia-smi output "
+                            f"(expected any of {', '.join(CAPTURE_FILES)})")
+    snapshot = _empty(f"captured:{directory.resolve().name}")
+    notes = snapshot["notes"]
+    for name, content in texts.items():
+        if content is None and not (name == TABLE_FILE and texts[QUERY_FILE] is not None):
+            notes.append(f"{name} not captured: {_WITHOUT[name]}")
+    _fill_from_smi(snapshot, texts)
+    snapshot["host"] = host.captured(directory)
+    if snapshot["host"] is None:
+        notes.append(f"host not captured ({', '.join(HOST_FILES)} absent): host is null")
+    notes.append("software versions are not part of a capture: software is null")
+    return snapshot
+
+
+def _fill_from_smi(snapshot: dict, texts: dict) -> None:
+    """driver, gpus, topology and gpu_found from nvidia-smi texts (captured or just run)."""
+    query, table = texts.get(QUERY_FILE), texts.get(TABLE_FILE)
+    nvlink_text, topo_text = texts.get(NVLINK_FILE), texts.get(TOPO_FILE)
+    parsed = smi_query.parse(query) if query is not None else None
+    driver = parsed["driver"] if parsed else {"version": None, "cuda_driver_version": None}
+    if table:
+        banner = smi_table.parse(table)
+        driver = {key: driver[key] or banner[key] for key in driver}
+    links = smi_nvlink.parse(nvlink_text) if nvlink_text is not None else None
+    gpus = parsed["gpus"] if parsed else None
+    for gpu in gpus or []:
+        if links is not None:
+            gpu["nvlink"] = links.get(gpu["index"], [])
+    snapshot["driver"] = driver
+    snapshot["gpus"] = gpus
+    snapshot["topology"] = smi_topo.parse(topo_text) if topo_text is not None else None
+    # Without -q the GPUs are unknown (null), yet the other outputs still show whether any exist.
+    snapshot["gpu_found"] = bool(gpus) or bool(links) or bool(
+        snapshot["topology"] and snapshot["topology"]["matrix"])
+
+
+def collect_live(pynvml_module=None, smi_runner=smi.run) -> dict:
+    """`pynvml_module` and `smi_runner` are the seams tests replace; None imports pynvml."""
+    snapshot = _empty("live")
+    snapshot["host"] = host.live()
+    snapshot["software"] = software.collect()
+    notes = snapshot["notes"]
+    session = smi.Session(smi_runner)
+    try:
+        reading = nvml.read(pynvml_module if pynvml_module is not None else nvml.import_pynvml())
+    except nvml.NvmlUnavailable as err:
+        _live_without_nvml(snapshot, session, nvml_reason=str(err))
+        return snapshot
+    snapshot["driver"] = reading["driver"]
+    snapshot["gpus"] = reading["gpus"]
+    snapshot["gpu_found"] = bool(reading["gpus"])
+    notes.extend(f"NVML: {problem}" for problem in reading["problems"])
+    if not reading["gpus"]:
+        notes.append("NVML works but reports no GPUs")
+        return snapshot
+    topo = _run(session, smi.TOPOLOGY, "topology skipped", notes)
+    snapshot["topology"] = smi_topo.parse(topo) if topo is not None else None
+    if _missing_link_speeds(reading["gpus"]):
+        nvlink_text = _run(session, smi.NVLINK_STATUS, "NVLink speeds unknown", notes)
+        if nvlink_text:
+            _fill_link_speeds(reading["gpus"], smi_nvlink.parse(nvlink_text))
+    return snapshot
+
+
+def _live_without_nvml(snapshot: dict, session: smi.Session, nvml_reason: str) -> None:
+    notes = snapshot["notes"]
+    query = session.get(smi.QUERY)
+    if query is None:
+        notes.append(f"no NVIDIA driver found (NVML: {nvml_reason}; {session.failures[-1]}); "
+                     "GPU fields skipped")
+        return
+    notes.append(f"NVML unavailable ({nvml_reason}): GPU fields read from nvidia-smi -q")
+    texts = {
+        QUERY_FILE: query,
+        TOPO_FILE: _run(session, smi.TOPOLOGY, "topology skipped", notes),
+        NVLINK_FILE: _run(session, smi.NVLINK_STATUS, "NVLink status skipped", notes),
+    }
+    _fill_from_smi(snapshot, texts)
+
+
+def _run(session: smi.Session, args: tuple[str, ...], consequence: str, notes: list) -> str | None:
+    """Run one nvidia-smi command; a new failure becomes one note saying what it cost."""
+    before = len(session.failures)
+    output = session.get(args)
+    if len(session.failures) > before:
+        notes.append(f"{session.failures[-1]}: {consequence}")
+    return output
+
+
+def _missing_link_speeds(gpus: list[dict]) -> bool:
+    return any(link["active"] and link["speed_gbps"] is None
+               for gpu in gpus for link in gpu["nvlink"] or [])
+
+
+def _fill_link_speeds(gpus: list[dict], links_by_gpu: dict[int, list[dict]]) -> None:
+    """NVML knew which links are up but not their speed (older drivers): take it from nvlink -s."""
+    for gpu in gpus:
+        speeds = {link["link"]: link["speed_gbps"] for link in links_by_gpu.get(gpu["index"], [])}
+        for link in gpu["nvlink"] or []:
+            if link["active"] and link["speed_gbps"] is None:
+                link["speed_gbps"] = speeds.get(link["link"])
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:  # absent or unreadable: that part of the snapshot is null, with a note
+        return None

@@ -1,0 +1,231 @@
+"""The plugin driven in real pytest sessions (pytester): record → baseline → judge → card."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+TOY = '''
+import pathlib
+import pytest
+
+@pytest.mark.hardware
+@pytest.mark.parametrize("size", [1024, 4096])
+def test_toy(gpucert, size):
+    value = float(pathlib.Path(__file__).with_name("value.txt").read_text())
+    gpucert.record("tflops", value * size / 1024, unit="TFLOP/s", samples=[value * size / 1024] * 5)
+'''
+
+THRESHOLDS = '''
+schema_version: 1
+defaults: {rel_tol: 0.05, warn_rel: 0.02, min_samples: 3}
+rules:
+  - check: toy
+    metric: tflops
+    direction: higher
+    rel_tol: 0.10
+    warn_rel: 0.03
+'''
+
+
+@pytest.fixture
+def suite(pytester):
+    pytester.makepyfile(test_toy=TOY)
+    pytester.makefile(".yaml", thresholds=THRESHOLDS)
+    pytester.path.joinpath("value.txt").write_text("100")
+
+    def run(value, *args):
+        pytester.path.joinpath("value.txt").write_text(str(value))
+        report_dir = pytester.path / f"report-{len(list(pytester.path.glob('report-*')))}"
+        result = pytester.runpytest("-p", "no:cacheprovider", "--profile", "toy-node", "--report-dir", str(report_dir), *args)
+        result.report_dir = report_dir
+        result.metrics = json.loads((report_dir / "metrics.json").read_text()) if (report_dir / "metrics.json").exists() else None
+        result.html = (report_dir / "report.html").read_text() if (report_dir / "report.html").exists() else ""
+        return result
+
+    run.path = pytester.path
+    return run
+
+
+def lines(*patterns):
+    """fnmatch patterns in which '[' is literal (metric keys carry [params])."""
+    return [p.replace("[", "[[]") for p in patterns]
+
+
+def verdicts(metrics):
+    return {m["key"]: m["verdict"] for c in metrics["checks"] for m in c["metrics"]}
+
+
+def baseline_file(suite):
+    return suite.path / "baselines" / "toy-node" / "toy.json"
+
+
+def test_baseline_then_regression_fails_with_readable_line(suite):
+    first = suite(100, "--update-baselines")
+    assert first.ret == 0
+    assert verdicts(first.metrics) == {"toy[size=1024]::tflops": "new", "toy[size=4096]::tflops": "new"}
+    first.stdout.fnmatch_lines(lines("*baselines in *toy-node: 2 change(s)*", "*toy: + toy[size=1024]::tflops = 100*"))
+    stored = json.loads(baseline_file(suite).read_text())
+    assert stored["profile"] == "toy-node" and stored["schema_version"] == 1
+    assert stored["metrics"]["toy[size=4096]::tflops"]["value"] == 400.0
+    assert stored["metrics"]["toy[size=4096]::tflops"]["samples"] == 5
+
+    regressed = suite(80)
+    assert regressed.ret == 1
+    regressed.assert_outcomes(failed=2)
+    regressed.stdout.fnmatch_lines(lines(
+        "*toy[size=1024]::tflops: FAIL: 80 TFLOP/s vs baseline 100 (-20.0%): lower than the baseline beyond tolerance 10%*"
+    ))
+    assert "Traceback" not in regressed.stdout.str()
+    assert verdicts(regressed.metrics) == {"toy[size=1024]::tflops": "fail", "toy[size=4096]::tflops": "fail"}
+    assert regressed.metrics["counts"]["fail"] == 2 and regressed.metrics["verdict"] == "fail"
+    assert "beyond tolerance 10%" in regressed.html and "v-fail" in regressed.html
+    # a normal run never touches the baseline
+    assert json.loads(baseline_file(suite).read_text()) == stored
+
+
+def test_warn_band_passes_with_a_warning(suite):
+    suite(100, "--update-baselines")
+    warned = suite(95)
+    assert warned.ret == 0
+    warned.assert_outcomes(passed=2, warnings=2)
+    warned.stdout.fnmatch_lines(lines("*GpucertWarning: toy[size=1024]::tflops: WARN: 95 TFLOP/s vs baseline 100 (-5.0%)*"))
+    assert set(verdicts(warned.metrics).values()) == {"warn"}
+
+
+def test_big_improvement_suggests_rebaseline(suite):
+    suite(100, "--update-baselines")
+    better = suite(130)
+    assert better.ret == 0
+    assert "rebaseline suggested" in better.html
+
+
+def test_missing_baseline_is_new_or_fails_when_asked(suite):
+    fresh = suite(100)
+    assert fresh.ret == 0 and set(verdicts(fresh.metrics).values()) == {"new"}
+    assert not baseline_file(suite).exists()  # never created silently
+    assert (fresh.report_dir / "candidate-baselines" / "toy-node" / "toy.json").exists()
+    strict = suite(100, "--missing-baseline=fail")
+    assert strict.ret == 1
+    strict.stdout.fnmatch_lines(lines("*no baseline for this metric (--missing-baseline=fail)*"))
+
+
+def test_update_merges_and_never_deletes_unselected(suite):
+    suite(100, "--update-baselines")
+    suite(200, "--update-baselines", "-k", "4096")
+    stored = json.loads(baseline_file(suite).read_text())["metrics"]
+    assert stored["toy[size=1024]::tflops"]["value"] == 100.0
+    assert stored["toy[size=4096]::tflops"]["value"] == 800.0
+
+
+def test_candidate_baseline_can_be_promoted_without_rerun(suite):
+    suite(100, "--update-baselines")
+    nightly = suite(101)
+    candidate = json.loads((nightly.report_dir / "candidate-baselines" / "toy-node" / "toy.json").read_text())
+    assert candidate["metrics"]["toy[size=1024]::tflops"]["value"] == 101.0
+    assert candidate["profile"] == "toy-node"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("rules:\n  - check: toy\n    rel_tol: abc\n", "ERROR: gpucert: *thresholds.yaml: rules[0].rel_tol: expected a number, got 'abc'"),
+    ("rules:\n  - chek: toy\n", "ERROR: gpucert: *thresholds.yaml: rules[0]: unknown key 'chek'*"),
+])
+def test_broken_thresholds_stop_the_run_with_one_line(suite, content, message):
+    suite.path.joinpath("thresholds.yaml").write_text(content)
+    broken = suite(100)
+    assert broken.ret == pytest.ExitCode.USAGE_ERROR
+    broken.stderr.fnmatch_lines(lines(message))
+    assert "Traceback" not in broken.stderr.str() + broken.stdout.str()
+
+
+def test_profile_mismatch_is_an_error(suite):
+    suite(100, "--update-baselines")
+    doc = json.loads(baseline_file(suite).read_text())
+    doc["profile"] = "8xA100-SXM4-80GB-NV12"
+    baseline_file(suite).write_text(json.dumps(doc))
+    mismatch = suite(100)
+    assert mismatch.ret == pytest.ExitCode.USAGE_ERROR
+    mismatch.stderr.fnmatch_lines(lines("ERROR: gpucert: *toy.json: measured on profile '8xA100-SXM4-80GB-NV12', this run is profile 'toy-node'*"))
+
+
+def test_update_refuses_too_few_samples(suite, pytester):
+    pytester.makepyfile(test_few='''
+import pytest
+@pytest.mark.hardware
+def test_few(gpucert):
+    gpucert.record("tflops", 1.0, unit="TFLOP/s", samples=[1.0], direction="higher")
+''')
+    result = suite(100, "--update-baselines", "-k", "few")
+    result.stdout.fnmatch_lines(lines("*! few::tflops not written: 1 sample(s), thresholds.yaml asks for at least 3*"))
+    assert not (suite.path / "baselines" / "toy-node" / "few.json").exists()
+
+
+def test_junitxml_carries_metrics(suite):
+    result = suite(100, "--junitxml", "junit.xml")
+    assert result.ret == 0
+    tree = ET.parse(suite.path / "junit.xml")
+    props = {p.get("name"): p.get("value") for p in tree.iter("property")}
+    assert props["gpucert:toy[size=1024]::tflops"] == "100.0"
+    assert props["gpucert:toy[size=1024]::tflops:verdict"] == "new"
+
+
+def test_failure_mid_check_keeps_what_was_measured(suite, pytester):
+    pytester.makepyfile(test_crash='''
+import pytest
+@pytest.mark.hardware
+def test_crash(gpucert):
+    gpucert.record("tflops", 5.0, unit="TFLOP/s", direction="higher")
+    gpucert.record_error("latency_us", "engine timed out after 30 s", unit="us")
+    raise RuntimeError("engine died")
+
+@pytest.mark.hardware
+def test_no_gpu(gpucert):
+    pytest.skip("no CUDA device: <GPU> checks need one")
+''')
+    result = suite(100, "-k", "crash or no_gpu", "--update-baselines")
+    assert result.ret == 1
+    check = next(c for c in result.metrics["checks"] if c["check"] == "crash")
+    assert check["outcome"] == "failed" and "RuntimeError: engine died" in check["message"]
+    assert [m["verdict"] for m in check["metrics"]] == ["new", "fail"]
+    assert check["metrics"][1]["error"] == "engine timed out after 30 s"
+    skipped = result.metrics["skipped"]
+    assert skipped == [{"nodeid": "test_crash.py::test_no_gpu", "check_id": "no_gpu", "reason": "no CUDA device: <GPU> checks need one"}]
+    assert "no CUDA device: &lt;GPU&gt; checks need one" in result.html
+    # a check that raised never writes its partial numbers into the baseline
+    assert not (suite.path / "baselines" / "toy-node" / "crash.json").exists()
+
+
+def test_quarantine_reports_but_does_not_block(suite):
+    suite(100, "--update-baselines")
+    suite.path.joinpath("thresholds.yaml").write_text(THRESHOLDS + '''
+quarantine:
+  - check: toy
+    metric: tflops
+    params: {size: 1024}
+    reason: "firmware bug <FW-1>"
+    expires: 2999-01-01
+''')
+    result = suite(50)
+    result.assert_outcomes(passed=1, failed=1, warnings=1)
+    assert "quarantined until 2999-01-01: firmware bug &lt;FW-1&gt;" in result.html
+
+
+def test_report_escapes_every_string(suite, pytester):
+    pytester.makepyfile(test_evil='''
+import pytest
+@pytest.mark.hardware
+@pytest.mark.parametrize("name", ["<script>alert(1)</script>"])
+def test_evil(gpucert, name):
+    gpucert.record("x", 1.0, unit="<b>u</b>", direction="higher")
+    gpucert.finding("drift", path="<img src=x>", old="a", new="b", severity="info")
+''')
+    result = suite(100, "-k", "evil")
+    assert "<script>" not in result.html and "<img" not in result.html and "<b>u" not in result.html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in result.html and "&lt;img src=x&gt;" in result.html
+
+
+def test_plain_tests_write_no_report(pytester):
+    pytester.makepyfile(test_plain="def test_x():\n    assert True\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == 0
+    assert not (pytester.path / "reports").exists()
