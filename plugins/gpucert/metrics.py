@@ -111,6 +111,7 @@ class Metric:
         data["key"] = self.key
         data["params"] = {k: param_text(v) for k, v in self.params.items()}
         data["stats"] = self.stats
+        data["sample_count"] = self.sample_count
         judgement = data.pop("judgement") or {}
         data.update(judgement)
         return data

@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,10 +37,19 @@ def test_snapshot_table_from_captured_dir(capsys):
     assert "GPU0-GPU1 NV18" in out
 
 
-def test_snapshot_json_is_the_full_snapshot(capsys):
-    assert main(["snapshot", "--from", str(FIXTURE), "--json"]) == 0
-    taken = json.loads(capsys.readouterr().out)
-    assert len(taken["gpus"]) == 2 and taken["schema_version"] == 1
+def test_snapshot_json_is_the_full_snapshot():
+    # the installed console script, as an operator types it
+    done = subprocess.run([str(Path(sys.executable).with_name("gpucert")), "snapshot", "--from", str(FIXTURE), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    taken = json.loads(done.stdout)
+    assert taken["schema_version"] == 1
+    assert [g["name"] for g in taken["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert taken["driver"] == {"version": "580.159.04", "cuda_driver_version": "13.0"}
+    for gpu in taken["gpus"]:
+        assert len(gpu["nvlink"]) == 18
+        assert all(link["active"] and link["speed_gbps"] == 26.562 for link in gpu["nvlink"])
+    assert taken["topology"]["matrix"]["GPU0"]["GPU1"] == "NV18" == taken["topology"]["matrix"]["GPU1"]["GPU0"]
 
 
 def test_live_snapshot_runs_anywhere(capsys):
