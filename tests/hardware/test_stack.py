@@ -1,6 +1,12 @@
-"""The stack check: what is installed and how the GPUs are wired, compared with the profile's
-baseline snapshot. Every change is listed with its path, old and new value and severity; the
-counts per severity are the metrics thresholds.yaml judges (critical fails, warning warns)."""
+"""The stack check: what is installed and how the GPUs are wired.
+
+Two views, each counted per severity as metrics thresholds.yaml judges (critical fails, warning
+warns) and listed as findings on the card:
+- drift: every change from the profile's baseline snapshot (path, old, new, severity);
+- health: what is wrong with the node as it stands, baseline or not (an NVLink link down while its
+  siblings are up, PCIe narrower than its max, uncorrectable ECC errors, a failed row remap), so a
+  node that was already degraded when its baseline was taken is not blessed by it.
+"""
 
 import pytest
 
@@ -8,20 +14,29 @@ from gpucert import snapshot as stack
 
 pytestmark = pytest.mark.hardware
 
-SEVERITIES = ("critical", "warning", "info")
+
+def _record_counts(gpucert, view, items, severities, unit, describe):
+    for severity in severities:
+        found = [item for item in items if item["severity"] == severity]
+        gpucert.record(f"{view}_{severity}", len(found), unit=unit, direction="lower",
+                       note="; ".join(describe(item) for item in found) or None)
 
 
 def test_stack(gpucert):
     current = gpucert.snapshot
     gpucert.artifact("snapshot", current)
     baseline = gpucert.baseline_artifact("snapshot")
+
     changes = stack.diff(baseline, current) if baseline is not None else []
     for change in changes:
         gpucert.finding("drift", **change)
-    for severity in SEVERITIES:
-        found = [c for c in changes if c["severity"] == severity]
-        gpucert.record(
-            f"drift_{severity}", len(found), unit="changes", direction="lower",
-            note="; ".join(f"{c['path']}: {c['old']!r} -> {c['new']!r}" for c in found) or None,
-        )
+    _record_counts(gpucert, "drift", changes, ("critical", "warning", "info"), "changes",
+                   lambda c: f"{c['path']}: {c['old']!r} -> {c['new']!r}")
+
+    findings = stack.health(current)
+    for item in findings:
+        gpucert.finding("health", **item)
+    _record_counts(gpucert, "health", findings, ("critical", "warning"), "findings",
+                   lambda f: f"{f['path']} = {f['value']!r}: {f['reason']}")
+
     gpucert.record("gpu_count", len(current.get("gpus") or []), unit="GPUs", direction="higher")

@@ -32,6 +32,7 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     assert stored["profile"] == PROFILE
     assert stored["artifacts"]["stack::snapshot"]["gpus"][1]["name"] == "NVIDIA H100 80GB HBM3"
     assert stored["metrics"]["stack::drift_critical"]["value"] == 0
+    assert stored["metrics"]["stack::health_critical"]["value"] == 0
     assert stored["snapshot_digest"].startswith("sha256:")
 
     same = pytest_stack(FIXTURE, baselines, tmp_path / "r2")
@@ -54,12 +55,17 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     ]
     assert check["findings"]["drift"] == expected
     verdict = {m["metric"]: m["verdict"] for m in check["metrics"]}
-    assert verdict == {"drift_critical": "fail", "drift_warning": "warn", "drift_info": "pass", "gpu_count": "pass"}
+    assert verdict == {"drift_critical": "fail", "drift_warning": "warn", "drift_info": "pass",
+                       "health_critical": "fail", "health_warning": "pass", "gpu_count": "pass"}
+    # the link that went down is also an absolute finding: its 17 siblings are up
+    assert check["findings"]["health"] == [{
+        "path": "gpus[1].nvlink[3].active", "value": False, "expected": "true", "severity": "critical",
+        "reason": "NVLink link down while its siblings are up"}]
 
     html = (tmp_path / "r3" / "report.html").read_text()
     for change in expected:
         assert f"<td>{change['path']}</td>" in html and f'class="sev-{change["severity"]}"' in html
-    assert html.count('class="sev-') == 3
+    assert html.count('class="sev-') == 3 + 1  # three drift rows, one health row
     # the drifted run did not touch the baseline
     assert json.loads((baselines / PROFILE / "stack.json").read_text()) == stored
 

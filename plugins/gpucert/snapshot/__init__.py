@@ -10,6 +10,8 @@ Public API (the plugin, the CLI and the stack check rely on these names):
     diff(old, new) -> list[dict]          each {"path", "old", "new", "severity"} with severity
                                           critical | warning | info, critical first
     summary(snapshot) -> list[tuple[str, str]]   label/value rows for the report card
+    health(snapshot) -> list[dict]        absolute findings of one snapshot, no baseline needed:
+                                          {"path", "value", "expected", "severity", "reason"}
 
 Also: SnapshotError (bad input: raised by collect(from_dir) and diff), explain(old, new) (diff
 with each rule's reason), RULES (the severity policy), SEVERITIES.
@@ -17,9 +19,10 @@ with each rule's reason), RULES (the severity policy), SEVERITIES.
 
 from .collect import collect
 from .compare import RULES, SEVERITIES, diff, digest, explain
+from .health import health
 from .profile import profile_name
 from .schema import SCHEMA_VERSION, SnapshotError
 from .summary import summary
 
-__all__ = ["collect", "digest", "profile_name", "diff", "summary", "explain", "RULES",
+__all__ = ["collect", "digest", "profile_name", "diff", "summary", "health", "explain", "RULES",
            "SEVERITIES", "SCHEMA_VERSION", "SnapshotError"]
