@@ -24,7 +24,7 @@ def _record_counts(gpucert, view, items, severities, unit, describe):
 
 def test_stack(gpucert):
     current = gpucert.snapshot
-    gpucert.artifact("snapshot", current)
+    gpucert.artifact("snapshot", stack.stack_view(current))
     baseline = gpucert.baseline_artifact("snapshot")
 
     changes = stack.diff(baseline, current) if baseline is not None else []

@@ -33,6 +33,8 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     assert stored["artifacts"]["stack::snapshot"]["gpus"][1]["name"] == "NVIDIA H100 80GB HBM3"
     assert stored["metrics"]["stack::drift_critical"]["value"] == 0
     assert stored["metrics"]["stack::health_critical"]["value"] == 0
+    kept = stored["artifacts"]["stack::snapshot"]
+    assert "volatile" not in kept["gpus"][0] and "taken_at" not in kept  # no temperatures in git diffs
     assert stored["snapshot_digest"].startswith("sha256:")
 
     same = pytest_stack(FIXTURE, baselines, tmp_path / "r2")

@@ -10,6 +10,7 @@ Public API (the plugin, the CLI and the stack check rely on these names):
     diff(old, new) -> list[dict]          each {"path", "old", "new", "severity"} with severity
                                           critical | warning | info, critical first
     summary(snapshot) -> list[tuple[str, str]]   label/value rows for the report card
+    stack_view(snapshot) -> dict          the snapshot less its volatile readings (what baselines keep)
     health(snapshot) -> list[dict]        absolute findings of one snapshot, no baseline needed:
                                           {"path", "value", "expected", "severity", "reason"}
 
@@ -18,11 +19,11 @@ with each rule's reason), RULES (the severity policy), SEVERITIES.
 """
 
 from .collect import collect
-from .compare import RULES, SEVERITIES, diff, digest, explain
+from .compare import RULES, SEVERITIES, diff, digest, explain, stack_view
 from .health import health
 from .profile import profile_name
 from .schema import SCHEMA_VERSION, SnapshotError
 from .summary import summary
 
 __all__ = ["collect", "digest", "profile_name", "diff", "summary", "health", "explain", "RULES",
-           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError"]
+           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError", "stack_view"]

@@ -135,6 +135,7 @@ def _compile(pattern: str) -> re.Pattern:
 _RULES = tuple((_compile(p), when, severity, why) for p, when, severity, why in RULES)
 _NOT_IN_DIGEST = tuple(_compile(p) for p in NOT_IN_DIGEST)
 _NOT_IN_DIFF = tuple(_compile(p) for p in NOT_IN_DIFF)
+_NOT_STACK_PATTERNS = tuple(_compile(p) for p in _NOT_STACK)
 _IMPLIED_BY = tuple((_compile(p), sibling) for p, sibling in IMPLIED_BY.items())
 _COUNTED = tuple(_compile(p) for p in COUNTED_LISTS)
 
@@ -145,6 +146,12 @@ def classify(path: str, old, new) -> tuple[str, str]:
         if pattern.match(path) and when(old, new):
             return severity, why
     return INFO, "other change"
+
+
+def stack_view(snapshot: dict) -> dict:
+    """The snapshot without moment-to-moment readings: what a baseline keeps, so that its git
+    diff shows stack changes, not temperatures."""
+    return _prune(snapshot, "", _NOT_STACK_PATTERNS)
 
 
 def stable_view(snapshot: dict) -> dict:
