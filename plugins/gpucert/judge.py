@@ -114,10 +114,12 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     verdicts: list[str] = []
     reasons: list[str] = []
     thresholds: list[str] = []
-    base_value = baseline.get("value") if baseline else None
+    base_value = baseline.get("value") if baseline and not rule.drift else None
     delta_pct = None
     suggested = False
-    if base_value is None:
+    if rule.drift:
+        pass  # the value is itself a difference from the baseline: only absolute limits apply
+    elif base_value is None:
         if missing_baseline == "fail":
             verdicts.append("fail")
             reasons.append("no baseline for this metric (--missing-baseline=fail)")
@@ -132,12 +134,16 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         reasons.append(why)
         thresholds.append(text)
     for verdict, why, text in _limits(metric, rule):
+        if rule.drift and update_mode and verdict == "fail":
+            verdict, why = "warn", why + " (accepted by --update-baselines)"
         verdicts.append(verdict)
         thresholds.append(text)
         if why:
             reasons.append(why)
-    if base_value is None and len(thresholds) > 0 and reasons[0].startswith("no baseline yet"):
+    if base_value is None and len(thresholds) > 0 and reasons and reasons[0].startswith("no baseline yet"):
         reasons[0] += ": judged on absolute limits"
+    if not verdicts:
+        reasons.append("informational: no limit applies")
 
     final = worst(verdicts)
     # a breach outranks the plain "within tolerance" / "no baseline" text

@@ -16,9 +16,9 @@ from typing import Any
 from . import __version__, snapshot as snapshot_engine
 from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, write_atomic
 from .judge import judge
-from .metrics import VERDICTS, worst
+from .metrics import VERDICTS, Metric, worst
 from .recorder import CheckResult
-from .thresholds import Thresholds
+from .thresholds import Rule, Thresholds
 
 METRICS_SCHEMA_VERSION = 1
 
@@ -76,10 +76,13 @@ class Run:
         return self._store
 
     # ---- judge: after each check's body -------------------------------------------------
+    def _rule(self, metric: Metric) -> Rule:
+        return self.options.thresholds.rule_for(metric.check, metric.metric, metric.params)
+
     def judge_check(self, result: CheckResult) -> None:
         th = self.options.thresholds
         for metric in result.metrics:
-            rule = th.rule_for(metric.check, metric.metric, metric.params)
+            rule = self._rule(metric)
             metric.direction = rule.direction or metric.direction
             metric.judgement = judge(
                 metric, rule, self.store.entry(metric.family, metric.key),
@@ -100,14 +103,15 @@ class Run:
                                                         "the check raised before finishing"))
                 continue
             metrics, artifacts = by_family.setdefault(result.family, ([], {}))
-            metrics.extend(result.metrics)
+            # a skipped measurement has nothing to store; a drift metric is relative to the
+            # baseline itself, so storing it would compare the next run with the last diff
+            metrics.extend(m for m in result.metrics if m.status != "skipped" and not self._rule(m).drift)
             artifacts.update(result.artifacts)
         if not by_family:
             return
         provenance = Provenance(snapshot_engine.digest(self.snapshot), git_revision(self.options.baselines_dir))
-        th = self.options.thresholds
         for family, (metrics, artifacts) in sorted(by_family.items()):
-            min_samples = {m.key: th.rule_for(m.check, m.metric, m.params).min_samples for m in metrics}
+            min_samples = {m.key: self._rule(m).min_samples for m in metrics}
             existing = self.store.family(family) if self._store else empty_family(self.profile, family)
             doc, changes = merge(existing, metrics, artifacts, provenance, min_samples)
             write_atomic(self.options.report_dir / "candidate-baselines" / self.profile / f"{family}.json", doc)

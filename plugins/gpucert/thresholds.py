@@ -50,6 +50,9 @@ class Rule:
     warn_fraction_of_peak: float | None = None
     # --update-baselines refuses a metric measured from fewer raw samples
     min_samples: int = 1
+    # the metric is itself a difference from the baseline (stack drift counts): it is never
+    # stored, only absolute limits judge it, and an --update-baselines run accepts a breach
+    drift: bool = False
     note: str | None = None
 
 
@@ -69,7 +72,7 @@ class Quarantine:
 
 
 _RULE_FIELDS = {f.name: f for f in fields(Rule)}
-_NUMBER_KEYS = {name for name in _RULE_FIELDS if name not in ("direction", "note", "min_samples")}
+_NUMBER_KEYS = {name for name in _RULE_FIELDS if name not in ("direction", "note", "min_samples", "drift")}
 _MATCH_KEYS = {"check", "metric", "params"}
 _TOP_KEYS = {"schema_version", "defaults", "rules", "quarantine"}
 _QUARANTINE_KEYS = {"check", "metric", "params", "reason", "expires"}
@@ -168,6 +171,9 @@ def _rule_values(raw: Any, where: str, allow_match: bool) -> dict[str, Any]:
         elif key == "direction":
             if value not in DIRECTIONS:
                 raise ThresholdsError(f"{at}: expected one of {', '.join(DIRECTIONS)}, got {value!r}")
+        elif key == "drift":
+            if not isinstance(value, bool):
+                raise ThresholdsError(f"{at}: expected true or false, got {value!r}")
         elif key == "note":
             if not isinstance(value, str):
                 raise ThresholdsError(f"{at}: expected text, got {value!r}")

@@ -27,11 +27,17 @@ def test_stack(gpucert):
     gpucert.artifact("snapshot", stack.stack_view(current))
     baseline = gpucert.baseline_artifact("snapshot")
 
-    changes = stack.diff(baseline, current) if baseline is not None else []
-    for change in changes:
-        gpucert.finding("drift", **change)
-    _record_counts(gpucert, "drift", changes, ("critical", "warning", "info"), "changes",
-                   lambda c: f"{c['path']}: {c['old']!r} -> {c['new']!r}")
+    if baseline is None:
+        for severity in ("critical", "warning", "info"):
+            gpucert.record(f"drift_{severity}", None, unit="changes", direction="lower", status="skipped",
+                           error=f"no baseline snapshot for profile {gpucert.profile} yet: drift not measured "
+                                 "(--update-baselines takes one)")
+    else:
+        changes = stack.diff(baseline, current)
+        for change in changes:
+            gpucert.finding("drift", **change)
+        _record_counts(gpucert, "drift", changes, ("critical", "warning", "info"), "changes",
+                       lambda c: f"{c['path']}: {c['old']!r} -> {c['new']!r}")
 
     findings = stack.health(current)
     for item in findings:

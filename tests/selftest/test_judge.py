@@ -99,3 +99,14 @@ def test_quarantine_reports_without_blocking_until_expiry():
 def test_update_mode_does_not_fail_on_the_old_baseline():
     j = judge(metric(80.0), HIGHER, {"value": 100.0}, update_mode=True)
     assert j.verdict == "warn" and "baseline being updated" in j.reason
+
+
+def test_drift_metrics_use_absolute_limits_only_and_update_accepts_them():
+    rule = Rule(direction="lower", drift=True, max=0.0)
+    j = judge(metric(2.0), rule, {"value": 2.0})
+    assert j.verdict == "fail" and j.baseline is None and "above the maximum 0" in j.reason
+    assert judge(metric(0.0), rule, None).verdict == "pass"
+    accepted = judge(metric(2.0), rule, None, update_mode=True)
+    assert accepted.verdict == "warn" and "accepted by --update-baselines" in accepted.reason
+    listed = judge(metric(5.0), Rule(direction="lower", drift=True), None)
+    assert listed.verdict == "pass" and "informational" in listed.reason

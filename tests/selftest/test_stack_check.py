@@ -31,8 +31,14 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     stored = json.loads((baselines / PROFILE / "stack.json").read_text())
     assert stored["profile"] == PROFILE
     assert stored["artifacts"]["stack::snapshot"]["gpus"][1]["name"] == "NVIDIA H100 80GB HBM3"
-    assert stored["metrics"]["stack::drift_critical"]["value"] == 0
+    # drift counts are relative to the stored snapshot itself: never stored as values
+    assert sorted(stored["metrics"]) == ["stack::gpu_count", "stack::health_critical", "stack::health_warning"]
     assert stored["metrics"]["stack::health_critical"]["value"] == 0
+    first_metrics = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    assert {m["metric"]: m["verdict"] for m in first_metrics["checks"][0]["metrics"]} == {
+        "drift_critical": "skipped", "drift_warning": "skipped", "drift_info": "skipped",
+        "health_critical": "new", "health_warning": "new", "gpu_count": "new"}
+    assert first_metrics["counts"]["new"] == 1
     kept = stored["artifacts"]["stack::snapshot"]
     assert "volatile" not in kept["gpus"][0] and "taken_at" not in kept  # no temperatures in git diffs
     assert stored["snapshot_digest"].startswith("sha256:")
@@ -44,7 +50,7 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     drifted = edited_capture(tmp_path, DRIFT_EDITS)
     second = pytest_stack(drifted, baselines, tmp_path / "r3")
     assert second.returncode == 1, second.stdout + second.stderr
-    assert "stack::drift_critical: FAIL: 2 changes vs baseline 0" in second.stdout
+    assert "stack::drift_critical: FAIL: 2 changes is above the maximum 0 — gpus[1].nvlink[3].active" in second.stdout
     assert "Traceback" not in second.stdout + second.stderr
 
     metrics = json.loads((tmp_path / "r3" / "metrics.json").read_text())
@@ -70,6 +76,14 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     assert html.count('class="sev-') == 3 + 1  # three drift rows, one health row
     # the drifted run did not touch the baseline
     assert json.loads((baselines / PROFILE / "stack.json").read_text()) == stored
+
+    # an approved change: --update-baselines accepts the drift (warns), and the next run passes
+    accepted = pytest_stack(drifted, baselines, tmp_path / "r4", "--update-baselines")
+    assert accepted.returncode == 1  # the link that is down is still an absolute health failure
+    assert "accepted by --update-baselines" in accepted.stdout
+    assert "stack::health_critical: FAIL" in accepted.stdout
+    new_uuid = json.loads((baselines / PROFILE / "stack.json").read_text())["artifacts"]["stack::snapshot"]["gpus"][1]["uuid"]
+    assert new_uuid == expected[1]["new"]
 
 
 @pytest.mark.skipif(bool(shutil.which("nvidia-smi") or ctypes.util.find_library("nvidia-ml")),

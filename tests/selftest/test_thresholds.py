@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_shipped_file_is_valid():
     th = load(REPO / "thresholds.yaml")
     rule = th.rule_for("stack", "drift_critical", {})
-    assert rule.direction == "lower" and rule.rel_tol == 0 and rule.abs_tol == 0 and rule.min_samples == 1
+    assert rule.direction == "lower" and rule.drift and rule.max == 0 and rule.min_samples == 1
+    assert th.rule_for("stack", "health_critical", {}).max == 0
 
 
 def test_rules_merge_in_file_order_and_match_params():
@@ -39,6 +40,7 @@ def test_rules_merge_in_file_order_and_match_params():
     ({"rules": [{"rel_tol": -0.1}]}, "rules[0].rel_tol: expected a number >= 0"),
     ({"rules": [{"rel_tol": 0.01, "warn_rel": 0.05}]}, "warn_rel 0.05 is wider than rel_tol 0.01"),
     ({"rules": [{"min_samples": 0}]}, "rules[0].min_samples: expected an integer >= 1"),
+    ({"rules": [{"drift": "yes"}]}, "rules[0].drift: expected true or false, got 'yes'"),
     ({"defaults": {"check": "x"}}, "defaults: unknown key 'check'"),
     ({"rulez": []}, "unknown key 'rulez'"),
     ({"schema_version": 9}, "schema_version 9 is not supported"),
