@@ -144,6 +144,8 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         reasons[0] += ": judged on absolute limits"
     if not verdicts:
         reasons.append("informational: no limit applies")
+    elif not any(reasons):
+        reasons.append(f"{_fmt(metric.value)} {metric.unit}: within absolute limits")
 
     final = worst(verdicts)
     # a breach outranks the plain "within tolerance" / "no baseline" text
