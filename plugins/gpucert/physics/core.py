@@ -1,0 +1,212 @@
+"""The one timing loop of gpucert's micro-benchmarks, and the lifecycle every benchmark shares.
+
+A benchmark is a small class: its parameters, `setup()` (allocate, fill with random data),
+`op()` (one iteration: the thing timed), the work formula (`flops()` and/or `bytes_moved()` per
+iteration), an optional correctness `check()`. `measure()` owns the rest — warm-up, repetitions,
+timing, L2 flush, time budget, status and raw samples — so no benchmark carries its own loop.
+
+Timing: CUDA events around each iteration on a GPU (launched back to back, read after one final
+synchronize, so host overhead between iterations is not counted); on the CPU, a monotonic clock
+around each iteration. Statistics use pytest-benchmark's `Stats` (median, IQR, stddev, outliers)
+so figures read the same as pytest-benchmark's tables; its own timer is not used because it
+cannot bracket device work with CUDA events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pytest_benchmark.stats import Stats
+
+STATUSES = ("ok", "error", "timeout", "skipped")
+
+
+class BenchmarkSkipped(Exception):
+    """The benchmark cannot run here (no GPU, dtype unsupported by this card or build)."""
+
+
+def stats_of(samples: list[float]) -> dict[str, float]:
+    """pytest-benchmark's statistics of raw samples (seconds or any unit)."""
+    stats = Stats()
+    for sample in samples:
+        stats.update(sample)
+    if not samples:
+        return {}
+    keys = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "rounds")
+    return {k: float(getattr(stats, k)) if k != "rounds" else stats.rounds for k in keys}
+
+
+class Benchmark:
+    """Base of every micro-benchmark. Subclasses set `name`, take parameters in __init__ and
+    implement setup/op and at least one of flops/bytes_moved."""
+
+    name = "benchmark"
+    flush_l2 = False  # flush the L2 cache before each timed iteration (GEMM, copies > L2)
+
+    def __init__(self, **params: Any):
+        self.params = params
+
+    def setup(self, device: str) -> None:
+        """Allocate inputs on `device`; raise BenchmarkSkipped if this device cannot run it."""
+
+    def op(self) -> None:
+        raise NotImplementedError
+
+    def flops(self) -> float | None:
+        return None
+
+    def bytes_moved(self) -> float | None:
+        return None
+
+    def check(self) -> str | None:
+        """Correctness after the timed runs: None if right, else what is wrong."""
+        return None
+
+    def teardown(self) -> None:
+        """Drop references so the caching allocator can reuse the memory."""
+        for key in list(vars(self)):
+            if key != "params":
+                setattr(self, key, None)
+
+
+@dataclass
+class Result:
+    name: str
+    params: dict[str, Any]
+    device: str
+    status: str = "ok"
+    error: str | None = None
+    samples_s: list[float] = field(default_factory=list)
+    warmup: int = 0
+    flops: float | None = None
+    bytes: float | None = None
+    note: str | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return stats_of(self.samples_s).get("median") if self.samples_s else None
+
+    @property
+    def tflops(self) -> float | None:
+        """Rate at the median time, 1e12 FLOP/s."""
+        t = self.median_s
+        return self.flops / t / 1e12 if self.flops and t else None
+
+    @property
+    def gbps(self) -> float | None:
+        """Bandwidth at the median time, 1e9 B/s."""
+        t = self.median_s
+        return self.bytes / t / 1e9 if self.bytes and t else None
+
+    def rate_samples(self, unit: str) -> list[float]:
+        """Per-iteration rates (tflops or gbps) for the metric's raw samples."""
+        work, scale = (self.flops, 1e12) if unit == "tflops" else (self.bytes, 1e9)
+        return [work / t / scale for t in self.samples_s if work and t > 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "params": self.params, "device": self.device, "status": self.status,
+            "error": self.error, "note": self.note, "warmup": self.warmup, "samples_s": self.samples_s,
+            "stats_s": stats_of(self.samples_s), "flops": self.flops, "bytes": self.bytes,
+            "tflops": self.tflops, "gbps": self.gbps,
+        }
+
+
+def is_cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def synchronize(device: str) -> None:
+    if is_cuda(device):
+        import torch
+        torch.cuda.synchronize(device)
+
+
+class L2Flusher:
+    """Writes a buffer twice the size of the L2 cache so the next iteration starts cold."""
+
+    def __init__(self, device: str):
+        import torch
+        props = torch.cuda.get_device_properties(device)
+        size = max(int(getattr(props, "L2_cache_size", 0) or 0) * 2, 64 << 20)
+        self._buffer = torch.empty(size, dtype=torch.uint8, device=device)
+
+    def __call__(self) -> None:
+        self._buffer.zero_()
+
+
+def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 20,
+            max_time_s: float = 30.0, flush: Callable[[], None] | None = None) -> tuple[list[float], str | None]:
+    """THE timing loop: (per-iteration seconds, note). Stops early, keeping what it has, once the
+    time budget is spent (the note says so). Work is never timed on its first launch."""
+    for _ in range(warmup):
+        op()
+    synchronize(device)
+    deadline = time.monotonic() + max_time_s
+    note = None
+    if is_cuda(device):
+        import torch
+        pairs = []
+        for i in range(reps):
+            if flush is not None:
+                flush()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            op()
+            end.record()
+            pairs.append((start, end))
+            # a budget check needs the host to wait; do it every few launches, not every one
+            if i % 8 == 7:
+                end.synchronize()
+                if time.monotonic() > deadline and i + 1 < reps:
+                    note = f"time budget {max_time_s:g} s reached after {i + 1} of {reps} repetitions"
+                    break
+        torch.cuda.synchronize(device)
+        samples = [s.elapsed_time(e) / 1e3 for s, e in pairs]
+    else:
+        samples = []
+        for i in range(reps):
+            if flush is not None:
+                flush()
+            t0 = time.perf_counter()
+            op()
+            samples.append(time.perf_counter() - t0)
+            if time.monotonic() > deadline and i + 1 < reps:
+                note = f"time budget {max_time_s:g} s reached after {i + 1} of {reps} repetitions"
+                break
+    return samples, note
+
+
+def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, max_time_s: float = 30.0) -> Result:
+    """Run one benchmark through its lifecycle. Never raises for the benchmark's own failures:
+    the Result carries status and error text, so a sweep keeps everything measured so far."""
+    result = Result(bench.name, dict(bench.params), str(device), warmup=warmup)
+    try:
+        bench.setup(device)
+        result.flops, result.bytes = bench.flops(), bench.bytes_moved()
+        flush = L2Flusher(device) if bench.flush_l2 and is_cuda(device) else None
+        result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
+                                                max_time_s=max_time_s, flush=flush)
+        wrong = bench.check()
+        if wrong:
+            result.status, result.error = "error", f"wrong result: {wrong}"
+        elif not result.samples_s or not all(math.isfinite(s) and s > 0 for s in result.samples_s):
+            result.status, result.error = "error", "no valid timing samples"
+    except BenchmarkSkipped as exc:
+        result.status, result.error = "skipped", str(exc)
+    except Exception as exc:  # noqa: BLE001 — a benchmark failure is a result, not a crash of the sweep
+        result.status = "error"
+        result.error = f"{type(exc).__name__}: {exc}".strip()
+        result.note = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    finally:
+        try:
+            bench.teardown()
+        finally:
+            if is_cuda(device):
+                import torch
+                torch.cuda.empty_cache()
+    return result
