@@ -229,3 +229,16 @@ def test_plain_tests_write_no_report(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == 0
     assert not (pytester.path / "reports").exists()
+
+
+def test_card_shows_the_share_of_the_datasheet_peak(suite, pytester):
+    pytester.makepyfile(test_peak='''
+import pytest
+@pytest.mark.hardware
+def test_peak(gpucert):
+    gpucert.record("tflops", 800.0, unit="TFLOP/s", direction="higher", peak=1000.0)
+''')
+    result = suite(100, "-k", "peak")
+    assert "80.0% of 1,000" in result.html
+    metric = result.metrics["checks"][0]["metrics"][0]
+    assert metric["peak"] == 1000.0
