@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
+    "gpucert.physics.nccl_cli",
+    "gpucert.physics.gemm_cli",
+    "gpucert.physics.memory_cli",
+    "gpucert.physics.p2p_cli",
 )
 
 

@@ -143,42 +143,56 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
             max_time_s: float = 30.0, flush: Callable[[], None] | None = None) -> tuple[list[float], str | None]:
     """THE timing loop: (per-iteration seconds, note). Stops early, keeping what it has, once the
     time budget is spent (the note says so). Work is never timed on its first launch."""
+    if is_cuda(device):
+        import torch
+        # Events record on the *current* device's stream: without this guard, timing cuda:1 from a
+        # process whose current device is cuda:0 brackets an idle stream and reads ~0 s.
+        with torch.cuda.device(torch.device(device)):
+            return _time_cuda(op, device, warmup, reps, max_time_s, flush)
+    for _ in range(warmup):
+        op()
+    deadline = time.monotonic() + max_time_s
+    samples: list[float] = []
+    for i in range(reps):
+        if flush is not None:
+            flush()
+        t0 = time.perf_counter()
+        op()
+        samples.append(time.perf_counter() - t0)
+        if time.monotonic() > deadline and i + 1 < reps:
+            return samples, _budget_note(max_time_s, i + 1, reps)
+    return samples, None
+
+
+def _time_cuda(op, device, warmup, reps, max_time_s, flush) -> tuple[list[float], str | None]:
+    """CUDA events around each iteration, launched back to back, read after one synchronize."""
+    import torch
     for _ in range(warmup):
         op()
     synchronize(device)
     deadline = time.monotonic() + max_time_s
     note = None
-    if is_cuda(device):
-        import torch
-        pairs = []
-        for i in range(reps):
-            if flush is not None:
-                flush()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            op()
-            end.record()
-            pairs.append((start, end))
-            # a budget check needs the host to wait; do it every few launches, not every one
-            if i % 8 == 7:
-                end.synchronize()
-                if time.monotonic() > deadline and i + 1 < reps:
-                    note = f"time budget {max_time_s:g} s reached after {i + 1} of {reps} repetitions"
-                    break
-        torch.cuda.synchronize(device)
-        samples = [s.elapsed_time(e) / 1e3 for s, e in pairs]
-    else:
-        samples = []
-        for i in range(reps):
-            if flush is not None:
-                flush()
-            t0 = time.perf_counter()
-            op()
-            samples.append(time.perf_counter() - t0)
+    pairs = []
+    for i in range(reps):
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        op()
+        end.record()
+        pairs.append((start, end))
+        # a budget check needs the host to wait; do it every few launches, not every one
+        if i % 8 == 7:
+            end.synchronize()
             if time.monotonic() > deadline and i + 1 < reps:
-                note = f"time budget {max_time_s:g} s reached after {i + 1} of {reps} repetitions"
+                note = _budget_note(max_time_s, i + 1, reps)
                 break
-    return samples, note
+    torch.cuda.synchronize(device)
+    return [s.elapsed_time(e) / 1e3 for s, e in pairs], note
+
+
+def _budget_note(max_time_s: float, done: int, reps: int) -> str:
+    return f"time budget {max_time_s:g} s reached after {done} of {reps} repetitions"
 
 
 def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, max_time_s: float = 30.0) -> Result:

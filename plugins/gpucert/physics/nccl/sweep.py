@@ -1,0 +1,344 @@
+"""Run a sweep: plan the rows, start one process per rank, collect rank 0's rows, and stop every
+rank when one hangs or dies.
+
+Timeouts, all enforced here in the parent (a rank blocked inside a collective cannot time itself
+out): `startup_timeout_s` until every rank joined the process group, `stall_timeout_s` for one
+size (no progress from rank 0 for that long means a rank hangs or a peer never joined the
+collective), `timeout_s` for the whole sweep. On any of them, or when a rank dies, every rank's
+process group gets SIGTERM, then SIGKILL; rows finished before stay, the others say `timeout`
+(or `error`, for a crash) with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import faults, formulas, rows
+
+POLL_S = 0.05
+TERM_GRACE_S = 5.0  # SIGTERM → SIGKILL
+EXIT_GRACE_S = 30.0  # after rank 0 is done, time for the others to leave destroy_process_group
+BACKENDS = ("nccl", "gloo")
+
+
+class SweepError(ValueError):
+    """The sweep cannot start as asked (unknown op, too few ranks or GPUs); one line."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    backend: str = "nccl"
+    nproc: int = 2
+    ops: tuple[str, ...] = formulas.OPS
+    sizes: tuple[int, ...] = formulas.HARDWARE_SIZES  # requested sizes; rows carry nccl-tests' rounding
+    dtype: str = "float32"
+    warmup: int = 5
+    iters: int = 20
+    size_budget_s: float = 1.0  # timed iterations of one size stop near this (never below 3)
+    timeout_s: float = 600.0  # the whole sweep, startup included
+    stall_timeout_s: float = 60.0  # one size
+    startup_timeout_s: float = 180.0  # interpreter, CUDA and communicator start
+
+
+@dataclass
+class SweepResult:
+    config: SweepConfig
+    rows: list[dict[str, Any]]
+    status: str  # ok | error | timeout: how the run ended (data errors are in the rows)
+    error: str | None = None
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # what each rank ran on
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and all(r["status"] == "ok" for r in self.rows)
+
+    def row(self, op: str, size: int) -> dict[str, Any] | None:
+        """The row of `op` at a requested size (rounded as nccl-tests rounds it)."""
+        _, nbytes = formulas.op_count(op, size, self.config.nproc, formulas.element_size(self.config.dtype))
+        return next((r for r in self.rows if r["op"] == op and r["bytes"] == nbytes), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        return {"backend": config.pop("backend"), "nproc": config.pop("nproc"), "dtype": config.pop("dtype"),
+                "status": self.status, "error": self.error, **config, "ranks": self.ranks,
+                "notes": self.notes, "wall_s": self.wall_s, "rows": self.rows}
+
+
+def validate(config: SweepConfig) -> SweepConfig:
+    """Reject what cannot run, with one line naming it; returns the config with a canonical dtype."""
+    if config.backend not in BACKENDS:
+        raise SweepError(f"unknown backend {config.backend!r} (valid: {', '.join(BACKENDS)})")
+    unknown = [op for op in config.ops if op not in formulas.OPS]
+    if unknown:
+        raise SweepError(f"unknown op {unknown[0]!r} (valid: {', '.join(formulas.OPS)})")
+    if not config.ops:
+        raise SweepError("no op to run")
+    if config.nproc < 2:
+        raise SweepError(f"nproc must be >= 2 (a collective needs two ranks), got {config.nproc}")
+    if config.iters < 1 or config.warmup < 0:
+        raise SweepError(f"need iters >= 1 and warmup >= 0, got {config.iters} and {config.warmup}")
+    try:
+        dtype = formulas.canonical_dtype(config.dtype)
+        faults.from_env()
+    except ValueError as err:
+        raise SweepError(str(err)) from None
+    _check_backend(config.backend, config.nproc)
+    return SweepConfig(**{**asdict(config), "dtype": dtype, "ops": tuple(config.ops), "sizes": tuple(config.sizes)})
+
+
+def _check_backend(backend: str, nproc: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if backend == "gloo":
+        if not dist.is_available() or not dist.is_gloo_available():
+            raise SweepError(f"this PyTorch {torch.__version__} has no gloo backend")
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < nproc:
+        raise SweepError(f"--backend nccl needs {nproc} CUDA devices, found {found}")
+    if not dist.is_nccl_available():
+        raise SweepError(f"this PyTorch {torch.__version__} has no NCCL backend")
+
+
+def plan(config: SweepConfig) -> list[tuple[str, int, int]]:
+    """(op, count, bytes) in run order: op by op, sizes ascending. A size that rounds to 0 bytes
+    for this rank count is left out, and one that rounds onto a previous size is run once."""
+    elsize = formulas.element_size(config.dtype)
+    planned: list[tuple[str, int, int]] = []
+    for op in config.ops:
+        seen = set()
+        for size in sorted(config.sizes):
+            count, nbytes = formulas.op_count(op, size, config.nproc, elsize)
+            if nbytes and nbytes not in seen:
+                seen.add(nbytes)
+                planned.append((op, count, nbytes))
+    return planned
+
+
+def run(config: SweepConfig) -> SweepResult:
+    """Validate, run every rank, and return the rows (never raises for what happens in a rank)."""
+    config = validate(config)
+    planned = plan(config)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gpucert-nccl-") as tmp:
+        folder = Path(tmp)
+        config_file = folder / "config.json"
+        config_file.write_text(json.dumps({
+            **asdict(config), "plan": planned,
+            # backstop for a rank whose parent is gone; the parent's own timeouts come first
+            "pg_timeout_s": max(config.startup_timeout_s, config.stall_timeout_s) + 30}))
+        watch = _Watch(folder, config.nproc)
+        procs = _launch(config, config_file)
+        try:
+            stop = _monitor(config, procs, watch, started)
+        finally:
+            _stop(procs)  # also on KeyboardInterrupt: no rank outlives the sweep
+        watch.poll()  # a row written while the ranks were being stopped still counts
+        measured = {(r["op"], r["bytes"]): r for r in watch.rows}
+        result = SweepResult(config, _complete(planned, measured, config.dtype, stop), stop.status,
+                             stop.error, [watch.info.get(r, {}) for r in range(config.nproc)], stop.notes)
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(config: SweepConfig, config_file: Path) -> list[subprocess.Popen]:
+    env = dict(os.environ)
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(config.nproc),
+               LOCAL_WORLD_SIZE=str(config.nproc))
+    env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off unless the caller chose
+    env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: ranks must not fight over the cores
+    if config.backend == "gloo" and sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every rank is on this host
+    procs = []
+    for rank in range(config.nproc):
+        log = (config_file.parent / f"rank{rank}.log").open("wb")
+        # a fresh interpreter per rank (never a fork after CUDA init), in its own process group
+        # so a hung rank and anything it started can be killed together
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "gpucert.physics.nccl.worker", str(config_file), str(rank)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+    return procs
+
+
+class _Watch:
+    """Reads every rank's event lines as they grow."""
+
+    def __init__(self, folder: Path, nranks: int):
+        self.folder = folder
+        self.offsets = [0] * nranks
+        self.rows: list[dict[str, Any]] = []
+        self.info: dict[int, dict[str, Any]] = {}
+        self.position: dict[int, str] = {}  # the size each rank last started
+        self.errors: dict[int, dict[str, Any]] = {}
+        self.ready: set[int] = set()
+        self.done = False
+
+    def poll(self) -> bool:
+        """Read new lines; True when rank 0 made progress."""
+        progressed = False
+        for rank in range(len(self.offsets)):
+            for event in self._new_events(rank):
+                kind = event["event"]
+                if kind == "ready":
+                    self.ready.add(rank)
+                    self.info[rank] = {k: v for k, v in event.items() if k not in ("event", "t")}
+                elif kind == "start":
+                    self.position[rank] = f"{event['op']} at {event['bytes']} B"
+                elif kind == "row":
+                    self.rows.append(event["row"])
+                elif kind == "error":
+                    self.errors[rank] = event
+                elif kind == "done" and rank == 0:
+                    self.done = True
+                progressed |= rank == 0
+        return progressed
+
+    def _new_events(self, rank: int) -> list[dict[str, Any]]:
+        path = self.folder / f"rank{rank}.jsonl"
+        try:
+            with path.open("rb") as fh:
+                fh.seek(self.offsets[rank])
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self.offsets[rank] += len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+    def log_tail(self, rank: int, lines: int = 3) -> str:
+        try:
+            text = (self.folder / f"rank{rank}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no output)"
+        tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+        return _clip(" | ".join(tail) or "(no output)")
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+@dataclass
+class _Stop:
+    status: str = "ok"
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _monitor(config: SweepConfig, procs: list[subprocess.Popen], watch: _Watch, started: float) -> _Stop:
+    last_progress = started
+    exit_deadline = None
+    while True:
+        now = time.monotonic()
+        if watch.poll():
+            last_progress = now
+        codes = [p.poll() for p in procs]
+        if watch.done:
+            if all(c is not None for c in codes):
+                return _Stop(notes=[f"rank {r} exited with status {c} after the sweep finished"
+                                    for r, c in enumerate(codes) if c])
+            exit_deadline = exit_deadline or now + EXIT_GRACE_S
+            if now > exit_deadline:
+                return _Stop(notes=[f"ranks still running {EXIT_GRACE_S:g} s after the sweep finished "
+                                    "(destroy_process_group hung): stopped"])
+        elif any(c is not None and c != 0 for c in codes):
+            time.sleep(0.5)  # let the other ranks' failures land, to name the first one
+            watch.poll()
+            return _crashed(procs, watch)
+        elif all(c is not None for c in codes):
+            return _Stop("error", "every rank exited without finishing the sweep")
+        elif len(watch.ready) < config.nproc and now - started > config.startup_timeout_s:
+            return _Stop("timeout", f"ranks {sorted(set(range(config.nproc)) - watch.ready)} not ready after "
+                                    f"{config.startup_timeout_s:g} s (interpreter, CUDA or process-group start)")
+        elif len(watch.ready) == config.nproc and now - last_progress > config.stall_timeout_s:
+            where = watch.position.get(0)
+            return _Stop("timeout", f"no progress for {config.stall_timeout_s:g} s in {where} (a rank hangs or "
+                                    f"never joined the collective; {_positions(watch)}); ranks stopped")
+        elif now - started > config.timeout_s:
+            where = watch.position.get(0)
+            return _Stop("timeout", f"sweep budget of {config.timeout_s:g} s spent in {where}; ranks stopped")
+        time.sleep(POLL_S)
+
+
+def _positions(watch: _Watch) -> str:
+    return ", ".join(f"rank {r} last started {pos}" for r, pos in sorted(watch.position.items()))
+
+
+def _crashed(procs: list[subprocess.Popen], watch: _Watch) -> _Stop:
+    """Name the rank that failed first: the earliest error event, else the first non-zero exit."""
+    failed = [r for r, p in enumerate(procs) if p.poll() not in (None, 0)]
+    reported = sorted((e["t"], r) for r, e in watch.errors.items())
+    rank = reported[0][1] if reported else failed[0]
+    code = procs[rank].poll()
+    event = watch.errors.get(rank)
+    where = event.get("where") if event else watch.position.get(rank)
+    text = _clip(event["error"]) if event else watch.log_tail(rank)
+    status = f"status {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "an error"
+    error = f"rank {rank} failed ({status}) in {where or 'startup'}: {text}"
+    others = [str(r) for r in failed if r != rank]
+    if others:
+        error += f" (then rank {', '.join(others)} failed too)"
+    return _Stop("error", error)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every rank's process group, then SIGKILL what is left after the grace period."""
+    for p in procs:
+        if p.poll() is None:
+            _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + TERM_GRACE_S
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the rank's own group (start_new_session): the rank and its children
+    except ProcessLookupError:
+        pass  # already gone
+
+
+def _complete(planned: list[tuple[str, int, int]], measured: dict, dtype: str, stop: _Stop) -> list[dict]:
+    """Every planned row, in plan order: measured ones as they came, the rest with why not."""
+    out = []
+    stopped_at = None
+    for op, count, nbytes in planned:
+        row = measured.get((op, nbytes))
+        if row is not None:
+            out.append(row)
+            continue
+        status = "timeout" if stop.status == "timeout" else "error"
+        reason = stop.error or "rank 0 finished without this row"
+        if stopped_at is None:
+            stopped_at = f"{op} at {nbytes} B"
+            out.append(rows.unmeasured(op, count, nbytes, dtype, status, f"{status}: {reason}"))
+        else:
+            out.append(rows.unmeasured(op, count, nbytes, dtype, status,
+                                       f"{status}: not run, the sweep stopped at {stopped_at}"))
+    return out

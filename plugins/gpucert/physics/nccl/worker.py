@@ -1,0 +1,172 @@
+"""One rank of the sweep: `python -m gpucert.physics.nccl.worker CONFIG.json RANK`.
+
+sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), with the torchrun
+environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK). The rank writes its progress
+as JSON lines to rank<R>.jsonl beside the config: `ready` once initialized, `start` before each
+size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
+traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
+
+Per size: warm-up, then the timed iterations through core.time_op (the one timing loop), then a
+data check; every rank sends its per-iteration times and wrong-element count to the others and
+rank 0 writes the row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gpucert.physics import core
+
+from . import collectives, faults, rows
+from .formulas import element_size
+
+# the first timed iterations also estimate the time per iteration, from which all ranks agree on
+# how many more fit the size's budget; never fewer than MIN_REPS (baselines need 3 samples)
+ESTIMATE_REPS = 2
+MIN_REPS = 3
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Events:
+    """Append-only JSON lines the sweep polls; each line is flushed as it is written."""
+
+    def __init__(self, path: Path):
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, event: str, **fields) -> None:
+        self._file.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
+        self._file.flush()
+
+
+def init(backend: str, rank: int, nranks: int, timeout_s: float) -> tuple[str, dict]:
+    """Join the process group; returns the device string and what the rank runs on."""
+    timeout = timedelta(seconds=timeout_s)
+    info = {"torch": torch.__version__, "host": socket.gethostname(), "pid": os.getpid()}
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        device = f"cuda:{rank}"
+        # device_id makes the communicator initialize here (eagerly), not inside the first timed op
+        dist.init_process_group("nccl", rank=rank, world_size=nranks, timeout=timeout,
+                                device_id=torch.device(device))
+        info.update(device=torch.cuda.get_device_name(rank), cuda=torch.version.cuda,
+                    nccl=_nccl_version(),
+                    nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE"))
+    else:
+        device = "cpu"
+        dist.init_process_group("gloo", rank=rank, world_size=nranks, timeout=timeout)
+    dist.barrier()
+    return device, info
+
+
+def _nccl_version() -> str:
+    version = torch.cuda.nccl.version()  # a tuple in recent torch, one integer in old builds
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
+def agreed_max(value: float, device: str) -> float:
+    """The largest of every rank's value, so all ranks take the same decision."""
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def gather_floats(values: list[float], device: str, nranks: int) -> list[list[float]]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    parts = [torch.empty_like(t) for _ in range(nranks)]
+    dist.all_gather(parts, t)
+    return [p.tolist() for p in parts]
+
+
+def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budget_s: float) -> list[float]:
+    """Per-iteration seconds. Every rank must run the same number of collectives, so the time
+    budget cannot be a per-rank deadline (a rank that stopped early would leave its peers waiting
+    forever); instead the ranks agree on the count after the first iterations."""
+    first = min(ESTIMATE_REPS, iters)
+    samples, _ = core.time_op(case.run, device, warmup=warmup, reps=first, max_time_s=math.inf)
+    per_iteration = agreed_max(max(samples), device)
+    fit = int(budget_s / per_iteration) if per_iteration > 0 else iters
+    total = max(min(MIN_REPS, iters), min(iters, fit))
+    if total > first:
+        more, _ = core.time_op(case.run, device, warmup=0, reps=total - first, max_time_s=math.inf)
+        samples += more
+    return samples
+
+
+def check_case(case: collectives.Case, device: str, corrupt: bool) -> int:
+    """nccl-tests' check: fresh inputs, poisoned outputs, one more collective, compare."""
+    case.prepare()
+    case.run()
+    core.synchronize(device)
+    if corrupt:
+        case.corrupt(faults.CORRUPTED_ELEMENTS)
+    return case.count_wrong()
+
+
+def run_size(config: dict, buffers: collectives.Buffers, device: str, op: str, count: int, nbytes: int,
+             active: list[faults.Fault]) -> dict | None:
+    rank, nranks = buffers.rank, buffers.nranks
+    if any(f.applies("hang", rank, op, nbytes) for f in active):
+        while True:  # test hook: a rank that never joins the collective
+            time.sleep(3600)
+    if any(f.applies("crash", rank, op, nbytes) for f in active):
+        raise RuntimeError(f"injected crash on rank {rank} before {op} at {nbytes} B ({faults.ENV})")
+    case = collectives.BUILDERS[op](buffers, count)
+    case.prepare()
+    samples = time_case(case, device, config["warmup"], config["iters"], config["size_budget_s"])
+    wrong = check_case(case, device, any(f.applies("corrupt", rank, op, nbytes) for f in active))
+    gathered = gather_floats(samples + [float(wrong)], device, nranks)
+    if rank != 0:
+        return None
+    note = case.call
+    if len(samples) < config["iters"]:
+        note += f"; {len(samples)} of {config['iters']} iterations fit the {config['size_budget_s']:g} s size budget"
+    return rows.measured(op, count, nbytes, config["dtype"], nranks,
+                         [g[:-1] for g in gathered], [int(g[-1]) for g in gathered], note)
+
+
+def main(argv: list[str]) -> int:
+    # NVLink SHARP (multicast) stays off unless the caller chose otherwise; NCCL reads its
+    # environment when the communicator is created, in init() below
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    config_path, rank = Path(argv[1]), int(argv[2])
+    config = json.loads(config_path.read_text())
+    nranks = config["nproc"]
+    events = Events(config_path.parent / f"rank{rank}.jsonl")
+    where = "startup"
+    try:
+        active = faults.from_env()
+        device, info = init(config["backend"], rank, nranks, config["pg_timeout_s"])
+        dtype = DTYPES[config["dtype"]]
+        elements = max((nbytes for _, _, nbytes in config["plan"]), default=0) // element_size(config["dtype"])
+        # allocated once for the largest size; every size is a slice of these
+        buffers = collectives.Buffers(rank, nranks, torch.empty(elements, dtype=dtype, device=device),
+                                      torch.empty(elements, dtype=dtype, device=device))
+        events.write("ready", **info)
+        for op, count, nbytes in config["plan"]:
+            where = f"{op} at {nbytes} B"
+            events.write("start", op=op, bytes=nbytes)
+            row = run_size(config, buffers, device, op, count, nbytes, active)
+            if row is not None:
+                events.write("row", row=row)
+    except BaseException as exc:
+        # the time stamp tells the sweep which rank failed first (its peers fail after it);
+        # the traceback still goes to stderr
+        events.write("error", error=f"{type(exc).__name__}: {exc}", where=where)
+        raise
+    events.write("done")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,122 @@
+"""The one timing loop and the benchmark lifecycle (physics/core.py), on the CPU."""
+
+import time
+
+import pytest
+
+from gpucert.physics.core import Benchmark, BenchmarkSkipped, Result, measure, stats_of, time_op
+
+
+class Counting(Benchmark):
+    """A benchmark that counts its calls; each knob breaks one step of the lifecycle."""
+
+    name = "counting"
+
+    def __init__(self, fail_in=None, wrong=None, sleep_s=0.0):
+        super().__init__(fail_in=fail_in)
+        self.fail_in, self.wrong, self.sleep_s = fail_in, wrong, sleep_s
+        self.calls = 0
+        self.torn_down = False
+
+    def setup(self, device):
+        if self.fail_in == "skip":
+            raise BenchmarkSkipped("this device has no such unit")
+        if self.fail_in == "setup":
+            raise MemoryError("out of memory")
+
+    def op(self):
+        self.calls += 1
+        if self.fail_in == "op":
+            raise RuntimeError("kernel launch failed")
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+
+    def flops(self):
+        return 4e12
+
+    def bytes_moved(self):
+        return 2e9
+
+    def check(self):
+        return self.wrong
+
+    def teardown(self):
+        self.torn_down = True
+
+
+def test_time_op_on_cpu_returns_one_positive_sample_per_repetition():
+    calls = []
+    samples, note = time_op(lambda: calls.append(1), "cpu", warmup=2, reps=7)
+    assert len(samples) == 7 and all(s > 0 for s in samples)
+    assert len(calls) == 9  # warm-up runs are not timed
+    assert note is None
+
+
+def test_time_op_flushes_before_every_timed_iteration_only():
+    order = []
+    time_op(lambda: order.append("op"), "cpu", warmup=1, reps=3, flush=lambda: order.append("flush"))
+    assert order == ["op", "flush", "op", "flush", "op", "flush", "op"]
+
+
+def test_time_budget_stops_early_keeps_the_samples_and_says_so():
+    samples, note = time_op(lambda: time.sleep(0.01), "cpu", warmup=0, reps=1000, max_time_s=0.05)
+    assert 2 <= len(samples) < 1000
+    assert note == f"time budget 0.05 s reached after {len(samples)} of 1000 repetitions"
+
+
+def test_measure_ok_carries_samples_work_and_rates():
+    bench = Counting()
+    result = measure(bench, "cpu", warmup=1, reps=5)
+    assert result.status == "ok" and result.error is None
+    assert len(result.samples_s) == 5 and bench.calls == 6
+    assert result.flops == 4e12 and result.bytes == 2e9
+    assert result.tflops == pytest.approx(4 / result.median_s)
+    assert result.gbps == pytest.approx(2 / result.median_s)
+    assert bench.torn_down
+    assert result.to_dict()["stats_s"]["rounds"] == 5
+
+
+def test_an_exception_becomes_status_error_and_teardown_still_runs():
+    bench = Counting(fail_in="op")
+    result = measure(bench, "cpu", warmup=1, reps=3)
+    assert result.status == "error"
+    assert result.error == "RuntimeError: kernel launch failed"
+    assert result.samples_s == [] and bench.torn_down
+
+
+def test_a_failing_setup_is_an_error_too():
+    result = measure(Counting(fail_in="setup"), "cpu")
+    assert (result.status, result.error) == ("error", "MemoryError: out of memory")
+
+
+def test_a_wrong_check_is_an_error_even_with_good_timings():
+    result = measure(Counting(wrong="3 of 64 elements differ"), "cpu", warmup=0, reps=3)
+    assert result.status == "error"
+    assert result.error == "wrong result: 3 of 64 elements differ"
+    assert len(result.samples_s) == 3  # what was timed stays on the record
+
+
+def test_benchmark_skipped_becomes_status_skipped_with_the_reason():
+    result = measure(Counting(fail_in="skip"), "cpu")
+    assert (result.status, result.error) == ("skipped", "this device has no such unit")
+    assert result.tflops is None and result.rate_samples("tflops") == []
+
+
+def test_rate_samples_convert_each_iteration_time():
+    result = Result("r", {}, "cpu", samples_s=[1.0, 2.0, 0.5], flops=2e12, bytes=4e9)
+    assert result.rate_samples("tflops") == [2.0, 1.0, 4.0]
+    assert result.rate_samples("gbps") == [4.0, 2.0, 8.0]
+    assert result.tflops == pytest.approx(2.0)  # at the median time (1.0 s)
+
+
+def test_stats_of_samples():
+    stats = stats_of([1.0, 2.0, 3.0, 4.0])
+    assert stats["median"] == 2.5 and stats["min"] == 1.0 and stats["rounds"] == 4
+    assert stats_of([]) == {}
+
+
+def test_base_teardown_drops_buffers_but_keeps_params():
+    bench = Benchmark(size=8)
+    bench.buffer = bytearray(8)
+    bench.teardown()
+    assert bench.buffer is None and bench.params == {"size": 8}
