@@ -191,6 +191,29 @@ def _time_cuda(op, device, warmup, reps, max_time_s, flush) -> tuple[list[float]
     return [s.elapsed_time(e) / 1e3 for s, e in pairs], note
 
 
+def capture_graph(op: Callable[[], Any], device: str, batch: int) -> Callable[[], None]:
+    """`batch` calls of `op` captured in one CUDA graph; returns its replay. For work shorter
+    than its own launch (small collectives, tiny copies), timing graph replays measures the GPU
+    instead of the host's launch path — divide each replay's time by `batch`. `op` must have
+    run eagerly first (lazy initialization cannot be captured). Raises RuntimeError when the op
+    cannot be captured."""
+    import torch
+    with torch.cuda.device(torch.device(device)):
+        # capture on a side stream, as torch.cuda.graph requires, after one eager call there
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            op()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(batch):
+                op()
+        torch.cuda.synchronize()
+    return graph.replay
+
+
 def _budget_note(max_time_s: float, done: int, reps: int) -> str:
     return f"time budget {max_time_s:g} s reached after {done} of {reps} repetitions"
 

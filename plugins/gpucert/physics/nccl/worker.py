@@ -34,6 +34,10 @@ from .formulas import element_size
 # how many more fit the size's budget; never fewer than MIN_REPS (baselines need 3 samples)
 ESTIMATE_REPS = 2
 MIN_REPS = 3
+# sizes up to this are latency-bound (launch cost > transfer): timed as CUDA graph replays of
+# GRAPH_BATCH collectives each, so a sample is long enough for events and free of host gaps
+GRAPH_MAX_BYTES = 1 << 20
+GRAPH_BATCH = 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,19 +91,36 @@ def gather_floats(values: list[float], device: str, nranks: int) -> list[list[fl
     return [p.tolist() for p in parts]
 
 
-def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budget_s: float) -> list[float]:
-    """Per-iteration seconds. Every rank must run the same number of collectives, so the time
-    budget cannot be a per-rank deadline (a rank that stopped early would leave its peers waiting
-    forever); instead the ranks agree on the count after the first iterations."""
+def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budget_s: float,
+              graph_batch: int = 0) -> tuple[list[float], str]:
+    """(per-collective seconds, how they were timed). Every rank must run the same number of
+    collectives, so the time budget cannot be a per-rank deadline (a rank that stopped early
+    would leave its peers waiting forever); the ranks agree on the count after the first
+    iterations. With `graph_batch`, each sample is one replay of a CUDA graph of that many
+    collectives, divided by the batch: small messages then measure NCCL, not torch's ~50 µs
+    host path per call (nccl-tests launches from C and is not host-bound there)."""
+    run, batch, how = case.run, 1, "eager, CUDA events per call"
+    if graph_batch:
+        for _ in range(warmup):
+            case.run()
+        try:
+            replay, error = core.capture_graph(case.run, device, graph_batch), ""
+        except RuntimeError as exc:
+            replay, error = None, str(exc).splitlines()[0]
+        # one rank replaying graphs while another runs eagerly would mismatch the collectives
+        if agreed_max(0.0 if replay else 1.0, device) == 0.0:
+            run, batch, how = replay, graph_batch, f"CUDA graph of {graph_batch} calls per sample"
+        else:
+            how = f"eager, CUDA events per call (graph capture failed on a rank{': ' + error if error else ''})"
     first = min(ESTIMATE_REPS, iters)
-    samples, _ = core.time_op(case.run, device, warmup=warmup, reps=first, max_time_s=math.inf)
+    samples, _ = core.time_op(run, device, warmup=warmup, reps=first, max_time_s=math.inf)
     per_iteration = agreed_max(max(samples), device)
     fit = int(budget_s / per_iteration) if per_iteration > 0 else iters
     total = max(min(MIN_REPS, iters), min(iters, fit))
     if total > first:
-        more, _ = core.time_op(case.run, device, warmup=0, reps=total - first, max_time_s=math.inf)
+        more, _ = core.time_op(run, device, warmup=0, reps=total - first, max_time_s=math.inf)
         samples += more
-    return samples
+    return [s / batch for s in samples], how
 
 
 def check_case(case: collectives.Case, device: str, corrupt: bool) -> int:
@@ -122,12 +143,13 @@ def run_size(config: dict, buffers: collectives.Buffers, device: str, op: str, c
         raise RuntimeError(f"injected crash on rank {rank} before {op} at {nbytes} B ({faults.ENV})")
     case = collectives.BUILDERS[op](buffers, count)
     case.prepare()
-    samples = time_case(case, device, config["warmup"], config["iters"], config["size_budget_s"])
+    graph_batch = GRAPH_BATCH if core.is_cuda(device) and nbytes <= GRAPH_MAX_BYTES else 0
+    samples, how = time_case(case, device, config["warmup"], config["iters"], config["size_budget_s"], graph_batch)
     wrong = check_case(case, device, any(f.applies("corrupt", rank, op, nbytes) for f in active))
     gathered = gather_floats(samples + [float(wrong)], device, nranks)
     if rank != 0:
         return None
-    note = case.call
+    note = f"{case.call}; {how}"
     if len(samples) < config["iters"]:
         note += f"; {len(samples)} of {config['iters']} iterations fit the {config['size_budget_s']:g} s size budget"
     return rows.measured(op, count, nbytes, config["dtype"], nranks,
