@@ -60,7 +60,7 @@ def _limits(metric: Metric, rule: Rule) -> list[tuple[str, str, str]]:
         if fraction is None or metric.peak is None:
             continue
         floor = fraction * metric.peak
-        text = f">= {fraction:g} of peak {_fmt(metric.peak)}"
+        text = f"{'≥' if verdict == 'fail' else 'warn below'} {fraction:.0%} of peak {_fmt(metric.peak)}"
         broken = value < floor
         why = (f"{_fmt(value)} {metric.unit} is {value / metric.peak:.1%} of the datasheet peak "
                f"{_fmt(metric.peak)}, below {fraction:.0%}") if broken else ""
@@ -111,8 +111,7 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     if rule.direction != direction:
         rule = Rule(**{**rule.__dict__, "direction": direction})
 
-    verdicts: list[str] = []
-    reasons: list[str] = []
+    findings: list[tuple[str, str]] = []  # (verdict, why) of every rule that applied
     thresholds: list[str] = []
     base_value = baseline.get("value") if baseline and not rule.drift else None
     delta_pct = None
@@ -120,38 +119,30 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     if rule.drift:
         pass  # the value is itself a difference from the baseline: only absolute limits apply
     elif base_value is None:
-        if missing_baseline == "fail":
-            verdicts.append("fail")
-            reasons.append("no baseline for this metric (--missing-baseline=fail)")
-        else:
-            verdicts.append("new")
-            reasons.append("no baseline yet")
+        findings.append(("fail", "no baseline for this metric (--missing-baseline=fail)") if missing_baseline == "fail"
+                        else ("new", "no baseline yet"))
     else:
         verdict, why, delta_pct, suggested, text = _against_baseline(metric, rule, float(base_value))
         if update_mode and verdict == "fail":
             verdict, why = "warn", why + " (baseline being updated)"
-        verdicts.append(verdict)
-        reasons.append(why)
+        findings.append((verdict, why))
         thresholds.append(text)
     for verdict, why, text in _limits(metric, rule):
         if rule.drift and update_mode and verdict == "fail":
             verdict, why = "warn", why + " (accepted by --update-baselines)"
-        verdicts.append(verdict)
+        findings.append((verdict, why))
         thresholds.append(text)
-        if why:
-            reasons.append(why)
-    if base_value is None and len(thresholds) > 0 and reasons and reasons[0].startswith("no baseline yet"):
-        reasons[0] += ": judged on absolute limits"
-    if not verdicts:
-        reasons.append("informational: no limit applies")
-    elif not any(reasons):
-        reasons.append(f"{_fmt(metric.value)} {metric.unit}: within absolute limits")
 
-    final = worst(verdicts)
-    # a breach outranks the plain "within tolerance" / "no baseline" text
-    if final in ("fail", "warn"):
-        reasons = [r for r in reasons if r and not r.endswith("within tolerance") and not r.startswith("no baseline yet")] or reasons
-    judgement = Judgement(final, "; ".join(r for r in reasons if r), base_value, delta_pct, "; ".join(thresholds), suggested)
+    final = worst([verdict for verdict, _ in findings])
+    # the reasons of the rules that decided the verdict, not those it outranks
+    reasons = [why for verdict, why in findings if verdict == final and why]
+    if not findings:
+        reasons = ["informational: no limit applies"]
+    elif final == "new" and len(findings) > 1:  # "no baseline" plus limits that held
+        reasons = ["no baseline yet: judged on absolute limits"]
+    elif not reasons:
+        reasons = [f"{_fmt(metric.value)} {metric.unit}: within absolute limits"]
+    judgement = Judgement(final, "; ".join(reasons), base_value, delta_pct, "; ".join(thresholds), suggested)
     if metric.note:
         judgement.reason += f" — {metric.note}"
     return _quarantined(judgement, quarantine, today)

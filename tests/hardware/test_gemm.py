@@ -33,7 +33,8 @@ PROJECTION_CASES = [pytest.param(dtype, name, id=f"{dtype}-{name}") for dtype in
 
 
 def record_tflops(gpucert, dtype, result, *, note=None, params=None):
-    """tflops (and pct_of_peak where the GPU has a datasheet entry) of one measured Result."""
+    """tflops of one measured Result, with the datasheet peak of that dtype for this GPU model
+    (the card shows the % of peak beside it; metrics.json keeps the peak)."""
     name, spec = datasheet.gpu_of(gpucert.snapshot, DEVICE_INDEX)
     peak = spec.dense_tflops.get(dtype) if spec else None
     notes = [n for n in (note, result.note, None if spec else datasheet.no_entry_note(name)) if n]
@@ -47,9 +48,6 @@ def record_tflops(gpucert, dtype, result, *, note=None, params=None):
     rates = result.rate_samples("tflops")
     gpucert.record("tflops", result.tflops, unit="TFLOP/s", samples=rates, params=params, direction="higher",
                    peak=peak, note="; ".join(notes) or None)
-    if peak:
-        gpucert.record("pct_of_peak", 100.0 * result.tflops / peak, unit="%", params=params,
-                       samples=[100.0 * r / peak for r in rates], direction="higher")
 
 
 @pytest.mark.parametrize("dtype,shape", SQUARE_CASES)

@@ -67,6 +67,14 @@ def test_datasheet_floor_applies_without_baseline():
     assert judge(metric(10.0), rule, None).verdict == "new"
 
 
+def test_a_failure_gives_only_the_failing_reason():
+    rule = Rule(direction="higher", min_fraction_of_peak=0.70, warn_fraction_of_peak=0.75)
+    j = judge(metric(690.0, peak=1000.0), rule, None)
+    assert j.verdict == "fail"
+    assert j.reason == "690 TFLOP/s is 69.0% of the datasheet peak 1,000, below 70%"
+    assert j.threshold == "≥ 70% of peak 1,000; warn below 75% of peak 1,000"
+
+
 def test_slo_limits():
     rule = Rule(direction="lower", max=500.0, warn_max=300.0)
     assert judge(metric(200.0), rule, None).verdict == "new"
