@@ -1,7 +1,7 @@
 """thresholds.yaml: the rules that turn a measured value into a verdict.
 
-A rule matches a metric by check name, metric name (both fnmatch globs) and optionally exact
-parameter values. Every matching rule applies in file order, later keys overriding earlier ones,
+A rule matches a metric by check name, metric name and optionally parameter values (all
+fnmatch globs, e.g. `params: {size: "*KiB"}`). Every matching rule applies in file order, later keys overriding earlier ones,
 on top of `defaults` — so a file reads from general to specific. The file is validated as a whole
 when the run starts: a bad key or value stops the run with one line naming it.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .metrics import param_text
 
 SCHEMA_VERSION = 1
 DIRECTIONS = ("higher", "lower")
@@ -82,7 +84,7 @@ def _matches(check_glob: str, metric_glob: str, params: dict[str, str],
              check: str, metric: str, actual: dict[str, Any]) -> bool:
     if not fnmatch.fnmatchcase(check, check_glob) or not fnmatch.fnmatchcase(metric, metric_glob):
         return False
-    return all(str(actual.get(k)) == v for k, v in params.items())
+    return all(k in actual and fnmatch.fnmatchcase(param_text(actual[k]), v) for k, v in params.items())
 
 
 @dataclass

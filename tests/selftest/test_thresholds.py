@@ -67,6 +67,15 @@ def test_missing_file(tmp_path):
         load(tmp_path / "nope.yaml")
 
 
+def test_params_match_as_globs():
+    th = parse({"rules": [{"check": "nccl", "params": {"size": "*KiB"}, "rel_tol": 0.5},
+                          {"check": "nccl", "params": {"size": "*[0-9]B"}, "rel_tol": 0.4}]})
+    assert th.rule_for("nccl", "busbw_gbps", {"size": "32KiB"}).rel_tol == 0.5
+    assert th.rule_for("nccl", "busbw_gbps", {"size": "128B"}).rel_tol == 0.4
+    assert th.rule_for("nccl", "busbw_gbps", {"size": "2MiB"}).rel_tol == 0.05
+    assert th.rule_for("nccl", "busbw_gbps", {}).rel_tol == 0.05  # a missing parameter never matches
+
+
 def test_quarantine_matching_and_expiry():
     th = parse({"quarantine": [{"check": "nccl", "metric": "busbw_gbps", "params": {"op": "alltoall"},
                                 "reason": "vendor bug 12", "expires": dt.date(2026, 12, 31)}]})

@@ -34,9 +34,11 @@ from .formulas import element_size
 # how many more fit the size's budget; never fewer than MIN_REPS (baselines need 3 samples)
 ESTIMATE_REPS = 2
 MIN_REPS = 3
-# sizes up to this are latency-bound (launch cost > transfer): timed as CUDA graph replays of
-# GRAPH_BATCH collectives each, so a sample is long enough for events and free of host gaps
-GRAPH_MAX_BYTES = 1 << 20
+# sizes up to this run for less than ~1 ms, where torch's per-call host path (~50 µs) and its
+# jitter show in eager timing (seen on 2x H100: 2-32 MiB rows varied 15-50 % between runs): timed
+# as CUDA graph replays of GRAPH_BATCH collectives each, free of host gaps. Larger sizes are
+# timed eagerly, as nccl-tests does; there the host path is under 1 % of the time.
+GRAPH_MAX_BYTES = 256 << 20
 GRAPH_BATCH = 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
