@@ -197,6 +197,9 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
     """Write next to the target, then rename over it: a crash never leaves half a baseline."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a baseline or a card is for everyone
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh, indent=2, sort_keys=False, allow_nan=False)

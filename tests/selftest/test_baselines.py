@@ -69,3 +69,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         write_atomic(target, {"a": float("nan")})  # refused by allow_nan=False
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
+def test_written_files_are_readable_by_everyone(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "f.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
