@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from gpucert.physics import units
 from gpucert.physics.nccl import faults, formulas, rows, sweep
 from gpucert.physics.nccl.peak import nvlink_peak
 
@@ -49,11 +50,11 @@ def test_size_list_parse_and_format():
     assert formulas.size_list(8, 100, 4) == [8, 32]
     assert formulas.HARDWARE_SIZES[0] == 8 and formulas.HARDWARE_SIZES[-1] == 8 << 30
     assert len(formulas.HARDWARE_SIZES) == 16
-    assert [formulas.parse_size(t) for t in ("8", "64K", "1M", "8G", "2KiB", "3mb")] == \
+    assert [units.parse_size(t) for t in ("8", "64K", "1M", "8G", "2KiB", "3mb")] == \
         [8, 64 << 10, 1 << 20, 8 << 30, 2 << 10, 3 << 20]
-    assert [formulas.format_size(n) for n in (8, 2048, 8 << 30, 1000)] == ["8B", "2KiB", "8GiB", "1000B"]
+    assert [units.format_size(n) for n in (8, 2048, 8 << 30, 1000)] == ["8B", "2KiB", "8GiB", "1000B"]
     with pytest.raises(ValueError, match="bad size '8X'"):
-        formulas.parse_size("8X")
+        units.parse_size("8X")
     with pytest.raises(ValueError, match="step factor"):
         formulas.size_list(8, 64, 1)
 

@@ -13,19 +13,17 @@ failed or copied wrong data, 0 otherwise.
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 from gpucert.cli import CommandError
 
-from . import datasheet
+from . import datasheet, units
 from . import memory as engine
 from .gemm_cli import check_device, cuda_devices, fmt, gpu_spec
 
 EXIT_OK, EXIT_MEASUREMENT_FAILED = 0, 1
 CPU_SIZE = 256 << 20  # the CPU run is the engine's self-test: a quick host memcpy
 TIMING = {"device_copy": {"warmup": 3, "reps": 20}, "host": {"warmup": 2, "reps": 10}}
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def register(engines) -> None:
@@ -47,10 +45,10 @@ def register(engines) -> None:
 
 def parse_size(text: str) -> int:
     """'2G', '512M', '2GiB', '4096' → bytes (K, M, G, T are powers of 1024, as nccl-tests reads them)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise CommandError(f"--size {text!r}: expected a byte count like 4096, 512M or 2G")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    try:
+        size = units.parse_size(text)
+    except ValueError:
+        raise CommandError(f"--size {text!r}: expected a byte count like 4096, 512M or 2G") from None
     if size < engine.PATTERN_BYTES:
         raise CommandError(f"--size {text!r}: at least {engine.PATTERN_BYTES} bytes")
     return size

@@ -14,6 +14,7 @@ import json
 
 from gpucert.cli import CommandError
 
+from . import units
 from .nccl import formulas, sweep
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -52,8 +53,8 @@ def register(engines) -> None:
 def config_from(args) -> sweep.SweepConfig:
     ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
     try:
-        sizes = formulas.size_list(formulas.parse_size(args.min_bytes),
-                                   formulas.parse_size(args.max_bytes or DEFAULT_MAX_BYTES[args.backend]),
+        sizes = formulas.size_list(units.parse_size(args.min_bytes),
+                                   units.parse_size(args.max_bytes or DEFAULT_MAX_BYTES[args.backend]),
                                    args.step_factor)
     except ValueError as err:
         raise CommandError(str(err)) from None

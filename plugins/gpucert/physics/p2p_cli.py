@@ -7,23 +7,20 @@ GPUs."""
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 from gpucert.cli import CommandError
 
-from . import p2p, p2p_matrix
+from . import p2p, p2p_matrix, units
 
-_SIZE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]?)(?:i?B)?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
     """"1G" → 1073741824: binary multiples, as nccl-tests reads -b/-e ("256M", "1GiB", "4096")."""
-    match = _SIZE.match(str(text).strip())
-    if not match:
-        raise CommandError(f"bad size {text!r}: use a byte count with an optional K, M, G or T suffix, e.g. 1G")
-    size = int(float(match.group("number")) * _UNITS[match.group("unit").upper()])
+    try:
+        size = units.parse_size(text)
+    except ValueError:
+        raise CommandError(f"bad size {text!r}: use a byte count with an optional K, M, G or T suffix, e.g. 1G") from None
     if size < 1:
         raise CommandError(f"bad size {text!r}: must be at least 1 byte")
     return size

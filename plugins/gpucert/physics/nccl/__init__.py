@@ -11,7 +11,8 @@
 Importing this package does not import torch; the worker and collectives do.
 """
 
-from .formulas import HARDWARE_SIZES, OPS, bus_factor, format_size, parse_size
+from ..units import format_size, parse_size
+from .formulas import HARDWARE_SIZES, OPS, bus_factor
 from .sweep import SweepConfig, SweepError, SweepResult, run
 
 __all__ = ["HARDWARE_SIZES", "OPS", "SweepConfig", "SweepError", "SweepResult", "bus_factor",

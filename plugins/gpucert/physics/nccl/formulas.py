@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall", "broadcast", "reduce", "sendrecv")
 
@@ -24,8 +23,6 @@ SPLIT_OPS = frozenset({"all_gather", "reduce_scatter", "alltoall"})
 DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "bf16": "bfloat16", "half": "float16", "fp16": "float16"}
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
 def bus_factor(op: str, nranks: int) -> float:
@@ -82,24 +79,6 @@ def size_list(min_bytes: int, max_bytes: int, step_factor: int = 2) -> list[int]
         sizes.append(size)
         size *= step_factor
     return sizes
-
-
-def parse_size(text: str | int) -> int:
-    """'8', '64K', '8G', '1MiB' → bytes; suffixes are binary, as in nccl-tests."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE.match(str(text))
-    if not match:
-        raise ValueError(f"bad size {text!r}: expected a number with an optional K, M or G suffix")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-def format_size(nbytes: int) -> str:
-    """8 → '8B', 2048 → '2KiB', 8 GiB → '8GiB'; a size no binary unit divides stays in bytes."""
-    for suffix, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= unit and nbytes % unit == 0:
-            return f"{nbytes // unit}{suffix}"
-    return f"{nbytes}B"
 
 
 # The sizes the hardware check is parametrized over: every power of 4 from 8 B to 8 GiB, so the
