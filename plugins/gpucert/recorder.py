@@ -90,6 +90,20 @@ class CheckRecorder:
         self._result.metrics.append(record)
         return record
 
+    def record_result(self, metric: str, result: Any, value: float | None, *, unit: str, direction: str,
+                      samples: list[float] | None = None, peak: float | None = None, note: str | None = None,
+                      params: dict[str, Any] | None = None) -> Metric:
+        """Record what a benchmark Result (physics.core.Result: status, error, note) measured, or,
+        when it did not measure, its status and error with no value. The Result's own note is
+        kept beside `note`."""
+        note = "; ".join(n for n in (note, getattr(result, "note", None)) if n) or None
+        if result.status != "ok":
+            return self.record(metric, None, unit=unit, direction=direction, peak=peak, params=params,
+                               status="skipped" if result.status == "skipped" else "error",
+                               error=result.error, note=note)
+        return self.record(metric, value, unit=unit, direction=direction, samples=samples, peak=peak,
+                           params=params, note=note)
+
     def record_error(self, metric: str, error: str, *, unit: str, params: dict[str, Any] | None = None) -> Metric:
         """A measurement that could not be taken: kept on the card with its error, and it fails."""
         return self.record(metric, None, unit=unit, params=params, status="error", error=error)

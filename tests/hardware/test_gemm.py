@@ -37,17 +37,11 @@ def record_tflops(gpucert, dtype, result, *, note=None, params=None):
     (the card shows the % of peak beside it; metrics.json keeps the peak)."""
     name, spec = datasheet.gpu_of(gpucert.snapshot, DEVICE_INDEX)
     peak = spec.dense_tflops.get(dtype) if spec else None
-    notes = [n for n in (note, result.note, None if spec else datasheet.no_entry_note(name)) if n]
-    if result.status != "ok":
-        status = "skipped" if result.status == "skipped" else "error"
-        gpucert.record("tflops", None, unit="TFLOP/s", params=params, direction="higher", peak=peak,
-                       status=status, error=result.error, note="; ".join(notes) or None)
-        if status == "skipped":
-            pytest.skip(result.error)
-        return
-    rates = result.rate_samples("tflops")
-    gpucert.record("tflops", result.tflops, unit="TFLOP/s", samples=rates, params=params, direction="higher",
-                   peak=peak, note="; ".join(notes) or None)
+    notes = "; ".join(n for n in (note, None if spec else datasheet.no_entry_note(name)) if n) or None
+    gpucert.record_result("tflops", result, result.tflops, unit="TFLOP/s", direction="higher",
+                          samples=result.rate_samples("tflops"), peak=peak, note=notes, params=params)
+    if result.status == "skipped":
+        pytest.skip(result.error)
 
 
 @pytest.mark.parametrize("dtype,shape", SQUARE_CASES)

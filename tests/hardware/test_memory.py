@@ -41,14 +41,8 @@ def test_memory(gpucert, cuda_devices, kind, gpu):
 
     name, spec = datasheet.gpu_of(gpucert.snapshot, gpu)
     peak = engine.datasheet_peak(kind, spec)
-    notes = [n for n in (result.note, None if spec else datasheet.no_entry_note(name)) if n]
-    note = "; ".join(notes) or None
-    if result.status != "ok":
-        status = "skipped" if result.status == "skipped" else "error"
-        gpucert.record("gbps", None, unit="GB/s", direction="higher", peak=peak, status=status,
-                       error=result.error, note=note)
-        if status == "skipped":
-            pytest.skip(result.error)
-        return
-    gpucert.record("gbps", result.gbps, unit="GB/s", samples=result.rate_samples("gbps"), direction="higher",
-                   peak=peak, note=note)
+    gpucert.record_result("gbps", result, result.gbps, unit="GB/s", direction="higher",
+                          samples=result.rate_samples("gbps"), peak=peak,
+                          note=None if spec else datasheet.no_entry_note(name))
+    if result.status == "skipped":
+        pytest.skip(result.error)

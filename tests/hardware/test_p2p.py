@@ -39,20 +39,9 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("src,dst", [pytest.param(None, None, id="no-pair", marks=skip)])
 
 
-def _record(gpucert, metric, result, value, samples, *, unit, direction, peak=None, note=None):
-    """A Result as a metric; one that did not measure stays on the card with its error."""
-    note = "; ".join(n for n in (note, result.note) if n) or None
-    if result.status != "ok":
-        status = "skipped" if result.status == "skipped" else "error"
-        gpucert.record(metric, None, unit=unit, direction=direction, peak=peak, status=status,
-                       error=result.error, note=note)
-        return
-    gpucert.record(metric, value, unit=unit, samples=samples, direction=direction, peak=peak, note=note)
-
-
 def _record_rate(gpucert, metric, result, *, peak=None, note=None):
-    _record(gpucert, metric, result, result.gbps, result.rate_samples("gbps"), unit="GB/s",
-            direction="higher", peak=peak, note=note)
+    gpucert.record_result(metric, result, result.gbps, unit="GB/s", direction="higher",
+                          samples=result.rate_samples("gbps"), peak=peak, note=note)
 
 
 def test_p2p(gpucert, src, dst):
@@ -70,9 +59,9 @@ def test_p2p(gpucert, src, dst):
                  peak=2 * expected.peak_gbps if expected.peak_gbps else None,
                  note=f"twice the one-way peak: {expected.basis}")
     latency = p2p.measure_latency(a, b, **LATENCY)
-    _record(gpucert, "latency_us", latency, latency.median_s * 1e6 if latency.median_s else None,
-            [s * 1e6 for s in latency.samples_s], unit="us", direction="lower",
-            note=f"{LATENCY['nbytes']}-byte copies, {LATENCY['copies']} per iteration")
+    gpucert.record_result("latency_us", latency, latency.median_s * 1e6 if latency.median_s else None,
+                          unit="us", direction="lower", samples=[s * 1e6 for s in latency.samples_s],
+                          note=f"{LATENCY['nbytes']}-byte copies, {LATENCY['copies']} per iteration")
     staged = p2p.staged_expectation(src_gpu, dst_gpu)
     _record_rate(gpucert, "oneway_gbps_p2p_off", p2p.measure_oneway(a, b, PAIR_SIZE, p2p=False, **STAGED),
                  peak=staged.peak_gbps, note=f"staged through pinned host memory; {staged.basis}")

@@ -242,3 +242,21 @@ def test_peak(gpucert):
     assert "80.0% of 1,000" in result.html
     metric = result.metrics["checks"][0]["metrics"][0]
     assert metric["peak"] == 1000.0
+
+
+def test_a_benchmark_result_that_did_not_measure_keeps_its_error(suite, pytester):
+    pytester.makepyfile(test_result='''
+import types
+import pytest
+@pytest.mark.hardware
+def test_result(gpucert):
+    ok = types.SimpleNamespace(status="ok", error=None, note="budget reached")
+    gpucert.record_result("gbps", ok, 10.0, unit="GB/s", direction="higher", samples=[10.0] * 3, note="NV18")
+    broken = types.SimpleNamespace(status="timeout", error="rank 1 hung", note=None)
+    gpucert.record_result("busbw_gbps", broken, None, unit="GB/s", direction="higher")
+''')
+    result = suite(100, "-k", "test_result")
+    assert result.ret == 1
+    first, second = result.metrics["checks"][0]["metrics"]
+    assert first["note"] == "NV18; budget reached" and first["verdict"] == "new"
+    assert second["status"] == "error" and second["error"] == "rank 1 hung" and second["verdict"] == "fail"
