@@ -170,14 +170,26 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
 # 15-35 % between runs without it). 2 ms covers 8 launches of torch's host path many times over.
 HOLD_S = 0.002
 HOLD_BLOCK = 8
-_MAX_SM_CLOCK_HZ = 2.1e9  # above any datacenter GPU's boost clock: the hold is never shorter
+# Above any datacenter GPU's boost clock: `seconds × MAX_SM_CLOCK_HZ` cycles spin at least that
+# long, and `cycles / MAX_SM_CLOCK_HZ` never over-states a spin.
+MAX_SM_CLOCK_HZ = 3.0e9
+
+
+def can_spin_gpu() -> bool:
+    import torch
+    return hasattr(torch.cuda, "_sleep")
+
+
+def spin_gpu(cycles: int) -> None:
+    """Queue a spin of `cycles` SM clock cycles on the current stream (torch.cuda._sleep)."""
+    if cycles > 0 and can_spin_gpu():
+        import torch
+        torch.cuda._sleep(int(cycles))
 
 
 def hold_gpu(seconds: float = HOLD_S) -> None:
-    """Queue a spin of about `seconds` on the current stream (torch.cuda._sleep, where present)."""
-    import torch
-    if hasattr(torch.cuda, "_sleep"):
-        torch.cuda._sleep(int(seconds * _MAX_SM_CLOCK_HZ))
+    """Queue a spin of at least `seconds` on the current stream."""
+    spin_gpu(int(seconds * MAX_SM_CLOCK_HZ))
 
 
 def _time_cuda(op, device, warmup, reps, max_time_s, flush) -> tuple[list[float], str | None]:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import datasheet
+from . import core, datasheet
 from .core import Benchmark, BenchmarkSkipped, Result, is_cuda, measure
 
 # Staged (P2P off) copies move this much per D2H/H2D step; 32 steps of a 1 GiB copy keep the
@@ -37,8 +37,7 @@ STAGE_CHUNK_BYTES = 32 << 20
 # Host time to launch one small copy through torch, generously (a cross-device copy_ costs
 # ~15-30 µs: two barrier events and the memcpy; staged, two copies and two stream joins).
 LAUNCH_BUDGET_S = {"direct": 60e-6, "staged": 150e-6}
-# Above any datacenter GPU's boost clock, so `cycles / MAX_SM_CLOCK_HZ` never over-states a hold.
-MAX_SM_CLOCK_HZ = 3.0e9
+MAX_SM_CLOCK_HZ = core.MAX_SM_CLOCK_HZ
 _CHECK_POINTS = 4096  # positions compared after the timed runs (the whole buffer would cost a copy)
 
 
@@ -282,13 +281,8 @@ class HoldKernel(Benchmark):
         hold(self.params["cycles"] if self.cuda else 0)
 
 
-def hold(cycles: int) -> None:
-    if cycles > 0:
-        _torch().cuda._sleep(int(cycles))
-
-
-def hold_available() -> bool:
-    return hasattr(_torch().cuda, "_sleep")
+hold = core.spin_gpu
+hold_available = core.can_spin_gpu
 
 
 class SmallCopies(_PairBenchmark):
