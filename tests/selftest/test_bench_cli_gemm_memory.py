@@ -11,6 +11,7 @@ import pytest
 
 from gpucert.cli import main
 from gpucert.physics import gemm, memory
+from machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 GEMM_ROW = {"dtype", "shape", "m", "n", "k", "tflops", "pct_of_peak", "status", "error"}
@@ -86,6 +87,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
 
 
 @pytest.mark.parametrize("engine", ["gemm", "memory"])
+@without_gpu
 def test_device_cuda_without_a_gpu_says_so(capsys, engine):
     import torch
     if torch.cuda.is_available():
@@ -112,6 +114,7 @@ def test_memory_table_on_cpu(capsys):
     assert lines[2].split()[0] == "device_copy" and lines[2].rstrip().endswith("ok")
 
 
+@without_gpu
 def test_hardware_checks_skip_cleanly_without_a_gpu(tmp_path):
     """The operator's command on a machine without a GPU: every GEMM and memory check is skipped
     with the reason, nothing fails, and the card records them."""

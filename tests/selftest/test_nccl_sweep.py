@@ -12,6 +12,7 @@ import pytest
 from gpucert import cli
 from gpucert.physics import nccl
 from gpucert.physics.nccl import faults, formulas
+from machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = {"warmup": 1, "iters": 3}
@@ -113,6 +114,7 @@ def test_corrupted_data_fails_the_hardware_check_on_wrong(tmp_path):
                      "broadcast": 0, "reduce": 0, "sendrecv": 0}
 
 
+@without_gpu
 def test_the_hardware_check_skips_without_a_gpu(tmp_path):
     pytest.importorskip("torch")
     import torch

@@ -13,10 +13,12 @@ from gpucert.cli import CommandError, main
 from gpucert.physics import p2p, p2p_cli, p2p_matrix
 
 from captures import FIXTURE
+from machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@without_gpu
 def test_no_gpu_is_one_line_and_exit_2(capsys):
     assert main(["bench", "p2p"]) == 2
     captured = capsys.readouterr()
@@ -25,6 +27,7 @@ def test_no_gpu_is_one_line_and_exit_2(capsys):
                             f"{__import__('torch').__version__} is a CPU build)\n")
 
 
+@without_gpu
 def test_no_gpu_through_the_installed_command():
     run = subprocess.run([sys.executable, "-m", "gpucert.cli", "bench", "p2p", "--json"],
                          capture_output=True, text=True, timeout=120)
@@ -87,6 +90,7 @@ def test_json_has_pairs_and_matrices(capsys, two_fake_gpus):
     assert len(data["matrices"]["latency_us"]["values"]) == 2 and data["failures"] == []
 
 
+@without_gpu
 def test_hardware_checks_skip_cleanly_without_gpus(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pytest", "-m", "hardware", "-k", "p2p", "-p", "no:cacheprovider",
                           "--report-dir", str(tmp_path / "report"), "-rs"],

@@ -12,6 +12,7 @@ from gpucert.physics.core import Result, measure
 from gpucert.physics.datasheet import GpuSpec, lookup
 
 from captures import FIXTURE
+from machine import without_gpu
 
 H100 = lookup("NVIDIA H100 80GB HBM3")
 
@@ -247,6 +248,7 @@ def test_peer_access_rules_without_cuda():
     assert p2p.peer_access("cpu", "cuda:0") is False
 
 
+@without_gpu
 def test_too_few_gpus_says_how_many():
     assert p2p.too_few_gpus(1) == "P2P needs ≥ 2 GPUs, found 1"
     count, reason = p2p.available_gpus()

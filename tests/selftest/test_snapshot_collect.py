@@ -1,6 +1,5 @@
 """collect(): from a captured directory, and live with the NVML / nvidia-smi seams replaced."""
 
-import ctypes.util
 import json
 import shutil
 
@@ -13,6 +12,7 @@ from gpucert.snapshot.nvml import NvmlUnavailable
 from gpucert.snapshot.smi import SmiUnavailable
 
 from captures import FIXTURE
+from machine import without_gpu
 
 
 
@@ -133,11 +133,7 @@ def test_live_falls_back_to_nvidia_smi_when_nvml_is_missing(captured):
         assert taken[part] == captured[part]
 
 
-def driver_present() -> bool:
-    return bool(shutil.which("nvidia-smi") or ctypes.util.find_library("nvidia-ml"))
-
-
-@pytest.mark.skipif(driver_present(), reason="an NVIDIA driver is installed here")
+@without_gpu
 def test_live_on_this_gpu_less_machine():
     taken = snapshot.collect()
     assert taken["source"] == "live"

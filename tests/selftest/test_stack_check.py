@@ -2,16 +2,13 @@
 on the real captured outputs, then on a copy with one NVLink link down, one GPU swapped and the
 driver bumped."""
 
-import ctypes.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from captures import DRIFT_EDITS, FIXTURE, edited_capture
+from machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = "2xH100-80GB-HBM3-NV18"
@@ -86,8 +83,7 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     assert new_uuid == expected[1]["new"]
 
 
-@pytest.mark.skipif(bool(shutil.which("nvidia-smi") or ctypes.util.find_library("nvidia-ml")),
-                    reason="an NVIDIA driver is installed here")
+@without_gpu
 def test_stack_runs_without_a_gpu_and_says_so_once(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "hardware", "-k", "stack", "-p", "no:cacheprovider",
