@@ -93,7 +93,14 @@ def model_presets() -> dict[str, ModelPreset]:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
             doc = json.loads(entry.read_text())
-            presets[doc["name"]] = ModelPreset(name=doc["name"], source=doc.get("source", ""), **doc["config"])
+            cfg = doc["config"]  # the model's full published config.json (serving.presets writes it out)
+            presets[doc["name"]] = ModelPreset(
+                name=doc["name"], source=doc.get("source", ""),
+                hidden_size=cfg["hidden_size"], num_attention_heads=cfg["num_attention_heads"],
+                num_key_value_heads=cfg["num_key_value_heads"],
+                # Qwen2 and Llama configs carry no head_dim: transformers and vLLM derive it the same way
+                head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+                intermediate_size=cfg["intermediate_size"])
     return presets
 
 

@@ -286,12 +286,18 @@ def _positions(watch: _Watch) -> str:
     return ", ".join(f"rank {r} last started {pos}" for r, pos in sorted(watch.position.items()))
 
 
+CRASH_EXIT_WAIT_S = 5.0
+
+
 def _crashed(procs: list[subprocess.Popen], watch: _Watch) -> _Stop:
     """Name the rank that failed first: the earliest error event, else the first non-zero exit."""
     failed = [r for r, p in enumerate(procs) if p.poll() not in (None, 0)]
     reported = sorted((e["t"], r) for r, e in watch.errors.items())
     rank = reported[0][1] if reported else failed[0]
-    code = procs[rank].poll()
+    try:  # a rank that reported its error may still be tearing down: let its exit status land
+        code = procs[rank].wait(timeout=CRASH_EXIT_WAIT_S)
+    except subprocess.TimeoutExpired:
+        code = None
     event = watch.errors.get(rank)
     where = event.get("where") if event else watch.position.get(rank)
     text = _clip(event["error"]) if event else watch.log_tail(rank)

@@ -1,0 +1,195 @@
+"""`gpucert loadgen` and `gpucert emulator`.
+
+Connection refused (or any transport failure) is not a usage error: the run completes with
+every request failed, the JSON says why in `errors`, and the exit status is 1 — a script sees
+the measured failure; bad input is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+
+from gpucert.cli import CommandError
+from gpucert.serving.emulator import EmulatorConfig, serve
+from gpucert.serving.loadgen import LoadConfig, Prompt, run_load
+from gpucert.serving.summary import client_check, error_breakdown, summarize
+
+EXIT_REQUESTS_FAILED = 1
+DATASETS = ("random",)
+# Token ids far from special tokens and within every common vocabulary.
+SAFE_TOKEN_RANGE = (1000, 20000)
+WORDS = ("the", "model", "serves", "tokens", "under", "load", "while", "clients", "measure",
+         "latency", "and", "throughput", "of", "every", "stream", "node")
+
+
+def make_prompts(dataset: str, count: int, input_len: int, output_len: int, token_ids: bool,
+                 seed: int) -> list[Prompt]:
+    """Minimal stand-in for the datasets module (serving/datasets.py will replace it):
+    seeded random token ids of length `input_len`, or that many random words."""
+    if dataset not in DATASETS:
+        raise CommandError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        if token_ids:
+            ids = [rng.randint(*SAFE_TOKEN_RANGE) for _ in range(input_len)]
+            prompts.append(Prompt(ids, output_len, prompt_tokens=input_len))
+        else:
+            prompts.append(Prompt(" ".join(rng.choice(WORDS) for _ in range(input_len)),
+                                  output_len))
+    return prompts
+
+
+def _rate(text: str) -> float:
+    value = float(text)  # "inf" parses to math.inf
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0 or inf")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def register(subparsers) -> None:
+    load = subparsers.add_parser("loadgen", help="stream a load at an OpenAI-compatible server")
+    load.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    load.add_argument("--model", required=True)
+    load.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    load.add_argument("--concurrency", type=_positive_int,
+                      help="fixed concurrency; with --request-rate, the cap on requests in flight")
+    load.add_argument("--request-rate", type=_rate, help="requests/s, or inf")
+    load.add_argument("--burstiness", type=float, default=1.0,
+                      help="gamma shape of inter-arrivals (1 = Poisson)")
+    load.add_argument("--num-requests", type=_positive_int)
+    load.add_argument("--duration", type=float, help="stop sending new requests after S s")
+    load.add_argument("--dataset", default="random")
+    load.add_argument("--input-len", type=_positive_int, default=128)
+    load.add_argument("--output-len", type=_positive_int, default=128)
+    load.add_argument("--token-ids", action="store_true",
+                      help="token-id prompts, and ask the server to stream token ids")
+    load.add_argument("--warmup", type=int, default=0, help="warm-up requests (not measured)")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--api-key-env", help="name of the environment variable with the API key")
+    load.add_argument("--extra-body", type=json.loads, default={},
+                      help="JSON object merged into every request body")
+    load.add_argument("--slo", action="append", default=[], metavar="NAME=MS",
+                      help="goodput SLO, e.g. ttft_ms=500 (repeatable)")
+    load.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
+    load.add_argument("--json", action="store_true", help="print the result as JSON")
+    load.set_defaults(run=run_loadgen)
+
+    emu = subparsers.add_parser("emulator", help="run an OpenAI-compatible server with exact "
+                                                 "token timing")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8000)
+    emu.add_argument("--ttft-ms", type=float, default=50.0)
+    emu.add_argument("--itl-ms", type=float, default=10.0)
+    emu.add_argument("--tokens-per-chunk", type=_positive_int, default=1)
+    emu.add_argument("--error-rate", type=float, default=0.0)
+    emu.add_argument("--stall-after", type=int, help="pause before this token index")
+    emu.add_argument("--stall-ms", type=float, default=0.0)
+    emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--model", default="gpucert-emulator")
+    emu.set_defaults(run=run_emulator)
+
+
+def _slos(pairs: list[str]) -> dict[str, float]:
+    slos = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            slos[name] = float(value)
+        except ValueError:
+            raise CommandError(f"bad --slo {pair!r}; expected NAME=MS") from None
+        if not sep:
+            raise CommandError(f"bad --slo {pair!r}; expected NAME=MS")
+    return slos
+
+
+def load_result(args) -> tuple[dict, int]:
+    """Run the load the arguments describe; (JSON-ready result, number of failed requests)."""
+    if args.concurrency is None and args.request_rate is None:
+        raise CommandError("give --concurrency N or --request-rate R")
+    if args.token_ids and args.endpoint == "chat":
+        raise CommandError("--token-ids needs --endpoint completions")
+    if not isinstance(args.extra_body, dict):
+        raise CommandError("--extra-body must be a JSON object")
+    count = args.num_requests or 1000
+    try:
+        config = LoadConfig(
+            base_url=args.base_url, model=args.model, endpoint=args.endpoint,
+            concurrency=args.concurrency, request_rate=args.request_rate,
+            burstiness=args.burstiness, num_requests=args.num_requests,
+            duration_s=args.duration, warmup_requests=args.warmup, seed=args.seed,
+            return_token_ids=args.token_ids, extra_body=args.extra_body,
+            api_key_env=args.api_key_env, request_timeout_s=args.timeout)
+        slos = _slos(args.slo)
+        summarize([], slos)  # validates the SLO names before any request is sent
+        prompts = make_prompts(args.dataset, count, args.input_len, args.output_len,
+                               args.token_ids, args.seed)
+        run = run_load(config, prompts)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    measured = run.measured
+    summary = summarize(measured, slos)
+    result = {
+        "summary": summary.to_dict(),
+        "client": client_check(run),
+        "errors": error_breakdown(measured),
+        "config": {"base_url": args.base_url, "model": args.model, "endpoint": args.endpoint,
+                   "concurrency": args.concurrency,
+                   # JSON has no infinity
+                   "request_rate": "inf" if args.request_rate is not None and math.isinf(
+                       args.request_rate) else args.request_rate,
+                   "burstiness": args.burstiness, "num_requests": args.num_requests,
+                   "duration_s": args.duration, "input_len": args.input_len,
+                   "output_len": args.output_len, "token_ids": args.token_ids,
+                   "warmup": args.warmup, "seed": args.seed},
+    }
+    return result, summary.failed
+
+
+def _print_text(result: dict) -> None:
+    s = result["summary"]
+    print(f"completed {s['completed']}  failed {s['failed']}  duration {s['duration_s']:.2f} s")
+    print(f"requests/s {s['requests_per_s']:.2f}  output tok/s {s['output_tokens_per_s']:.1f}  "
+          f"total tok/s {s['total_tokens_per_s']:.1f}")
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        d = s[name]
+        if d["mean"] is not None:
+            print(f"{name:8s} mean {d['mean']:9.2f}  p50 {d['p50']:9.2f}  p90 {d['p90']:9.2f}  "
+                  f"p99 {d['p99']:9.2f}")
+    for notice in result["client"]["notices"]:
+        print(f"client may be the bottleneck: {notice}")
+    for error, n in result["errors"].items():
+        print(f"error x{n}: {error}")
+
+
+def run_loadgen(args) -> int:
+    result, failed = load_result(args)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        _print_text(result)
+    return EXIT_REQUESTS_FAILED if failed else 0
+
+
+def run_emulator(args) -> int:
+    try:
+        config = EmulatorConfig(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms,
+                                tokens_per_chunk=args.tokens_per_chunk,
+                                error_rate=args.error_rate, stall_after=args.stall_after,
+                                stall_ms=args.stall_ms, seed=args.seed, model=args.model)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print(f"gpucert emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    serve(config, host=args.host, port=args.port)
+    return 0

