@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
-from gpucert.serving.loadgen import LoadConfig, LoadGenerator, Prompt
+from gpucert.serving.datasets import Prompt
+from gpucert.serving.loadgen import LoadConfig, LoadGenerator
 from gpucert.serving.summary import error_breakdown, summarize
 
 TTFT_MS, ITL_MS, OUTPUT = 50.0, 10.0, 16
@@ -24,7 +25,7 @@ def run(emulator: EmulatorConfig, prompts=None, **load):
     async def go():
         async with EmulatorServer(emulator) as server:
             config = LoadConfig(base_url=server.base_url, model="m", **load)
-            return await LoadGenerator(config, prompts or [Prompt("hi there", OUTPUT)]).run()
+            return await LoadGenerator(config, prompts or [Prompt("hi there", None, OUTPUT)]).run()
     return asyncio.run(go())
 
 
@@ -76,7 +77,7 @@ def test_stall_shows_in_itl_max():
 
 def test_poisson_rate_and_warmup_excluded():
     runs = run(EmulatorConfig(ttft_ms=1, itl_ms=0), request_rate=200.0, num_requests=200,
-               warmup_requests=5, seed=7, prompts=[Prompt("x", 2)])
+               warmup_requests=5, seed=7, prompts=[Prompt("x", None, 2)])
     measured = runs.measured
     assert len(runs.records) == 205 and len(measured) == 200
     assert not any(r.warmup for r in measured)

@@ -9,38 +9,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 
 from gpucert.cli import CommandError
 from gpucert.serving.emulator import EmulatorConfig, serve
-from gpucert.serving.loadgen import LoadConfig, Prompt, run_load
+from gpucert.serving import datasets
+from gpucert.serving.datasets import Prompt
+from gpucert.serving.loadgen import LoadConfig, run_load
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
 EXIT_REQUESTS_FAILED = 1
-DATASETS = ("random",)
-# Token ids far from special tokens and within every common vocabulary.
-SAFE_TOKEN_RANGE = (1000, 20000)
-WORDS = ("the", "model", "serves", "tokens", "under", "load", "while", "clients", "measure",
-         "latency", "and", "throughput", "of", "every", "stream", "node")
+# without a model's vocabulary at hand, random token ids stay inside every common one
+DEFAULT_VOCAB_SIZE = 32000
 
 
 def make_prompts(dataset: str, count: int, input_len: int, output_len: int, token_ids: bool,
                  seed: int) -> list[Prompt]:
-    """Minimal stand-in for the datasets module (serving/datasets.py will replace it):
-    seeded random token ids of length `input_len`, or that many random words."""
-    if dataset not in DATASETS:
-        raise CommandError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(count):
-        if token_ids:
-            ids = [rng.randint(*SAFE_TOKEN_RANGE) for _ in range(input_len)]
-            prompts.append(Prompt(ids, output_len, prompt_tokens=input_len))
-        else:
-            prompts.append(Prompt(" ".join(rng.choice(WORDS) for _ in range(input_len)),
-                                  output_len))
-    return prompts
+    """`--dataset random`: seeded random token ids of `input_len` (--token-ids), else synthetic
+    text of that many words (serving/datasets.py)."""
+    if dataset != "random":
+        raise CommandError(f"unknown dataset {dataset!r}; valid: random")
+    if token_ids:
+        return datasets.get("random", num_prompts=count, input_len=input_len, output_len=output_len,
+                            vocab_size=DEFAULT_VOCAB_SIZE, seed=seed)
+    return datasets.get("synthetic", num_prompts=count, input_len=input_len, output_len=output_len, seed=seed)
 
 
 def _rate(text: str) -> float:

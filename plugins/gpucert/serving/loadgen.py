@@ -21,18 +21,12 @@ import aiohttp
 import numpy as np
 
 from gpucert.serving.records import RequestRecord, RunRecords
+from .datasets import Prompt  # text or token ids, with the output length to request
 
 ENDPOINT_PATHS = {"completions": "/completions", "chat": "/chat/completions"}
 LAG_PROBE_INTERVAL_S = 0.010
 MIN_CPU_WALL_S = 0.5
 ERROR_TEXT_LIMIT = 300
-
-
-@dataclass
-class Prompt:
-    prompt: str | list[int]  # text, or token ids (completions endpoint only)
-    max_tokens: int
-    prompt_tokens: int | None = None  # known length (token-id prompts); usage overrides it
 
 
 @dataclass
@@ -88,7 +82,7 @@ class LoadConfig:
         return headers
 
     def body(self, prompt: Prompt) -> bytes:
-        body: dict = {"model": self.model, "max_tokens": prompt.max_tokens, "stream": True}
+        body: dict = {"model": self.model, "max_tokens": prompt.output_tokens, "stream": True}
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt.prompt}]
         else:
