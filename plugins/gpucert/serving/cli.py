@@ -89,6 +89,8 @@ def register(subparsers) -> None:
     emu.add_argument("--stall-ms", type=float, default=0.0)
     emu.add_argument("--seed", type=int, default=0)
     emu.add_argument("--model", default="gpucert-emulator")
+    emu.add_argument("--exit-after", type=_positive_int, default=None,
+                     help="die (exit status 70) when this many more requests arrive: a crashing server")
     emu.set_defaults(run=run_emulator)
 
 
@@ -179,7 +181,8 @@ def run_emulator(args) -> int:
         config = EmulatorConfig(ttft_ms=args.ttft_ms, itl_ms=args.itl_ms,
                                 tokens_per_chunk=args.tokens_per_chunk,
                                 error_rate=args.error_rate, stall_after=args.stall_after,
-                                stall_ms=args.stall_ms, seed=args.seed, model=args.model)
+                                stall_ms=args.stall_ms, seed=args.seed, model=args.model,
+                                exit_after=args.exit_after)
     except ValueError as err:
         raise CommandError(str(err)) from None
     print(f"gpucert emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

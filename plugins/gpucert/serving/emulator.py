@@ -10,6 +10,7 @@ does not shift the chunks after it:
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import random
 import time
@@ -37,6 +38,9 @@ class EmulatorConfig:
     model: str = "gpucert-emulator"
     send_done: bool = True  # False: end streams with a plain close, no `data: [DONE]`
     send_usage: bool = True  # False: ignore stream_options.include_usage (a server without usage)
+    # the process dies (exit status 70, no goodbye) when this many requests have arrived: a server
+    # that crashes mid-run, for the lifecycle self-tests
+    exit_after: int | None = None
 
     def __post_init__(self):
         if self.tokens_per_chunk < 1:
@@ -114,6 +118,8 @@ class Emulator:
         start = loop.time()  # every deadline of this request is an offset from here
         body = await request.json()
         self.requests_seen += 1
+        if self.config.exit_after is not None and self.requests_seen > self.config.exit_after:
+            os._exit(70)  # a crash: no response, no cleanup, connections reset
         if self._errors.random() < self.config.error_rate:
             return web.json_response({"error": {"message": "emulated server error",
                                                 "type": "InternalServerError"}}, status=500)

@@ -1,0 +1,93 @@
+"""The load a serving check puts on its server: serving.yaml's `load` section plus overrides
+(`--load-opt key=value`), validated the way the engine settings are: an unknown key or a bad
+value is one line naming it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .vllm_config import serving_defaults
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    endpoint: str = "completions"
+    token_ids: bool = True
+    input_len: int = 128
+    output_len: int = 256
+    concurrency: tuple[int, ...] = (1,)
+    requests_per_level: int = 4
+    min_requests: int = 16
+    warmup: int = 2
+    ignore_eos: bool = True
+    vocab_size: int = 151936
+    seed: int = 0
+    extra_body: dict = field(default_factory=dict)
+    request_timeout_s: float = 900.0
+
+    def requests_at(self, concurrency: int) -> int:
+        return max(self.min_requests, self.requests_per_level * concurrency)
+
+
+_FIELDS = {f.name: f for f in fields(LoadSettings)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    kind = _FIELDS[key].type
+    try:
+        if key == "concurrency":
+            items = value.split(",") if isinstance(value, str) else value
+            levels = tuple(int(v) for v in items)
+            if not levels or min(levels) < 1:
+                raise ValueError
+            return levels
+        if key == "extra_body":
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind == "int":
+            number = int(value)
+            if number < 0 or (number == 0 and key not in ("warmup", "seed")):
+                raise ValueError
+            return number
+        if kind == "float":
+            number = float(value)
+            if not number > 0:
+                raise ValueError
+            return number
+        if key == "endpoint" and value not in ("completions", "chat"):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"load setting {key}: bad value {value!r}") from None
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> LoadSettings:
+    values = dict(serving_defaults().get("load") or {})
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ValueError(f"unknown load setting {key!r} (valid: {', '.join(_FIELDS)})")
+        values[key] = value
+    return LoadSettings(**{key: _coerce(key, value) for key, value in values.items()})
+
+
+def parse_assignments(items: list[str] | None, option: str) -> dict[str, str]:
+    """['a=1', 'b=x'] → {'a': '1', 'b': 'x'}; a malformed item is one line naming the option."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out

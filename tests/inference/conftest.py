@@ -1,0 +1,132 @@
+"""The server the inference checks put load on, started once per session.
+
+- `--endpoint URL`: any OpenAI-compatible server gpucert did not start (API key from the variable
+  `--api-key-env` names, never logged).
+- otherwise: `vllm serve` as an operator starts it, from gpucert/data/serving.yaml with
+  `--engine-opt` overrides, run by `--engine-python`; its log goes to the report folder and what it
+  reports there (KV cache size, compile and graph-capture time, …) becomes metrics. Missing vLLM or
+  too few GPUs skip the checks with that reason on the card.
+
+Test hook (self-tests only): GPUCERT_ENGINE_ARGV, a JSON list with `{port}` where the port goes,
+replaces the vLLM command line so the same lifecycle runs a stand-in server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from gpucert.serving import vllm_log
+from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
+from gpucert.serving.vllm_config import default_config
+from gpucert.serving.vllm_server import EngineStartError, Endpoint, VllmServer, free_port
+
+ENGINE_ARGV_HOOK = "GPUCERT_ENGINE_ARGV"
+
+
+@dataclass
+class ServingTarget:
+    v1_url: str
+    model: str
+    load: LoadSettings
+    api_key_env: str | None = None
+    server: VllmServer | None = None  # None: an endpoint gpucert did not start
+    facts: dict = field(default_factory=dict)  # what the engine's log reported
+
+    def crashed(self) -> str | None:
+        """Why the engine died, with its log, or None while it lives (or is not ours)."""
+        if self.server is None or self.server.alive():
+            return None
+        crash = self.server.crash
+        reason = f"{crash.reason} at +{crash.at - self.server.started_at:.1f} s" if crash else "the engine exited"
+        return f"{reason}; log: {self.server.log_path}"
+
+
+def _load(config: pytest.Config) -> LoadSettings:
+    try:
+        return load_settings(parse_assignments(config.getoption("--load-opt"), "--load-opt"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+def pytest_collection_modifyitems(items):
+    """The sanity check before the load levels: it tells whether the server serves at all. (This
+    hook sees the whole session's items: only the inference checks' own slots are reordered.)"""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+    ordered = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_vllm_sanity.py")
+    for slot, item in zip(slots, ordered):
+        items[slot] = item
+
+
+def pytest_generate_tests(metafunc):
+    if "concurrency" in metafunc.fixturenames:
+        levels = _load(metafunc.config).concurrency
+        metafunc.parametrize("concurrency", levels, ids=[f"c{n}" for n in levels])
+
+
+def _vllm_missing(python: str) -> str | None:
+    probe = subprocess.run([python, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        return f"vLLM is not importable by {python} (pass --engine-python, or --endpoint URL)"
+    return None
+
+
+def _gpus_missing(tensor_parallel: int) -> str | None:
+    try:
+        import torch
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        count = 0
+    if count < tensor_parallel:
+        return f"vLLM at tensor parallel {tensor_parallel} needs {tensor_parallel} GPUs, found {count}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def serving(request, gpucert_report_dir: Path):
+    config = request.config
+    load = _load(config)
+    if config.getoption("--endpoint"):
+        try:
+            endpoint = Endpoint(config.getoption("--endpoint"), config.getoption("--endpoint-model"),
+                                config.getoption("--api-key-env")).discover_model()
+        except (ValueError, OSError) as exc:
+            pytest.fail(f"endpoint {config.getoption('--endpoint')}: {exc}", pytrace=False)
+        yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env)
+        return
+
+    try:
+        overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
+        python = config.getoption("--engine-python")
+        if python:
+            overrides["engine_python"] = python
+        engine = default_config(overrides)
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+    hook = os.environ.get(ENGINE_ARGV_HOOK)
+    command = None
+    if hook:  # a stand-in server on the port the lifecycle would give vLLM
+        engine = engine.with_overrides({"port": free_port(engine.host)})
+        command = [arg.replace("{port}", str(engine.port)) for arg in json.loads(hook)]
+    else:
+        missing = _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.tensor_parallel_size)
+        if missing:
+            pytest.skip(missing)
+    server = VllmServer(engine, gpucert_report_dir / "engine", command=command)
+    try:
+        server.start()
+    except EngineStartError as exc:
+        pytest.fail(f"the engine did not start: {exc}", pytrace=False)
+    try:
+        facts = vllm_log.parse_file(server.log_path) if command is None else {}
+        yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts)
+    finally:
+        server.stop()

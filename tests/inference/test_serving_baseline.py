@@ -1,0 +1,53 @@
+"""What users feel at each concurrency level: output tok/s, TTFT, TPOT and ITL, judged against the
+profile's baselines and the SLOs in thresholds.yaml. Levels come from the load settings
+(serving.yaml; `--load-opt concurrency=1,16,64`)."""
+
+import pytest
+
+from gpucert.serving.summary import client_check, itl_gaps_s, summarize, tpot_s
+
+from load import run_level
+
+pytestmark = pytest.mark.inference
+
+
+def _ms(values):
+    return [v * 1e3 for v in values if v is not None]
+
+
+def test_serving_baseline(gpucert, serving, concurrency):
+    if serving.crashed():
+        pytest.fail(f"the engine is down before this level: {serving.crashed()}", pytrace=False)
+    run = run_level(serving, concurrency, serving.load.requests_at(concurrency))
+    records = run.measured
+    summary = summarize(records)
+    ok = [r for r in records if r.ok]
+
+    gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",
+                   note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
+    wrong = [r for r in ok if r.output_tokens != serving.load.output_len]
+    gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower")
+    if ok:
+        gpucert.record("output_tok_s", summary.output_tokens_per_s, unit="tok/s", direction="higher")
+        gpucert.record("total_tok_s", summary.total_tokens_per_s, unit="tok/s", direction="higher")
+        gpucert.record("requests_per_s", summary.requests_per_s, unit="req/s", direction="higher")
+        ttft = _ms(r.first_token_at - r.sent_at for r in ok)
+        tpot = _ms(tpot_s(r) for r in ok)
+        itl = _ms(g for r in ok for g in itl_gaps_s(r))
+        for name, dist, samples in (("ttft_ms", summary.ttft_ms, ttft), ("tpot_ms", summary.tpot_ms, tpot)):
+            if dist.get("count"):
+                gpucert.record(f"{name}_p50", dist["p50"], unit="ms", direction="lower", samples=samples)
+                gpucert.record(f"{name}_p99", dist["p99"], unit="ms", direction="lower", samples=samples)
+        if summary.itl_ms.get("count"):
+            gpucert.record("itl_ms_p99", summary.itl_ms["p99"], unit="ms", direction="lower", samples=itl)
+    client = client_check(run)
+    for notice in client.get("notices") or []:
+        gpucert.finding("client", notice=notice)
+    if client["loop_lag_ms"]["p99"] is not None:
+        gpucert.record("client_loop_lag_ms_p99", client["loop_lag_ms"]["p99"], unit="ms", direction="lower",
+                       note="the load generator's own event-loop lag: high means the client, not the server, limits")
+
+    crashed = serving.crashed()
+    if crashed:
+        pytest.fail(f"the engine died during this level ({summary.completed} of {len(records)} requests "
+                    f"completed, kept on the card): {crashed}", pytrace=False)

@@ -1,0 +1,45 @@
+"""The engine is up and serves: a few streamed requests, token counts right, and what the engine
+reported at start (KV cache capacity, compile and graph-capture time) on the card."""
+
+import pytest
+
+from gpucert.serving import vllm_log
+from gpucert.serving.summary import summarize
+
+from load import run_level
+
+pytestmark = pytest.mark.inference
+
+REQUESTS = 4
+# what vLLM's log says at start, recorded as metrics (key in vllm_log.parse → unit, direction)
+ENGINE_FACTS = {
+    "kv_cache_tokens": ("tokens", "higher"),
+    "max_concurrency": ("x", "higher"),
+    "compile_s": ("s", "lower"),
+    "cuda_graph_s": ("s", "lower"),
+    "engine_init_s": ("s", "lower"),
+    "startup_s": ("s", "lower"),
+}
+
+
+def test_vllm_sanity(gpucert, serving):
+    run = run_level(serving, concurrency=1, requests=REQUESTS)
+    records = run.measured
+    crashed = serving.crashed()
+    summary = summarize(records)
+    gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",
+                   note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
+    # every completed request got exactly what it asked for, by the server's own count
+    wrong = [r for r in records if r.ok and r.output_tokens != serving.load.output_len]
+    gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower",
+                   note="; ".join(f"request {r.request_id}: {r.output_tokens} tokens ({r.output_tokens_source}), "
+                                  f"asked {serving.load.output_len}" for r in wrong)[:500] or None)
+    if summary.completed:
+        gpucert.record("ttft_ms", summary.ttft_ms["p50"], unit="ms", direction="lower",
+                       samples=[(r.first_token_at - r.sent_at) * 1e3 for r in records if r.ok])
+    for key, (unit, direction) in ENGINE_FACTS.items():
+        if serving.facts.get(key) is not None:
+            gpucert.record(key, serving.facts[key], unit=unit, direction=direction,
+                           note=f"from the engine log ({vllm_log.UNITS.get(key, unit)})")
+    if crashed:
+        pytest.fail(f"the engine died during the check: {crashed}", pytrace=False)

