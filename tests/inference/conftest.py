@@ -7,12 +7,14 @@
   reports there (KV cache size, compile and graph-capture time, …) becomes metrics. Missing vLLM or
   too few GPUs skip the checks with that reason on the card.
 
-Test hook (self-tests only): GPUCERT_ENGINE_ARGV, a JSON list with `{port}` where the port goes,
-replaces the vLLM command line so the same lifecycle runs a stand-in server.
+Test hooks (self-tests only): GPUCERT_ENGINE_ARGV, a JSON list with `{port}` where the port goes,
+replaces the vLLM command line so the same lifecycle runs a stand-in server;
+GPUCERT_OFFLINE_PYTHONPATH puts a stand-in `vllm` package on the offline worker's path.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -28,6 +30,7 @@ from gpucert.serving.vllm_config import default_config
 from gpucert.serving.vllm_server import EngineStartError, Endpoint, VllmServer, free_port
 
 ENGINE_ARGV_HOOK = "GPUCERT_ENGINE_ARGV"
+OFFLINE_PYTHONPATH_HOOK = "GPUCERT_OFFLINE_PYTHONPATH"
 
 
 @dataclass
@@ -56,11 +59,13 @@ def _load(config: pytest.Config) -> LoadSettings:
 
 
 def pytest_collection_modifyitems(items):
-    """The sanity check before the load levels: it tells whether the server serves at all. (This
-    hook sees the whole session's items: only the inference checks' own slots are reordered.)"""
+    """Offline first (it needs the GPUs before the server takes them), then the sanity check (does
+    the server serve at all), then the load levels. (This hook sees the whole session's items:
+    only the inference checks' own slots are reordered.)"""
     here = Path(__file__).parent
     slots = [i for i, item in enumerate(items) if item.path.parent == here]
-    ordered = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_vllm_sanity.py")
+    first = {"test_offline_throughput.py": 0, "test_vllm_sanity.py": 1}  # offline needs the GPUs free
+    ordered = sorted((items[i] for i in slots), key=lambda item: first.get(item.path.name, 2))
     for slot, item in zip(slots, ordered):
         items[slot] = item
 
@@ -71,6 +76,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("concurrency", levels, ids=[f"c{n}" for n in levels])
 
 
+@functools.lru_cache(maxsize=None)  # importing vLLM takes seconds: ask each Python once
 def _vllm_missing(python: str) -> str | None:
     probe = subprocess.run([python, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
                            capture_output=True, text=True, timeout=300)
@@ -90,6 +96,22 @@ def _gpus_missing(tensor_parallel: int) -> str | None:
     return None
 
 
+def engine_config(config: pytest.Config):
+    """serving.yaml's engine section with `--engine-opt` and `--engine-python` applied."""
+    try:
+        overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
+        if config.getoption("--engine-python"):
+            overrides["engine_python"] = config.getoption("--engine-python")
+        return default_config(overrides)
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+def no_local_engine(engine) -> str | None:
+    """Why vLLM cannot run here as configured, or None."""
+    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.tensor_parallel_size)
+
+
 @pytest.fixture(scope="session")
 def serving(request, gpucert_report_dir: Path):
     config = request.config
@@ -103,21 +125,14 @@ def serving(request, gpucert_report_dir: Path):
         yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env)
         return
 
-    try:
-        overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
-        python = config.getoption("--engine-python")
-        if python:
-            overrides["engine_python"] = python
-        engine = default_config(overrides)
-    except ValueError as exc:
-        raise pytest.UsageError(f"gpucert: {exc}") from None
+    engine = engine_config(config)
     hook = os.environ.get(ENGINE_ARGV_HOOK)
     command = None
     if hook:  # a stand-in server on the port the lifecycle would give vLLM
         engine = engine.with_overrides({"port": free_port(engine.host)})
         command = [arg.replace("{port}", str(engine.port)) for arg in json.loads(hook)]
     else:
-        missing = _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.tensor_parallel_size)
+        missing = no_local_engine(engine)
         if missing:
             pytest.skip(missing)
     server = VllmServer(engine, gpucert_report_dir / "engine", command=command)
@@ -130,3 +145,23 @@ def serving(request, gpucert_report_dir: Path):
         yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def offline_sweep(request, gpucert_report_dir: Path):
+    """vLLM's LLM.generate over every load level, once, in the engine's Python, before the server
+    starts (both cannot hold the GPUs at once)."""
+    from gpucert.serving.offline import run_offline
+    config = request.config
+    if config.getoption("--endpoint"):
+        pytest.skip("offline throughput needs a local vLLM; --endpoint certifies a remote server")
+    engine = engine_config(config)
+    if not os.environ.get(OFFLINE_PYTHONPATH_HOOK):
+        missing = no_local_engine(engine)
+        if missing:
+            pytest.skip(missing)
+    else:  # self-tests: a stand-in `vllm` package on the worker's path
+        engine = engine.with_overrides({"env": {**engine.env, "PYTHONPATH": os.environ[OFFLINE_PYTHONPATH_HOOK]}})
+    load = _load(config)
+    return load, run_offline(engine, list(load.concurrency), load.input_len, load.output_len, load.vocab_size,
+                             gpucert_report_dir / "offline", seed=load.seed)

@@ -82,3 +82,48 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
     assert str(tmp_path / "r" / "engine" / "vllm-serve.log") in message
     assert "exited" in message or "died" in message
     assert second["_check"]["outcome"] == "failed" and "the engine is down before this level" in second["_check"]["message"]
+
+
+# vLLM cannot run on this machine: at that boundary only, a stand-in package with the same calls
+# (LLM(**kwargs).generate(prompts, params) → outputs with token_ids), which fails at a chosen level
+STAND_IN_VLLM = {
+    "vllm/__init__.py": '''
+import os, types
+class SamplingParams:
+    def __init__(self, max_tokens, ignore_eos, detokenize):
+        self.max_tokens = max_tokens
+class LLM:
+    calls = 0
+    def __init__(self, **kwargs):
+        assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 2, kwargs
+        assert os.path.exists(os.path.join(kwargs["model"], "config.json"))
+    def generate(self, prompts, params, use_tqdm=False):
+        LLM.calls += 1
+        if str(LLM.calls) == os.environ.get("STAND_IN_FAIL_AT_CALL"):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
+                                      outputs=[types.SimpleNamespace(token_ids=[7] * params.max_tokens)])
+                for p in prompts]
+''',
+    "vllm/inputs.py": '''
+def TokensPrompt(prompt_token_ids):
+    return {"prompt_token_ids": prompt_token_ids}
+''',
+}
+
+
+def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
+    for name, text in STAND_IN_VLLM.items():
+        (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / name).write_text(text)
+    # generate calls: 1 warm-up, then one per level: the third level (c8) crashes
+    run, metrics = pytest_inference(
+        tmp_path, "-k", "offline", "--load-opt", "concurrency=1,4,8", "--load-opt", "output_len=16",
+        env={"GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_FAIL_AT_CALL": "4"})
+    assert run.returncode == 1, run.stdout[-3000:]
+    checks = by_check(metrics)
+    assert checks["offline_throughput[concurrency=1]"]["output_tok_s"]["value"] > 0
+    assert checks["offline_throughput[concurrency=4]"]["token_count_mismatches"]["value"] == 0
+    failed = checks["offline_throughput[concurrency=8]"]["output_tok_s"]
+    assert failed["verdict"] == "fail" and "illegal memory access" in failed["error"]
+    assert str(tmp_path / "r" / "offline" / "offline.log") in failed["error"]

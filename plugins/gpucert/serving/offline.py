@@ -1,0 +1,79 @@
+"""The offline figure: vLLM's `LLM.generate` over the same token-id datasets and levels as the
+serving baseline, in the engine's own Python (`offline_worker.py`), one process for all levels.
+
+A failure mid-sweep keeps the levels measured so far; the rest say why (the worker's exit, its
+log's tail, or the timeout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import datasets, presets
+from .vllm_config import EngineConfig
+
+WORKER = Path(__file__).with_name("offline_worker.py")
+# EngineConfig fields that are LLM(...) keyword arguments of the same name
+_LLM_KWARGS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len",
+               "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
+               "enable_prefix_caching", "distributed_executor_backend", "load_format", "skip_tokenizer_init")
+
+
+@dataclass
+class OfflineResult:
+    levels: dict[int, dict] = field(default_factory=dict)  # level → the worker's line
+    error: str | None = None  # why the levels not in `levels` are missing
+    log_path: Path | None = None
+
+    def output_tokens_per_s(self, level: int) -> float | None:
+        line = self.levels.get(level)
+        return line["output_tokens"] / line["elapsed_s"] if line and line["elapsed_s"] > 0 else None
+
+
+def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
+    kwargs = {"model": model_dir}
+    for name in _LLM_KWARGS:
+        value = getattr(engine, name)
+        if value is not None and not (name == "dtype" and value == "auto"):
+            kwargs[name] = value
+    return kwargs
+
+
+def run_offline(engine: EngineConfig, levels: list[int], input_len: int, output_len: int, vocab_size: int,
+                workdir: str | Path, *, seed: int = 0, warmup: int = 4, timeout_s: float = 1800.0) -> OfflineResult:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = str(presets.materialize(engine.model, workdir / "models")) if presets.is_preset(engine.model) else engine.model
+    prompts = datasets.get("random", num_prompts=max(levels), input_len=input_len, output_len=output_len,
+                           vocab_size=vocab_size, seed=seed)
+    config = {"engine": llm_kwargs(engine, model), "levels": sorted(levels), "output_len": output_len,
+              "warmup": warmup, "prompts": [p.prompt for p in prompts]}
+    config_path = workdir / "offline-config.json"
+    config_path.write_text(json.dumps(config))
+    result = OfflineResult(log_path=workdir / "offline.log")
+    python = engine.engine_python or sys.executable
+    with open(result.log_path, "w") as log:
+        proc = subprocess.Popen([python, str(WORKER), str(config_path)], stdout=subprocess.PIPE, stderr=log,
+                                text=True, env={**os.environ, **engine.env}, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            result.error = f"offline run exceeded {timeout_s:g} s and was killed"
+    for line in out.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # vLLM prints to stdout too; the worker's lines are the JSON ones
+        if isinstance(record, dict) and "level" in record:
+            result.levels[int(record["level"])] = record
+    if result.error is None and proc.returncode != 0:
+        tail = result.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        result.error = f"offline worker exited with status {proc.returncode}: {' | '.join(tail)}"
+    return result

@@ -1,0 +1,41 @@
+"""Offline throughput inside the engine's Python: vLLM's `LLM.generate` on token-id prompts, one
+level after another, one JSON line per level on stdout.
+
+Run as a script (`<engine python> offline_worker.py CONFIG.json`), not as a gpucert module: the
+Python that has vLLM need not have gpucert, so this file imports nothing but the standard library
+and vLLM. The parent (offline.py) writes the config, including the prompts, and reads the lines.
+"""
+
+import json
+import sys
+import time
+
+
+def main(config_path: str) -> int:
+    with open(config_path) as fh:
+        config = json.load(fh)
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(**config["engine"])
+    params = SamplingParams(max_tokens=config["output_len"], ignore_eos=True, detokenize=False)
+    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in config["prompts"]]
+    # one small batch first: compile and graph capture stay out of every level's time
+    llm.generate(prompts[: config["warmup"]], params, use_tqdm=False)
+    for level in config["levels"]:
+        batch = prompts[:level]
+        start = time.perf_counter()
+        outputs = llm.generate(batch, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+        print(json.dumps({
+            "level": level,
+            "prompts": len(batch),
+            "elapsed_s": elapsed,
+            "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
+            "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
+        }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

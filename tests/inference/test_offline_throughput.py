@@ -1,0 +1,22 @@
+"""The offline figure: vLLM's LLM.generate on the same token-id dataset and levels as the serving
+baseline (the number of prompts per level = its concurrency), output tok/s per level. The gap to
+the served figure at the same level is the server front end's cost."""
+
+import pytest
+
+pytestmark = pytest.mark.inference
+
+
+def test_offline_throughput(gpucert, offline_sweep, concurrency):
+    load, result = offline_sweep
+    line = result.levels.get(concurrency)
+    if line is None:
+        gpucert.record_error("output_tok_s", f"{result.error or 'level not reported'}; log: {result.log_path}",
+                             unit="tok/s")
+        return
+    wrong = line["output_tokens"] != concurrency * load.output_len
+    gpucert.record("output_tok_s", result.output_tokens_per_s(concurrency), unit="tok/s", direction="higher",
+                   note=f"{line['prompts']} prompts × {load.input_len} in / {load.output_len} out, "
+                        f"{line['elapsed_s']:.2f} s")
+    gpucert.record("token_count_mismatches", int(wrong), unit="levels", direction="lower",
+                   note=f"{line['output_tokens']} tokens for {concurrency} × {load.output_len}" if wrong else None)
