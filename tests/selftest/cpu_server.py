@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from gpucert.serving.vllm_server import free_port
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,12 +63,6 @@ def _convert(source: Path, target: Path) -> None:
     config.setdefault("rope_theta", 100000.0)  # older readers need it at the top level
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tmp.rename(target)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 2.0) -> int:
