@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__
+from . import charts
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(
@@ -48,6 +49,47 @@ _ENV.filters["number"] = number
 _ENV.filters["percent"] = percent
 
 
+SERVING_COLUMNS = ("output_tok_s", "total_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
+                   "itl_ms_p99", "failed_requests")
+
+
+def serving_view(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The concurrency table and curves: one row per level of serving_baseline, with the offline
+    figure of the same level beside the served one."""
+    def by_level(check_name: str) -> dict[int, dict]:
+        levels = {}
+        for check in data["checks"]:
+            if check["check"] == check_name and "concurrency" in check["params"]:
+                levels[int(check["params"]["concurrency"])] = check
+        return levels
+
+    served, offline = by_level("serving_baseline"), by_level("offline_throughput")
+    if not served and not offline:
+        return None
+
+    def value(check: dict | None, metric: str) -> float | None:
+        for m in (check or {}).get("metrics", []):
+            if m["metric"] == metric and isinstance(m.get("value"), (int, float)):
+                return m["value"]
+        return None
+
+    rows = []
+    for level in sorted(set(served) | set(offline)):
+        row = {"concurrency": level, "verdict": (served.get(level) or offline.get(level))["verdict"],
+               "offline_tok_s": value(offline.get(level), "output_tok_s")}
+        row.update({column: value(served.get(level), column) for column in SERVING_COLUMNS})
+        rows.append(row)
+    throughput = charts.line_chart(
+        "Output tokens/s by concurrency", "concurrency (streams; offline: prompts)", "tok/s",
+        {"served": [(r["concurrency"], r["output_tok_s"]) for r in rows],
+         "offline (LLM.generate)": [(r["concurrency"], r["offline_tok_s"]) for r in rows]})
+    latency = charts.line_chart(
+        "Latency by concurrency", "concurrency (streams)", "ms",
+        {"TTFT p99": [(r["concurrency"], r["ttft_ms_p99"]) for r in rows],
+         "TPOT p99": [(r["concurrency"], r["tpot_ms_p99"]) for r in rows]})
+    return {"rows": rows, "charts": [c for c in (throughput, latency) if c]}
+
+
 def render(data: dict[str, Any]) -> str:
     regressions = [
         (check, metric)
@@ -59,6 +101,7 @@ def render(data: dict[str, Any]) -> str:
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
     return _ENV.get_template("card.html.j2").render(
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
+        serving=serving_view(data),
     )
 
 

@@ -1,0 +1,72 @@
+"""Small inline SVG line charts for the card: no scripts, no assets, every label escaped."""
+
+from __future__ import annotations
+
+import html
+import math
+
+WIDTH, HEIGHT = 520, 260
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 40
+COLORS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700")
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if high <= low:
+        return [low]
+    step = 10 ** math.floor(math.log10((high - low) / count))
+    for factor in (1, 2, 5, 10):
+        if (high - low) / (step * factor) <= count:
+            step *= factor
+            break
+    start = math.floor(low / step) * step
+    return [start + i * step for i in range(int((high - start) / step) + 2) if start + i * step <= high * 1.0001]
+
+
+def _label(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value / 1000:g}k"
+    return f"{value:g}"
+
+
+def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
+               log2_x: bool = True) -> str:
+    """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double)."""
+    points = [(x, y) for pts in series.values() for x, y in pts if y is not None and x > 0]
+    if not points:
+        return ""
+    fx = (lambda v: math.log2(v)) if log2_x else (lambda v: v)
+    xs, ys = [fx(x) for x, _ in points], [y for _, y in points]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y1 = max(ys) * 1.1 or 1.0
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def px(x: float) -> float:
+        return LEFT + (fx(x) - x0) / (x1 - x0) * plot_w
+
+    def py(y: float) -> float:
+        return TOP + plot_h - y / y1 * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for tick in _ticks(0.0, y1):
+        y = py(tick)
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
+                   f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    for x in sorted({x for x, _ in points}):
+        out.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(x)}</text>')
+    out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        good = sorted((x, y) for x, y in pts if y is not None and x > 0)
+        if not good:
+            continue
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
+        out.append(f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" fill="{color}">'
+                   f'{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)

@@ -1,0 +1,28 @@
+"""The card's serving view: the concurrency table and its curves, from metrics.json alone."""
+
+from gpucert.report import card, charts
+
+
+def check(name, concurrency, **values):
+    return {"check": name, "check_id": f"{name}[concurrency={concurrency}]", "family": name,
+            "params": {"concurrency": str(concurrency)}, "verdict": "new", "outcome": "passed",
+            "metrics": [{"metric": k, "value": v} for k, v in values.items()]}
+
+
+def test_serving_rows_pair_served_and_offline_by_level():
+    data = {"checks": [check("serving_baseline", 16, output_tok_s=15000.0, ttft_ms_p99=80.0, tpot_ms_p99=9.0),
+                       check("serving_baseline", 1, output_tok_s=260.0, ttft_ms_p99=20.0, tpot_ms_p99=3.5),
+                       check("offline_throughput", 16, output_tok_s=17100.0),
+                       check("stack_like_other", 1)]}
+    view = card.serving_view(data)
+    assert [(r["concurrency"], r["output_tok_s"], r["offline_tok_s"]) for r in view["rows"]] == [
+        (1, 260.0, None), (16, 15000.0, 17100.0)]
+    assert len(view["charts"]) == 2 and all(c.startswith("<svg") for c in view["charts"])
+    assert card.serving_view({"checks": [check("other", 1)]}) is None
+
+
+def test_chart_labels_are_escaped_and_points_placed():
+    svg = charts.line_chart("<b>t</b>", "x", "y", {"a&b": [(1, 10.0), (2, 20.0), (4, None)]})
+    assert "<b>" not in svg and "&lt;b&gt;" in svg and "a&amp;b" in svg
+    assert svg.count("<circle") == 2
+    assert charts.line_chart("t", "x", "y", {"empty": []}) == ""
