@@ -42,9 +42,18 @@ class ServingTarget:
     server: VllmServer | None = None  # None: an endpoint gpucert did not start
     facts: dict = field(default_factory=dict)  # what the engine's log reported
 
-    def crashed(self) -> str | None:
-        """Why the engine died, with its log, or None while it lives (or is not ours)."""
-        if self.server is None or self.server.alive():
+    def crashed(self, grace_s: float = 0.0) -> str | None:
+        """Why the engine died, with its log, or None while it lives (or is not ours). After
+        failed requests, `grace_s` lets a dying engine finish exiting: its connections drop a
+        moment before the process is gone."""
+        if self.server is None:
+            return None
+        if grace_s and self.server.proc is not None:
+            try:
+                self.server.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.server.alive():
             return None
         crash = self.server.crash
         reason = f"{crash.reason} at +{crash.at - self.server.started_at:.1f} s" if crash else "the engine exited"

@@ -47,7 +47,7 @@ def test_serving_baseline(gpucert, serving, concurrency):
         gpucert.record("client_loop_lag_ms_p99", client["loop_lag_ms"]["p99"], unit="ms", direction="lower",
                        note="the load generator's own event-loop lag: high means the client, not the server, limits")
 
-    crashed = serving.crashed()
+    crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)
     if crashed:
         pytest.fail(f"the engine died during this level ({summary.completed} of {len(records)} requests "
                     f"completed, kept on the card): {crashed}", pytrace=False)

@@ -15,7 +15,8 @@ from gpucert.cli import CommandError
 from gpucert.serving.emulator import EmulatorConfig, serve
 from gpucert.serving import datasets
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import LoadConfig, run_load
+from gpucert.serving.loadgen import LoadConfig
+from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread, worker_figures
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
 EXIT_REQUESTS_FAILED = 1
@@ -49,6 +50,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    return _positive_int(text)
+
+
 def register(subparsers) -> None:
     load = subparsers.add_parser("loadgen", help="stream a load at an OpenAI-compatible server")
     load.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
@@ -74,6 +81,9 @@ def register(subparsers) -> None:
     load.add_argument("--slo", action="append", default=[], metavar="NAME=MS",
                       help="goodput SLO, e.g. ttft_ms=500 (repeatable)")
     load.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
+    load.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                      help="client processes to spread the streams over (auto: one per "
+                           "1000 streams, at most cpu_count - 1)")
     load.add_argument("--json", action="store_true", help="print the result as JSON")
     load.set_defaults(run=run_loadgen)
 
@@ -128,14 +138,15 @@ def load_result(args) -> tuple[dict, int]:
         summarize([], slos)  # validates the SLO names before any request is sent
         prompts = make_prompts(args.dataset, count, args.input_len, args.output_len,
                                args.token_ids, args.seed)
-        run = run_load(config, prompts)
+        workers = resolve_workers(args.workers, config)
+        run = run_load_spread(config, prompts, workers)
     except ValueError as err:
         raise CommandError(str(err)) from None
     measured = run.measured
     summary = summarize(measured, slos)
     result = {
         "summary": summary.to_dict(),
-        "client": client_check(run),
+        "client": {**client_check(run), "workers": worker_figures(run, config)},
         "errors": error_breakdown(measured),
         "config": {"base_url": args.base_url, "model": args.model, "endpoint": args.endpoint,
                    "concurrency": args.concurrency,
@@ -145,7 +156,7 @@ def load_result(args) -> tuple[dict, int]:
                    "burstiness": args.burstiness, "num_requests": args.num_requests,
                    "duration_s": args.duration, "input_len": args.input_len,
                    "output_len": args.output_len, "token_ids": args.token_ids,
-                   "warmup": args.warmup, "seed": args.seed},
+                   "warmup": args.warmup, "seed": args.seed, "workers": workers},
     }
     return result, summary.failed
 

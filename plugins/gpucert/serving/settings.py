@@ -26,6 +26,8 @@ class LoadSettings:
     seed: int = 0
     extra_body: dict = field(default_factory=dict)
     request_timeout_s: float = 900.0
+    # client processes: "auto" spreads past one process's limit (loadgen_workers), or a count
+    client_workers: str = "auto"
 
     def requests_at(self, concurrency: int) -> int:
         return max(self.min_requests, self.requests_per_level * concurrency)
@@ -67,6 +69,8 @@ def _coerce(key: str, value: Any) -> Any:
                 raise ValueError
             return number
         if key == "endpoint" and value not in ("completions", "chat"):
+            raise ValueError
+        if key == "client_workers" and not (str(value) == "auto" or (str(value).isdigit() and int(value) >= 1)):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
