@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from gpucert.serving.vllm_server import free_port
+from gpucert.serving.vllm_server import free_port, health_ok
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -65,14 +64,6 @@ def _convert(source: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def _get(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status
-    except (urllib.error.URLError, OSError):
-        return 0
-
-
 @contextmanager
 def transformers_server(model: Path, log: Path, start_timeout_s: float = 120.0):
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a running `transformers serve`."""
@@ -85,7 +76,7 @@ def transformers_server(model: Path, log: Path, start_timeout_s: float = 120.0):
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + start_timeout_s
-        while _get(f"http://127.0.0.1:{port}/health") != 200:
+        while not health_ok(f"http://127.0.0.1:{port}", timeout=2.0):
             if proc.poll() is not None:
                 raise RuntimeError(f"transformers serve exited with {proc.returncode}; log: {log}")
             if time.monotonic() > deadline:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .vllm_config import serving_defaults
+from .vllm_config import parse_bool, serving_defaults
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,7 @@ def _coerce(key: str, value: Any) -> Any:
                 raise ValueError
             return parsed
         if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes"):
-                return True
-            if str(value).lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
+            return value if isinstance(value, bool) else parse_bool(str(value))
         if kind == "int":
             number = int(value)
             if number < 0 or (number == 0 and key not in ("warmup", "seed")):

@@ -110,6 +110,15 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(EngineConfig)]
 
 
+def parse_bool(text: str) -> bool:
+    """'true'/'yes'/'on'/'1' and 'false'/'no'/'off'/'0', as command-line options give them."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Strings from the command line → the field's type; other values pass through to _validate."""
     optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
@@ -118,11 +127,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if optional and value.lower() in ("none", "null", ""):
             return None
         if base is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"engine option {key}: expected true/false, got {value!r}")
+            try:
+                return parse_bool(value)
+            except ValueError as err:
+                raise ValueError(f"engine option {key}: {err}") from None
         try:
             if base is int:
                 return int(value)

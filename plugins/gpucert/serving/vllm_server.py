@@ -69,7 +69,7 @@ def http_get(url: str, timeout: float, headers: dict[str, str] | None = None) ->
         return err.code, err.read()
 
 
-def _health_ok(base: str, timeout: float) -> bool:
+def health_ok(base: str, timeout: float) -> bool:
     try:
         status, _ = http_get(f"{base}/health", timeout)
     except (OSError, urllib.error.URLError):
@@ -170,7 +170,7 @@ class VllmServer:
             if returncode is not None:
                 raise EngineStartError(f"engine exited during startup with code {returncode}",
                                        self.log_path, self.log_tail())
-            if _health_ok(self.base_url, timeout=max(self.health_poll_s, 1.0)):
+            if health_ok(self.base_url, timeout=max(self.health_poll_s, 1.0)):
                 return
             if time.monotonic() > deadline:
                 raise EngineStartError(f"engine not healthy after {self.startup_timeout_s:g} s",
@@ -184,7 +184,7 @@ class VllmServer:
             if returncode is not None:
                 self._record_crash(f"engine process exited with code {returncode}", returncode)
                 return
-            if _health_ok(self.base_url, timeout=max(self.watch_interval_s, 1.0)):
+            if health_ok(self.base_url, timeout=max(self.watch_interval_s, 1.0)):
                 failures = 0
                 continue
             failures += 1
