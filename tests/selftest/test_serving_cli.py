@@ -93,3 +93,38 @@ def test_bad_input_is_one_line_exit_2(args, message, capsys):
 def test_emulator_bad_input(capsys):
     assert main(["emulator", "--error-rate", "2"]) == 2
     assert "error_rate must be within [0, 1]" in capsys.readouterr().err
+
+
+def test_emulator_processes_share_the_port_and_stop_together():
+    """--processes 2: two servers on one port (SO_REUSEPORT), both answering; SIGTERM to the
+    first takes the other down with it."""
+    import urllib.request
+    port = free_port()
+    proc = subprocess.Popen([PY, "-m", "gpucert.cli", "emulator", "--port", str(port), "--processes", "2"],
+                            stderr=subprocess.PIPE)
+    try:
+        pids: set[str] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            try:  # a new connection each time: the kernel hashes each to one of the two sockets
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    pids.add(response.headers["X-Emulator-Pid"])
+            except OSError:
+                time.sleep(0.05)
+        assert len(pids) == 2, f"answered by {pids}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    child = (pids - {str(proc.pid)}).pop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(int(child)):
+        time.sleep(0.05)
+    assert not _alive(int(child)), "the second emulator process outlived the first"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -101,6 +101,9 @@ def register(subparsers) -> None:
     emu.add_argument("--model", default="gpucert-emulator")
     emu.add_argument("--exit-after", type=_positive_int, default=None,
                      help="die (exit status 70) when this many more requests arrive: a crashing server")
+    emu.add_argument("--processes", type=_positive_int, default=1,
+                     help="server processes sharing the port (SO_REUSEPORT), so the emulator keeps up "
+                          "with thousands of zero-ITL streams")
     emu.set_defaults(run=run_emulator)
 
 
@@ -196,6 +199,7 @@ def run_emulator(args) -> int:
                                 exit_after=args.exit_after)
     except ValueError as err:
         raise CommandError(str(err)) from None
-    print(f"gpucert emulator on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    serve(config, host=args.host, port=args.port)
+    print(f"gpucert emulator on http://{args.host}:{args.port}/v1 ({args.processes} process"
+          f"{'es' if args.processes > 1 else ''})", file=sys.stderr, flush=True)
+    serve(config, host=args.host, port=args.port, processes=args.processes)
     return 0

@@ -10,6 +10,7 @@ does not shift the chunks after it:
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import json
 import random
@@ -101,7 +102,8 @@ class Emulator:
         return app
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(text="")
+        # which process answered: with --processes N, shows the kernel spreading connections
+        return web.Response(text="", headers={"X-Emulator-Pid": str(os.getpid())})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
@@ -196,7 +198,22 @@ class EmulatorServer:
         await self._runner.cleanup()
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run until interrupted (the `gpucert emulator` command)."""
-    web.run_app(Emulator(config).app(), host=host, port=port, access_log=None,
+def _serve_one(config: EmulatorConfig, host: str, port: int, reuse_port: bool) -> None:
+    web.run_app(Emulator(config).app(), host=host, port=port, access_log=None, reuse_port=reuse_port,
                 backlog=LISTEN_BACKLOG, print=lambda *_: None)
+
+
+def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000, processes: int = 1) -> None:
+    """Run until interrupted (the `gpucert emulator` command). `processes` > 1 runs that many
+    servers on the same port (SO_REUSEPORT: the kernel spreads connections over them), so the
+    emulator is not the limit when one client machine drives thousands of zero-ITL streams.
+    Each process keeps its own error/exit-after counts."""
+    if processes <= 1:
+        _serve_one(config, host, port, reuse_port=False)
+        return
+    # daemonic: when this process leaves run_app (SIGINT/SIGTERM), the others are terminated
+    others = [multiprocessing.Process(target=_serve_one, args=(config, host, port, True), daemon=True)
+              for _ in range(processes - 1)]
+    for proc in others:
+        proc.start()
+    _serve_one(config, host, port, reuse_port=True)

@@ -1,0 +1,25 @@
+"""Short table of an inference card's metrics.json: one row per check (used by run-inference.sh)."""
+import json
+import sys
+
+COLUMNS = ("output_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99", "itl_ms_p99",
+           "failed_requests", "token_count_mismatches", "client_loop_lag_ms_p99")
+
+try:
+    run = json.load(open(sys.argv[1]))
+except (OSError, ValueError) as exc:
+    sys.exit(f"no card: {exc}")
+print(f"status {run['status']}  verdict {run['verdict']}  counts {run['counts']}")
+print("check".ljust(34) + "verdict ".ljust(9) + " ".join(c[:12].rjust(12) for c in COLUMNS))
+for check in run["checks"]:
+    values = {m["metric"]: m for m in check["metrics"]}
+    cells = []
+    for column in COLUMNS:
+        m = values.get(column)
+        cells.append(("-" if m is None else "ERR" if m["value"] is None else f"{m['value']:.1f}").rjust(12))
+    print(check["check_id"][:33].ljust(34) + check["verdict"].ljust(9) + " ".join(cells))
+    extra = {k: m["value"] for k, m in values.items() if k not in COLUMNS}
+    if extra:
+        print("    " + ", ".join(f"{k}={v if v is None else round(v, 2)}" for k, v in extra.items()))
+    if check["verdict"] not in ("pass", "new") and check.get("message"):
+        print("    " + check["message"].replace("\n", " | ")[:400])
