@@ -7,13 +7,14 @@ pytest's node id, so renaming a test file does not orphan its baseline.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 # verdicts, worst first; "skipped" is a check that did not measure
-VERDICTS = ("fail", "warn", "new", "pass", "skipped")
+# worst first. "incomplete": a check the session stopped in (or before) — nothing to certify
+VERDICTS = ("fail", "incomplete", "warn", "new", "pass", "skipped")
 STATUSES = ("ok", "error", "skipped")
 
 
@@ -41,6 +42,22 @@ def worst(verdicts: list[str]) -> str:
     """The worst verdict of a list; an empty list passes."""
     present = [v for v in VERDICTS if v in verdicts]
     return present[0] if present else "pass"
+
+
+# metrics.json keeps at most this many samples per metric: the ITL gaps of one 4,096-stream level
+# are ~2 million (60 MB of JSON per run on the GPU node). Past it, the stored list is the sorted
+# samples at evenly spaced ranks (the distribution, min and max kept); statistics and the sample
+# count always come from all of them.
+MAX_STORED_SAMPLES = 1000
+
+
+def stored_samples(samples: list[float]) -> tuple[list[float], bool]:
+    """(what metrics.json keeps, whether it is a reduction of the samples)."""
+    if len(samples) <= MAX_STORED_SAMPLES:
+        return list(samples), False
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return [ordered[round(i * last / (MAX_STORED_SAMPLES - 1))] for i in range(MAX_STORED_SAMPLES)], True
 
 
 def sample_stats(samples: list[float]) -> dict[str, float | int] | None:
@@ -107,11 +124,12 @@ class Metric:
         return sample_stats(self.samples)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # field by field, not asdict(): asdict deep-copies millions of raw samples
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "judgement")}
+        data["samples"], data["samples_reduced"] = stored_samples(self.samples)
         data["key"] = self.key
         data["params"] = {k: param_text(v) for k, v in self.params.items()}
         data["stats"] = self.stats
         data["sample_count"] = self.sample_count
-        judgement = data.pop("judgement") or {}
-        data.update(judgement)
+        data.update(asdict(self.judgement) if self.judgement else {})
         return data

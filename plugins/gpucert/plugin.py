@@ -195,6 +195,9 @@ class RunHooks:
             if result is not None:
                 # metrics recorded before the failure stay on the card with their verdicts
                 result.body_raised = not isinstance(exc, pytest.skip.Exception)
+                if isinstance(exc, KeyboardInterrupt):  # pytest writes no report for this check
+                    result.outcome = "interrupted"
+                    result.message = "interrupted mid-check; what it measured before the stop is kept"
                 self.run.judge_check(result)
                 _publish(item, result)
             raise
@@ -233,6 +236,9 @@ class RunHooks:
         if not self.run.prepared or self.config.option.collectonly:
             return  # no check was selected, or bad input stopped the run before it measured anything
         status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
+        for result in self.run.checks.values():
+            if result.outcome == "pending":
+                result.message = result.message or f"not run: the session ended {status} before this check"
         try:
             self.run.store_baselines()
         except (BaselineError, OSError) as exc:

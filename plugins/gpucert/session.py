@@ -127,6 +127,8 @@ class Run:
         verdicts = [m.judgement.verdict for m in result.metrics if m.judgement]
         if result.outcome in ("failed", "error") and not any(m.judgement and m.judgement.quarantined for m in result.metrics):
             verdicts.append("fail")
+        if result.outcome in ("pending", "interrupted"):  # never ran, or stopped inside
+            verdicts.append("incomplete")
         return worst(verdicts)
 
     def to_dict(self, status: str) -> dict[str, Any]:

@@ -9,23 +9,27 @@ from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread
 from gpucert.serving.records import RunRecords
 
 
-def prompts_for(target, count: int) -> list[datasets.Prompt]:
+def prompts_for(target, count: int, level: int) -> list[datasets.Prompt]:
+    """`count` prompts of their own for `level` (no prefix-cache hits across levels)."""
     load = target.load
+    seed = datasets.level_seed(load.seed, level)
     if load.token_ids:
         return datasets.get("random", num_prompts=count, input_len=load.input_len, output_len=load.output_len,
-                            vocab_size=load.vocab_size, seed=load.seed)
+                            vocab_size=load.vocab_size, seed=seed)
     return datasets.get("synthetic", num_prompts=count, input_len=load.input_len, output_len=load.output_len,
-                        seed=load.seed)
+                        seed=seed)
 
 
-def run_level(target, concurrency: int, requests: int) -> RunRecords:
+def run_level(target, concurrency: int, requests: int, level: int | None = None) -> RunRecords:
     """`requests` measured requests (plus the warm-up ones) at fixed `concurrency`, over as many
-    client processes as the load settings say (the client must never be the limit)."""
+    client processes as the load settings say (the client must never be the limit). `level`
+    picks the prompts (default: the concurrency; the sanity check uses 0)."""
     load = target.load
     config = LoadConfig(
         base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency,
         num_requests=requests, warmup_requests=load.warmup, seed=load.seed, ignore_eos=load.ignore_eos,
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
-        request_timeout_s=load.request_timeout_s)
+        request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s)
     workers = resolve_workers(load.client_workers, config)
-    return run_load_spread(config, prompts_for(target, requests + load.warmup), workers)
+    prompts = prompts_for(target, requests + load.warmup, concurrency if level is None else level)
+    return run_load_spread(config, prompts, workers)

@@ -23,7 +23,7 @@ ENGINE_FACTS = {
 
 
 def test_vllm_sanity(gpucert, serving):
-    run = run_level(serving, concurrency=1, requests=REQUESTS)
+    run = run_level(serving, concurrency=1, requests=REQUESTS, level=0)
     records = run.measured
     summary = summarize(records)
     crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)

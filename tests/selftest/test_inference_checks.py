@@ -132,3 +132,9 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     failed = checks["offline_throughput[concurrency=8]"]["output_tok_s"]
     assert failed["verdict"] == "fail" and "illegal memory access" in failed["error"]
     assert str(tmp_path / "r" / "offline" / "offline.log") in failed["error"]
+    # every level (and the warm-up) its own prompts: none repeats, so no prefix-cache hits
+    config = json.loads((tmp_path / "r" / "offline" / "offline-config.json").read_text())
+    batches = [config["warmup_prompts"]] + [level["prompts"] for level in config["levels"]]
+    assert [len(b) for b in batches] == [4, 1, 4, 8]
+    every = [tuple(p) for b in batches for p in b]
+    assert len(set(every)) == len(every)

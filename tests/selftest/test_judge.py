@@ -118,3 +118,17 @@ def test_drift_metrics_use_absolute_limits_only_and_update_accepts_them():
     assert accepted.verdict == "warn" and "accepted by --update-baselines" in accepted.reason
     listed = judge(metric(5.0), Rule(direction="lower", drift=True), None)
     assert listed.verdict == "pass" and "informational" in listed.reason
+
+
+def test_metrics_json_keeps_a_bounded_sketch_of_many_samples():
+    """A 4,096-stream level has ~2 million ITL gaps: metrics.json keeps 1,000 of them (the sorted
+    samples at even ranks, min and max included) while statistics and the count use all."""
+    from gpucert.metrics import MAX_STORED_SAMPLES
+    many = [float((i * 7919) % 5000) for i in range(5000)]  # 0 … 4999, shuffled
+    data = Metric("serving_baseline", "serving_baseline", "itl_ms_p99", "ms", 4950.0, samples=many).to_dict()
+    assert data["samples_reduced"] is True and len(data["samples"]) == MAX_STORED_SAMPLES
+    assert data["samples"] == sorted(data["samples"]) and data["samples"][0] == 0.0 and data["samples"][-1] == 4999.0
+    assert abs(data["samples"][500] - 2501) <= 3  # the sketch's middle is the median
+    assert data["sample_count"] == 5000 and data["stats"]["n"] == 5000 and data["stats"]["median"] == 2499.5
+    few = Metric("c", "f", "m", "ms", 1.0, samples=[3.0, 1.0, 2.0]).to_dict()
+    assert few["samples"] == [3.0, 1.0, 2.0] and few["samples_reduced"] is False  # kept in order

@@ -195,6 +195,43 @@ def test_no_gpu(gpucert):
     assert not (suite.path / "baselines" / "toy-node" / "crash.json").exists()
 
 
+def test_interrupted_session_marks_the_stopped_and_unrun_checks_incomplete(suite, pytester):
+    """Ctrl-C (or a wall-clock budget's SIGINT) inside a check: what it measured stays, the check
+    and those after it are "incomplete" — never "pass" with no metrics (seen on the GPU node)."""
+    pytester.makepyfile(test_stop='''
+import pytest
+@pytest.mark.inference
+def test_first(gpucert):
+    gpucert.record("tok_s", 10.0, unit="tok/s", direction="higher")
+
+@pytest.mark.inference
+def test_stopped(gpucert):
+    gpucert.record("tok_s", 5.0, unit="tok/s", direction="higher")
+    raise KeyboardInterrupt
+
+@pytest.mark.inference
+def test_never(gpucert):
+    gpucert.record("tok_s", 1.0, unit="tok/s", direction="higher")
+''')
+    report_dir = pytester.path / "report-stop"
+    # a subprocess: in-process, the interrupt would stop this self-test session too
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--profile", "toy-node", "--report-dir",
+                                           str(report_dir), "-k", "first or stopped or never")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    run = json.loads((report_dir / "metrics.json").read_text())
+    assert run["status"] == "interrupted" and run["verdict"] == "incomplete"
+    checks = {c["check"]: c for c in run["checks"]}
+    assert (checks["first"]["outcome"], checks["first"]["verdict"]) == ("passed", "new")
+    stopped = checks["stopped"]
+    assert (stopped["outcome"], stopped["verdict"]) == ("interrupted", "incomplete")
+    assert [m["value"] for m in stopped["metrics"]] == [5.0] and "interrupted mid-check" in stopped["message"]
+    never = checks["never"]
+    assert (never["outcome"], never["verdict"], never["metrics"]) == ("pending", "incomplete", [])
+    assert "not run: the session ended interrupted" in never["message"]
+    assert run["counts"]["incomplete"] == 2
+    assert 'v-incomplete">incomplete' in (report_dir / "report.html").read_text()
+
+
 def test_quarantine_reports_but_does_not_block(suite):
     suite(100, "--update-baselines")
     suite.path.joinpath("thresholds.yaml").write_text(THRESHOLDS + '''

@@ -82,6 +82,9 @@ def test_connection_refused_is_measured_failure(capsys):
     (["--concurrency", "1", "--num-requests", "1", "--dataset", "sharegpt"],
      "unknown dataset 'sharegpt'; valid: random"),
     (["--concurrency", "1", "--num-requests", "1", "--slo", "lat=5"], "unknown SLO"),
+    (["--concurrency", "1", "--num-requests", "1", "--ramp-up", "-1"], "ramp-up must be >= 0 s"),
+    (["--request-rate", "5", "--num-requests", "1", "--ramp-up", "2"],
+     "a ramp-up applies to a fixed concurrency, not to a request rate"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, capsys):
     rc = main(["loadgen", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", *args])

@@ -104,3 +104,41 @@ def test_jsonl_errors_name_file_and_line(tmp_path, body, message):
 def test_unknown_dataset_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown dataset 'lmsys' \(valid: random, synthetic, sharegpt, jsonl\)"):
         datasets.get("lmsys")
+
+
+def test_each_load_level_draws_its_own_prompts():
+    """The inference checks' prompts: level 0 (sanity) and every concurrency level get prompts of
+    their own, so vLLM's prefix cache never serves one level's prefill from another's."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from gpucert.serving.settings import load_settings
+    path = Path(__file__).resolve().parents[1] / "inference" / "load.py"
+    spec = importlib.util.spec_from_file_location("inference_load", path)
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    target = SimpleNamespace(load=load_settings({"input_len": "16"}))
+    levels = {level: load.prompts_for(target, 8, level) for level in (0, 1, 16, 32)}
+    every = [tuple(p.prompt) for prompts in levels.values() for p in prompts]
+    assert len(set(every)) == len(every) == 32
+    assert load.prompts_for(target, 8, 16) == levels[16]  # still reproducible
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("ramp_up_s", "0", 0.0), ("ramp_up_s", "2.5", 2.5), ("concurrency", "1,16", (1, 16)),
+    ("client_workers", "auto", "auto"), ("token_ids", "false", False), ("warmup", "0", 0),
+])
+def test_load_settings_take_command_line_values(key, value, expected):
+    from gpucert.serving.settings import load_settings
+    assert getattr(load_settings({key: value}), key) == expected
+
+
+@pytest.mark.parametrize("key, value", [
+    ("ramp_up_s", "-1"), ("ramp_up_s", "soon"), ("request_timeout_s", "0"), ("concurrency", "0,4"),
+    ("client_workers", "0"), ("endpoint", "embeddings"), ("input_len", "0"),
+])
+def test_load_settings_reject_bad_values_in_one_line(key, value):
+    from gpucert.serving.settings import load_settings
+    with pytest.raises(ValueError, match=f"^load setting {key}: bad value '{value}'$"):
+        load_settings({key: value})

@@ -41,6 +41,17 @@ def test_serve_tp2_log_reports_what_vllm_printed():
     assert "errors" not in got
 
 
+def test_serve_tp2_ray_log_reads_the_workers_behind_rays_prefixes():
+    """Under the Ray executor worker lines come as "(EngineCore pid=…) \\x1b[36m(RayWorkerProc
+    pid=…)\\x1b[0m (Worker_TP0 pid=…) INFO …" (captured on 2× H100, gpucert's own TP=2 run)."""
+    got = vllm_log.parse_file(FIXTURES / "vllm-0.26.0-serve-tp2-ray.log")
+    assert got["compile_s"] == pytest.approx(20.59) and got["cuda_graph_s"] == 7.0
+    assert got["allreduce_backends"] == ["CUSTOM", "PYNCCL"] and got["nccl_version"] == "2.28.9"
+    assert got["per_rank"] == {"model_load_s": {"TP0": 1.761327, "TP1": 1.538803}}
+    assert got["kv_cache_tokens"] == 5_280_176 and got["engine_init_s"] == pytest.approx(51.5)
+    assert got["startup_s"] == 118.0
+
+
 def test_offline_tp2_log():
     got = vllm_log.parse_file(FIXTURES / "vllm-0.26.0-offline-tp2.log")
     assert got["vllm_version"] == "0.26.0"  # no banner offline: from the engine's config line

@@ -22,6 +22,9 @@ FAKE = textwrap.dedent('''
     ap.add_argument("--ignore-sigterm", action="store_true")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--healthy-for", type=float, default=1e9)
+    ap.add_argument("--slow-for", type=float, default=0.0)  # /health answers late this long …
+    ap.add_argument("--health-delay", type=float, default=0.0)  # … by this much (a busy server)
+    ap.add_argument("--hang-after", type=float)  # from then on /health never answers (a hung one)
     a = ap.parse_args()
     print("INFO fake engine starting", flush=True)
     if a.ignore_sigterm:
@@ -29,12 +32,18 @@ FAKE = textwrap.dedent('''
     if a.child:  # like vLLM's EngineCore: a second process in the group
         subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
     time.sleep(a.delay)
-    sick_at = time.monotonic() + a.healthy_for
+    ready = time.monotonic()
+    sick_at = ready + a.healthy_for
     if a.exit_during_startup is not None:
         print("ERROR CUDA out of memory (fake)", flush=True)
         sys.exit(a.exit_during_startup)
     class H(BaseHTTPRequestHandler):
         def do_GET(self):
+            since = time.monotonic() - ready
+            if self.path == "/health" and a.hang_after is not None and since >= a.hang_after:
+                time.sleep(3600)
+            if self.path == "/health" and since < a.slow_for:
+                time.sleep(a.health_delay)
             body = json.dumps({"data": [{"id": "fake-model"}]}).encode() if self.path == "/v1/models" else b""
             ok = self.path in ("/health", "/v1/models") and time.monotonic() < sick_at
             self.send_response(200 if ok else 503 if self.path == "/health" else 404)
@@ -55,7 +64,7 @@ def fake(tmp_path):
     def make(*extra, **lifecycle):
         cfg = default_config()  # host 127.0.0.1, port 0 → a free port
         opts = dict(startup_timeout_s=20, health_poll_s=0.05, watch_interval_s=0.1, health_failures=2,
-                    stop_timeout_s=2) | lifecycle
+                    stop_timeout_s=2, health_timeout_s=0.2, health_silence_s=30) | lifecycle
         server = VllmServer(cfg, tmp_path / "report", **opts)
         server.command = [sys.executable, str(script), "--host", cfg.host, "--port", str(server.port), *extra]
         return server
@@ -111,6 +120,26 @@ def test_watcher_notices_health_failing_while_the_process_lives(fake):
             time.sleep(0.05)
         assert server.crash is not None and "/health failed 2 times in a row" in server.crash.reason
         assert server.crash.returncode is None and server.proc.poll() is None and not server.alive()
+
+
+def test_a_busy_server_answering_health_late_is_not_a_crash(fake):
+    """Under thousands of streams vLLM answers /health seconds late: silence shorter than
+    health_silence_s must not end the run (it did, at 2,048 streams, before this rule)."""
+    with fake("--slow-for", "1.2", "--health-delay", "0.5", health_silence_s=2.5) as server:
+        time.sleep(1.2)  # silent probes: well past health_failures (2) × the probe timeout (0.2 s)
+        assert server.crash is None and server.alive()
+        time.sleep(2.5)  # answers in time again, and the silence never reached the window
+        assert server.crash is None and server.alive()
+
+
+def test_a_hung_server_is_declared_dead_after_the_silence_window(fake):
+    with fake("--hang-after", "0.3", health_silence_s=1.0) as server:
+        deadline = time.monotonic() + 8
+        while server.crash is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.crash is not None and "/health gave no answer for" in server.crash.reason
+        assert server.crash.returncode is None and server.proc.poll() is None
+        assert server.crash.at - server.ready_at >= 1.0 + 0.3 - 0.2
 
 
 def test_stop_escalates_to_sigkill_and_the_group_is_gone(fake):

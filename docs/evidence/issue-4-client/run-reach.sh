@@ -42,8 +42,10 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("w*.json")):
         print(f"{path.stem:<22} no JSON"); continue
     s, c = d["summary"], d["client"]
     cpu = c.get("cpu_fraction")
+    def num(v, spec):
+        return "-" if v is None else format(v, spec)
     print(f"{path.stem:<22}{s['completed']:>8}/{s['failed']:<5}{s['duration_s']:>8.2f}{s['output_tokens_per_s']:>11,.0f}"
-          f"{s['ttft_ms']['p50']:>10.1f}{s['itl_ms']['mean']:>10.3f}{c['loop_lag_ms']['p99']:>9.1f}{c['loop_lag_ms']['max']:>9.1f}"
-          f"{'' if cpu is None else format(cpu, '.2f'):>6}")
+          f"{num(s['ttft_ms']['p50'], '.1f'):>10}{num(s['itl_ms']['mean'], '.3f'):>10}{num(c['loop_lag_ms']['p99'], '.1f'):>9}"
+          f"{num(c['loop_lag_ms']['max'], '.1f'):>9}{num(cpu, '.2f'):>6}")
 PY
 tar czf "$OUT/reach.tgz" -C "$(dirname "$dir")" reach

@@ -97,7 +97,7 @@ def render(data: dict[str, Any]) -> str:
         for metric in check["metrics"]
         if metric.get("verdict") in ("fail", "warn")
     ]
-    failed_without_metric = [c for c in data["checks"] if c["outcome"] in ("failed", "error")
+    failed_without_metric = [c for c in data["checks"] if c["outcome"] in ("failed", "error", "interrupted", "pending")
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
     return _ENV.get_template("card.html.j2").render(
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,

@@ -74,6 +74,8 @@ def register(subparsers) -> None:
     load.add_argument("--token-ids", action="store_true",
                       help="token-id prompts, and ask the server to stream token ids")
     load.add_argument("--warmup", type=int, default=0, help="warm-up requests (not measured)")
+    load.add_argument("--ramp-up", type=float, default=0.0, metavar="S",
+                      help="with --concurrency: start the streams evenly over S seconds, not all at once")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--api-key-env", help="name of the environment variable with the API key")
     load.add_argument("--extra-body", type=json.loads, default={},
@@ -135,7 +137,7 @@ def load_result(args) -> tuple[dict, int]:
             concurrency=args.concurrency, request_rate=args.request_rate,
             burstiness=args.burstiness, num_requests=args.num_requests,
             duration_s=args.duration, warmup_requests=args.warmup, seed=args.seed,
-            return_token_ids=args.token_ids, extra_body=args.extra_body,
+            ramp_up_s=args.ramp_up, return_token_ids=args.token_ids, extra_body=args.extra_body,
             api_key_env=args.api_key_env, request_timeout_s=args.timeout)
         slos = _slos(args.slo)
         summarize([], slos)  # validates the SLO names before any request is sent
@@ -159,7 +161,8 @@ def load_result(args) -> tuple[dict, int]:
                    "burstiness": args.burstiness, "num_requests": args.num_requests,
                    "duration_s": args.duration, "input_len": args.input_len,
                    "output_len": args.output_len, "token_ids": args.token_ids,
-                   "warmup": args.warmup, "seed": args.seed, "workers": workers},
+                   "warmup": args.warmup, "ramp_up_s": args.ramp_up, "seed": args.seed,
+                   "workers": workers},
     }
     return result, summary.failed
 

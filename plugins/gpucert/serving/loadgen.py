@@ -39,6 +39,10 @@ class LoadConfig:
     concurrency: int | None = None
     request_rate: float | None = None  # requests/s; math.inf sends all at once
     burstiness: float = 1.0  # gamma shape of inter-arrivals
+    # fixed concurrency: the measured streams start evenly over this many seconds instead of in
+    # one instant (a burst of thousands of connections queues at the server and stalls the
+    # client's own loop; a ramp measures the steady state)
+    ramp_up_s: float = 0.0
     num_requests: int | None = None
     duration_s: float | None = None
     warmup_requests: int = 0
@@ -63,6 +67,10 @@ class LoadConfig:
             raise ValueError("request rate must be > 0 (or inf)")
         if self.burstiness <= 0:
             raise ValueError("burstiness must be > 0")
+        if not self.ramp_up_s >= 0:
+            raise ValueError("ramp-up must be >= 0 s")
+        if self.ramp_up_s and self.request_rate is not None:
+            raise ValueError("a ramp-up applies to a fixed concurrency, not to a request rate")
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("bound the run by a request count and/or a duration")
         if self.num_requests is not None and self.num_requests < 1:
@@ -265,7 +273,8 @@ class LoadGenerator:
                     records += await self._at_rate(session)
                 else:
                     records += await self._concurrent(session, cfg.num_requests, cfg.duration_s,
-                                                      cfg.concurrency, warmup=False)
+                                                      cfg.concurrency, warmup=False,
+                                                      ramp_up_s=cfg.ramp_up_s)
             finally:
                 probe_task.cancel()
             wall = time.monotonic() - started
@@ -275,20 +284,23 @@ class LoadGenerator:
                           loop_lag_s=probe.samples, cpu_fraction=cpu)
 
     async def _concurrent(self, session, count: int | None, duration_s: float | None,
-                          workers: int, warmup: bool) -> list[RequestRecord]:
-        """`workers` loops, each sending its next request as soon as its last one ends."""
+                          workers: int, warmup: bool, ramp_up_s: float = 0.0) -> list[RequestRecord]:
+        """`workers` loops, each sending its next request as soon as its last one ends; loop i
+        starts i × ramp_up_s / workers after the first."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         issued, done = 0, []
 
-        async def worker():
+        async def worker(index: int):
             nonlocal issued
+            if ramp_up_s:
+                await asyncio.sleep(index * ramp_up_s / workers)
             while (count is None or issued < count) and (
                     deadline is None or time.monotonic() < deadline):
                 issued += 1
                 record, body = self._record(time.monotonic(), warmup)
                 done.append(await send_request(session, self.config, self.headers, body, record))
 
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await asyncio.gather(*(worker(i) for i in range(workers)))
         return done
 
     async def _at_rate(self, session) -> list[RequestRecord]:

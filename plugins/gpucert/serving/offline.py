@@ -49,10 +49,13 @@ def run_offline(engine: EngineConfig, levels: list[int], input_len: int, output_
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = str(presets.materialize(engine.model, workdir / "models")) if presets.is_preset(engine.model) else engine.model
-    prompts = datasets.get("random", num_prompts=max(levels), input_len=input_len, output_len=output_len,
-                           vocab_size=vocab_size, seed=seed)
-    config = {"engine": llm_kwargs(engine, model), "levels": sorted(levels), "output_len": output_len,
-              "warmup": warmup, "prompts": [p.prompt for p in prompts]}
+    def prompts(count: int, level: int) -> list[list[int]]:
+        # each level its own prompts, as the served levels: no prefix-cache hits across levels
+        return [p.prompt for p in datasets.get("random", num_prompts=count, input_len=input_len, output_len=output_len,
+                                               vocab_size=vocab_size, seed=datasets.level_seed(seed, level))]
+    config = {"engine": llm_kwargs(engine, model), "output_len": output_len,
+              "warmup_prompts": prompts(warmup, 0),
+              "levels": [{"level": level, "prompts": prompts(level, level)} for level in sorted(levels)]}
     config_path = workdir / "offline-config.json"
     config_path.write_text(json.dumps(config))
     result = OfflineResult(log_path=workdir / "offline.log")

@@ -19,11 +19,14 @@ def main(config_path: str) -> int:
 
     llm = LLM(**config["engine"])
     params = SamplingParams(max_tokens=config["output_len"], ignore_eos=True, detokenize=False)
-    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in config["prompts"]]
+
+    def token_prompts(ids_list):
+        return [TokensPrompt(prompt_token_ids=ids) for ids in ids_list]
+
     # one small batch first: compile and graph capture stay out of every level's time
-    llm.generate(prompts[: config["warmup"]], params, use_tqdm=False)
-    for level in config["levels"]:
-        batch = prompts[:level]
+    llm.generate(token_prompts(config["warmup_prompts"]), params, use_tqdm=False)
+    for entry in config["levels"]:
+        level, batch = entry["level"], token_prompts(entry["prompts"])
         start = time.perf_counter()
         outputs = llm.generate(batch, params, use_tqdm=False)
         elapsed = time.perf_counter() - start

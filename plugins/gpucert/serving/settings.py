@@ -28,6 +28,8 @@ class LoadSettings:
     request_timeout_s: float = 900.0
     # client processes: "auto" spreads past one process's limit (loadgen_workers), or a count
     client_workers: str = "auto"
+    # seconds over which each level's streams start (0: all at once, as `vllm bench serve`)
+    ramp_up_s: float = 0.0
 
     def requests_at(self, concurrency: int) -> int:
         return max(self.min_requests, self.requests_per_level * concurrency)
@@ -59,7 +61,7 @@ def _coerce(key: str, value: Any) -> Any:
             return number
         if kind == "float":
             number = float(value)
-            if not number > 0:
+            if not (number > 0 or (number == 0 and key == "ramp_up_s")):
                 raise ValueError
             return number
         if key == "endpoint" and value not in ("completions", "chat"):

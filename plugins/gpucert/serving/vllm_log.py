@@ -11,8 +11,12 @@ import re
 from datetime import datetime
 from typing import Any
 
-# "(Worker_TP0 pid=3768) INFO 11-27 00:36:29 [file.py:284] message"; offline logs have no prefix
-_LINE = re.compile(r"^(?:\((?P<proc>[\w]+) pid=(?P<pid>\d+)\)\s+)?"
+# "(Worker_TP0 pid=3768) INFO 11-27 00:36:29 [file.py:284] message"; offline logs have no prefix.
+# Under Ray the worker's line comes wrapped by its callers, with colour codes:
+# "(EngineCore pid=3112) \x1b[36m(RayWorkerProc pid=5256)\x1b[0m (Worker_TP0 pid=5256) INFO …";
+# colours are stripped and the innermost (last) prefix names the process.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LINE = re.compile(r"^(?:\((?P<proc>[\w]+) pid=(?P<pid>\d+)\)\s+)*"
                    r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+(?P<ts>\d\d-\d\d \d\d:\d\d:\d\d)\s+"
                    r"\[[^\]]+\]\s?(?P<msg>.*)$")
 
@@ -107,7 +111,7 @@ def parse(text: str) -> dict[str, Any]:
     errors: list[str] = []
     first_ts = ready_ts = None
     for raw in text.splitlines():
-        m = _LINE.match(raw)
+        m = _LINE.match(_ANSI.sub("", raw))
         if not m:
             continue
         proc, pid, msg = m.group("proc"), m.group("pid"), m.group("msg").rstrip()

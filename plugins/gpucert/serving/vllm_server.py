@@ -69,13 +69,24 @@ def http_get(url: str, timeout: float, headers: dict[str, str] | None = None) ->
         return err.code, err.read()
 
 
-def health_ok(base: str, timeout: float) -> bool:
+def health_probe(base: str, timeout: float) -> str:
+    """One GET /health: "ok" (200); "unhealthy" (another status — vLLM answers 503 once its engine
+    core is dead — or the connection refused or reset: nothing listens any more); "silent" (no
+    answer within `timeout`: busy or hung — under thousands of streams vLLM's API-server loop
+    answers /health seconds late, which is not a crash)."""
     try:
         status, _ = http_get(f"{base}/health", timeout)
-    except (OSError, urllib.error.URLError):
-        # refused while the server is still starting, reset when it dies, or timed out
-        return False
-    return status == 200
+    except TimeoutError:
+        return "silent"
+    except urllib.error.URLError as err:
+        return "silent" if isinstance(err.reason, TimeoutError) else "unhealthy"
+    except OSError:
+        return "unhealthy"
+    return "ok" if status == 200 else "unhealthy"
+
+
+def health_ok(base: str, timeout: float) -> bool:
+    return health_probe(base, timeout) == "ok"
 
 
 def _group_alive(pgid: int) -> bool:
@@ -97,7 +108,8 @@ class VllmServer:
     def __init__(self, config: EngineConfig, workdir: str | Path, *, command: list[str] | None = None,
                  startup_timeout_s: float | None = None, health_poll_s: float | None = None,
                  health_failures: int | None = None, watch_interval_s: float | None = None,
-                 stop_timeout_s: float | None = None):
+                 stop_timeout_s: float | None = None, health_timeout_s: float | None = None,
+                 health_silence_s: float | None = None):
         life = serving_defaults()["lifecycle"]
         self.workdir = Path(workdir)
         self.port = config.port or free_port(config.host)
@@ -108,6 +120,8 @@ class VllmServer:
         self.health_failures = health_failures if health_failures is not None else life["health_failures"]
         self.watch_interval_s = watch_interval_s if watch_interval_s is not None else life["watch_interval_s"]
         self.stop_timeout_s = stop_timeout_s if stop_timeout_s is not None else life["stop_timeout_s"]
+        self.health_timeout_s = health_timeout_s if health_timeout_s is not None else life["health_timeout_s"]
+        self.health_silence_s = health_silence_s if health_silence_s is not None else life["health_silence_s"]
         self.log_path = self.workdir / LOG_NAME
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
@@ -178,13 +192,25 @@ class VllmServer:
             time.sleep(self.health_poll_s)
 
     def _watch(self) -> None:
-        failures = 0
+        """A crash is the process exiting, /health answering other than 200 `health_failures`
+        times in a row, or /health not answering at all for `health_silence_s` (a hang). A slow
+        answer alone is load, not a crash (seen: vLLM at 2,048 streams, 1 API server)."""
+        failures, last_answer = 0, time.monotonic()
         while not self._stopping.wait(self.watch_interval_s):
             returncode = self.proc.poll()
             if returncode is not None:
                 self._record_crash(f"engine process exited with code {returncode}", returncode)
                 return
-            if health_ok(self.base_url, timeout=max(self.watch_interval_s, 1.0)):
+            state = health_probe(self.base_url, timeout=self.health_timeout_s)
+            now = time.monotonic()
+            if state == "silent":
+                if now - last_answer >= self.health_silence_s:
+                    self._record_crash(f"/health gave no answer for {now - last_answer:.0f} s (hung)",
+                                       self.proc.poll())
+                    return
+                continue
+            last_answer = now
+            if state == "ok":
                 failures = 0
                 continue
             failures += 1
@@ -223,7 +249,7 @@ class VllmServer:
                 self._wait_group(pgid, self.stop_timeout_s)
         returncode = self.proc.poll()
         if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join(timeout=self.watch_interval_s + 5)
+            self._watcher.join(timeout=self.watch_interval_s + self.health_timeout_s + 5)
         return StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
 
     def _wait_group(self, pgid: int, timeout: float) -> bool:
