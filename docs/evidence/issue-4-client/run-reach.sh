@@ -1,51 +1,68 @@
 #!/usr/bin/env bash
-# Issue 4 reach of the client, on a many-core host (the lent GPU node; no GPU used), repo root:
-# a zero-TTFT, zero-ITL emulator on half the cores (one server process per core, one port), the
-# load generator on the other half; 256-token streams; raw JSON per run under $OUT/reach.
+# Issue 4 reach of the client, on a many-core host (the lent GPU node; no GPU used), repo root.
+# The emulator runs on the upper half of the cores (one server process per core, one port), the
+# load generator on the lower half; 256-token streams, token ids; raw JSON per run under
+# $OUT/reach.tgz, a table last.
+#   capacity: zero TTFT, zero ITL — the client reads as fast as it can (how much one process takes)
+#   paced:    ITL 80 ms — 5,000 streams × 12.5 tok/s = 62.5k tok/s offered: does one client process
+#             take it with its event loop responsive (lag p99 <= 5 ms)? with and without a ramp
 set -uo pipefail
 source /tmp/devsite/env.sh 2>/dev/null || true
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; dir=/tmp/gpucert-runs/reach; rm -rf "$dir"; mkdir -p "$dir"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { tail -3 /tmp/pip.log; exit 3; }
-cores=$(nproc); half=$((cores / 2))
-port=18811
-taskset -c "$half-$((cores - 1))" python3 -m gpucert.cli emulator --port $port --ttft-ms 0 --itl-ms 0 \
-  --processes "$half" 2>"$dir/emulator.log" &
-emu=$!
-trap 'kill $emu 2>/dev/null; wait $emu 2>/dev/null' EXIT
-python3 - "$port" <<'PY'
+cores=$(nproc); half=$((cores / 2)); port=18811
+python3 -c "import uvloop, sys; print('uvloop', uvloop.__version__, 'python', sys.version.split()[0])" 2>&1
+echo "host: $cores cores; emulator: $half processes on cores $half-$((cores - 1)); client on cores 0-$((half - 1))"
+
+emulator() {  # ITL_MS
+  taskset -c "$half-$((cores - 1))" python3 -m gpucert.cli emulator --port $port --ttft-ms 0 --itl-ms "$1" \
+    --processes "$half" 2>>"$dir/emulator.log" &
+  emu=$!
+  python3 - "$port" <<'PY'
 import sys, time, urllib.request
-for _ in range(100):
+for _ in range(200):
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
         break
     except OSError:
         time.sleep(0.1)
 PY
-echo "host: $cores cores; emulator: $half processes on cores $half-$((cores - 1)); client on cores 0-$((half - 1))"
-# workers  concurrency  requests
-for spec in "1 5000 5000" "1 5000 10000" "auto 5000 10000" "auto 10000 10000"; do
-  read -r workers conc n <<<"$spec"
-  name="w${workers}_c${conc}_n${n}"
-  timeout 300 taskset -c "0-$((half - 1))" python3 -m gpucert.cli loadgen --base-url "http://127.0.0.1:$port/v1" \
-    --model m --concurrency "$conc" --num-requests "$n" --input-len 16 --output-len 256 --token-ids \
-    --workers "$workers" --json > "$dir/$name.json" 2>"$dir/$name.err"
-  echo "$name exit $?"
-done
+}
+stop_emulator() { kill "$emu" 2>/dev/null; wait "$emu" 2>/dev/null; }
+trap stop_emulator EXIT
+
+load() {  # NAME WORKERS CONCURRENCY REQUESTS RAMP_S
+  timeout 240 taskset -c "0-$((half - 1))" python3 -m gpucert.cli loadgen --base-url "http://127.0.0.1:$port/v1" \
+    --model m --concurrency "$3" --num-requests "$4" --ramp-up "$5" --input-len 16 --output-len 256 --token-ids \
+    --workers "$2" --json > "$dir/$1.json" 2>"$dir/$1.err"
+  echo "$1 exit $?"
+}
+
+emulator 0
+load capacity_w1_c5000 1 5000 5000 0
+load capacity_wauto_c5000 auto 5000 10000 0
+load capacity_wauto_c10000 auto 10000 10000 0
+stop_emulator
+emulator 80
+load paced_w1_c5000_burst 1 5000 5000 0
+load paced_w1_c5000_ramp5 1 5000 5000 5
+load paced_wauto_c5000_ramp5 auto 5000 5000 5
+stop_emulator
+
 python3 - "$dir" <<'PY'
 import json, pathlib, sys
-print(f"{'run':<22}{'done/failed':>14}{'wall s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'ITL mean':>10}{'lag p99':>9}{'lag max':>9}{'cpu':>6}")
-for path in sorted(pathlib.Path(sys.argv[1]).glob("w*.json")):
+def num(v, spec):
+    return "-" if v is None else format(v, spec)
+print(f"{'run':<26}{'done/failed':>13}{'wall s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'ITL mean':>10}{'lag p99':>9}{'lag max':>9}{'cpu':>6}{'procs':>6}")
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     try:
         d = json.loads(path.read_text())
     except ValueError:
-        print(f"{path.stem:<22} no JSON"); continue
+        print(f"{path.stem:<26} no JSON"); continue
     s, c = d["summary"], d["client"]
-    cpu = c.get("cpu_fraction")
-    def num(v, spec):
-        return "-" if v is None else format(v, spec)
-    print(f"{path.stem:<22}{s['completed']:>8}/{s['failed']:<5}{s['duration_s']:>8.2f}{s['output_tokens_per_s']:>11,.0f}"
+    print(f"{path.stem:<26}{s['completed']:>7}/{s['failed']:<5}{s['duration_s']:>8.2f}{s['output_tokens_per_s']:>11,.0f}"
           f"{num(s['ttft_ms']['p50'], '.1f'):>10}{num(s['itl_ms']['mean'], '.3f'):>10}{num(c['loop_lag_ms']['p99'], '.1f'):>9}"
-          f"{num(c['loop_lag_ms']['max'], '.1f'):>9}{num(cpu, '.2f'):>6}")
+          f"{num(c['loop_lag_ms']['max'], '.1f'):>9}{num(c.get('cpu_fraction'), '.2f'):>6}{len(c.get('workers') or [1]):>6}")
 PY
 tar czf "$OUT/reach.tgz" -C "$(dirname "$dir")" reach

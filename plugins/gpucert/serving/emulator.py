@@ -2,8 +2,8 @@
 load generator is tested against, and a stand-in server for trying the client by hand.
 
 Every chunk of a request is sent at an absolute deadline measured from the moment its handler
-started (`loop.time()` based), never after accumulated sleeps, so a late wake-up for one chunk
-does not shift the chunks after it:
+started (on `time.monotonic()`, not `loop.time()`: uvloop caches that per iteration in whole ms),
+never after accumulated sleeps, so a late wake-up for one chunk does not shift the chunks after it:
     chunk i (tokens i·k … i·k+k−1) at  start + TTFT + i·ITL  (+ stall, from token `stall_after`)
 """
 
@@ -63,13 +63,13 @@ class EmulatorConfig:
 
 
 async def sleep_until(deadline: float) -> None:
-    """Wake at `deadline` (loop.time() clock) within the loop's scheduling jitter, not up to the
-    1 ms epoll rounding: sleep coarsely, then yield until the deadline passes."""
-    loop = asyncio.get_running_loop()
-    coarse = deadline - SPIN_WINDOW_S - loop.time()
+    """Wake at `deadline` (time.monotonic() clock) within the loop's scheduling jitter, not up to
+    the 1 ms timer rounding (asyncio's epoll waits in whole ms; uvloop's timers run on a clock
+    cached in whole ms and fire up to 1 ms early): sleep coarsely, then yield until it passes."""
+    coarse = deadline - SPIN_WINDOW_S - time.monotonic()
     if coarse > 0:
         await asyncio.sleep(coarse)
-    while loop.time() < deadline:
+    while time.monotonic() < deadline:
         await asyncio.sleep(0)
 
 
@@ -116,8 +116,7 @@ class Emulator:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        start = loop.time()  # every deadline of this request is an offset from here
+        start = time.monotonic()  # every deadline of this request is an offset from here
         body = await request.json()
         self.requests_seen += 1
         if self.config.exit_after is not None and self.requests_seen > self.config.exit_after:
@@ -199,8 +198,9 @@ class EmulatorServer:
 
 
 def _serve_one(config: EmulatorConfig, host: str, port: int, reuse_port: bool) -> None:
+    from .loadgen import new_event_loop  # uvloop where installed: the emulator keeps up longer
     web.run_app(Emulator(config).app(), host=host, port=port, access_log=None, reuse_port=reuse_port,
-                backlog=LISTEN_BACKLOG, print=lambda *_: None)
+                backlog=LISTEN_BACKLOG, print=lambda *_: None, loop=new_event_loop())
 
 
 def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000, processes: int = 1) -> None:

@@ -329,6 +329,8 @@ class LoadGenerator:
             delay = scheduled - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            while time.monotonic() < scheduled:  # uvloop's timers may fire up to 1 ms early
+                await asyncio.sleep(0)
             tasks.append(asyncio.create_task(one(*self._record(scheduled, warmup=False))))
         return list(await asyncio.gather(*tasks))
 
@@ -348,8 +350,20 @@ def frozen_heap():
         gc.unfreeze()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux; vLLM's own server runs on it), else
+    asyncio's. Per streamed chunk, asyncio's selector loop and its socket reads cost more than
+    the client's own parsing (profiled: ~75 % of the client's CPU at 500 streams); uvloop takes a
+    large part of that, so one client process holds more streams before its loop lags."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_load(config: LoadConfig, prompts: list[Prompt]) -> RunRecords:
     """Run a load in a fresh event loop (the CLI and the checks; async callers use
     `LoadGenerator(...).run()` inside `frozen_heap()`)."""
-    with frozen_heap():
-        return asyncio.run(LoadGenerator(config, prompts).run())
+    with frozen_heap(), asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(LoadGenerator(config, prompts).run())
