@@ -11,7 +11,7 @@ import sys
 from gpucert import __version__
 
 # One module per subcommand; add "gpucert.physics.cli", "gpucert.serving.cli", ... here.
-COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli")
+COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli", "gpucert.monitor.cli")
 EXIT_USAGE = 2
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
+from .monitor.attach import SessionMonitor
 from .recorder import CheckRecorder, CheckResult
 from .report import card
 from .session import Run, RunOptions
@@ -25,6 +26,7 @@ MARKERS = {
 }
 CHECK_MARKERS = ("hardware", "inference", "forensics")
 RUN_KEY = pytest.StashKey[Run]()
+MONITOR_KEY = pytest.StashKey[SessionMonitor]()
 
 
 class GpucertWarning(UserWarning):
@@ -49,6 +51,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="take the stack snapshot from captured nvidia-smi outputs in DIR instead of this machine")
     group.addoption("--missing-baseline", default="new", choices=("new", "fail"),
                     help="a metric with no baseline: 'new' (judged on absolute limits) or 'fail' (nightly CI)")
+    group.addoption("--monitor", default="inference", choices=("inference", "all", "off"),
+                    help="attach the resource monitor (NVML, host, vLLM /metrics) to the inference checks "
+                         "(default), to every check, or to none")
+    group.addoption("--monitor-interval-ms", type=float, default=100.0, metavar="MS",
+                    help="the monitor's sampling interval (>= 20 ms; default 100)")
     serving = parser.getgroup("gpucert serving", "gpucert inference checks")
     serving.addoption("--endpoint", default=None, metavar="URL",
                       help="certify this OpenAI-compatible server (http://HOST:PORT/v1) instead of starting vLLM")
@@ -92,7 +99,12 @@ def pytest_configure(config: pytest.Config) -> None:
         missing_baseline=config.option.missing_baseline,
     )
     run = Run(options)
+    try:
+        monitor = SessionMonitor(config.option.monitor, config.option.monitor_interval_ms, options.report_dir)
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
     config.stash[RUN_KEY] = run
+    config.stash[MONITOR_KEY] = monitor
     config.pluginmanager.register(RunHooks(run, config), "gpucert-run")
 
 
@@ -137,6 +149,14 @@ def gpucert_report_dir(request: pytest.FixtureRequest) -> Path:
         pytest.skip("gpucert plugin is not configured in this session")
     run.options.report_dir.mkdir(parents=True, exist_ok=True)
     return run.options.report_dir
+
+
+@pytest.fixture(scope="session")
+def gpucert_monitor(request: pytest.FixtureRequest) -> SessionMonitor | None:
+    """The session's resource monitor (None with --monitor off): fixtures that start a server
+    attach its /metrics (`attach_vllm(url)`)."""
+    monitor = request.config.stash.get(MONITOR_KEY, None)
+    return None if monitor is None or monitor.mode == "off" else monitor
 
 
 @pytest.fixture
@@ -189,9 +209,15 @@ class RunHooks:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):
         result = self.run.checks.get(item.nodeid)
+        monitor = self.config.stash.get(MONITOR_KEY, None)
+        monitored = result is not None and monitor is not None and monitor.wants(result.markers)
+        if monitored:
+            monitor.begin(item.nodeid)
         try:
             outcome = yield
         except BaseException as exc:
+            if monitored:
+                monitor.end(result, CheckRecorder(self.run, result))
             if result is not None:
                 # metrics recorded before the failure stay on the card with their verdicts
                 result.body_raised = not isinstance(exc, pytest.skip.Exception)
@@ -203,6 +229,8 @@ class RunHooks:
             raise
         if result is None:
             return outcome
+        if monitored:
+            monitor.end(result, CheckRecorder(self.run, result))
         self.run.judge_check(result)
         _publish(item, result)
         for metric in result.metrics:
@@ -236,6 +264,9 @@ class RunHooks:
         if not self.run.prepared or self.config.option.collectonly:
             return  # no check was selected, or bad input stopped the run before it measured anything
         status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
+        monitor = self.config.stash.get(MONITOR_KEY, None)
+        if monitor is not None:
+            self.run.monitor = monitor.stop()
         for result in self.run.checks.values():
             if result.outcome == "pending":
                 result.message = result.message or f"not run: the session ended {status} before this check"

@@ -32,6 +32,11 @@ class CheckResult:
     findings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     body_raised: bool = False
+    # what the check did, for the monitor: {"output_tokens": N, "window": (t0, t1) monotonic}
+    work: dict[str, Any] = field(default_factory=dict)
+    # name → (monotonic times, values): series the card overlays on the monitor's charts
+    timelines: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    monitor: dict[str, Any] | None = None  # the monitor's window of this check (attach.py)
 
     @property
     def check_id(self) -> str:
@@ -111,6 +116,19 @@ class CheckRecorder:
     def finding(self, kind: str, **fields: Any) -> None:
         """A row for the card that is not a number, e.g. one drift change {path, old, new, severity}."""
         self._result.findings.setdefault(kind, []).append(fields)
+
+    def work(self, *, output_tokens: float | None = None, window: tuple[float, float] | None = None) -> None:
+        """What the check measured, for the resource monitor: the output tokens (→ joules per
+        token) and the time.monotonic() window they were produced in (the monitor's figures then
+        cover that window, not the check's set-up and warm-up)."""
+        if output_tokens is not None:
+            self._result.work["output_tokens"] = output_tokens
+        if window is not None:
+            self._result.work["window"] = (float(window[0]), float(window[1]))
+
+    def timeline(self, name: str, times: list[float], values: list[float]) -> None:
+        """A series on time.monotonic() (e.g. output tok/s per second) drawn over the monitor's."""
+        self._result.timelines[name] = ([float(t) for t in times], [float(v) for v in values])
 
     def artifact(self, name: str, data: Any) -> None:
         """A JSON document this check baselines beside its metrics (e.g. the stack snapshot)."""

@@ -42,6 +42,7 @@ class Run:
         self.checks: dict[str, CheckResult] = {}
         self.baseline_changes: list[Change] = []
         self.notes: list[str] = []
+        self.monitor: dict[str, Any] = {}  # the session monitor's file, interval, ticks, notes
         self._snapshot: dict[str, Any] | None = None
         self._store: BaselineStore | None = None
         self.profile = options.profile
@@ -147,6 +148,7 @@ class Run:
                 "message": result.message,
                 "metrics": [m.to_dict() for m in result.metrics],
                 "findings": result.findings,
+                "monitor": result.monitor,
             })
         check_counts = Counter(c["verdict"] for c in checks)
         metric_counts = Counter(m.get("verdict") or "pending" for c in checks for m in c["metrics"])
@@ -167,6 +169,7 @@ class Run:
             "metric_counts": {v: metric_counts.get(v, 0) for v in VERDICTS},
             "verdict": worst([c["verdict"] for c in checks if c["verdict"] != "skipped"]) if checks else "skipped",
             "notes": self.notes,
+            "monitor": self.monitor,
             "stack": {
                 "summary": [list(row) for row in snapshot_engine.summary(snap)] if snap else [],
                 "digest": snapshot_engine.digest(snap) if snap else None,

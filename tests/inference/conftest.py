@@ -122,7 +122,7 @@ def no_local_engine(engine) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def serving(request, gpucert_report_dir: Path):
+def serving(request, gpucert_report_dir: Path, gpucert_monitor):
     config = request.config
     load = _load(config)
     if config.getoption("--endpoint"):
@@ -131,7 +131,11 @@ def serving(request, gpucert_report_dir: Path):
                                 config.getoption("--api-key-env")).discover_model()
         except (ValueError, OSError) as exc:
             pytest.fail(f"endpoint {config.getoption('--endpoint')}: {exc}", pytrace=False)
+        if gpucert_monitor and not endpoint.api_key_env:  # a keyed endpoint's /metrics is not ours to read
+            gpucert_monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
         yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env)
+        if gpucert_monitor:
+            gpucert_monitor.detach_vllm()
         return
 
     engine = engine_config(config)
@@ -151,8 +155,12 @@ def serving(request, gpucert_report_dir: Path):
         pytest.fail(f"the engine did not start: {exc}", pytrace=False)
     try:
         facts = vllm_log.parse_file(server.log_path) if command is None else {}
+        if gpucert_monitor:
+            gpucert_monitor.attach_vllm(f"{server.base_url}/metrics")
         yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts)
     finally:
+        if gpucert_monitor:
+            gpucert_monitor.detach_vllm()
         server.stop()
 
 

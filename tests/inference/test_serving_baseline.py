@@ -4,7 +4,8 @@ profile's baselines and the SLOs in thresholds.yaml. Levels come from the load s
 
 import pytest
 
-from gpucert.serving.summary import client_check, itl_gaps_s, summarize, tpot_s
+from gpucert.serving.summary import (client_check, itl_gaps_s, measured_window, summarize, throughput_series,
+                                     tpot_s)
 
 from load import run_level
 
@@ -40,6 +41,10 @@ def test_serving_baseline(gpucert, serving, concurrency):
                 gpucert.record(f"{name}_p99", dist["p99"], unit="ms", direction="lower", samples=samples)
         if summary.itl_ms.get("count"):
             gpucert.record("itl_ms_p99", summary.itl_ms["p99"], unit="ms", direction="lower", samples=itl)
+    # for the resource monitor: its figures over the measured requests, joules per output token,
+    # and the streamed tok/s drawn over its GPU charts
+    gpucert.work(output_tokens=summary.total_output_tokens, window=measured_window(records))
+    gpucert.timeline("output tok/s", *throughput_series(records))
     client = client_check(run)
     for notice in client.get("notices") or []:
         gpucert.finding("client", notice=notice)

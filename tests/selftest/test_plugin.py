@@ -297,3 +297,65 @@ def test_result(gpucert):
     first, second = result.metrics["checks"][0]["metrics"]
     assert first["note"] == "NV18; budget reached" and first["verdict"] == "new"
     assert second["status"] == "error" and second["error"] == "rank 1 hung" and second["verdict"] == "fail"
+
+
+MONITORED = '''
+import time
+import pytest
+
+@pytest.mark.inference
+def test_served(gpucert):
+    start = time.monotonic()
+    time.sleep(0.6)
+    gpucert.record("tok_s", 1000.0, unit="tok/s", direction="higher")
+    gpucert.work(output_tokens=600, window=(start, time.monotonic()))
+    gpucert.timeline("output tok/s", [start, start + 0.3], [900.0, 1100.0])
+
+@pytest.mark.hardware
+def test_gemm_like(gpucert):
+    time.sleep(0.2)
+    gpucert.record("tflops", 5.0, unit="TFLOP/s", direction="higher")
+'''
+
+
+def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
+    """Each inference check gets the monitor's figures as metrics (judged, baselined), its samples
+    as a file, and charts on the card; hardware checks only with --monitor all."""
+    monkeypatch.setenv("GPUCERT_NVML_MODULE", "fake_pynvml")  # NVML's only seam: the GPU fields
+    pytester.makepyfile(test_monitored=MONITORED)
+    result = suite(100, "-k", "served or gemm_like", "--monitor-interval-ms", "50")
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    checks = {c["check"]: c for c in result.metrics["checks"]}
+    served = {m["metric"]: m for m in checks["served"]["metrics"]}
+    assert served["gpu_util_mean_pct"]["value"] == 90 and served["gpu_power_mean_w"]["value"] == 500
+    # joules over the window the check measured, per output token it reported
+    assert served["energy_j"]["value"] == pytest.approx(500 * 0.6, rel=0.15)
+    assert served["energy_j_per_output_token"]["value"] == pytest.approx(served["energy_j"]["value"] / 600)
+    assert served["gpu_mem_peak_gib"]["value"] == 20 and served["gpu_hard_slowdown_samples"]["value"] == 0
+    assert served["energy_j"]["verdict"] == "new"  # judged like any other metric
+    assert checks["served"]["findings"]["monitor"] == [{"notice": "GPU clock slowdown reasons seen: sw_power_cap"}]
+    mon = checks["served"]["monitor"]
+    assert mon["samples"] >= 10 and mon["timeline"]["series"]["GPU util % (mean)"][0] == 90
+    assert mon["overlays"]["output tok/s"]["values"] == [900.0, 1100.0]
+    assert (result.report_dir / "monitor" / "served.npz").exists()
+    assert (result.report_dir / "monitor" / "session.npz").exists()
+    assert checks["gemm_like"]["monitor"] is None
+    assert not any(m["metric"].startswith("gpu_") for m in checks["gemm_like"]["metrics"])
+    assert "Resources during served" in result.html
+    session = result.metrics["monitor"]
+    assert session["interval_ms"] == 50 and session["ticks"] > 0 and session["samples"] >= 10
+    assert session["jitter_ms"]["p99"] is not None and session["sampler_cpu_mean_pct"] is not None
+    assert session["file_bytes"] == (result.report_dir / "monitor" / "session.npz").stat().st_size
+
+    everything = suite(100, "-k", "served or gemm_like", "--monitor", "all", "--monitor-interval-ms", "50")
+    gemm = next(c for c in everything.metrics["checks"] if c["check"] == "gemm_like")
+    assert any(m["metric"] == "gpu_util_mean_pct" for m in gemm["metrics"])
+    off = suite(100, "-k", "served", "--monitor", "off")
+    served_off = next(c for c in off.metrics["checks"] if c["check"] == "served")
+    assert served_off["monitor"] is None and [m["metric"] for m in served_off["metrics"]] == ["tok_s"]
+
+
+def test_bad_monitor_interval_is_one_line(suite):
+    result = suite(100, "--monitor-interval-ms", "5")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: gpucert: monitor interval must be >= 20 ms, got 5 ms"])

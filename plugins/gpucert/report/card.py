@@ -90,6 +90,36 @@ def serving_view(data: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": rows, "charts": [c for c in (throughput, latency) if c]}
 
 
+def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per monitored check: GPU utilization and KV cache %, power and memory, and the check's own
+    series (e.g. streamed output tok/s) against the same seconds, so a spike lines up."""
+    views = []
+    for check in data["checks"]:
+        mon = check.get("monitor") or {}
+        timeline = mon.get("timeline") or {}
+        if not timeline.get("t_s"):
+            continue
+        t, series = timeline["t_s"], timeline["series"]
+
+        def pick(*names):
+            return {name: list(zip(t, series[name])) for name in names if name in series}
+        overlays = {name: list(zip(o["t_s"], o["values"])) for name, o in (mon.get("overlays") or {}).items()}
+        charts_ = [charts.line_chart(f"{check['check_id']}: utilization", "s from the check's start", "%",
+                                     pick("GPU util % (mean)", "KV cache %"), log2_x=False),
+                   charts.line_chart(f"{check['check_id']}: power", "s from the check's start", "W",
+                                     pick("power W (sum)"), log2_x=False),
+                   charts.line_chart(f"{check['check_id']}: memory", "s from the check's start", "GiB",
+                                     pick("GPU memory GiB (sum)"), log2_x=False),
+                   charts.line_chart(f"{check['check_id']}: engine queue", "s from the check's start", "requests",
+                                     pick("vLLM running", "vLLM waiting"), log2_x=False),
+                   charts.line_chart(f"{check['check_id']}: the check's own series", "s from the check's start",
+                                     "per s", overlays, log2_x=False) if overlays else ""]
+        views.append({"check_id": check["check_id"], "samples": mon.get("samples"), "file": mon.get("file"),
+                      "jitter_ms": mon.get("jitter_ms") or {}, "window_s": mon.get("window_s"),
+                      "charts": [c for c in charts_ if c]})
+    return views
+
+
 def render(data: dict[str, Any]) -> str:
     regressions = [
         (check, metric)
@@ -101,7 +131,7 @@ def render(data: dict[str, Any]) -> str:
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
     return _ENV.get_template("card.html.j2").render(
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
-        serving=serving_view(data),
+        serving=serving_view(data), monitored=monitor_view(data),
     )
 
 

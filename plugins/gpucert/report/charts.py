@@ -30,8 +30,11 @@ def _label(value: float) -> str:
 
 def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
                log2_x: bool = True) -> str:
-    """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double)."""
-    points = [(x, y) for pts in series.values() for x, y in pts if y is not None and x > 0]
+    """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double, a label at each
+    level) or, with log2_x=False, linear (time, round labels)."""
+    def usable(x: float) -> bool:
+        return x > 0 if log2_x else x >= 0
+    points = [(x, y) for pts in series.values() for x, y in pts if y is not None and usable(x)]
     if not points:
         return ""
     fx = (lambda v: math.log2(v)) if log2_x else (lambda v: v)
@@ -53,19 +56,21 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         y = py(tick)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
-    for x in sorted({x for x, _ in points}):
+    x_labels = sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if t <= max(xs)]
+    for x in x_labels:
         out.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(x)}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
-        good = sorted((x, y) for x, y in pts if y is not None and x > 0)
+        good = sorted((x, y) for x, y in pts if y is not None and usable(x))
         if not good:
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
-        out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
+        if len(good) <= 40:  # markers on a few levels; a time series is a plain line
+            out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
         out.append(f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" fill="{color}">'
                    f'{html.escape(name)}</text>')
     out.append("</svg>")

@@ -92,6 +92,7 @@ class Emulator:
         self.config = config
         self._errors = random.Random(config.seed)  # seeded: the failed count is reproducible
         self.requests_seen = 0
+        self.running = 0  # requests between arrival and their last byte: vLLM's "running" gauge
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -99,7 +100,19 @@ class Emulator:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's Prometheus names for what an emulator has: the streams it is serving (no queue,
+        no KV cache, no preemption)."""
+        labels = f'engine="0",model_name="{self.config.model}"'
+        lines = []
+        for name, kind, value in (("vllm:num_requests_running", "gauge", self.running),
+                                  ("vllm:num_requests_waiting", "gauge", 0),
+                                  ("vllm:num_preemptions_total", "counter", 0)):
+            lines += [f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]  # as prometheus_client writes
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def _health(self, request: web.Request) -> web.Response:
         # which process answered: with --processes N, shows the kernel spreading connections
@@ -116,6 +129,13 @@ class Emulator:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        self.running += 1
+        try:
+            return await self._respond(request, chat)
+        finally:
+            self.running -= 1
+
+    async def _respond(self, request: web.Request, chat: bool) -> web.StreamResponse:
         start = time.monotonic()  # every deadline of this request is an offset from here
         body = await request.json()
         self.requests_seen += 1

@@ -58,6 +58,27 @@ def tpot_s(record: RequestRecord) -> float | None:
     return (e2e - ttft) / (record.output_tokens - 1)
 
 
+def throughput_series(records: list[RequestRecord], bin_s: float = 1.0) -> tuple[list[float], list[float]]:
+    """Streamed output tokens per second over time: (bin start on time.monotonic(), tok/s) for
+    each `bin_s` from the first send to the last token; the card draws it over the monitor's."""
+    times = sorted(t for r in records for t in r.token_times)
+    sends = [r.sent_at for r in records if r.sent_at is not None]
+    if not times or not sends:
+        return [], []
+    start = min(sends)
+    bins = [0] * (int((times[-1] - start) / bin_s) + 1)
+    for t in times:
+        bins[int((t - start) / bin_s)] += 1
+    return [start + i * bin_s for i in range(len(bins))], [count / bin_s for count in bins]
+
+
+def measured_window(records: list[RequestRecord]) -> tuple[float, float] | None:
+    """(first send, last end) of the records on time.monotonic(), or None."""
+    sends = [r.sent_at for r in records if r.sent_at is not None]
+    ends = [r.ended_at for r in records if r.ended_at is not None]
+    return (min(sends), max(ends)) if sends and ends else None
+
+
 def itl_gaps_s(record: RequestRecord) -> list[float]:
     """Per-token gaps after the first chunk. `token_times` repeats a chunk's arrival once per
     token it carried, so consecutive differences give [gap, 0, …, 0] per chunk; the first

@@ -1,0 +1,105 @@
+"""The monitor as the plugin uses it: one sampler for the session, started by the first monitored
+check (or the serving fixture, which attaches vLLM's /metrics), and for each monitored check the
+window between its start and end: its samples kept as `monitor/<check>.npz` in the report folder,
+its figures recorded as metrics of the check (judged like any other), and a downsampled timeline
+for the card's charts. Which checks: `--monitor inference` (default) | `all` | `off`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from . import store
+from . import summary as summary_engine
+from .sampler import Monitor, MonitorConfig
+
+# self-tests name a fake NVML binding here (NVML cannot exist without a GPU); never set in use
+NVML_MODULE_HOOK = "GPUCERT_NVML_MODULE"
+MODES = ("inference", "all", "off")
+
+
+class SessionMonitor:
+    def __init__(self, mode: str, interval_ms: float, report_dir: Path):
+        if mode not in MODES:
+            raise ValueError(f"--monitor must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.config = MonitorConfig(str(report_dir / "monitor" / "session.npz"), interval_s=interval_ms / 1e3,
+                                    nvml_module=os.environ.get(NVML_MODULE_HOOK, "pynvml"))
+        self.report_dir = report_dir
+        self.monitor: Monitor | None = None
+        self.error: str | None = None
+        self._windows: dict[str, float] = {}
+        self.notes: list[str] = []
+
+    def wants(self, markers: list[str]) -> bool:
+        return self.mode == "all" or (self.mode == "inference" and "inference" in markers)
+
+    def ensure_started(self) -> Monitor | None:
+        if self.monitor is None and self.error is None:
+            try:
+                self.monitor = Monitor(self.config).start()
+                self.notes.extend(self.monitor.meta.get("notes", []))
+            except Exception as exc:  # the checks still run; the card says why there is no monitor
+                self.error = f"monitor not started: {type(exc).__name__}: {exc}"
+                self.notes.append(self.error)
+        return self.monitor
+
+    def attach_vllm(self, metrics_url: str) -> None:
+        if self.ensure_started():
+            self.monitor.attach_vllm(metrics_url)
+
+    def detach_vllm(self) -> None:
+        if self.monitor:
+            self.monitor.detach_vllm()
+
+    def begin(self, nodeid: str) -> None:
+        if self.ensure_started():
+            self._windows[nodeid] = time.monotonic()
+
+    def end(self, result, recorder) -> None:
+        """Record the window's figures on the check. A check may narrow the window to what it
+        measured and give its output tokens (`gpucert.work(...)`)."""
+        t0 = self._windows.pop(result.nodeid, None)
+        if t0 is None or self.monitor is None:
+            return
+        t1 = time.monotonic()
+        work = result.work or {}
+        w0, w1 = work.get("window") or (t0, t1)
+        meta, columns = self.monitor.window(t0, t1)
+        if not columns or not len(columns.get("t", ())):
+            return
+        path = self.report_dir / "monitor" / (re.sub(r"[^\w.=,-]+", "_", result.check_id)[:150] + ".npz")
+        store.save_slice(path, meta, columns)
+        measured = {name: values[(columns["t"] >= w0) & (columns["t"] <= w1)] for name, values in columns.items()}
+        figures = summary_engine.summarize(measured, output_tokens=work.get("output_tokens"))
+        for metric, value, unit, direction, note in summary_engine.check_metrics(figures):
+            recorder.record(metric, value, unit=unit, direction=direction, note=note)
+        reasons = sorted({r for g in figures["gpus"].values() for r in g["slowdown_reasons"]})
+        if reasons:
+            recorder.finding("monitor", notice="GPU clock slowdown reasons seen: " + ", ".join(reasons))
+        result.monitor = {"file": str(path), "samples": figures["samples"], "jitter_ms": figures["jitter_ms"],
+                          "window_s": [round(w0 - t0, 3), round(w1 - t0, 3)],
+                          "timeline": summary_engine.timeline(columns, t0),
+                          "overlays": {name: {"t_s": [round(t - t0, 3) for t in times], "values": values}
+                                       for name, (times, values) in (result.timelines or {}).items()}}
+
+    def stop(self) -> dict[str, Any]:
+        if self.monitor is None:
+            return {}
+        final = self.monitor.stop()
+        self.notes.extend(n for n in final.get("notes", []) if n not in self.notes)
+        info = {"file": self.config.out_path, "interval_ms": self.config.interval_s * 1e3,
+                "ticks": final.get("ticks"), "missed": final.get("missed"), "notes": self.notes}
+        try:  # the monitor's own cost over the whole session: lateness, CPU, bytes on disk
+            _, columns = store.load(self.config.out_path)
+            figures = summary_engine.summarize(columns)
+            info.update(samples=figures["samples"], jitter_ms=figures["jitter_ms"],
+                        sampler_cpu_mean_pct=figures["host"]["sampler_cpu_mean_pct"],
+                        file_bytes=Path(self.config.out_path).stat().st_size)
+        except (OSError, ValueError, KeyError) as exc:
+            info["notes"] = self.notes + [f"monitor file unreadable: {exc}"]
+        return info

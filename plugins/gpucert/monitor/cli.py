@@ -1,0 +1,78 @@
+"""`gpucert monitor`: sample the GPUs, the host and (optionally) a vLLM server for a while."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import summary as summary_engine
+from .sampler import Monitor, MonitorConfig
+
+
+def register(subparsers) -> None:
+    mon = subparsers.add_parser("monitor", help="sample GPUs (NVML), host and vLLM /metrics every N ms")
+    mon.add_argument("--duration", type=float, required=True, metavar="S", help="seconds to sample")
+    mon.add_argument("--interval-ms", type=float, default=100.0, help="sampling interval (>= 20 ms)")
+    mon.add_argument("--out", help="the columnar sample file to keep (.npz); default: a temporary one")
+    mon.add_argument("--vllm-metrics", metavar="URL", help="a vLLM server's /metrics, e.g. http://127.0.0.1:8000/metrics")
+    mon.add_argument("--json", action="store_true", help="print the result as JSON")
+    mon.set_defaults(run=run_monitor)
+
+
+def run_monitor(args) -> int:
+    from gpucert.cli import CommandError
+    if not args.duration > 0:
+        raise CommandError("--duration must be > 0")
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpucert-monitor-")) / "monitor.npz"
+    try:
+        config = MonitorConfig(str(out), interval_s=args.interval_ms / 1e3, vllm_metrics_url=args.vllm_metrics)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    if out.exists() and out.is_dir():
+        raise CommandError(f"--out {out} is a folder")
+    monitor = Monitor(config).start()
+    try:
+        time.sleep(args.duration)
+    except KeyboardInterrupt:
+        pass  # what was sampled so far is still summarized
+    finally:
+        final = monitor.stop()
+    meta, columns = monitor.window()
+    figures = summary_engine.summarize(columns)
+    result = {"samples": figures["samples"], "interval_ms": args.interval_ms, "jitter_ms": figures["jitter_ms"],
+              "missed_ticks": final.get("missed"), "duration_s": figures["duration_s"], "out": str(out),
+              "gpus": meta.get("gpus", []), "notes": sorted(set(meta.get("notes", []) + final.get("notes", []))),
+              "sources": {"nvml": figures["gpus"], "host": figures["host"], "vllm": figures["vllm"]}}
+    if args.json:
+        json.dump(result, sys.stdout, indent=1, default=str)
+        print()
+    else:
+        _print_text(result)
+    return 0
+
+
+def _print_text(result: dict) -> None:
+    j = result["jitter_ms"]
+    print(f"{result['samples']} samples every {result['interval_ms']:g} ms over {result['duration_s']:.1f} s; "
+          f"jitter p50 {_fmt(j['p50'])} ms, p99 {_fmt(j['p99'])} ms; file {result['out']}")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for index, gpu in result["sources"]["nvml"].items():
+        print(f"gpu{index}: util {_fmt(gpu['util_gpu_mean_pct'])} % (peak {_fmt(gpu['util_gpu_peak_pct'])}), "
+              f"memory peak {_fmt(gpu['mem_used_peak_gib'])} GiB, power {_fmt(gpu['power_mean_w'])} W "
+              f"(peak {_fmt(gpu['power_peak_w'])}), energy {_fmt(gpu['energy_j'])} J, "
+              f"slowdowns {', '.join(gpu['slowdown_reasons']) or 'none'}")
+    host = result["sources"]["host"]
+    print(f"host: CPU busy {_fmt(host['cpu_busy_mean_pct'])} % (peak {_fmt(host['cpu_busy_peak_pct'])}), "
+          f"RAM peak {_fmt(host['mem_used_peak_gib'])} GiB, sampler {_fmt(host['sampler_cpu_mean_pct'])} % of a core")
+    if result["sources"]["vllm"]:
+        v = result["sources"]["vllm"]
+        print(f"vllm: running peak {_fmt(v['running_peak'])}, waiting peak {_fmt(v['waiting_peak'])}, "
+              f"KV cache peak {_fmt(v['kv_cache_usage_peak_pct'])} %, preemptions {_fmt(v['preemptions'])}")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3g}"

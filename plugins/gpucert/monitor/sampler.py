@@ -1,0 +1,217 @@
+"""The sampler: its own process (never the load generator's event loop), a tick every `interval_s`
+on absolute deadlines (tick i at start + i × interval, so a late tick does not shift the next),
+each tick's `t` and `scheduled` on time.monotonic() — the clock the load generator stamps its
+requests with (CLOCK_MONOTONIC is one clock for every process of the host; each process's
+monotonic→wall offset is recorded too, so runs on different hosts can be aligned).
+
+`Monitor` is the parent's handle: start, attach a vLLM /metrics URL, flush, read a window, stop.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import store
+from .sources import HostSource, NvmlSource, VllmMetricsSource
+
+MIN_INTERVAL_S = 0.020
+
+
+@dataclass
+class MonitorConfig:
+    out_path: str
+    interval_s: float = 0.100
+    nvml_module: str = "pynvml"
+    vllm_metrics_url: str | None = None
+    flush_every: int = 50  # ticks per chunk on disk (5 s at 100 ms)
+
+    def __post_init__(self):
+        if not self.interval_s >= MIN_INTERVAL_S:
+            raise ValueError(f"monitor interval must be >= {MIN_INTERVAL_S * 1e3:g} ms, got {self.interval_s * 1e3:g} ms")
+
+
+def clock_offset() -> dict[str, float]:
+    """This process's monotonic and wall clocks read together."""
+    mono, wall = time.monotonic(), time.time()
+    return {"pid": os.getpid(), "monotonic": mono, "wall": wall, "wall_minus_monotonic": wall - mono}
+
+
+class _Sampler:
+    """The sampler process's state and loop (spawned; `conn` carries commands — stop among them —
+    and acknowledgements; waiting on it between ticks, a command wakes the sampler at once)."""
+
+    def __init__(self, config: MonitorConfig, conn):
+        self.config, self.conn = config, conn
+        self.nvml = NvmlSource(config.nvml_module)
+        self.sources: list = [HostSource(), self.nvml]
+        self.opened = [source for source in self.sources if source.open()]
+        if config.vllm_metrics_url:
+            self._attach(config.vllm_metrics_url)
+        self.meta = {"interval_s": config.interval_s, "clock": clock_offset(), "gpus": self.nvml.gpus,
+                     "sources": [source.name for source in self.opened],
+                     "notes": [source.note for source in self.sources if source.note]}
+        self.out = store.ColumnStore(config.out_path, self.meta)
+        self.buffer: dict[str, list[float]] = {}
+        self.ticks = self.missed = 0
+        self.flush()
+
+    def flush(self) -> None:
+        if self.buffer.get("t"):
+            self.out.append(self.buffer)
+        columns = ["t", "scheduled"] + [c for source in self.opened for c in source.columns]
+        self.buffer = {name: [] for name in columns}
+
+    def _attach(self, url: str) -> None:
+        self._detach()
+        vllm = VllmMetricsSource(url, self.config.interval_s)
+        vllm.open()
+        self.opened.append(vllm)
+
+    def _detach(self) -> None:
+        for source in self.opened:
+            if source.name == "vllm":
+                source.close()
+        self.opened = [source for source in self.opened if source.name != "vllm"]
+
+    def command(self, message) -> bool:
+        """Handle one command; True means stop."""
+        kind, argument = message
+        if kind == "stop":
+            return True
+        if kind in ("attach_vllm", "detach_vllm"):
+            self.flush()  # columns change: the next chunk has the new set
+            self._attach(argument) if kind == "attach_vllm" else self._detach()
+            self.flush()
+        elif kind == "flush":
+            self.flush()
+            self.conn.send(("flushed", {"ticks": self.ticks, "missed": self.missed}))
+        return False
+
+    def run(self) -> None:
+        interval, conn = self.config.interval_s, self.conn
+        conn.send(("ready", self.meta))
+        start = time.monotonic()
+        stopping = False
+        while not stopping:
+            scheduled = start + self.ticks * interval
+            while not stopping and (delay := scheduled - time.monotonic()) > 0:
+                if conn.poll(delay):
+                    stopping = self.command(conn.recv())
+            if stopping:
+                break
+            row: dict[str, float] = {"t": time.monotonic(), "scheduled": scheduled}
+            for source in self.opened:
+                source.read(row)
+            for name, values in self.buffer.items():
+                values.append(row.get(name, math.nan))
+            self.ticks += 1
+            behind = int((time.monotonic() - start) / interval) + 1 - self.ticks
+            if behind > 0:  # a tick took longer than the interval: skip the deadlines already past
+                self.ticks += behind
+                self.missed += behind
+            if len(self.buffer["t"]) >= self.config.flush_every:
+                self.flush()
+            while not stopping and conn.poll():
+                stopping = self.command(conn.recv())
+        self.flush()
+        notes = [s.note for s in self.opened + self.sources if s.note]
+        for source in self.opened:
+            source.close()
+        conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes))}))
+
+
+def _sample(config: MonitorConfig, conn) -> None:
+    _Sampler(config, conn).run()
+
+
+class Monitor:
+    """`with Monitor(MonitorConfig(path)) as monitor: … monitor.window(t0, t1)`."""
+
+    def __init__(self, config: MonitorConfig):
+        self.config = config
+        self.meta: dict[str, Any] = {}
+        self.final: dict[str, Any] = {}
+        ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding CUDA or threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_sample, args=(config, child), name="gpucert-monitor", daemon=True)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.config.out_path)
+
+    def start(self, timeout_s: float = 60.0) -> "Monitor":
+        self._proc.start()
+        if not self._conn.poll(timeout_s):
+            self._proc.terminate()
+            raise RuntimeError(f"the monitor did not start within {timeout_s:g} s")
+        _, self.meta = self._conn.recv()
+        return self
+
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
+    def _ask(self, command: str, argument: Any = None, answer: str | None = None, timeout_s: float = 10.0) -> Any:
+        if not self.alive():
+            return None
+        self._conn.send((command, argument))
+        if answer is None:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._conn.poll(max(0.0, deadline - time.monotonic())):
+            kind, payload = self._conn.recv()
+            if kind == answer:
+                return payload
+        return None
+
+    def attach_vllm(self, metrics_url: str) -> None:
+        self._ask("attach_vllm", metrics_url)
+
+    def detach_vllm(self) -> None:
+        self._ask("detach_vllm")
+
+    def flush(self) -> dict | None:
+        """Every tick so far on disk (the sampler answers after its current tick)."""
+        return self._ask("flush", answer="flushed", timeout_s=max(10.0, 5 * self.config.interval_s))
+
+    def window(self, t0: float | None = None, t1: float | None = None) -> tuple[dict, dict]:
+        """(meta, columns) of the ticks with t0 <= t <= t1 (monotonic), after a flush."""
+        self.flush()
+        meta, columns = store.load(self.path)
+        if "t" not in columns:
+            return meta, {}
+        t = columns["t"]
+        keep = (t >= (t0 if t0 is not None else -math.inf)) & (t <= (t1 if t1 is not None else math.inf))
+        return meta, {name: values[keep] for name, values in columns.items()}
+
+    def stop(self, timeout_s: float = 10.0) -> dict:
+        if self._proc.is_alive():
+            self._conn.send(("stop", None))
+            if self._conn.poll(timeout_s):
+                try:
+                    while True:
+                        kind, payload = self._conn.recv()
+                        if kind == "stopped":
+                            self.final = payload
+                            break
+                except EOFError:
+                    pass
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout_s)
+        return self.final
+
+    def __enter__(self) -> "Monitor":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "meta": self.meta, "final": self.final}

@@ -1,0 +1,255 @@
+"""What the monitor reads each tick: NVML per GPU, the host, and a vLLM server's /metrics.
+
+Each source has `columns` (names fixed once opened) and `read(row)`, which fills its columns in
+`row` and leaves a field it cannot read as NaN. A source that cannot open says why once (`note`)
+and the monitor samples the rest. Column names: `gpu<i>.<field>`, `host.<field>`, `vllm.<field>`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import threading
+import time
+import urllib.request
+
+NAN = math.nan
+
+# nvml.h values (stable C ABI; the same the snapshot reader uses)
+_CLOCK_SM, _CLOCK_MEM = 1, 2
+_TEMPERATURE_GPU = 0
+_ECC_CORRECTED, _ECC_UNCORRECTED, _ECC_VOLATILE = 0, 1, 0
+_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB = 138, 139  # cumulative, per link (scopeId)
+_FI_PCIE_TX_BYTES, _FI_PCIE_RX_BYTES = 197, 198  # cumulative (drivers >= 535)
+_NVLINK_LINKS = 18
+
+GPU_FIELDS = ("util_gpu_pct", "util_mem_pct", "mem_used_mib", "power_w", "energy_j", "sm_clock_mhz",
+              "mem_clock_mhz", "temp_c", "clock_events", "pcie_tx_bytes", "pcie_rx_bytes",
+              "nvlink_tx_kib", "nvlink_rx_kib", "ecc_corrected", "ecc_uncorrected")
+
+
+class NvmlSource:
+    """Per-GPU fields through NVML. `module` names the binding (`pynvml`); the self-tests name a
+    fake one — the only seam, since NVML cannot exist without a GPU."""
+
+    name = "nvml"
+
+    def __init__(self, module: str = "pynvml"):
+        self.module_name = module
+        self.columns: list[str] = []
+        self.note: str | None = None
+        self.gpus: list[dict] = []
+        self._nv = None
+        self._handles: list = []
+        self._unsupported: set[tuple[int, str]] = set()
+
+    def open(self) -> bool:
+        try:
+            nv = importlib.import_module(self.module_name)
+            nv.nvmlInit()
+        except Exception as exc:  # no library, no driver, no GPU: say so once, sample the rest
+            self.note = f"no NVML ({type(exc).__name__}: {exc}); GPU fields not sampled"
+            return False
+        self._nv = nv
+        count = nv.nvmlDeviceGetCount()
+        self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        for i, handle in enumerate(self._handles):
+            name = self._call(i, "name", nv.nvmlDeviceGetName, handle)
+            self.gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name})
+        self.columns = [f"gpu{i}.{field}" for i in range(count) for field in GPU_FIELDS]
+        return True
+
+    def close(self) -> None:
+        if self._nv is not None:
+            try:
+                self._nv.nvmlShutdown()
+            except Exception:
+                pass
+
+    def _call(self, gpu: int, field: str, fn, *args):
+        """One guarded NVML call: a field the GPU or driver lacks is asked once, then left NaN."""
+        if (gpu, field) in self._unsupported:
+            return None
+        try:
+            return fn(*args)
+        except self._nv.NVMLError:
+            self._unsupported.add((gpu, field))
+            return None
+
+    def read(self, row: dict) -> None:
+        nv = self._nv
+        for i, h in enumerate(self._handles):
+            p = f"gpu{i}."
+            util = self._call(i, "util", nv.nvmlDeviceGetUtilizationRates, h)
+            row[p + "util_gpu_pct"] = util.gpu if util is not None else NAN
+            row[p + "util_mem_pct"] = util.memory if util is not None else NAN
+            mem = self._call(i, "mem", nv.nvmlDeviceGetMemoryInfo, h)
+            row[p + "mem_used_mib"] = mem.used / 2**20 if mem is not None else NAN
+            power = self._call(i, "power", nv.nvmlDeviceGetPowerUsage, h)  # mW
+            row[p + "power_w"] = power / 1e3 if power is not None else NAN
+            energy = self._call(i, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)  # mJ since load
+            row[p + "energy_j"] = energy / 1e3 if energy is not None else NAN
+            sm = self._call(i, "sm_clock", nv.nvmlDeviceGetClockInfo, h, _CLOCK_SM)
+            row[p + "sm_clock_mhz"] = sm if sm is not None else NAN
+            memclk = self._call(i, "mem_clock", nv.nvmlDeviceGetClockInfo, h, _CLOCK_MEM)
+            row[p + "mem_clock_mhz"] = memclk if memclk is not None else NAN
+            temp = self._call(i, "temp", nv.nvmlDeviceGetTemperature, h, _TEMPERATURE_GPU)
+            row[p + "temp_c"] = temp if temp is not None else NAN
+            events = self._call(i, "clock_events", nv.nvmlDeviceGetCurrentClocksEventReasons, h)
+            row[p + "clock_events"] = events if events is not None else NAN
+            for field, error_type in (("ecc_corrected", _ECC_CORRECTED), ("ecc_uncorrected", _ECC_UNCORRECTED)):
+                count = self._call(i, field, nv.nvmlDeviceGetTotalEccErrors, h, error_type, _ECC_VOLATILE)
+                row[p + field] = count if count is not None else NAN
+            self._counters(i, h, row, p)
+
+    def _counters(self, i: int, handle, row: dict, p: str) -> None:
+        """PCIe bytes and NVLink KiB are cumulative counters read in one field-values call (the
+        rate comes from differences); nvmlDeviceGetPcieThroughput blocks ~20 ms, too slow here."""
+        requests = [(_FI_PCIE_TX_BYTES, 0), (_FI_PCIE_RX_BYTES, 0)]
+        requests += [(f, link) for f in (_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB) for link in range(_NVLINK_LINKS)]
+        values = self._call(i, "fields", self._nv.nvmlDeviceGetFieldValues, handle, requests)
+        sums = {"pcie_tx_bytes": None, "pcie_rx_bytes": None, "nvlink_tx_kib": None, "nvlink_rx_kib": None}
+        names = {_FI_PCIE_TX_BYTES: "pcie_tx_bytes", _FI_PCIE_RX_BYTES: "pcie_rx_bytes",
+                 _FI_NVLINK_TX_KIB: "nvlink_tx_kib", _FI_NVLINK_RX_KIB: "nvlink_rx_kib"}
+        for (field, _), value in zip(requests, values or ()):
+            if getattr(value, "nvmlReturn", 1) == 0:
+                key = names[field]
+                sums[key] = (sums[key] or 0) + _field_number(value)
+        for key, total in sums.items():
+            row[p + key] = total if total is not None else NAN
+
+
+def _field_number(value) -> float:
+    """nvmlFieldValue_t's union, by its valueType (0 double, 1 uint, 2 ulong, 3 ulonglong, 4 slonglong)."""
+    kind = getattr(value, "valueType", 3)
+    member = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal"}.get(kind, "ullVal")
+    return float(getattr(value.value, member))
+
+
+class HostSource:
+    """Host CPU busy % (all cores, since the last tick), RAM used, and the sampler's own CPU % of
+    one core. Linux /proc; elsewhere the load average and what `os` gives."""
+
+    name = "host"
+    columns = ["host.cpu_busy_pct", "host.mem_used_gib", "host.sampler_cpu_pct"]
+
+    def __init__(self):
+        self.note: str | None = None
+        self._last_cpu: tuple[float, float] | None = None
+        self._last_self: tuple[float, float] | None = None
+
+    def open(self) -> bool:
+        if not os.path.exists("/proc/stat"):
+            self.note = "no /proc: host CPU busy and RAM not sampled"
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def read(self, row: dict) -> None:
+        row["host.cpu_busy_pct"] = self._cpu_busy()
+        row["host.mem_used_gib"] = _mem_used_gib()
+        now, used = time.monotonic(), time.process_time()
+        last, self._last_self = self._last_self, (now, used)
+        row["host.sampler_cpu_pct"] = (100.0 * (used - last[1]) / (now - last[0])
+                                       if last and now > last[0] else NAN)
+
+    def _cpu_busy(self) -> float:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [float(v) for v in fh.readline().split()[1:]]
+        except OSError:
+            return NAN
+        idle, total = fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields)
+        last, self._last_cpu = self._last_cpu, (idle, total)
+        if last is None or total <= last[1]:
+            return NAN
+        return 100.0 * (1.0 - (idle - last[0]) / (total - last[1]))
+
+
+def _mem_used_gib() -> float:
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: float(line.split()[1]) for line in fh if ":" in line}
+        return (info["MemTotal"] - info["MemAvailable"]) / 2**20  # kB → GiB
+    except (OSError, KeyError, ValueError, IndexError):
+        return NAN
+
+
+# vLLM's Prometheus names (0.26; older releases called KV usage gpu_cache_usage_perc)
+VLLM_GAUGES = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage_pct": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "preemptions": ("vllm:num_preemptions",),  # a counter: samples end in _total
+}
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """The gauges above from a Prometheus exposition, summed over label sets (engines, models);
+    KV usage as % (vLLM reports a fraction, 1 = full)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {name: key for key, names in VLLM_GAUGES.items() for name in names}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        # a counter's family is named without _total (a TYPE line that names it with one leaves it on)
+        key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
+        if key is None:
+            continue
+        total = sum(float(s.value) for s in family.samples if s.name in (family.name, family.name + "_total"))
+        out.setdefault(key, total)  # one name per key: an old and a new name are never added up
+    if "kv_cache_usage_pct" in out:
+        out["kv_cache_usage_pct"] *= 100.0
+    return out
+
+
+class VllmMetricsSource:
+    """A vLLM server's /metrics, polled on a thread of its own: under load the API server answers
+    late, and the NVML cadence must not wait for it. Each tick takes the latest answer and its
+    age (`vllm.age_ms`); none yet, or the server gone → NaN."""
+
+    name = "vllm"
+    columns = [f"vllm.{key}" for key in VLLM_GAUGES] + ["vllm.age_ms"]
+
+    def __init__(self, url: str, interval_s: float, timeout_s: float = 2.0):
+        self.url = url
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.note: str | None = None
+        self._latest: tuple[float, dict[str, float]] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="vllm-metrics", daemon=True)
+        self.errors = 0
+
+    def open(self) -> bool:
+        self._thread.start()
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
+                    values = parse_vllm_metrics(response.read().decode("utf-8", "replace"))
+                self._latest = (time.monotonic(), values)
+            except Exception as exc:  # refused while starting, gone when stopped, slow under load
+                self.errors += 1
+                if self.note is None:
+                    self.note = f"{self.url}: {type(exc).__name__}: {exc}"
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def read(self, row: dict) -> None:
+        latest = self._latest
+        for column in self.columns:
+            row[column] = NAN
+        if latest is None:
+            return
+        at, values = latest
+        for key, value in values.items():
+            row[f"vllm.{key}"] = value
+        row["vllm.age_ms"] = (time.monotonic() - at) * 1e3

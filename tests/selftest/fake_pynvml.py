@@ -1,0 +1,93 @@
+"""A stand-in for the `pynvml` module (NVML cannot exist without a GPU), imported by name in the
+monitor's own sampler process (GPUCERT_NVML_MODULE=fake_pynvml; this folder is on its sys.path).
+
+Two H100-like GPUs whose readings follow the clock, so a test can predict them: 300 W and 200 W
+constant (the energy counter grows with it), utilization 90 %, memory 10 / 20 GiB, NVLink TX
+counters growing at 10 GB/s on GPU 0, a power-cap slowdown on GPU 1, PCIe counters absent
+(NOT_SUPPORTED) as on drivers before 535."""
+
+import time
+from types import SimpleNamespace
+
+NOT_SUPPORTED = 3
+_T0 = time.monotonic()
+POWER_MW = (300_000, 200_000)
+MEMORY_MIB = (10 * 1024, 20 * 1024)
+NVLINK_TX_KIB_PER_S = (10e9 / 1024, 0.0)  # GPU 0 sends 10 GB/s over its links in total
+CLOCK_EVENTS = (0x0, 0x4)  # GPU 1: sw_power_cap
+
+
+class NVMLError(Exception):
+    def __init__(self, value):
+        super().__init__("Not Supported" if value == NOT_SUPPORTED else f"NVML error {value}")
+        self.value = value
+
+
+def _elapsed():
+    return time.monotonic() - _T0
+
+
+def nvmlInit():
+    pass
+
+
+def nvmlShutdown():
+    pass
+
+
+def nvmlDeviceGetCount():
+    return 2
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return index
+
+
+def nvmlDeviceGetName(handle):
+    return "NVIDIA H100 80GB HBM3"
+
+
+def nvmlDeviceGetUtilizationRates(handle):
+    return SimpleNamespace(gpu=90, memory=40)
+
+
+def nvmlDeviceGetMemoryInfo(handle):
+    return SimpleNamespace(used=MEMORY_MIB[handle] * 2**20, total=81559 * 2**20)
+
+
+def nvmlDeviceGetPowerUsage(handle):
+    return POWER_MW[handle]
+
+
+def nvmlDeviceGetTotalEnergyConsumption(handle):
+    return int(1_000_000 + POWER_MW[handle] * _elapsed())  # mJ
+
+
+def nvmlDeviceGetClockInfo(handle, clock):
+    return {1: 1980, 2: 2619}[clock]
+
+
+def nvmlDeviceGetTemperature(handle, sensor):
+    return 40 + handle
+
+
+def nvmlDeviceGetCurrentClocksEventReasons(handle):
+    return CLOCK_EVENTS[handle]
+
+
+def nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type):
+    return 0
+
+
+def nvmlDeviceGetFieldValues(handle, requests):
+    answers = []
+    for field, link in requests:
+        if field == 138 and link == 0:  # NVLink TX KiB, all traffic on link 0
+            value = SimpleNamespace(nvmlReturn=0, valueType=3,
+                                    value=SimpleNamespace(ullVal=int(NVLINK_TX_KIB_PER_S[handle] * _elapsed())))
+        elif field in (138, 139):
+            value = SimpleNamespace(nvmlReturn=0, valueType=3, value=SimpleNamespace(ullVal=0))
+        else:
+            value = SimpleNamespace(nvmlReturn=NOT_SUPPORTED, valueType=3, value=SimpleNamespace(ullVal=0))
+        answers.append(value)
+    return answers

@@ -1,0 +1,222 @@
+"""The resource monitor: its own sampler process on the load generator's clock, the real host
+path, a fake NVML module for the GPU fields only, a real HTTP server for vLLM's /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from gpucert.monitor import store, summary
+from gpucert.monitor.sampler import Monitor, MonitorConfig
+from gpucert.monitor.sources import parse_vllm_metrics
+
+import fake_pynvml
+
+
+def monitor(tmp_path, **config):
+    return Monitor(MonitorConfig(str(tmp_path / "m.npz"), **({"nvml_module": "fake_pynvml", "interval_s": 0.05} | config)))
+
+
+def test_samples_gpus_and_host_in_its_own_process_on_the_monotonic_clock(tmp_path):
+    before = time.monotonic()
+    with monitor(tmp_path) as mon:
+        time.sleep(1.5)
+        meta, columns = mon.window()
+    after = time.monotonic()
+    assert meta["clock"]["pid"] != os.getpid()  # never in the caller's process
+    assert [g["name"] for g in meta["gpus"]] == ["NVIDIA H100 80GB HBM3"] * 2 and not meta["notes"]
+    t = columns["t"]
+    assert before < t[0] < t[-1] < after  # the same clock as time.monotonic() here
+    assert 25 <= len(t) <= 32  # 1.5 s at 50 ms
+    figures = summary.summarize(columns)
+    g0, g1 = figures["gpus"][0], figures["gpus"][1]
+    assert g0["power_mean_w"] == 300 and g1["power_mean_w"] == 200
+    # the energy counter's difference: 300 W and 200 W over the window
+    assert g0["energy_j"] == pytest.approx(300 * figures["duration_s"], rel=0.02)
+    assert figures["energy_j"] == pytest.approx(500 * figures["duration_s"], rel=0.02)
+    assert g0["mem_used_peak_gib"] == 10 and g1["mem_used_peak_gib"] == 20
+    assert g0["nvlink_tx_gbps"] == pytest.approx(10.0, rel=0.03) and g1["nvlink_tx_gbps"] == 0
+    assert g0["pcie_tx_gbps"] is None  # not given by this NVML: absent, not zero
+    assert g0["slowdown_reasons"] == [] and g1["slowdown_reasons"] == ["sw_power_cap"]
+    assert g1["hard_slowdown_samples"] == 0  # a power cap is not a hardware slowdown
+    assert figures["host"]["mem_used_peak_gib"] > 0 and figures["host"]["cpu_busy_peak_pct"] is not None
+    assert figures["jitter_ms"]["p50"] < 10
+
+
+def test_without_nvml_it_says_so_once_and_samples_the_host(tmp_path):
+    with monitor(tmp_path, nvml_module="gpucert_no_such_nvml") as mon:
+        time.sleep(0.4)
+        meta, columns = mon.window()
+    assert len(meta["notes"]) == 1 and meta["notes"][0].startswith("no NVML (ModuleNotFoundError")
+    assert not any(name.startswith("gpu") for name in columns)
+    assert np.isfinite(columns["host.mem_used_gib"]).all()
+    assert summary.summarize(columns)["gpus"] == {}
+
+
+class MetricsServer:
+    """A real HTTP server on 127.0.0.1 answering /metrics as vLLM 0.26 does (prometheus_client's
+    exposition of vLLM's metric names), with values the test changes."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+        self.registry = CollectorRegistry()
+        labels = ["engine", "model_name"]
+        self.running = Gauge("vllm:num_requests_running", "running", labels, registry=self.registry).labels("0", "m")
+        self.waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry).labels("0", "m")
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "kv", labels, registry=self.registry).labels("0", "m")
+        self.preempted = Counter("vllm:num_preemptions", "preemptions", labels, registry=self.registry).labels("0", "m")
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                from prometheus_client import generate_latest
+                body = generate_latest(registry)
+                self.send_response(200 if self.path == "/metrics" else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path):
+    server = MetricsServer()
+    try:
+        with monitor(tmp_path) as mon:
+            time.sleep(0.3)
+            server.running.set(7)
+            server.kv.set(0.25)
+            server.preempted.inc(2)
+            mon.attach_vllm(server.url)
+            time.sleep(0.6)
+            server.running.set(12)
+            server.waiting.set(3)
+            server.kv.set(0.5)
+            server.preempted.inc(3)
+            time.sleep(0.6)
+            meta, columns = mon.window()
+    finally:
+        server.close()
+    running = columns["vllm.running"]
+    assert np.isnan(running[0])  # before the attach: the column exists, with no values
+    figures = summary.summarize(columns)
+    assert figures["vllm"]["running_peak"] == 12 and figures["vllm"]["waiting_peak"] == 3
+    assert figures["vllm"]["kv_cache_usage_peak_pct"] == 50.0  # vLLM's fraction, as %
+    assert figures["vllm"]["preemptions"] == 3  # counted within the window
+    assert np.nanmax(columns["vllm.age_ms"]) < 1000
+
+
+def test_parse_vllm_metrics_sums_engines_and_skips_created_samples():
+    text = "\n".join([
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="m"} 3.0',
+        'vllm:num_requests_running{engine="1",model_name="m"} 2.0',
+        "# TYPE vllm:num_preemptions_total counter",
+        'vllm:num_preemptions_total{engine="0",model_name="m"} 4.0',
+        "# TYPE vllm:num_preemptions_created gauge",
+        'vllm:num_preemptions_created{engine="0",model_name="m"} 1.7e9',
+        "# TYPE vllm:gpu_cache_usage_perc gauge",  # the name before vLLM 0.10
+        'vllm:gpu_cache_usage_perc{model_name="m"} 0.125', ""])
+    assert parse_vllm_metrics(text) == {"running": 5.0, "preemptions": 4.0, "kv_cache_usage_pct": 12.5}
+
+
+def test_the_emulator_serves_vllm_metric_names(tmp_path):
+    """`gpucert emulator` answers /metrics with vLLM's names: its in-flight streams as running."""
+    import asyncio
+    from gpucert.serving.datasets import Prompt
+    from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
+    from gpucert.serving.loadgen import LoadConfig, LoadGenerator
+    import aiohttp
+
+    async def go():
+        async with EmulatorServer(EmulatorConfig(ttft_ms=300, itl_ms=1)) as server:
+            config = LoadConfig(base_url=server.base_url, model="m", concurrency=6, num_requests=6)
+            load = asyncio.create_task(LoadGenerator(config, [Prompt("hi", None, 4)]).run())
+            await asyncio.sleep(0.15)
+            async with aiohttp.ClientSession() as session:
+                async with session.get(server.base_url.removesuffix("/v1") + "/metrics") as response:
+                    during = parse_vllm_metrics(await response.text())
+            await load
+            return during
+    assert asyncio.run(go()) == {"running": 6.0, "waiting": 0.0, "preemptions": 0.0}
+
+
+def test_store_chunks_join_and_a_flushed_file_is_whole(tmp_path):
+    path = tmp_path / "s.npz"
+    out = store.ColumnStore(path, {"interval_s": 0.1})
+    out.append({"t": [1.0, 2.0], "scheduled": [1.0, 2.0], "a": [1.5, 2.5]})
+    # after each append the zip is complete: readable while the sampler keeps running
+    assert zipfile.ZipFile(path).testzip() is None
+    out.append({"t": [3.0], "scheduled": [3.0], "b": [9.0]})  # a source that came later
+    meta, columns = store.load(path)
+    assert meta == {"interval_s": 0.1}
+    assert columns["t"].tolist() == [1.0, 2.0, 3.0] and columns["t"].dtype == np.float64
+    assert columns["a"].dtype == np.float32 and np.isnan(columns["a"][2]) and np.isnan(columns["b"][:2]).all()
+    import io
+    with zipfile.ZipFile(path) as zf:  # plain zipfile + numpy read a chunk too
+        chunk = np.load(io.BytesIO(zf.read("c00000.npz")))
+        assert chunk["names32"].tolist() == ["a"] and chunk["values32"][:, 0].tolist() == [1.5, 2.5]
+
+
+def test_monitor_command_json_and_bad_input(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(fake_pynvml.__file__),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "mon.npz"
+    done = subprocess.run([sys.executable, "-m", "gpucert.cli", "monitor", "--duration", "0.6", "--interval-ms", "50",
+                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert {"samples", "interval_ms", "jitter_ms", "sources"} <= set(result)
+    assert set(result["jitter_ms"]) >= {"p50", "p99"} and result["interval_ms"] == 50
+    assert 8 <= result["samples"] <= 14 and out.exists()
+    assert result["sources"]["host"]["mem_used_peak_gib"] > 0
+    for args, message in ((["--duration", "0"], "--duration must be > 0"),
+                          (["--duration", "1", "--interval-ms", "5"], "monitor interval must be >= 20 ms")):
+        bad = subprocess.run([sys.executable, "-m", "gpucert.cli", "monitor", *args], capture_output=True, text=True,
+                             timeout=30)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+
+def test_check_metrics_from_a_window():
+    t = np.arange(0, 10.0, 0.1)
+    columns = {"t": t, "scheduled": t - 0.001,
+               "gpu0.util_gpu_pct": np.full(len(t), 80.0), "gpu1.util_gpu_pct": np.full(len(t), 60.0),
+               "gpu0.power_w": np.full(len(t), 400.0), "gpu1.power_w": np.full(len(t), 300.0),
+               "gpu0.energy_j": 400.0 * t, "gpu1.energy_j": 300.0 * t,
+               "gpu0.clock_events": np.where(t > 5, 0x40, 0x0).astype(float), "gpu1.clock_events": np.zeros(len(t))}
+    figures = summary.summarize(columns, output_tokens=1000)
+    rows = {metric: (value, unit, note) for metric, value, unit, _, note in summary.check_metrics(figures)}
+    assert rows["gpu_util_mean_pct"][0] == 70 and rows["gpu_power_mean_w"][0] == 700
+    assert rows["energy_j"][0] == pytest.approx(700 * 9.9)
+    assert rows["energy_j_per_output_token"][0] == pytest.approx(700 * 9.9 / 1000)
+    assert rows["gpu_hard_slowdown_samples"][0] == 49 and "hw_thermal_slowdown" in rows["gpu_hard_slowdown_samples"][2]
+    assert rows["monitor_jitter_ms_p99"][0] == pytest.approx(1.0)
+
+
+def test_counters_keep_their_precision_on_disk(tmp_path):
+    """An energy counter after a month at 700 W is ~1.8e9 J: float32 would move it by ~128 J, a
+    2 % error on a 10 s window. Counters and timestamps are stored as float64."""
+    path = tmp_path / "c.npz"
+    big = 1.8e9
+    store.ColumnStore(path, {}).append({"t": [0.0, 10.0], "scheduled": [0.0, 10.0],
+                                        "gpu0.energy_j": [big, big + 7000.25], "gpu0.power_w": [700.1, 700.1]})
+    _, columns = store.load(path)
+    assert columns["gpu0.energy_j"][1] - columns["gpu0.energy_j"][0] == 7000.25
+    assert columns["gpu0.power_w"].dtype == np.float32
