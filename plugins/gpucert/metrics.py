@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-# verdicts, worst first; "skipped" is a check that did not measure
-# worst first. "incomplete": a check the session stopped in (or before) — nothing to certify
+# verdicts, worst first; "incomplete" is a check the session stopped in (or never reached):
+# nothing about it is certified; "skipped" is a check that could not measure here
 VERDICTS = ("fail", "incomplete", "warn", "new", "pass", "skipped")
 STATUSES = ("ok", "error", "skipped")
 

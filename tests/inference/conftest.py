@@ -165,7 +165,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor):
 
 
 @pytest.fixture(scope="session")
-def offline_sweep(request, gpucert_report_dir: Path):
+def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     """vLLM's LLM.generate over every load level, once, in the engine's Python, before the server
     starts (both cannot hold the GPUs at once)."""
     from gpucert.serving.offline import run_offline
@@ -180,5 +180,7 @@ def offline_sweep(request, gpucert_report_dir: Path):
     else:  # self-tests: a stand-in `vllm` package on the worker's path
         engine = engine.with_overrides({"env": {**engine.env, "PYTHONPATH": os.environ[OFFLINE_PYTHONPATH_HOOK]}})
     load = _load(config)
+    if gpucert_monitor:  # sampling before the sweep: each level's check takes its window later
+        gpucert_monitor.ensure_started()
     return load, run_offline(engine, list(load.concurrency), load.input_len, load.output_len, load.vocab_size,
                              gpucert_report_dir / "offline", seed=load.seed)

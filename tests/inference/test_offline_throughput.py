@@ -18,5 +18,7 @@ def test_offline_throughput(gpucert, offline_sweep, concurrency):
     gpucert.record("output_tok_s", result.output_tokens_per_s(concurrency), unit="tok/s", direction="higher",
                    note=f"{line['prompts']} prompts × {load.input_len} in / {load.output_len} out, "
                         f"{line['elapsed_s']:.2f} s")
+    if line.get("window_monotonic"):  # for the resource monitor: energy per token of this level
+        gpucert.work(output_tokens=line["output_tokens"], window=tuple(line["window_monotonic"]))
     gpucert.record("token_count_mismatches", int(wrong), unit="levels", direction="lower",
                    note=f"{line['output_tokens']} tokens for {concurrency} × {load.output_len}" if wrong else None)

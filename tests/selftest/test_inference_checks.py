@@ -93,7 +93,7 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
 # (LLM(**kwargs).generate(prompts, params) → outputs with token_ids), which fails at a chosen level
 STAND_IN_VLLM = {
     "vllm/__init__.py": '''
-import os, types
+import os, time, types
 class SamplingParams:
     def __init__(self, max_tokens, ignore_eos, detokenize):
         self.max_tokens = max_tokens
@@ -106,6 +106,7 @@ class LLM:
         LLM.calls += 1
         if str(LLM.calls) == os.environ.get("STAND_IN_FAIL_AT_CALL"):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        time.sleep(float(os.environ.get("STAND_IN_GENERATE_S", "0")))
         return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
                                       outputs=[types.SimpleNamespace(token_ids=[7] * params.max_tokens)])
                 for p in prompts]
@@ -124,11 +125,17 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     # generate calls: 1 warm-up, then one per level: the third level (c8) crashes
     run, metrics = pytest_inference(
         tmp_path, "-k", "offline", "--load-opt", "concurrency=1,4,8", "--load-opt", "output_len=16",
-        env={"GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_FAIL_AT_CALL": "4"})
+        env={"GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_FAIL_AT_CALL": "4",
+             "STAND_IN_GENERATE_S": "0.4"})
     assert run.returncode == 1, run.stdout[-3000:]
     checks = by_check(metrics)
     assert checks["offline_throughput[concurrency=1]"]["output_tok_s"]["value"] > 0
     assert checks["offline_throughput[concurrency=4]"]["token_count_mismatches"]["value"] == 0
+    # the sweep ran in a session fixture, before the checks: each level's monitor window is its
+    # own generate call (reported on the one monotonic clock), before the check's body
+    window = checks["offline_throughput[concurrency=4]"]["_check"]["monitor"]["window_s"]
+    assert window[0] == 0 and 0.3 < window[1] - window[0] < 1.0  # the chart starts at the window
+    assert "monitor_jitter_ms_p99" in checks["offline_throughput[concurrency=4]"]
     failed = checks["offline_throughput[concurrency=8]"]["output_tok_s"]
     assert failed["verdict"] == "fail" and "illegal memory access" in failed["error"]
     assert str(tmp_path / "r" / "offline" / "offline.log") in failed["error"]

@@ -346,6 +346,7 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     assert session["interval_ms"] == 50 and session["ticks"] > 0 and session["samples"] >= 10
     assert session["jitter_ms"]["p99"] is not None and session["sampler_cpu_mean_pct"] is not None
     assert session["file_bytes"] == (result.report_dir / "monitor" / "session.npz").stat().st_size
+    assert abs(session["clock_offset_ms"]) < 5  # one host: one monotonic clock
 
     everything = suite(100, "-k", "served or gemm_like", "--monitor", "all", "--monitor-interval-ms", "50")
     gemm = next(c for c in everything.metrics["checks"] if c["check"] == "gemm_like")

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import store
 from . import summary as summary_engine
-from .sampler import Monitor, MonitorConfig
+from .sampler import Monitor, MonitorConfig, clock_offset
 
 # self-tests name a fake NVML binding here (NVML cannot exist without a GPU); never set in use
 NVML_MODULE_HOOK = "GPUCERT_NVML_MODULE"
@@ -34,6 +34,7 @@ class SessionMonitor:
         self.error: str | None = None
         self._windows: dict[str, float] = {}
         self.notes: list[str] = []
+        self.plugin_clock: dict[str, float] = {}
 
     def wants(self, markers: list[str]) -> bool:
         return self.mode == "all" or (self.mode == "inference" and "inference" in markers)
@@ -41,6 +42,7 @@ class SessionMonitor:
     def ensure_started(self) -> Monitor | None:
         if self.monitor is None and self.error is None:
             try:
+                self.plugin_clock = clock_offset()
                 self.monitor = Monitor(self.config).start()
                 self.notes.extend(self.monitor.meta.get("notes", []))
             except Exception as exc:  # the checks still run; the card says why there is no monitor
@@ -62,13 +64,22 @@ class SessionMonitor:
 
     def end(self, result, recorder) -> None:
         """Record the window's figures on the check. A check may narrow the window to what it
-        measured and give its output tokens (`gpucert.work(...)`)."""
+        measured and give its output tokens (`gpucert.work(...)`). A monitor that fails here
+        leaves a finding on the check, never a failed check."""
         t0 = self._windows.pop(result.nodeid, None)
         if t0 is None or self.monitor is None:
             return
-        t1 = time.monotonic()
+        try:
+            self._record_window(result, recorder, t0, time.monotonic())
+        except Exception as exc:
+            recorder.finding("monitor", notice=f"monitor window unavailable: {type(exc).__name__}: {exc}")
+
+    def _record_window(self, result, recorder, t0: float, t1: float) -> None:
         work = result.work or {}
         w0, w1 = work.get("window") or (t0, t1)
+        # the measured window may lie before the check's body (the offline sweep runs in a
+        # session fixture): the file and the charts then cover both
+        t0, t1 = min(t0, w0), max(t1, w1)
         meta, columns = self.monitor.window(t0, t1)
         if not columns or not len(columns.get("t", ())):
             return
@@ -92,8 +103,13 @@ class SessionMonitor:
             return {}
         final = self.monitor.stop()
         self.notes.extend(n for n in final.get("notes", []) if n not in self.notes)
+        sampler_clock = self.monitor.meta.get("clock", {})
         info = {"file": self.config.out_path, "interval_ms": self.config.interval_s * 1e3,
-                "ticks": final.get("ticks"), "missed": final.get("missed"), "notes": self.notes}
+                "ticks": final.get("ticks"), "missed": final.get("missed"), "notes": self.notes,
+                # both processes read time.monotonic(); their wall − monotonic offsets differ by
+                # the read-out gap alone on one host (µs) — recorded so that is shown, not assumed
+                "clock_offset_ms": (sampler_clock["wall_minus_monotonic"] - self.plugin_clock["wall_minus_monotonic"]) * 1e3
+                if sampler_clock and self.plugin_clock else None}
         try:  # the monitor's own cost over the whole session: lateness, CPU, bytes on disk
             _, columns = store.load(self.config.out_path)
             figures = summary_engine.summarize(columns)

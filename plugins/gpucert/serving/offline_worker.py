@@ -27,13 +27,15 @@ def main(config_path: str) -> int:
     llm.generate(token_prompts(config["warmup_prompts"]), params, use_tqdm=False)
     for entry in config["levels"]:
         level, batch = entry["level"], token_prompts(entry["prompts"])
-        start = time.perf_counter()
+        start, start_monotonic = time.perf_counter(), time.monotonic()
         outputs = llm.generate(batch, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
         print(json.dumps({
             "level": level,
             "prompts": len(batch),
             "elapsed_s": elapsed,
+            # the host's one monotonic clock: the resource monitor's window of this level
+            "window_monotonic": [start_monotonic, time.monotonic()],
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
             "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
         }), flush=True)
