@@ -22,4 +22,10 @@ grep -E "^(FAILED|ERROR|SKIPPED)" "$dir/pytest.log" | cut -c1-300 | head -20
 python3 docs/evidence/issue-4-inference/table.py "$dir/card/metrics.json"
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /' | tee -a "$dir/pytest.log"
 cp -r baselines "$dir/baselines"
-tar czf "$OUT/$name.tgz" -C "$(dirname "$dir")" "$name"
+tar czf "/tmp/$name.tgz" -C "$(dirname "$dir")" "$name"
+# the device returns files of at most 16 MiB: a larger archive comes back in parts (cat them)
+if (( $(stat -c %s "/tmp/$name.tgz") > 15000000 )); then
+  split -b 15000000 -d "/tmp/$name.tgz" "$OUT/$name.tgz.part"
+else
+  cp "/tmp/$name.tgz" "$OUT/$name.tgz"
+fi
