@@ -17,6 +17,7 @@ def test_serving_rows_pair_served_and_offline_by_level():
     view = card.serving_view(data)
     assert [(r["concurrency"], r["output_tok_s"], r["offline_tok_s"]) for r in view["rows"]] == [
         (1, 260.0, None), (16, 15000.0, 17100.0)]
+    assert [r["served_share"] for r in view["rows"]] == [None, 15000.0 / 17100.0]
     assert len(view["charts"]) == 2 and all(c.startswith("<svg") for c in view["charts"])
     assert card.serving_view({"checks": [check("other", 1)]}) is None
 
@@ -26,3 +27,11 @@ def test_chart_labels_are_escaped_and_points_placed():
     assert "<b>" not in svg and "&lt;b&gt;" in svg and "a&amp;b" in svg
     assert svg.count("<circle") == 2
     assert charts.line_chart("t", "x", "y", {"empty": []}) == ""
+
+
+def test_time_series_charts_label_round_seconds_and_draw_no_markers():
+    points = [(i * 0.1, 50.0 + i % 7) for i in range(300)]
+    svg = charts.line_chart("util", "s", "%", {"GPU util": points}, log2_x=False)
+    assert svg.count("<circle") == 0  # 300 points: a line, not 300 markers
+    x_labels = [t for t in ("0", "10", "20", "30") if f'text-anchor="middle">{t}</text>' in svg]
+    assert x_labels and 'text-anchor="middle">0.1</text>' not in svg  # round ticks, not every sample

@@ -78,6 +78,10 @@ def serving_view(data: dict[str, Any]) -> dict[str, Any] | None:
         row = {"concurrency": level, "verdict": (served.get(level) or offline.get(level))["verdict"],
                "offline_tok_s": value(offline.get(level), "output_tok_s")}
         row.update({column: value(served.get(level), column) for column in SERVING_COLUMNS})
+        # what the server front end keeps of what the engine can do (0.23 at 256 streams with one
+        # API server on 2× H100: docs/evidence/issue-4-inference)
+        row["served_share"] = (row["output_tok_s"] / row["offline_tok_s"]
+                               if row["output_tok_s"] and row["offline_tok_s"] else None)
         rows.append(row)
     throughput = charts.line_chart(
         "Output tokens/s by concurrency", "concurrency (streams; offline: prompts)", "tok/s",
