@@ -220,3 +220,49 @@ def test_counters_keep_their_precision_on_disk(tmp_path):
     _, columns = store.load(path)
     assert columns["gpu0.energy_j"][1] - columns["gpu0.energy_j"][0] == 7000.25
     assert columns["gpu0.power_w"].dtype == np.float32
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_dead_parent_leaves_no_sampler_behind_and_its_samples_on_disk(tmp_path):
+    """The caller killed (SIGKILL: no goodbye): the sampler sees its pipe close, flushes, exits."""
+    path = tmp_path / "orphan.npz"
+    script = (f"import os, sys, time\nsys.path.insert(0, {os.path.dirname(fake_pynvml.__file__)!r})\n"
+              "from gpucert.monitor.sampler import Monitor, MonitorConfig\n"
+              "if __name__ == '__main__':\n"
+              f"    m = Monitor(MonitorConfig({str(path)!r}, interval_s=0.05, nvml_module='fake_pynvml')).start()\n"
+              "    print(m.meta['clock']['pid'], flush=True)\n"
+              "    time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    sampler = int(proc.stdout.readline())
+    time.sleep(0.6)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(sampler) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(sampler), "the sampler outlived its parent"
+    _, columns = store.load(path)
+    assert len(columns["t"]) >= 8  # the ~0.6 s it sampled, flushed on the way out
+
+
+def test_ctrl_c_stops_the_monitor_command_with_what_it_sampled(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C): the sampler ignores it, the
+    command stops it, and the JSON still reports what was sampled."""
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "gpucert.cli", "monitor", "--duration", "30", "--interval-ms", "50",
+                             "--out", str(tmp_path / "c.npz"), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(2.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    result = json.loads(out)
+    assert result["samples"] >= 5 and result["duration_s"] < 10

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,13 @@ class _Sampler:
                 source.close()
         self.opened = [source for source in self.opened if source.name != "vllm"]
 
+    def receive(self) -> bool:
+        """Take one command off the pipe; True means stop (also when the parent is gone)."""
+        try:
+            return self.command(self.conn.recv())
+        except (EOFError, OSError):  # the parent died without a word: flush and end
+            return True
+
     def command(self, message) -> bool:
         """Handle one command; True means stop."""
         kind, argument = message
@@ -102,7 +110,7 @@ class _Sampler:
             scheduled = start + self.ticks * interval
             while not stopping and (delay := scheduled - time.monotonic()) > 0:
                 if conn.poll(delay):
-                    stopping = self.command(conn.recv())
+                    stopping = self.receive()
             if stopping:
                 break
             row: dict[str, float] = {"t": time.monotonic(), "scheduled": scheduled}
@@ -118,15 +126,21 @@ class _Sampler:
             if len(self.buffer["t"]) >= self.config.flush_every:
                 self.flush()
             while not stopping and conn.poll():
-                stopping = self.command(conn.recv())
+                stopping = self.receive()
         self.flush()
         notes = [s.note for s in self.opened + self.sources if s.note]
         for source in self.opened:
             source.close()
-        conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes))}))
+        try:
+            conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes))}))
+        except OSError:
+            pass  # nobody is listening any more
 
 
 def _sample(config: MonitorConfig, conn) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the sampler (after a final
+    # flush), the sampler does not die half-way on its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _Sampler(config, conn).run()
 
 
