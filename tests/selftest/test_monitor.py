@@ -266,3 +266,31 @@ def test_ctrl_c_stops_the_monitor_command_with_what_it_sampled(tmp_path):
     assert "Traceback" not in err
     result = json.loads(out)
     assert result["samples"] >= 5 and result["duration_s"] < 10
+
+
+def test_a_server_without_metrics_is_asked_once(tmp_path):
+    """An OpenAI-compatible server that is not vLLM answers /metrics 404: the monitor notes it and
+    stops polling (10 requests a second at a server under test would be load of our own)."""
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        mon = monitor(tmp_path, vllm_metrics_url=url).start()
+        time.sleep(0.8)
+        final = mon.stop()
+    finally:
+        server.shutdown()
+    assert hits == ["/metrics"]
+    assert any("no /metrics here (HTTP 404)" in note for note in final["notes"])

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 
 NAN = math.nan
@@ -237,6 +238,12 @@ class VllmMetricsSource:
                 with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
                     values = parse_vllm_metrics(response.read().decode("utf-8", "replace"))
                 self._latest = (time.monotonic(), values)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:  # a server without /metrics (not vLLM): stop asking it
+                    self.note = f"{self.url}: no /metrics here (HTTP 404); engine queue not sampled"
+                    return
+                self.errors += 1
+                self.note = self.note or f"{self.url}: HTTP {exc.code}"
             except Exception as exc:  # refused while starting, gone when stopped, slow under load
                 self.errors += 1
                 if self.note is None:
