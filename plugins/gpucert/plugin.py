@@ -152,6 +152,13 @@ def gpucert_report_dir(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gpucert_note(request: pytest.FixtureRequest):
+    """A callable adding a line to the run's notes on the card (e.g. how an engine stopped)."""
+    run = _run(request.config)
+    return run.notes.append if run is not None else (lambda text: None)
+
+
+@pytest.fixture(scope="session")
 def gpucert_monitor(request: pytest.FixtureRequest) -> SessionMonitor | None:
     """The session's resource monitor (None with --monitor off): fixtures that start a server
     attach its /metrics (`attach_vllm(url)`)."""

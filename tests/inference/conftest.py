@@ -27,7 +27,9 @@ import pytest
 from gpucert.serving import vllm_log
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
 from gpucert.serving.vllm_config import default_config
-from gpucert.serving.vllm_server import EngineStartError, Endpoint, VllmServer, free_port
+from gpucert.monitor.attach import NVML_MODULE_HOOK
+from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
+                                         memory_released)
 
 ENGINE_ARGV_HOOK = "GPUCERT_ENGINE_ARGV"
 OFFLINE_PYTHONPATH_HOOK = "GPUCERT_OFFLINE_PYTHONPATH"
@@ -122,7 +124,7 @@ def no_local_engine(engine) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def serving(request, gpucert_report_dir: Path, gpucert_monitor):
+def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     config = request.config
     load = _load(config)
     if config.getoption("--endpoint"):
@@ -149,19 +151,24 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor):
         if missing:
             pytest.skip(missing)
     server = VllmServer(engine, gpucert_report_dir / "engine", command=command)
+    nvml_module = os.environ.get(NVML_MODULE_HOOK, "pynvml")
+    memory_before = gpu_memory_used_mib(nvml_module)
     try:
         server.start()
     except EngineStartError as exc:
         pytest.fail(f"the engine did not start: {exc}", pytrace=False)
     try:
-        facts = vllm_log.parse_file(server.log_path) if command is None else {}
+        facts = vllm_log.parse_file(server.log_path)
         if gpucert_monitor:
             gpucert_monitor.attach_vllm(f"{server.base_url}/metrics")
         yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts)
     finally:
         if gpucert_monitor:
             gpucert_monitor.detach_vllm()
-        server.stop()
+        stopped = server.stop()
+        gpucert_note(f"engine stopped by {stopped.signal} after {stopped.seconds:.1f} s; its process group "
+                     f"{'is gone' if stopped.group_gone else 'is STILL ALIVE'}; "
+                     + memory_released(memory_before, nvml_module))
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ ENGINE_FACTS = {
     "engine_init_s": ("s", "lower"),
     "startup_s": ("s", "lower"),
 }
+ENGINE_CHOICES = ("vllm_version", "allreduce_backends", "attention_backend", "nccl_version", "dtype",
+                  "kv_cache_dtype", "enable_prefix_caching", "max_num_batched_tokens")
 
 
 def test_vllm_sanity(gpucert, serving):
@@ -37,6 +39,12 @@ def test_vllm_sanity(gpucert, serving):
     if summary.completed:
         gpucert.record("ttft_ms", summary.ttft_ms["p50"], unit="ms", direction="lower",
                        samples=[(r.first_token_at - r.sent_at) * 1e3 for r in records if r.ok])
+    # what the engine chose, as text on the card: a changed all-reduce or attention backend
+    # explains a changed latency before any number does
+    chosen = {key: serving.facts[key] for key in ENGINE_CHOICES if serving.facts.get(key) is not None}
+    if chosen:
+        gpucert.finding("engine", **{key: ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+                                     for key, value in chosen.items()})
     for key, (unit, direction) in ENGINE_FACTS.items():
         if serving.facts.get(key) is not None:
             gpucert.record(key, serving.facts[key], unit=unit, direction=direction,

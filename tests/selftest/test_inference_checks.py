@@ -87,6 +87,30 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
     assert str(tmp_path / "r" / "engine" / "vllm-serve.log") in message
     assert "exited" in message or "died" in message
     assert second["_check"]["outcome"] == "failed" and "the engine is down before this level" in second["_check"]["message"]
+    # how the engine ended, on the card: it was already gone, and there is no NVML here
+    assert any(note.startswith("engine stopped by none") and "its process group is gone" in note
+               and "GPU memory not checked (no NVML)" in note for note in metrics["notes"]), metrics["notes"]
+
+
+def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
+    """The lifecycle reads the engine's log: a stand-in that prints a real vLLM 0.26 start-up log
+    (captured on 2× H100) and then serves as the emulator gets the KV capacity, compile and graph
+    times as metrics of the sanity check and the all-reduce backend as a finding."""
+    log = REPO / "tests" / "fixtures" / "h100x2-nvlink" / "vllm-0.26.0-serve-tp2.log"
+    stand_in = ("import runpy, sys\n"
+                f"sys.stdout.write(open({str(log)!r}).read()); sys.stdout.flush()\n"
+                "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
+                "runpy.run_module('gpucert.cli', run_name='__main__')\n")
+    run, metrics = pytest_inference(
+        tmp_path, "-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+        env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", stand_in, "{port}"])})
+    assert run.returncode == 0, run.stdout[-3000:]
+    sanity = by_check(metrics)["vllm_sanity"]
+    assert sanity["kv_cache_tokens"]["value"] == 5_280_176 and sanity["max_concurrency"]["value"] == 1289.11
+    assert sanity["compile_s"]["value"] == 25.81 and sanity["cuda_graph_s"]["value"] == 5.0
+    engine, = sanity["_check"]["findings"]["engine"]
+    assert engine["allreduce_backends"] == "CUSTOM, PYNCCL" and engine["vllm_version"] == "0.26.0"
+    assert engine["attention_backend"] == "FLASH_ATTN" and engine["nccl_version"] == "2.28.9"
 
 
 # vLLM cannot run on this machine: at that boundary only, a stand-in package with the same calls

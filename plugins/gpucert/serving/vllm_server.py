@@ -9,6 +9,7 @@ holding it are gone, which is why stop() waits until no process of the group is 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -52,6 +53,46 @@ class StopResult:
     returncode: int | None
     seconds: float
     group_gone: bool
+
+
+def gpu_memory_used_mib(nvml_module: str = "pynvml") -> list[float] | None:
+    """Memory used per GPU (NVML), or None where NVML is not there."""
+    try:
+        nv = importlib.import_module(nvml_module)
+        nv.nvmlInit()
+    except Exception:
+        return None
+    try:
+        return [nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).used / 2**20
+                for i in range(nv.nvmlDeviceGetCount())]
+    except Exception:
+        return None
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def memory_released(before: list[float] | None, nvml_module: str = "pynvml", timeout_s: float = 30.0,
+                    slack_mib: float = 512.0) -> str:
+    """After a stop: wait until every GPU uses no more than before the engine started (+ slack),
+    and say how it ended, in one line for the card."""
+    if before is None:
+        return "GPU memory not checked (no NVML)"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = gpu_memory_used_mib(nvml_module)
+        if after is None:
+            return "GPU memory not checked (NVML went away)"
+        held = [a - b for a, b in zip(after, before)]
+        if all(h <= slack_mib for h in held) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    text = ", ".join(f"GPU{i} {a:,.0f} MiB" for i, a in enumerate(after))
+    if all(h <= slack_mib for h in held):
+        return f"GPU memory released ({text}; before the engine: {', '.join(f'{b:,.0f}' for b in before)} MiB)"
+    return f"GPU memory NOT released {timeout_s:g} s after the stop ({text}; before: {', '.join(f'{b:,.0f}' for b in before)} MiB)"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
