@@ -294,3 +294,19 @@ def test_a_server_without_metrics_is_asked_once(tmp_path):
         server.shutdown()
     assert hits == ["/metrics"]
     assert any("no /metrics here (HTTP 404)" in note for note in final["notes"])
+
+
+def test_parse_picks_its_families_out_of_a_large_exposition():
+    """vLLM's /metrics is ~1,000 lines of histograms; only the four families are parsed (a prefix
+    filter first), and a family whose name merely starts like one of them is not taken for it."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    registry, labels = CollectorRegistry(), ["engine", "model_name"]
+    Gauge("vllm:num_requests_running", "x", labels, registry=registry).labels("0", "m").set(3)
+    Gauge("vllm:num_requests_running_extra", "decoy", labels, registry=registry).labels("0", "m").set(99)
+    Counter("vllm:num_preemptions", "x", labels, registry=registry).labels("0", "m").inc(2)
+    for i in range(40):
+        Histogram(f"vllm:latency_{i}_seconds", "x", labels, registry=registry,
+                  buckets=[0.001 * 2 ** k for k in range(20)]).labels("0", "m").observe(0.1)
+    text = generate_latest(registry).decode()
+    assert len(text.splitlines()) > 1000
+    assert parse_vllm_metrics(text) == {"running": 3.0, "preemptions": 2.0}

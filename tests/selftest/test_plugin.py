@@ -341,7 +341,7 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     assert (result.report_dir / "monitor" / "session.npz").exists()
     assert checks["gemm_like"]["monitor"] is None
     assert not any(m["metric"].startswith("gpu_") for m in checks["gemm_like"]["metrics"])
-    assert "Resources during served" in result.html
+    assert "Resources during served" in result.html and "output tok/s (right axis)" in result.html
     session = result.metrics["monitor"]
     assert session["interval_ms"] == 50 and session["ticks"] > 0 and session["samples"] >= 10
     assert session["jitter_ms"]["p99"] is not None and session["sampler_cpu_mean_pct"] is not None

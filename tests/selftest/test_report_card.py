@@ -35,3 +35,14 @@ def test_time_series_charts_label_round_seconds_and_draw_no_markers():
     assert svg.count("<circle") == 0  # 300 points: a line, not 300 markers
     x_labels = [t for t in ("0", "10", "20", "30") if f'text-anchor="middle">{t}</text>' in svg]
     assert x_labels and 'text-anchor="middle">0.1</text>' not in svg  # round ticks, not every sample
+
+
+def test_a_right_axis_series_is_dashed_and_scaled_on_its_own():
+    svg = charts.line_chart("util", "s", "%", {"GPU util": [(0, 50.0), (10, 100.0)]}, log2_x=False,
+                            right={"tok/s <x>": [(0, 20000.0), (10, 40000.0)]}, right_label="tok/s")
+    assert 'stroke-dasharray="5,3"' in svg and "tok/s &lt;x&gt; (right axis)" in svg
+    # both series peak at the same height: each is scaled to its own axis (max × 1.1)
+    lines = [part.split('points="')[1].split('"')[0] for part in svg.split("<polyline")[1:]]
+    left_peak, right_peak = (line.split()[-1].split(",")[1] for line in lines)
+    assert left_peak == right_peak
+    assert ">40k<" in svg or ">44k<" in svg or ">30k<" in svg  # right-axis tick labels in tok/s

@@ -108,10 +108,12 @@ def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
         def pick(*names):
             return {name: list(zip(t, series[name])) for name in names if name in series}
         overlays = {name: list(zip(o["t_s"], o["values"])) for name, o in (mon.get("overlays") or {}).items()}
+        right = {"output tok/s": overlays.pop("output tok/s")} if "output tok/s" in overlays else None
         charts_ = [charts.line_chart(f"{check['check_id']}: utilization", "s from the check's start", "%",
-                                     pick("GPU util % (mean)", "KV cache %"), log2_x=False),
+                                     pick("GPU util % (mean)", "KV cache %"), log2_x=False,
+                                     right=right, right_label="tok/s"),
                    charts.line_chart(f"{check['check_id']}: power", "s from the check's start", "W",
-                                     pick("power W (sum)"), log2_x=False),
+                                     pick("power W (sum)"), log2_x=False, right=right, right_label="tok/s"),
                    charts.line_chart(f"{check['check_id']}: memory", "s from the check's start", "GiB",
                                      pick("GPU memory GiB (sum)"), log2_x=False),
                    charts.line_chart(f"{check['check_id']}: engine queue", "s from the check's start", "requests",

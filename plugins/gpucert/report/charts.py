@@ -7,6 +7,7 @@ import math
 
 WIDTH, HEIGHT = 520, 260
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 28, 40
+RIGHT_AXIS = 56  # room for a second y axis
 COLORS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700")
 
 
@@ -29,19 +30,26 @@ def _label(value: float) -> str:
 
 
 def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
-               log2_x: bool = True) -> str:
+               log2_x: bool = True, right: dict[str, list[tuple[float, float]]] | None = None,
+               right_label: str = "") -> str:
     """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double, a label at each
-    level) or, with log2_x=False, linear (time, round labels)."""
+    level) or, with log2_x=False, linear (time, round labels). `right`: series drawn dashed against
+    a second y axis of their own (e.g. streamed tok/s over GPU utilization %), so that a spike in
+    one lines up with the other."""
     def usable(x: float) -> bool:
         return x > 0 if log2_x else x >= 0
     points = [(x, y) for pts in series.values() for x, y in pts if y is not None and usable(x)]
+    right_points = [(x, y) for pts in (right or {}).values() for x, y in pts if y is not None and usable(x)]
     if not points:
         return ""
+    points_x = points + right_points  # the x range covers both
     fx = (lambda v: math.log2(v)) if log2_x else (lambda v: v)
-    xs, ys = [fx(x) for x, _ in points], [y for _, y in points]
+    xs, ys = [fx(x) for x, _ in points_x], [y for _, y in points]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y1 = max(ys) * 1.1 or 1.0
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    r1 = (max(y for _, y in right_points) * 1.1 or 1.0) if right_points else None
+    right_margin = RIGHT_AXIS if r1 else RIGHT
+    plot_w, plot_h = WIDTH - LEFT - right_margin, HEIGHT - TOP - BOTTOM
 
     def px(x: float) -> float:
         return LEFT + (fx(x) - x0) / (x1 - x0) * plot_w
@@ -54,7 +62,7 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
            f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
     for tick in _ticks(0.0, y1):
         y = py(tick)
-        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
     x_labels = sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if t <= max(xs)]
     for x in x_labels:
@@ -71,7 +79,24 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         if len(good) <= 40:  # markers on a few levels; a time series is a plain line
             out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
-        out.append(f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" fill="{color}">'
+        out.append(f'<text x="{WIDTH - right_margin - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" fill="{color}">'
                    f'{html.escape(name)}</text>')
+    if r1:
+        def pr(y: float) -> float:
+            return TOP + plot_h - y / r1 * plot_h
+        for tick in _ticks(0.0, r1):
+            out.append(f'<text x="{WIDTH - right_margin + 6}" y="{pr(tick) + 4:.1f}">{_label(tick)}</text>')
+        out.append(f'<text x="{WIDTH - 8}" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
+                   f'transform="rotate(90 {WIDTH - 8} {TOP + plot_h / 2:.0f})">{html.escape(right_label)}</text>')
+        for j, (name, pts) in enumerate(right.items()):
+            color = COLORS[(len(series) + j) % len(COLORS)]
+            good = sorted((x, y) for x, y in pts if y is not None and usable(x))
+            if not good:
+                continue
+            path = " ".join(f"{px(x):.1f},{pr(y):.1f}" for x, y in good)
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="5,3" '
+                       f'points="{path}"/>')
+            out.append(f'<text x="{WIDTH - right_margin - 4}" y="{TOP + 14 * (len(series) + j + 1)}" '
+                       f'text-anchor="end" fill="{color}">{html.escape(name)} (right axis)</text>')
     out.append("</svg>")
     return "".join(out)
