@@ -189,3 +189,19 @@ def test_ramp_up_spreads_the_stream_starts():
     burst = sorted(r.sent_at for r in run(EmulatorConfig(ttft_ms=300, itl_ms=1), concurrency=n,
                                           num_requests=n).measured)
     assert (burst[-1] - burst[0]) * 1e3 < 5.0
+
+
+def test_a_stream_reuses_its_connection_request_after_request(monkeypatch):
+    """Keep-alive: one connection per stream, not one per request (as `vllm bench serve`); a new
+    TCP connection per request would add its set-up to every TTFT."""
+    import gpucert.serving.emulator as emulator
+    peers = []
+    respond = emulator.Emulator._respond
+
+    async def noting_peer(self, request, chat):
+        peers.append(request.transport.get_extra_info("peername"))
+        return await respond(self, request, chat)
+    monkeypatch.setattr(emulator.Emulator, "_respond", noting_peer)
+    records = run(EmulatorConfig(ttft_ms=1, itl_ms=1), concurrency=2, num_requests=8).measured
+    assert summarize(records).completed == 8
+    assert len(peers) == 8 and len(set(peers)) == 2, peers
