@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap, new_event_loop, run_load
+from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap, run_in_new_loop, run_load
 from gpucert.serving.summary import error_breakdown, summarize
 
 TTFT_MS, ITL_MS, OUTPUT = 50.0, 10.0, 16
@@ -64,8 +63,8 @@ def run(emulator: EmulatorConfig, prompts=None, **load):
         async with EmulatorServer(emulator) as server:
             config = LoadConfig(base_url=server.base_url, model="m", **load)
             return await LoadGenerator(config, prompts or [Prompt("hi there", None, OUTPUT)]).run()
-    with frozen_heap(), asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(go())
+    with frozen_heap():
+        return run_in_new_loop(go())
 
 
 def run_beside(emulator: EmulatorConfig, **load):

@@ -362,8 +362,22 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def run_in_new_loop(coro):
+    """asyncio.run() on new_event_loop() — also on Python 3.10, which has no asyncio.Runner."""
+    loop = new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
 def run_load(config: LoadConfig, prompts: list[Prompt]) -> RunRecords:
     """Run a load in a fresh event loop (the CLI and the checks; async callers use
     `LoadGenerator(...).run()` inside `frozen_heap()`)."""
-    with frozen_heap(), asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(LoadGenerator(config, prompts).run())
+    with frozen_heap():
+        return run_in_new_loop(LoadGenerator(config, prompts).run())
