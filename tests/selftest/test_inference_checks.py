@@ -125,6 +125,7 @@ class LLM:
     calls = 0
     def __init__(self, **kwargs):
         assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 2, kwargs
+        print("INFO 11-27 03:31:02 [kv_cache_utils.py:2177] GPU KV cache size: 5,280,176 tokens", flush=True)
         assert os.path.exists(os.path.join(kwargs["model"], "config.json"))
     def generate(self, prompts, params, use_tqdm=False):
         LLM.calls += 1
@@ -163,6 +164,8 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     failed = checks["offline_throughput[concurrency=8]"]["output_tok_s"]
     assert failed["verdict"] == "fail" and "illegal memory access" in failed["error"]
     assert str(tmp_path / "r" / "offline" / "offline.log") in failed["error"]
+    # vLLM logs to stdout, where the worker's JSON lines go too: its lines end up in the log
+    assert "GPU KV cache size: 5,280,176 tokens" in (tmp_path / "r" / "offline" / "offline.log").read_text()
     # every level (and the warm-up) its own prompts: none repeats, so no prefix-cache hits
     config = json.loads((tmp_path / "r" / "offline" / "offline-config.json").read_text())
     batches = [config["warmup_prompts"]] + [level["prompts"] for level in config["levels"]]

@@ -69,14 +69,21 @@ def run_offline(engine: EngineConfig, levels: list[int], input_len: int, output_
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             result.error = f"offline run exceeded {timeout_s:g} s and was killed"
+    engine_lines = []
     for line in out.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue  # vLLM prints to stdout too; the worker's lines are the JSON ones
+            engine_lines.append(line)  # vLLM logs to stdout: its lines belong in the log
+            continue
         if isinstance(record, dict) and "level" in record:
             result.levels[int(record["level"])] = record
+        else:
+            engine_lines.append(line)
     if result.error is None and proc.returncode != 0:
         tail = result.log_path.read_text(errors="replace").strip().splitlines()[-3:]
         result.error = f"offline worker exited with status {proc.returncode}: {' | '.join(tail)}"
+    if engine_lines:  # after stderr's (progress bars, the traceback quoted above): one log, all of it
+        with open(result.log_path, "a") as log:
+            log.write("\n--- engine stdout ---\n" + "\n".join(engine_lines) + "\n")
     return result
