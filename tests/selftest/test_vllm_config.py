@@ -24,14 +24,15 @@ def test_every_option_reaches_argv():
     cfg = EngineConfig(
         model="Qwen/Qwen2.5-7B-Instruct", served_model_name="q7", tensor_parallel_size=4, pipeline_parallel_size=2,
         data_parallel_size=2, dtype="bfloat16", max_model_len=8192, gpu_memory_utilization=0.9, max_num_seqs=2048,
-        max_num_batched_tokens=65536, kv_cache_dtype="fp8", enable_prefix_caching=False,
+        max_num_batched_tokens=65536, max_cudagraph_capture_size=1024, kv_cache_dtype="fp8", enable_prefix_caching=False,
         distributed_executor_backend="ray", api_server_count=4, load_format="dummy", skip_tokenizer_init=True,
         host="0.0.0.0", port=9000, extra_args=("--enforce-eager",), engine_python="/opt/vllm/bin/python")
     assert cfg.argv() == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.cli.main", "serve",
         "Qwen/Qwen2.5-7B-Instruct", "--host", "0.0.0.0", "--port", "9000", "--served-model-name", "q7",
         "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2", "--data-parallel-size", "2",
         "--dtype", "bfloat16", "--max-model-len", "8192", "--gpu-memory-utilization", "0.9",
-        "--max-num-seqs", "2048", "--max-num-batched-tokens", "65536", "--kv-cache-dtype", "fp8",
+        "--max-num-seqs", "2048", "--max-num-batched-tokens", "65536", "--max-cudagraph-capture-size", "1024",
+        "--kv-cache-dtype", "fp8",
         "--distributed-executor-backend", "ray", "--api-server-count", "4", "--load-format", "dummy",
         "--no-enable-prefix-caching", "--skip-tokenizer-init", "--enforce-eager"]
     assert cfg.world_size == 16
@@ -59,6 +60,7 @@ def test_string_overrides_are_coerced():
     ({"enable_prefix_caching": "maybe"}, "enable_prefix_caching: expected true/false"),
     ({"port": 70000}, "port: must be 0..65535"),
     ({"max_model_len": -1}, "max_model_len: must be an int >= 1"),
+    ({"max_cudagraph_capture_size": 0}, "max_cudagraph_capture_size: must be an int >= 1"),
 ])
 def test_validation_errors_are_one_line(overrides, message):
     with pytest.raises(ValueError, match=message) as err:
@@ -71,3 +73,13 @@ def test_field_names_cover_the_issue_options():
             "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
             "enable_prefix_caching", "distributed_executor_backend", "api_server_count", "extra_args",
             "load_format", "skip_tokenizer_init", "host", "port", "engine_python"} <= set(field_names())
+
+
+def test_offline_engine_takes_the_same_settings_as_llm_keywords():
+    from gpucert.serving.offline import llm_kwargs
+    cfg = default_config({"max_cudagraph_capture_size": "1024", "max_num_seqs": "2048", "enable_prefix_caching": "off"})
+    kwargs = llm_kwargs(cfg, "/models/q")
+    assert kwargs["model"] == "/models/q" and kwargs["max_cudagraph_capture_size"] == 1024
+    assert kwargs["max_num_seqs"] == 2048 and kwargs["enable_prefix_caching"] is False
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["load_format"] == "dummy"
+    assert "dtype" not in kwargs and "host" not in kwargs and "api_server_count" not in kwargs  # serve-only

@@ -20,7 +20,8 @@ from .vllm_config import EngineConfig
 WORKER = Path(__file__).with_name("offline_worker.py")
 # EngineConfig fields that are LLM(...) keyword arguments of the same name
 _LLM_KWARGS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len",
-               "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype",
+               "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "max_cudagraph_capture_size",
+               "kv_cache_dtype",
                "enable_prefix_caching", "distributed_executor_backend", "load_format", "skip_tokenizer_init")
 
 

@@ -37,6 +37,9 @@ class EngineConfig:
     gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    # CUDA graphs are captured up to this batch (vLLM: min(2 × max_num_seqs, 512)); larger decode
+    # batches run without them — the likely cause of the offline drop past 512 on 2× H100
+    max_cudagraph_capture_size: int | None = None
     kv_cache_dtype: str | None = None
     # None: vLLM's own default (on in V1); True/False: forced on/off
     enable_prefix_caching: bool | None = None
@@ -83,7 +86,8 @@ class EngineConfig:
         if self.dtype != "auto":
             args += ["--dtype", self.dtype]
         for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens",
-                     "kv_cache_dtype", "distributed_executor_backend", "api_server_count", "load_format"):
+                     "max_cudagraph_capture_size", "kv_cache_dtype", "distributed_executor_backend",
+                     "api_server_count", "load_format"):
             value = getattr(self, name)
             if value is not None:
                 args += [_flag(name), str(value)]
@@ -161,7 +165,8 @@ def _validate(cfg: EngineConfig) -> None:
     for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
         need(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1, f"{name}: must be an int >= 1")
     need(cfg.dtype in DTYPES, f"dtype: {cfg.dtype!r} not one of {', '.join(DTYPES)}")
-    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "api_server_count"):
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "max_cudagraph_capture_size",
+                 "api_server_count"):
         value = getattr(cfg, name)
         need(value is None or (is_int(value) and value >= 1), f"{name}: must be an int >= 1, got {value!r}")
     gmu = cfg.gpu_memory_utilization
