@@ -16,11 +16,18 @@ for gpu in 0 1; do
     > "$dir/gemm-gpu$gpu.txt" 2>&1 &
 done
 wait $mon
+# NVLink counters: all_reduce over both GPUs while the monitor runs (NCCL moves data over NVLink)
+python3 -m gpucert.cli monitor --duration 25 --interval-ms 100 --out "$dir/nccl.npz" --json > "$dir/nccl.json" &
+mon=$!
+sleep 2
+timeout 22 python3 -m gpucert.cli bench nccl --backend nccl --nproc 2 --ops all_reduce --min-bytes 256M \
+  --max-bytes 4G > "$dir/nccl-bench.txt" 2>&1
+wait $mon
 python3 -m gpucert.cli monitor --duration 5 --interval-ms 20 --json > "$dir/fast-20ms.json"
 EMULATOR_PROCESSES=8 bash docs/evidence/issue-5-monitor/jitter_under_load.sh 5000 30 > "$dir/jitter_under_load.txt" 2>&1
 python3 - "$dir" <<'PY'
 import json, sys
-for name in ("idle", "gemm", "fast-20ms"):
+for name in ("idle", "gemm", "nccl", "fast-20ms"):
     d = json.load(open(f"{sys.argv[1]}/{name}.json"))
     j, host = d["jitter_ms"], d["sources"]["host"]
     print(f"{name}: {d['samples']} samples at {d['interval_ms']:g} ms, jitter p50 {j['p50']:.2f} p99 {j['p99']:.2f} ms, "
