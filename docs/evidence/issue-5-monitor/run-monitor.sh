@@ -27,15 +27,21 @@ python3 -m gpucert.cli monitor --duration 5 --interval-ms 20 --json > "$dir/fast
 EMULATOR_PROCESSES=8 bash docs/evidence/issue-5-monitor/jitter_under_load.sh 5000 30 > "$dir/jitter_under_load.txt" 2>&1
 python3 - "$dir" <<'PY'
 import json, sys
+def f(value, spec=".1f"):
+    return "-" if value is None else format(value, spec)
 for name in ("idle", "gemm", "nccl", "fast-20ms"):
-    d = json.load(open(f"{sys.argv[1]}/{name}.json"))
+    try:
+        d = json.load(open(f"{sys.argv[1]}/{name}.json"))
+    except (OSError, ValueError) as exc:
+        print(f"{name}: no result ({exc})"); continue
     j, host = d["jitter_ms"], d["sources"]["host"]
-    print(f"{name}: {d['samples']} samples at {d['interval_ms']:g} ms, jitter p50 {j['p50']:.2f} p99 {j['p99']:.2f} ms, "
-          f"missed {d['missed_ticks']}, sampler CPU {host['sampler_cpu_mean_pct']:.2f} %; notes {d['notes']}")
+    print(f"{name}: {d['samples']} samples at {d['interval_ms']:g} ms, jitter p50 {f(j['p50'], '.2f')} p99 {f(j['p99'], '.2f')} ms, "
+          f"missed {d['missed_ticks']}, sampler CPU {f(host['sampler_cpu_mean_pct'], '.2f')} %; notes {d['notes']}")
     for i, g in d["sources"]["nvml"].items():
-        print(f"  gpu{i}: util {g['util_gpu_mean_pct']:.0f}% peak {g['util_gpu_peak_pct']:.0f}%, mem {g['mem_used_peak_gib']:.1f} GiB, "
-              f"power {g['power_mean_w']:.0f} W peak {g['power_peak_w']:.0f}, energy {g['energy_j']} J, temp {g['temp_peak_c']} C, "
-              f"sm clock min {g['sm_clock_min_mhz']}, slowdowns {g['slowdown_reasons']}, nvlink tx {g['nvlink_tx_gbps']} GB/s, pcie tx {g['pcie_tx_gbps']}")
+        print(f"  gpu{i}: util {f(g['util_gpu_mean_pct'], '.0f')}% peak {f(g['util_gpu_peak_pct'], '.0f')}%, mem {f(g['mem_used_peak_gib'])} GiB, "
+              f"power {f(g['power_mean_w'], '.0f')} W peak {f(g['power_peak_w'], '.0f')}, energy {f(g['energy_j'])} J, temp {f(g['temp_peak_c'], '.0f')} C, "
+              f"sm clock min {f(g['sm_clock_min_mhz'], '.0f')}, slowdowns {g['slowdown_reasons']}, nvlink tx/rx {f(g['nvlink_tx_gbps'])}/{f(g['nvlink_rx_gbps'])} GB/s, "
+              f"pcie tx/rx {f(g['pcie_tx_gbps'], '.2f')}/{f(g['pcie_rx_gbps'], '.2f')} GB/s")
 PY
 cat "$dir/jitter_under_load.txt"
 tar czf "$OUT/monitor.tgz" -C "$(dirname "$dir")" monitor
