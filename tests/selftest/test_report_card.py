@@ -10,7 +10,8 @@ def check(name, concurrency, **values):
 
 
 def test_serving_rows_pair_served_and_offline_by_level():
-    data = {"checks": [check("serving_baseline", 16, output_tok_s=15000.0, ttft_ms_p99=80.0, tpot_ms_p99=9.0),
+    data = {"checks": [check("serving_baseline", 16, output_tok_s=15000.0, ttft_ms_p99=80.0, tpot_ms_p99=9.0,
+                             gpu_util_mean_pct=91.0, energy_j_per_output_token=0.05),
                        check("serving_baseline", 1, output_tok_s=260.0, ttft_ms_p99=20.0, tpot_ms_p99=3.5),
                        check("offline_throughput", 16, output_tok_s=17100.0),
                        check("stack_like_other", 1)]}
@@ -18,6 +19,7 @@ def test_serving_rows_pair_served_and_offline_by_level():
     assert [(r["concurrency"], r["output_tok_s"], r["offline_tok_s"]) for r in view["rows"]] == [
         (1, 260.0, None), (16, 15000.0, 17100.0)]
     assert [r["served_share"] for r in view["rows"]] == [None, 15000.0 / 17100.0]
+    assert [(r["gpu_util_mean_pct"], r["energy_j_per_output_token"]) for r in view["rows"]] == [(None, None), (91.0, 0.05)]
     assert len(view["charts"]) == 2 and all(c.startswith("<svg") for c in view["charts"])
     assert card.serving_view({"checks": [check("other", 1)]}) is None
 

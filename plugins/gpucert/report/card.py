@@ -50,7 +50,9 @@ _ENV.filters["percent"] = percent
 
 
 SERVING_COLUMNS = ("output_tok_s", "total_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
-                   "itl_ms_p99", "failed_requests")
+                   "itl_ms_p99", "failed_requests",
+                   # from the resource monitor, when it ran: is the GPU busy, and at what energy cost
+                   "gpu_util_mean_pct", "energy_j_per_output_token")
 
 
 def serving_view(data: dict[str, Any]) -> dict[str, Any] | None:
