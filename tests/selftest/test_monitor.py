@@ -321,3 +321,23 @@ def test_the_sampler_cost_reported_is_its_steady_one():
     short = np.array([np.nan, 30.0, 1.0, 1.2, 0.9])  # under a second: the median of its ticks
     assert _steady_cpu({"t": t[:5], "host.sampler_cpu_pct": short}) == pytest.approx(1.1)
     assert _steady_cpu({"t": np.array([]), "host.sampler_cpu_pct": np.array([])}) is None
+
+
+def test_an_older_nvml_binding_is_read_with_what_it_has(tmp_path, monkeypatch):
+    """nvidia-ml-py before 12.535 names the clock-event call ...ThrottleReasons, and an old binding
+    may lack a function altogether: the source reads what exists, leaves the rest NaN, never dies."""
+    from gpucert.monitor.sources import NvmlSource
+    (tmp_path / "old_pynvml.py").write_text(
+        "from fake_pynvml import *\n"
+        "import fake_pynvml\n"
+        "del nvmlDeviceGetCurrentClocksEventReasons, nvmlDeviceGetTotalEnergyConsumption\n"
+        "def nvmlDeviceGetCurrentClocksThrottleReasons(handle):\n"
+        "    return fake_pynvml.CLOCK_EVENTS[handle]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = NvmlSource("old_pynvml")
+    assert source.open()
+    row = {}
+    source.read(row)
+    source.read(row)  # a second tick: the missing call is not retried, nothing raises
+    assert row["gpu1.clock_events"] == 0x4 and row["gpu0.power_w"] == 300
+    assert np.isnan(row["gpu0.energy_j"])

@@ -56,7 +56,7 @@ class NvmlSource:
         count = nv.nvmlDeviceGetCount()
         self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         for i, handle in enumerate(self._handles):
-            name = self._call(i, "name", nv.nvmlDeviceGetName, handle)
+            name = self._call(i, "name", "nvmlDeviceGetName", handle)
             self.gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name})
         self.columns = [f"gpu{i}.{field}" for i in range(count) for field in GPU_FIELDS]
         return True
@@ -69,38 +69,40 @@ class NvmlSource:
                 pass
 
     def _call(self, gpu: int, field: str, fn, *args):
-        """One guarded NVML call: a field the GPU or driver lacks is asked once, then left NaN."""
+        """One guarded NVML call: a field the GPU or driver lacks is asked once, then left NaN.
+        `fn` is a name: an older binding without that function is "not supported" too."""
         if (gpu, field) in self._unsupported:
             return None
         try:
-            return fn(*args)
-        except self._nv.NVMLError:
+            return getattr(self._nv, fn)(*args)
+        except (self._nv.NVMLError, AttributeError):
             self._unsupported.add((gpu, field))
             return None
 
     def read(self, row: dict) -> None:
-        nv = self._nv
         for i, h in enumerate(self._handles):
             p = f"gpu{i}."
-            util = self._call(i, "util", nv.nvmlDeviceGetUtilizationRates, h)
+            util = self._call(i, "util", "nvmlDeviceGetUtilizationRates", h)
             row[p + "util_gpu_pct"] = util.gpu if util is not None else NAN
             row[p + "util_mem_pct"] = util.memory if util is not None else NAN
-            mem = self._call(i, "mem", nv.nvmlDeviceGetMemoryInfo, h)
+            mem = self._call(i, "mem", "nvmlDeviceGetMemoryInfo", h)
             row[p + "mem_used_mib"] = mem.used / 2**20 if mem is not None else NAN
-            power = self._call(i, "power", nv.nvmlDeviceGetPowerUsage, h)  # mW
+            power = self._call(i, "power", "nvmlDeviceGetPowerUsage", h)  # mW
             row[p + "power_w"] = power / 1e3 if power is not None else NAN
-            energy = self._call(i, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)  # mJ since load
+            energy = self._call(i, "energy", "nvmlDeviceGetTotalEnergyConsumption", h)  # mJ since load
             row[p + "energy_j"] = energy / 1e3 if energy is not None else NAN
-            sm = self._call(i, "sm_clock", nv.nvmlDeviceGetClockInfo, h, _CLOCK_SM)
+            sm = self._call(i, "sm_clock", "nvmlDeviceGetClockInfo", h, _CLOCK_SM)
             row[p + "sm_clock_mhz"] = sm if sm is not None else NAN
-            memclk = self._call(i, "mem_clock", nv.nvmlDeviceGetClockInfo, h, _CLOCK_MEM)
+            memclk = self._call(i, "mem_clock", "nvmlDeviceGetClockInfo", h, _CLOCK_MEM)
             row[p + "mem_clock_mhz"] = memclk if memclk is not None else NAN
-            temp = self._call(i, "temp", nv.nvmlDeviceGetTemperature, h, _TEMPERATURE_GPU)
+            temp = self._call(i, "temp", "nvmlDeviceGetTemperature", h, _TEMPERATURE_GPU)
             row[p + "temp_c"] = temp if temp is not None else NAN
-            events = self._call(i, "clock_events", nv.nvmlDeviceGetCurrentClocksEventReasons, h)
+            events = self._call(i, "clock_events", "nvmlDeviceGetCurrentClocksEventReasons", h)
+            if events is None:  # the name before nvidia-ml-py 12.535 (same bits)
+                events = self._call(i, "throttle", "nvmlDeviceGetCurrentClocksThrottleReasons", h)
             row[p + "clock_events"] = events if events is not None else NAN
             for field, error_type in (("ecc_corrected", _ECC_CORRECTED), ("ecc_uncorrected", _ECC_UNCORRECTED)):
-                count = self._call(i, field, nv.nvmlDeviceGetTotalEccErrors, h, error_type, _ECC_VOLATILE)
+                count = self._call(i, field, "nvmlDeviceGetTotalEccErrors", h, error_type, _ECC_VOLATILE)
                 row[p + field] = count if count is not None else NAN
             self._counters(i, h, row, p)
 
@@ -109,7 +111,7 @@ class NvmlSource:
         rate comes from differences); nvmlDeviceGetPcieThroughput blocks ~20 ms, too slow here."""
         requests = [(_FI_PCIE_TX_BYTES, 0), (_FI_PCIE_RX_BYTES, 0)]
         requests += [(f, link) for f in (_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB) for link in range(_NVLINK_LINKS)]
-        values = self._call(i, "fields", self._nv.nvmlDeviceGetFieldValues, handle, requests)
+        values = self._call(i, "fields", "nvmlDeviceGetFieldValues", handle, requests)
         sums = {"pcie_tx_bytes": None, "pcie_rx_bytes": None, "nvlink_tx_kib": None, "nvlink_rx_kib": None}
         names = {_FI_PCIE_TX_BYTES: "pcie_tx_bytes", _FI_PCIE_RX_BYTES: "pcie_rx_bytes",
                  _FI_NVLINK_TX_KIB: "nvlink_tx_kib", _FI_NVLINK_RX_KIB: "nvlink_rx_kib"}
