@@ -20,6 +20,7 @@ from gpucert.monitor.sampler import Monitor, MonitorConfig
 from gpucert.monitor.sources import parse_vllm_metrics
 
 import fake_pynvml
+from emulators import wait_gone
 
 
 def monitor(tmp_path, **config):
@@ -222,14 +223,6 @@ def test_counters_keep_their_precision_on_disk(tmp_path):
     assert columns["gpu0.power_w"].dtype == np.float32
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_dead_parent_leaves_no_sampler_behind_and_its_samples_on_disk(tmp_path):
     """The caller killed (SIGKILL: no goodbye): the sampler sees its pipe close, flushes, exits."""
     path = tmp_path / "orphan.npz"
@@ -244,10 +237,7 @@ def test_a_dead_parent_leaves_no_sampler_behind_and_its_samples_on_disk(tmp_path
     time.sleep(0.6)
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 10
-    while _alive(sampler) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(sampler), "the sampler outlived its parent"
+    assert wait_gone(sampler), "the sampler outlived its parent"
     _, columns = store.load(path)
     assert len(columns["t"]) >= 8  # the ~0.6 s it sampled, flushed on the way out
 

@@ -3,40 +3,21 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
 from gpucert.cli import main
+from gpucert.serving.vllm_server import free_port
 
-PY = sys.executable
+from emulators import emulator_process, wait_gone
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def emulator_url():
-    port = free_port()
-    proc = subprocess.Popen([PY, "-m", "gpucert.cli", "emulator", "--port", str(port),
-                             "--ttft-ms", "5", "--itl-ms", "1", "--tokens-per-chunk", "2"],
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with emulator_process("--ttft-ms", "5", "--itl-ms", "1", "--tokens-per-chunk", "2") as emulator:
+        yield emulator.v1_url
 
 
 def test_json_shape_and_key_never_leaks(emulator_url, monkeypatch, capsys, caplog):
@@ -102,32 +83,15 @@ def test_emulator_processes_share_the_port_and_stop_together():
     """--processes 2: two servers on one port (SO_REUSEPORT), both answering; SIGTERM to the
     first takes the other down with it."""
     import urllib.request
-    port = free_port()
-    proc = subprocess.Popen([PY, "-m", "gpucert.cli", "emulator", "--port", str(port), "--processes", "2"],
-                            stderr=subprocess.PIPE)
-    try:
+    with emulator_process("--processes", "2") as emulator:
         pids: set[str] = set()
         deadline = time.monotonic() + 20
         while len(pids) < 2 and time.monotonic() < deadline:
             try:  # a new connection each time: the kernel hashes each to one of the two sockets
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{emulator.port}/health", timeout=2) as response:
                     pids.add(response.headers["X-Emulator-Pid"])
             except OSError:
                 time.sleep(0.05)
         assert len(pids) == 2, f"answered by {pids}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    child = (pids - {str(proc.pid)}).pop()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(int(child)):
-        time.sleep(0.05)
-    assert not _alive(int(child)), "the second emulator process outlived the first"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
+    child = (pids - {str(emulator.proc.pid)}).pop()
+    assert wait_gone(int(child)), "the second emulator process outlived the first"

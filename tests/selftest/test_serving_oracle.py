@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
 from gpucert.serving.datasets import Prompt
 from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap, run_in_new_loop, run_load
 from gpucert.serving.summary import error_breakdown, summarize
+
+from emulators import emulator_process
 
 TTFT_MS, ITL_MS, OUTPUT = 50.0, 10.0, 16
 TOLERANCE_MS = 1.0
@@ -26,34 +21,12 @@ TOLERANCE_MS = 1.0
 BURST_TTFT_TOLERANCE_MS = 40.0
 
 
-@contextlib.contextmanager
-def emulator_process(config: EmulatorConfig):
-    """`gpucert emulator` in its own process, as a real server runs. At 256 streams, sharing one
-    event loop with the client delayed each side's work by 1-2 ms on the 2-core box; at one
-    stream the in-process emulator is the more exact oracle (no cross-process wake-up in TTFT)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [sys.executable, "-m", "gpucert.cli", "emulator", "--port", str(port), "--ttft-ms", str(config.ttft_ms),
-            "--itl-ms", str(config.itl_ms), "--tokens-per-chunk", str(config.tokens_per_chunk),
-            "--error-rate", str(config.error_rate), "--seed", str(config.seed), "--stall-ms", str(config.stall_ms)]
-    if config.stall_after is not None:
-        args += ["--stall-after", str(config.stall_after)]
-    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the emulator did not start")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+def emulator_args(config: EmulatorConfig) -> list[str]:
+    """`gpucert emulator` flags for the timing, error and stall fields of `config`."""
+    args = ["--ttft-ms", str(config.ttft_ms), "--itl-ms", str(config.itl_ms), "--tokens-per-chunk",
+            str(config.tokens_per_chunk), "--error-rate", str(config.error_rate), "--seed", str(config.seed),
+            "--stall-ms", str(config.stall_ms)]
+    return args + (["--stall-after", str(config.stall_after)] if config.stall_after is not None else [])
 
 
 def run(emulator: EmulatorConfig, prompts=None, **load):
@@ -68,9 +41,12 @@ def run(emulator: EmulatorConfig, prompts=None, **load):
 
 
 def run_beside(emulator: EmulatorConfig, **load):
-    """The emulator in a process of its own (timing, error and stall flags only)."""
-    with emulator_process(emulator) as base_url:
-        return run_load(LoadConfig(base_url=base_url, model="m", **load), [Prompt("hi there", None, OUTPUT)])
+    """The emulator in a process of its own, as a real server runs (timing, error and stall flags
+    only). At 256 streams, sharing one event loop with the client delayed each side's work by
+    1-2 ms on a 2-core box; at one stream the in-process emulator is the more exact oracle (no
+    cross-process wake-up in TTFT)."""
+    with emulator_process(*emulator_args(emulator)) as server:
+        return run_load(LoadConfig(base_url=server.v1_url, model="m", **load), [Prompt("hi there", None, OUTPUT)])
 
 
 def expected_tpot_ms(k: int) -> float:

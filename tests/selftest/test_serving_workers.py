@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -23,7 +19,8 @@ from gpucert.serving.loadgen_workers import (STREAMS_PER_PROCESS, WorkerFailure,
 from gpucert.serving.records import RequestRecord, RunRecords
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
-PY = sys.executable
+from emulators import emulator_process
+
 TTFT_MS, ITL_MS, OUTPUT = 20.0, 2.0, 16
 # Looser than the oracle's 1 ms: here the emulator, two client workers and pytest are three
 # processes on a 2-core box, and all 8 streams of each worker start in the same instant, so
@@ -31,31 +28,10 @@ TTFT_MS, ITL_MS, OUTPUT = 20.0, 2.0, 16
 TOLERANCE_MS = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def emulator_url():
-    port = free_port()
-    proc = subprocess.Popen([PY, "-m", "gpucert.cli", "emulator", "--port", str(port),
-                             "--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)],
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("emulator did not start")
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with emulator_process("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)) as emulator:
+        yield emulator.v1_url
 
 
 def config(url="http://127.0.0.1:1/v1", **kw) -> LoadConfig:
