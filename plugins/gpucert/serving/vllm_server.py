@@ -9,8 +9,8 @@ holding it are gone, which is why stop() waits until no process of the group is 
 
 from __future__ import annotations
 
-import importlib
 import json
+import math
 import os
 import signal
 import socket
@@ -56,22 +56,19 @@ class StopResult:
 
 
 def gpu_memory_used_mib(nvml_module: str = "pynvml") -> list[float] | None:
-    """Memory used per GPU (NVML), or None where NVML is not there."""
-    try:
-        nv = importlib.import_module(nvml_module)
-        nv.nvmlInit()
-    except Exception:
+    """Memory used per GPU, read by the monitor's NVML source; None where NVML or the field is
+    not there."""
+    from gpucert.monitor.sources import NvmlSource
+    source = NvmlSource(nvml_module)
+    if not source.open():
         return None
     try:
-        return [nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).used / 2**20
-                for i in range(nv.nvmlDeviceGetCount())]
-    except Exception:
-        return None
+        row: dict = {}
+        source.read(row)
     finally:
-        try:
-            nv.nvmlShutdown()
-        except Exception:
-            pass
+        source.close()
+    used = [row[f"gpu{gpu['index']}.mem_used_mib"] for gpu in source.gpus]
+    return None if any(math.isnan(value) for value in used) else used
 
 
 def memory_released(before: list[float] | None, nvml_module: str = "pynvml", timeout_s: float = 30.0,
