@@ -331,3 +331,15 @@ def test_an_older_nvml_binding_is_read_with_what_it_has(tmp_path, monkeypatch):
     source.read(row)  # a second tick: the missing call is not retried, nothing raises
     assert row["gpu1.clock_events"] == 0x4 and row["gpu0.power_w"] == 300
     assert np.isnan(row["gpu0.energy_j"])
+
+
+def test_a_reader_follows_a_growing_file(tmp_path):
+    path = tmp_path / "g.npz"
+    out = store.ColumnStore(path, {"interval_s": 0.1})
+    reader = store.Reader(path)
+    out.append({"t": [1.0, 2.0], "scheduled": [1.0, 2.0]})
+    assert reader.read()[1]["t"].tolist() == [1.0, 2.0]
+    out.append({"t": [3.0], "scheduled": [3.0], "b": [9.0]})
+    meta, columns = reader.read()
+    assert meta == {"interval_s": 0.1} and columns["t"].tolist() == [1.0, 2.0, 3.0]
+    assert np.isnan(columns["b"][:2]).all() and columns["b"][2] == 9.0

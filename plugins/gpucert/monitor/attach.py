@@ -113,7 +113,7 @@ class SessionMonitor:
                 "clock_offset_ms": (sampler_clock["wall_minus_monotonic"] - self.plugin_clock["wall_minus_monotonic"]) * 1e3
                 if sampler_clock and self.plugin_clock else None}
         try:  # the monitor's own cost over the whole session: lateness, CPU, bytes on disk
-            _, columns = store.load(self.config.out_path)
+            _, columns = self.monitor.window()  # after the stop: every chunk, read once more only where new
             figures = summary_engine.summarize(columns)
             info.update(samples=figures["samples"], jitter_ms=figures["jitter_ms"],
                         sampler_cpu_mean_pct=_steady_cpu(columns),

@@ -151,6 +151,7 @@ class Monitor:
         self.config = config
         self.meta: dict[str, Any] = {}
         self.final: dict[str, Any] = {}
+        self._reader = store.Reader(config.out_path)
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding CUDA or threads
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_sample, args=(config, child), name="gpucert-monitor", daemon=True)
@@ -196,7 +197,7 @@ class Monitor:
     def window(self, t0: float | None = None, t1: float | None = None) -> tuple[dict, dict]:
         """(meta, columns) of the ticks with t0 <= t <= t1 (monotonic), after a flush."""
         self.flush()
-        meta, columns = store.load(self.path)
+        meta, columns = self._reader.read()
         if "t" not in columns:
             return meta, {}
         t = columns["t"]

@@ -57,15 +57,32 @@ class ColumnStore:
         self.chunks += 1
 
 
+class Reader:
+    """Reads a growing file: each `read()` decodes only the chunks added since the last one (the
+    plugin reads the session file at the end of every check)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta: dict[str, Any] | None = None
+        self._chunks: dict[str, dict[str, np.ndarray]] = {}
+
+    def read(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        with zipfile.ZipFile(self.path) as zf:
+            if self.meta is None:
+                self.meta = json.loads(zf.read("meta.json"))
+            for name in zf.namelist():
+                if name.endswith(".npz") and name not in self._chunks:
+                    self._chunks[name] = _read_chunk(zf.read(name))
+        return self.meta, _join(self._chunks)
+
+
 def load(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, columns): every chunk joined; a column missing from a chunk (a source that came or
     went) is NaN there."""
-    with zipfile.ZipFile(path) as zf:
-        meta = json.loads(zf.read("meta.json"))
-        chunks: dict[str, dict[str, np.ndarray]] = {}
-        for name in zf.namelist():
-            if name.endswith(".npz"):
-                chunks[name] = _read_chunk(zf.read(name))
+    return Reader(path).read()
+
+
+def _join(chunks: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     names = sorted({c for chunk in chunks.values() for c in chunk})
     columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for key in sorted(chunks):
@@ -73,7 +90,7 @@ def load(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         rows = len(chunk.get("t", next(iter(chunk.values()))))
         for name in names:
             columns[name].append(chunk.get(name, np.full(rows, np.nan, dtype=np.float32)))
-    return meta, {name: np.concatenate(parts) if parts else np.array([]) for name, parts in columns.items()}
+    return {name: np.concatenate(parts) if parts else np.array([]) for name, parts in columns.items()}
 
 
 def _read_chunk(data: bytes) -> dict[str, np.ndarray]:
