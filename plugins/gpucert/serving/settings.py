@@ -36,6 +36,8 @@ class LoadSettings:
 
 
 _FIELDS = {f.name: f for f in fields(LoadSettings)}
+# numbers that may be 0 (every other number must be > 0)
+_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -56,12 +58,12 @@ def _coerce(key: str, value: Any) -> Any:
             return value if isinstance(value, bool) else parse_bool(str(value))
         if kind == "int":
             number = int(value)
-            if number < 0 or (number == 0 and key not in ("warmup", "seed")):
+            if number < 0 or (number == 0 and key not in _ZERO_ALLOWED):
                 raise ValueError
             return number
         if kind == "float":
             number = float(value)
-            if not (number > 0 or (number == 0 and key == "ramp_up_s")):
+            if not (number > 0 or (number == 0 and key in _ZERO_ALLOWED)):
                 raise ValueError
             return number
         if key == "endpoint" and value not in ("completions", "chat"):
