@@ -4,7 +4,7 @@ source with the fake 2-GPU module): CPU % of one core from /proc/<pid>/stat over
 import time, os, multiprocessing, sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "tests", "selftest"))
 def bare(conn, mode):
-    import numpy
+    __import__("numpy")  # loaded as in the real sampler: its import is part of the cost
     from gpucert.monitor.sources import HostSource, NvmlSource
     h = HostSource(); h.open(); n = NvmlSource("fake_pynvml"); n.open()
     t0 = time.monotonic(); i = 0; row = {}
