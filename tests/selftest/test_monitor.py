@@ -209,6 +209,11 @@ def test_check_metrics_from_a_window():
     assert rows["energy_j_per_output_token"][0] == pytest.approx(700 * 9.9 / 1000)
     assert rows["gpu_hard_slowdown_samples"][0] == 49 and "hw_thermal_slowdown" in rows["gpu_hard_slowdown_samples"][2]
     assert rows["monitor_jitter_ms_p99"][0] == pytest.approx(1.0)
+    # a check measured 10 s but the samples inside span 9.9 s (and fewer when the sampler was
+    # late): the energy covers the whole window at the mean power the counter gave
+    assert summary.summarize(columns, window_s=10.0)["energy_j"] == pytest.approx(700 * 10.0)
+    gappy = {name: values[::7] for name, values in columns.items()}  # a sampler stalled for 0.6 s at a time
+    assert summary.summarize(gappy, window_s=10.0)["energy_j"] == pytest.approx(700 * 10.0)
 
 
 def test_counters_keep_their_precision_on_disk(tmp_path):

@@ -329,13 +329,13 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     served = {m["metric"]: m for m in checks["served"]["metrics"]}
     assert served["gpu_util_mean_pct"]["value"] == 90 and served["gpu_power_mean_w"]["value"] == 500
     # joules over the window the check measured, per output token it reported
-    assert served["energy_j"]["value"] == pytest.approx(500 * 0.6, rel=0.15)
+    assert served["energy_j"]["value"] == pytest.approx(500 * 0.6, rel=0.01)
     assert served["energy_j_per_output_token"]["value"] == pytest.approx(served["energy_j"]["value"] / 600)
     assert served["gpu_mem_peak_gib"]["value"] == 20 and served["gpu_hard_slowdown_samples"]["value"] == 0
     assert served["energy_j"]["verdict"] == "new"  # judged like any other metric
     assert checks["served"]["findings"]["monitor"] == [{"notice": "GPU clock slowdown reasons seen: sw_power_cap"}]
     mon = checks["served"]["monitor"]
-    assert mon["samples"] >= 10 and mon["timeline"]["series"]["GPU util % (mean)"][0] == 90
+    assert mon["samples"] >= 6 and mon["timeline"]["series"]["GPU util % (mean)"][0] == 90
     assert mon["overlays"]["output tok/s"]["values"] == [900.0, 1100.0]
     assert (result.report_dir / "monitor" / "served.npz").exists()
     assert (result.report_dir / "monitor" / "session.npz").exists()

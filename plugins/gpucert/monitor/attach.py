@@ -88,7 +88,7 @@ class SessionMonitor:
         path = self.report_dir / "monitor" / (re.sub(r"[^\w.=,-]+", "_", result.check_id)[:150] + ".npz")
         store.save_slice(path, meta, columns)
         measured = {name: values[(columns["t"] >= w0) & (columns["t"] <= w1)] for name, values in columns.items()}
-        figures = summary_engine.summarize(measured, output_tokens=work.get("output_tokens"))
+        figures = summary_engine.summarize(measured, output_tokens=work.get("output_tokens"), window_s=w1 - w0)
         for metric, value, unit, direction, note in summary_engine.check_metrics(figures):
             recorder.record(metric, value, unit=unit, direction=direction, note=note)
         reasons = sorted({r for g in figures["gpus"].values() for r in g["slowdown_reasons"]})

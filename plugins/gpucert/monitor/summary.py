@@ -45,11 +45,16 @@ def jitter_ms(columns: dict[str, np.ndarray]) -> dict[str, float | None]:
     return {"p50": float(np.percentile(late, 50)), "p99": float(np.percentile(late, 99)), "max": float(late.max())}
 
 
-def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None) -> dict[str, Any]:
+def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None,
+              window_s: float | None = None) -> dict[str, Any]:
     """Figures of one window. Energy per GPU is the NVML energy counter's difference (the power
-    integral where the counter is missing); rates of cumulative counters are difference / time."""
+    integral where the counter is missing); rates of cumulative counters are difference / time.
+    With `window_s` (the length of what the check measured) the energy covers that whole window:
+    the samples inside it span up to two intervals less (more when the sampler ran late), so the
+    counter's difference is scaled by window / sampled span — the window at the mean power seen."""
     t = columns.get("t", np.array([]))
     duration = float(t[-1] - t[0]) if len(t) >= 2 else 0.0
+    to_window = window_s / duration if window_s and duration > 0 else 1.0
     out: dict[str, Any] = {"samples": int(len(t)), "duration_s": duration, "jitter_ms": jitter_ms(columns),
                            "gpus": {}, "host": {}, "vllm": {}}
     for i in gpu_indices(columns):
@@ -60,6 +65,7 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
             power = col("power_w")
             ok = np.isfinite(power)
             energy = float(np.trapezoid(power[ok], t[ok])) if hasattr(np, "trapezoid") else float(np.trapz(power[ok], t[ok]))
+        energy = energy * to_window if energy is not None else None
         events = _finite(col("clock_events")).astype(np.int64)
         seen = int(np.bitwise_or.reduce(events)) if events.size else 0
         gpu = {
