@@ -77,6 +77,8 @@ def test_bad_input_is_one_line_exit_2(args, message, capsys):
 def test_emulator_bad_input(capsys):
     assert main(["emulator", "--error-rate", "2"]) == 2
     assert "error_rate must be within [0, 1]" in capsys.readouterr().err
+    assert main(["emulator", "--record-timings", "--processes", "2"]) == 2
+    assert "--record-timings needs --processes 1" in capsys.readouterr().err
 
 
 def test_emulator_processes_share_the_port_and_stop_together():

@@ -103,6 +103,9 @@ def register(subparsers) -> None:
     emu.add_argument("--model", default="gpucert-emulator")
     emu.add_argument("--exit-after", type=_positive_int, default=None,
                      help="die (exit status 70) when this many more requests arrive: a crashing server")
+    emu.add_argument("--record-timings", action="store_true",
+                     help="keep each request's actual send times, served at GET /emulator/timings "
+                          "(keyed by X-Request-Id)")
     emu.add_argument("--processes", type=_positive_int, default=1,
                      help="server processes sharing the port (SO_REUSEPORT), so the emulator keeps up "
                           "with thousands of zero-ITL streams")
@@ -199,9 +202,11 @@ def run_emulator(args) -> int:
                                 tokens_per_chunk=args.tokens_per_chunk,
                                 error_rate=args.error_rate, stall_after=args.stall_after,
                                 stall_ms=args.stall_ms, seed=args.seed, model=args.model,
-                                exit_after=args.exit_after)
+                                exit_after=args.exit_after, record_timings=args.record_timings)
     except ValueError as err:
         raise CommandError(str(err)) from None
+    if args.record_timings and args.processes > 1:
+        raise CommandError("--record-timings needs --processes 1: each process would keep its own share")
     print(f"gpucert emulator on http://{args.host}:{args.port}/v1 ({args.processes} process"
           f"{'es' if args.processes > 1 else ''})", file=sys.stderr, flush=True)
     serve(config, host=args.host, port=args.port, processes=args.processes)

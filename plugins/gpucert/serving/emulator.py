@@ -42,6 +42,10 @@ class EmulatorConfig:
     # the process dies (exit status 70, no goodbye) when this many requests have arrived: a server
     # that crashes mid-run, for the lifecycle self-tests
     exit_after: int | None = None
+    # keep, per X-Request-Id, the handler's start and the moment each content chunk was handed to
+    # the socket (GET /emulator/timings): what the server really did, against which the client's
+    # own timestamps are checked, whatever the box's load made of the configured schedule
+    record_timings: bool = False
 
     def __post_init__(self):
         if self.tokens_per_chunk < 1:
@@ -93,6 +97,7 @@ class Emulator:
         self._errors = random.Random(config.seed)  # seeded: the failed count is reproducible
         self.requests_seen = 0
         self.running = 0  # requests between arrival and their last byte: vLLM's "running" gauge
+        self.timings: dict[str, dict] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -101,7 +106,12 @@ class Emulator:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        if self.config.record_timings:
+            app.router.add_get("/emulator/timings", self._timings)
         return app
+
+    async def _timings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.timings)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """vLLM's Prometheus names for what an emulator has: the streams it is serving (no queue,
@@ -166,6 +176,9 @@ class Emulator:
             await response.write(_sse({**base, "choices": [
                 {"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
         chunks = self.config.chunk_offsets_s(output_tokens)
+        writes: list[float] = []
+        if self.config.record_timings:
+            self.timings[request.headers.get("X-Request-Id", base["id"])] = {"start": start, "writes": writes}
         for n, (offset, first, count) in enumerate(chunks):
             await sleep_until(start + offset)
             text = "".join(f" t{first + j}" for j in range(count))
@@ -177,6 +190,7 @@ class Emulator:
             if want_ids:
                 choice["token_ids"] = [FAKE_TOKEN_BASE + (first + j) % 1000 for j in range(count)]
             await response.write(_sse({**base, "choices": [choice]}))
+            writes.append(time.monotonic())
         if want_usage:
             await response.write(_sse({**base, "choices": [], "usage": usage}))
         if self.config.send_done:

@@ -15,6 +15,7 @@ import gc
 import json
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -169,6 +170,8 @@ async def send_request(session: aiohttp.ClientSession, config: LoadConfig, heade
     """Send one streaming request and fill `record`; errors end up in the record, not raised."""
     chat = config.endpoint == "chat"
     parser, streamed_ids = SSEParser(), []
+    if record.x_request_id:
+        headers = {**headers, "X-Request-Id": record.x_request_id}
     record.sent_at = time.monotonic()
     try:
         async with session.post(config.url, data=body, headers=headers) as response:
@@ -244,12 +247,15 @@ class LoadGenerator:
         self.prompts = prompts
         self.headers = config.headers()  # fails early when the key variable is missing
         self._next_id = 0
+        # unique per run and per worker process: vLLM refuses a request id already in flight
+        self._id_prefix = f"gpucert-{os.getpid()}-{secrets.token_hex(4)}"
 
     def _record(self, scheduled_at: float, warmup: bool) -> tuple[RequestRecord, bytes]:
         request_id, self._next_id = self._next_id, self._next_id + 1
         prompt = self.prompts[request_id % len(self.prompts)]
         record = RequestRecord(request_id=request_id, scheduled_at=scheduled_at,
-                               prompt_tokens=prompt.prompt_tokens, warmup=warmup)
+                               prompt_tokens=prompt.prompt_tokens, warmup=warmup,
+                               x_request_id=f"{self._id_prefix}-{request_id}")
         return record, self.config.body(prompt)
 
     async def run(self) -> RunRecords:

@@ -27,6 +27,9 @@ class RequestRecord:
     http_status: int | None = None
     error: str | None = None
     warmup: bool = False
+    # sent as the X-Request-Id header: vLLM names the request after it (cmpl-<id>-0) in its logs
+    # and traces, and the emulator keys its own send times by it, so both sides can be matched
+    x_request_id: str | None = None
 
     @property
     def ok(self) -> bool:
