@@ -69,8 +69,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="override an engine setting of gpucert/data/serving.yaml (model, "
                            "tensor_parallel_size, max_num_seqs, distributed_executor_backend, …); repeatable")
     serving.addoption("--load-opt", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a load setting (concurrency=1,16,64, input_len, output_len, "
-                           "endpoint, token_ids, extra_body=JSON, …); repeatable")
+                      help="override a load setting (concurrency=1,16,64, dataset=random|synthetic|sharegpt|"
+                           "jsonl, dataset_path, input_len, output_len, range_ratio, endpoint, token_ids, "
+                           "extra_body=JSON, …); repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:

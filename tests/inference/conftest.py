@@ -176,6 +176,7 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     """vLLM's LLM.generate over every load level, once, in the engine's Python, before the server
     starts (both cannot hold the GPUs at once)."""
     from gpucert.serving.offline import run_offline
+    from load import prompts_for  # this folder's module, as the checks import it
     config = request.config
     if config.getoption("--endpoint"):
         pytest.skip("offline throughput needs a local vLLM; --endpoint certifies a remote server")
@@ -189,5 +190,5 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     load = _load(config)
     if gpucert_monitor:  # sampling before the sweep: each level's check takes its window later
         gpucert_monitor.ensure_started()
-    return load, run_offline(engine, list(load.concurrency), load.input_len, load.output_len, load.vocab_size,
-                             gpucert_report_dir / "offline", seed=load.seed)
+    return load, run_offline(engine, list(load.concurrency), lambda count, level: prompts_for(load, count, level),
+                             gpucert_report_dir / "offline", ignore_eos=load.ignore_eos)

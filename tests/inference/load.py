@@ -9,15 +9,11 @@ from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread
 from gpucert.serving.records import RunRecords
 
 
-def prompts_for(target, count: int, level: int) -> list[datasets.Prompt]:
+def prompts_for(load, count: int, level: int) -> list[datasets.Prompt]:
     """`count` prompts of their own for `level` (no prefix-cache hits across levels)."""
-    load = target.load
-    seed = datasets.level_seed(load.seed, level)
-    if load.token_ids:
-        return datasets.get("random", num_prompts=count, input_len=load.input_len, output_len=load.output_len,
-                            vocab_size=load.vocab_size, seed=seed)
-    return datasets.get("synthetic", num_prompts=count, input_len=load.input_len, output_len=load.output_len,
-                        seed=seed)
+    return datasets.for_load(load.dataset, count, input_len=load.input_len, output_len=load.output_len,
+                             token_ids=load.token_ids, vocab_size=load.vocab_size, range_ratio=load.range_ratio,
+                             seed=datasets.level_seed(load.seed, level), path=load.dataset_path)
 
 
 def run_level(target, concurrency: int, requests: int, level: int | None = None) -> RunRecords:
@@ -31,5 +27,5 @@ def run_level(target, concurrency: int, requests: int, level: int | None = None)
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
         request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s)
     workers = resolve_workers(load.client_workers, config)
-    prompts = prompts_for(target, requests + load.warmup, concurrency if level is None else level)
+    prompts = prompts_for(load, requests + load.warmup, concurrency if level is None else level)
     return run_load_spread(config, prompts, workers)

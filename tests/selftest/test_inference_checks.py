@@ -132,9 +132,11 @@ class LLM:
         if str(LLM.calls) == os.environ.get("STAND_IN_FAIL_AT_CALL"):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         time.sleep(float(os.environ.get("STAND_IN_GENERATE_S", "0")))
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        assert len(per_prompt) == len(prompts)
         return [types.SimpleNamespace(prompt_token_ids=p["prompt_token_ids"],
-                                      outputs=[types.SimpleNamespace(token_ids=[7] * params.max_tokens)])
-                for p in prompts]
+                                      outputs=[types.SimpleNamespace(token_ids=[7] * q.max_tokens)])
+                for p, q in zip(prompts, per_prompt)]
 ''',
     "vllm/inputs.py": '''
 def TokensPrompt(prompt_token_ids):
@@ -150,6 +152,7 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     # generate calls: 1 warm-up, then one per level: the third level (c8) crashes
     run, metrics = pytest_inference(
         tmp_path, "-k", "offline", "--load-opt", "concurrency=1,4,8", "--load-opt", "output_len=16",
+        "--load-opt", "range_ratio=0.5",  # output lengths 8..24: each prompt asks its own
         env={"GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_FAIL_AT_CALL": "4",
              "STAND_IN_GENERATE_S": "0.4"})
     assert run.returncode == 1, run.stdout[-3000:]
@@ -170,5 +173,7 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     config = json.loads((tmp_path / "r" / "offline" / "offline-config.json").read_text())
     batches = [config["warmup_prompts"]] + [level["prompts"] for level in config["levels"]]
     assert [len(b) for b in batches] == [4, 1, 4, 8]
-    every = [tuple(p) for b in batches for p in b]
+    every = [tuple(p["prompt"]) for b in batches for p in b]
     assert len(set(every)) == len(every)
+    lengths = [p["max_tokens"] for b in batches for p in b]
+    assert min(lengths) >= 8 and max(lengths) <= 24 and len(set(lengths)) > 1

@@ -43,6 +43,28 @@ def test_json_shape_and_key_never_leaks(emulator_url, monkeypatch, capsys, caplo
     assert result["errors"] == {}
 
 
+def test_file_datasets_drive_the_load(emulator_url, tmp_path, capsys):
+    """ShareGPT: first human turn as the prompt, the answer's length (words) as max_tokens; a file
+    shorter than the run repeats. JSONL: token-id prompts count exactly, lines set their own length."""
+    share = tmp_path / "share.json"
+    share.write_text(json.dumps([
+        {"conversations": [{"from": "human", "value": "why is the sky blue"}, {"from": "gpt", "value": "a b c"}]},
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "one two three four five"}]},
+        {"conversations": [{"from": "gpt", "value": "no question first"}]},
+    ]))
+    assert main(["loadgen", "--base-url", emulator_url, "--model", "m", "--concurrency", "2", "--num-requests", "4",
+                 "--dataset", "sharegpt", "--dataset-path", str(share), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    assert s["completed"] == 4 and s["total_output_tokens"] == 2 * (3 + 5)
+    assert s["total_prompt_tokens"] == 2 * (5 + 1)  # the emulator counts a text prompt's words
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"prompt": [5, 6, 7], "output_tokens": 2}\n\n{"prompt": "plain text here"}\n')
+    assert main(["loadgen", "--base-url", emulator_url, "--model", "m", "--concurrency", "1", "--num-requests", "2",
+                 "--dataset", "jsonl", "--dataset-path", str(lines), "--output-len", "6", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)["summary"]
+    assert s["total_output_tokens"] == 2 + 6 and s["total_prompt_tokens"] == 3 + 3
+
+
 def test_connection_refused_is_measured_failure(capsys):
     rc = main(["loadgen", "--base-url", f"http://127.0.0.1:{free_port()}/v1", "--model", "m",
                "--concurrency", "2", "--num-requests", "3", "--json"])
@@ -60,8 +82,13 @@ def test_connection_refused_is_measured_failure(capsys):
      "--token-ids needs --endpoint completions"),
     (["--concurrency", "1", "--num-requests", "1", "--api-key-env", "GPUCERT_UNSET_VAR_X"],
      "environment variable GPUCERT_UNSET_VAR_X is not set"),
+    (["--concurrency", "1", "--num-requests", "1", "--dataset", "lmsys"],
+     "unknown dataset 'lmsys' (valid: random, synthetic, sharegpt, jsonl)"),
     (["--concurrency", "1", "--num-requests", "1", "--dataset", "sharegpt"],
-     "unknown dataset 'sharegpt'; valid: random"),
+     "dataset sharegpt needs a file (load setting dataset_path, or --dataset-path)"),
+    (["--concurrency", "1", "--num-requests", "1", "--dataset", "jsonl", "--dataset-path", "/nonexistent.jsonl"],
+     "/nonexistent.jsonl: cannot read (No such file or directory)"),
+    (["--concurrency", "1", "--num-requests", "1", "--range-ratio", "1.5"], "range_ratio must be in [0, 1)"),
     (["--concurrency", "1", "--num-requests", "1", "--slo", "lat=5"], "unknown SLO"),
     (["--concurrency", "1", "--num-requests", "1", "--ramp-up", "-1"], "ramp-up must be >= 0 s"),
     (["--request-rate", "5", "--num-requests", "1", "--ramp-up", "2"],

@@ -111,23 +111,23 @@ def test_each_load_level_draws_its_own_prompts():
     their own, so vLLM's prefix cache never serves one level's prefill from another's."""
     import importlib.util
     from pathlib import Path
-    from types import SimpleNamespace
 
     from gpucert.serving.settings import load_settings
     path = Path(__file__).resolve().parents[1] / "inference" / "load.py"
     spec = importlib.util.spec_from_file_location("inference_load", path)
     load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(load)
-    target = SimpleNamespace(load=load_settings({"input_len": "16"}))
-    levels = {level: load.prompts_for(target, 8, level) for level in (0, 1, 16, 32)}
+    settings = load_settings({"input_len": "16"})
+    levels = {level: load.prompts_for(settings, 8, level) for level in (0, 1, 16, 32)}
     every = [tuple(p.prompt) for prompts in levels.values() for p in prompts]
     assert len(set(every)) == len(every) == 32
-    assert load.prompts_for(target, 8, 16) == levels[16]  # still reproducible
+    assert load.prompts_for(settings, 8, 16) == levels[16]  # still reproducible
 
 
 @pytest.mark.parametrize("key, value, expected", [
     ("ramp_up_s", "0", 0.0), ("ramp_up_s", "2.5", 2.5), ("concurrency", "1,16", (1, 16)),
     ("client_workers", "auto", "auto"), ("token_ids", "false", False), ("warmup", "0", 0),
+    ("range_ratio", "0", 0.0), ("range_ratio", "0.25", 0.25), ("dataset", "synthetic", "synthetic"),
 ])
 def test_load_settings_take_command_line_values(key, value, expected):
     from gpucert.serving.settings import load_settings
@@ -136,9 +136,48 @@ def test_load_settings_take_command_line_values(key, value, expected):
 
 @pytest.mark.parametrize("key, value", [
     ("ramp_up_s", "-1"), ("ramp_up_s", "soon"), ("request_timeout_s", "0"), ("concurrency", "0,4"),
-    ("client_workers", "0"), ("endpoint", "embeddings"), ("input_len", "0"),
+    ("client_workers", "0"), ("endpoint", "embeddings"), ("input_len", "0"), ("range_ratio", "1"),
+    ("range_ratio", "-0.1"), ("dataset", "lmsys"),
 ])
 def test_load_settings_reject_bad_values_in_one_line(key, value):
     from gpucert.serving.settings import load_settings
     with pytest.raises(ValueError, match=f"^load setting {key}: bad value '{value}'$"):
         load_settings({key: value})
+
+
+def test_file_datasets_need_their_file(tmp_path):
+    from gpucert.serving.settings import load_settings
+    with pytest.raises(ValueError, match="^load setting dataset_path: dataset jsonl needs a file; none given is not one$"):
+        load_settings({"dataset": "jsonl"})
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": [1, 2], "output_tokens": 3}\n')
+    settings = load_settings({"dataset": "jsonl", "dataset_path": str(path)})
+    assert settings.label == "jsonl p.jsonl"
+    assert load_settings({"range_ratio": "0.5"}).label == "128 in / 256 out ±50% (token ids)"
+
+
+def test_for_load_every_dataset_by_name(tmp_path):
+    """One entry for the checks, the offline sweep and `gpucert loadgen`: `count` prompts, seeded;
+    file datasets are reshuffled per seed and repeated to `count`."""
+    common = dict(input_len=8, output_len=4, vocab_size=5000, seed=1)
+    ids = datasets.for_load("random", 3, token_ids=True, **common)
+    assert [len(p.prompt) for p in ids] == [8, 8, 8] and all(p.output_tokens == 4 for p in ids)
+    text = datasets.for_load("random", 3, token_ids=False, **common)
+    assert text == datasets.for_load("synthetic", 3, token_ids=True, **common)  # random text is synthetic
+    assert all(isinstance(p.prompt, str) and p.prompt_tokens is None for p in text)
+    spread = datasets.for_load("random", 200, token_ids=True, range_ratio=0.5, **common)
+    assert {len(p.prompt) for p in spread} == set(range(4, 13)) and {p.output_tokens for p in spread} == {2, 3, 4, 5, 6}
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(f'{{"prompt": [{i}, 7], "output_tokens": {i}}}\n' for i in range(1, 4)))
+    rows = datasets.for_load("jsonl", 7, token_ids=True, path=path, **common)
+    assert len(rows) == 7 and sorted(p.output_tokens for p in rows[:3]) == [1, 2, 3]
+    assert rows[3:6] == rows[:3] and rows[6] == rows[0]  # repeated in the same order
+    other_level = datasets.for_load("jsonl", 3, token_ids=True, path=path, **{**common, "seed": 2})
+    assert sorted(other_level, key=str) == sorted(rows[:3], key=str)
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no usable prompts"):
+        datasets.for_load("jsonl", 2, token_ids=True, path=empty, **common)
+    with pytest.raises(ValueError, match="not UTF-8"):
+        (tmp_path / "b.json").write_bytes(b"\xff\xfe[")
+        datasets.for_load("sharegpt", 2, token_ids=True, path=tmp_path / "b.json", **common)

@@ -14,7 +14,6 @@ import sys
 from gpucert.cli import CommandError
 from gpucert.serving.emulator import EmulatorConfig, serve
 from gpucert.serving import datasets
-from gpucert.serving.datasets import Prompt
 from gpucert.serving.loadgen import LoadConfig
 from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread, worker_figures
 from gpucert.serving.summary import client_check, error_breakdown, summarize
@@ -22,18 +21,6 @@ from gpucert.serving.summary import client_check, error_breakdown, summarize
 EXIT_REQUESTS_FAILED = 1
 # without a model's vocabulary at hand, random token ids stay inside every common one
 DEFAULT_VOCAB_SIZE = 32000
-
-
-def make_prompts(dataset: str, count: int, input_len: int, output_len: int, token_ids: bool,
-                 seed: int) -> list[Prompt]:
-    """`--dataset random`: seeded random token ids of `input_len` (--token-ids), else synthetic
-    text of that many words (serving/datasets.py)."""
-    if dataset != "random":
-        raise CommandError(f"unknown dataset {dataset!r}; valid: random")
-    if token_ids:
-        return datasets.get("random", num_prompts=count, input_len=input_len, output_len=output_len,
-                            vocab_size=DEFAULT_VOCAB_SIZE, seed=seed)
-    return datasets.get("synthetic", num_prompts=count, input_len=input_len, output_len=output_len, seed=seed)
 
 
 def _rate(text: str) -> float:
@@ -68,7 +55,11 @@ def register(subparsers) -> None:
                       help="gamma shape of inter-arrivals (1 = Poisson)")
     load.add_argument("--num-requests", type=_positive_int)
     load.add_argument("--duration", type=float, help="stop sending new requests after S s")
-    load.add_argument("--dataset", default="random")
+    load.add_argument("--dataset", default="random",
+                      help="random (token ids with --token-ids, else text) | synthetic | sharegpt | jsonl")
+    load.add_argument("--dataset-path", help="the ShareGPT JSON or JSONL file")
+    load.add_argument("--range-ratio", type=float, default=0.0, metavar="R",
+                      help="input/output lengths uniform in len·[1−R, 1+R] (random, synthetic)")
     load.add_argument("--input-len", type=_positive_int, default=128)
     load.add_argument("--output-len", type=_positive_int, default=128)
     load.add_argument("--token-ids", action="store_true",
@@ -144,8 +135,9 @@ def load_result(args) -> tuple[dict, int]:
             api_key_env=args.api_key_env, request_timeout_s=args.timeout)
         slos = _slos(args.slo)
         summarize([], slos)  # validates the SLO names before any request is sent
-        prompts = make_prompts(args.dataset, count, args.input_len, args.output_len,
-                               args.token_ids, args.seed)
+        prompts = datasets.for_load(args.dataset, count, input_len=args.input_len, output_len=args.output_len,
+                                    token_ids=args.token_ids, vocab_size=DEFAULT_VOCAB_SIZE,
+                                    range_ratio=args.range_ratio, seed=args.seed, path=args.dataset_path)
         workers = resolve_workers(args.workers, config)
         run = run_load_spread(config, prompts, workers)
     except ValueError as err:
@@ -163,7 +155,8 @@ def load_result(args) -> tuple[dict, int]:
                        args.request_rate) else args.request_rate,
                    "burstiness": args.burstiness, "num_requests": args.num_requests,
                    "duration_s": args.duration, "input_len": args.input_len,
-                   "output_len": args.output_len, "token_ids": args.token_ids,
+                   "output_len": args.output_len, "token_ids": args.token_ids, "dataset": args.dataset,
+                   "dataset_path": args.dataset_path, "range_ratio": args.range_ratio,
                    "warmup": args.warmup, "ramp_up_s": args.ramp_up, "seed": args.seed,
                    "workers": workers},
     }

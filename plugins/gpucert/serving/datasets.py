@@ -82,6 +82,15 @@ def synthetic_text(num_prompts: int, input_len: int, output_len: int, range_rati
         yield Prompt(prompt=" ".join(words), prompt_tokens=None, output_tokens=rng.randint(out_lo, out_hi))
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
+
+
 def sharegpt(path: str | Path, num_prompts: int | None = None, output_len: int | None = None,
              seed: int = 0, shuffle: bool = True) -> Iterator[Prompt]:
     """ShareGPT JSON: a list of {"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}.
@@ -89,7 +98,7 @@ def sharegpt(path: str | Path, num_prompts: int | None = None, output_len: int |
     `output_len` when given. Conversations without a human turn followed by gpt are skipped."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
     if not isinstance(doc, list):
@@ -118,7 +127,7 @@ def jsonl(path: str | Path, num_prompts: int | None = None, output_len: int | No
     Lines without output_tokens need `output_len`. Blank lines are skipped."""
     path = Path(path)
     rows: list[Prompt] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in enumerate(_read(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -159,3 +168,33 @@ def get(name: str, **kwargs) -> list[Prompt]:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")
     return list(DATASETS[name](**kwargs))
+
+
+FILE_DATASETS = ("sharegpt", "jsonl")
+
+
+def for_load(name: str, count: int, *, input_len: int, output_len: int, token_ids: bool, vocab_size: int,
+             range_ratio: float = 0.0, seed: int = 0, path: str | Path | None = None) -> list[Prompt]:
+    """`count` prompts of one load (a level, the sanity check, the offline sweep), as the load
+    settings and `gpucert loadgen` name them:
+    - `random`: random token ids when `token_ids`, else synthetic text (no tokenizer here to turn
+      text into ids), lengths `input_len`/`output_len` ± `range_ratio`;
+    - `synthetic`: synthetic text;
+    - `sharegpt`, `jsonl`: the file at `path`, shuffled by `seed` (so each level draws its own
+      order), repeated when it holds fewer than `count`; ShareGPT output lengths from its answers,
+      JSONL's from each line or `output_len`. Text prompts need a server with a tokenizer."""
+    if name == "random" and token_ids:
+        return get("random", num_prompts=count, input_len=input_len, output_len=output_len,
+                   vocab_size=vocab_size, range_ratio=range_ratio, seed=seed)
+    if name in ("random", "synthetic"):
+        return get("synthetic", num_prompts=count, input_len=input_len, output_len=output_len,
+                   range_ratio=range_ratio, seed=seed)
+    if name in FILE_DATASETS:
+        if not path:
+            raise ValueError(f"dataset {name} needs a file (load setting dataset_path, or --dataset-path)")
+        rows = get(name, path=path, seed=seed, shuffle=True,
+                   output_len=output_len if name == "jsonl" else None)
+        if not rows:
+            raise ValueError(f"{path}: no usable prompts in it")
+        return [rows[i % len(rows)] for i in range(count)]
+    raise ValueError(f"unknown dataset {name!r} (valid: {', '.join(DATASETS)})")

@@ -255,6 +255,7 @@ class LoadGenerator:
         prompt = self.prompts[request_id % len(self.prompts)]
         record = RequestRecord(request_id=request_id, scheduled_at=scheduled_at,
                                prompt_tokens=prompt.prompt_tokens, warmup=warmup,
+                               requested_output_tokens=prompt.output_tokens,
                                x_request_id=f"{self._id_prefix}-{request_id}")
         return record, self.config.body(prompt)
 

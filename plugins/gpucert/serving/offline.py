@@ -1,5 +1,5 @@
-"""The offline figure: vLLM's `LLM.generate` over the same token-id datasets and levels as the
-serving baseline, in the engine's own Python (`offline_worker.py`), one process for all levels.
+"""The offline figure: vLLM's `LLM.generate` over the same datasets and levels as the serving
+baseline, in the engine's own Python (`offline_worker.py`), one process for all levels.
 
 A failure mid-sweep keeps the levels measured so far; the rest say why (the worker's exit, its
 log's tail, or the timeout)."""
@@ -13,8 +13,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from . import datasets, presets
+from . import presets
+from .datasets import Prompt
 from .vllm_config import EngineConfig
 
 WORKER = Path(__file__).with_name("offline_worker.py")
@@ -45,18 +47,20 @@ def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
     return kwargs
 
 
-def run_offline(engine: EngineConfig, levels: list[int], input_len: int, output_len: int, vocab_size: int,
-                workdir: str | Path, *, seed: int = 0, warmup: int = 4, timeout_s: float = 1800.0) -> OfflineResult:
+def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[[int, int], list[Prompt]],
+                workdir: str | Path, *, ignore_eos: bool = True, warmup: int = 4,
+                timeout_s: float = 1800.0) -> OfflineResult:
+    """`prompts(count, level)` gives a level's prompts — the served levels' own (level 0: the
+    warm-up), so neither side gets prefix-cache hits the other did not."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = str(presets.materialize(engine.model, workdir / "models")) if presets.is_preset(engine.model) else engine.model
-    def prompts(count: int, level: int) -> list[list[int]]:
-        # each level its own prompts, as the served levels: no prefix-cache hits across levels
-        return [p.prompt for p in datasets.get("random", num_prompts=count, input_len=input_len, output_len=output_len,
-                                               vocab_size=vocab_size, seed=datasets.level_seed(seed, level))]
-    config = {"engine": llm_kwargs(engine, model), "output_len": output_len,
-              "warmup_prompts": prompts(warmup, 0),
-              "levels": [{"level": level, "prompts": prompts(level, level)} for level in sorted(levels)]}
+
+    def requests(count: int, level: int) -> list[dict]:
+        return [{"prompt": p.prompt, "max_tokens": p.output_tokens} for p in prompts(count, level)]
+    config = {"engine": llm_kwargs(engine, model), "ignore_eos": ignore_eos,
+              "warmup_prompts": requests(warmup, 0),
+              "levels": [{"level": level, "prompts": requests(level, level)} for level in sorted(levels)]}
     config_path = workdir / "offline-config.json"
     config_path.write_text(json.dumps(config))
     result = OfflineResult(log_path=workdir / "offline.log")

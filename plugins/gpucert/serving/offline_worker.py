@@ -1,4 +1,5 @@
-"""Offline throughput inside the engine's Python: vLLM's `LLM.generate` on token-id prompts, one
+"""Offline throughput inside the engine's Python: vLLM's `LLM.generate` on the prompts the parent
+wrote (token ids, or text where the model has a tokenizer), each with its own output length, one
 level after another, one JSON line per level on stdout.
 
 Run as a script (`<engine python> offline_worker.py CONFIG.json`), not as a gpucert module: the
@@ -18,25 +19,33 @@ def main(config_path: str) -> int:
     from vllm.inputs import TokensPrompt
 
     llm = LLM(**config["engine"])
-    params = SamplingParams(max_tokens=config["output_len"], ignore_eos=True, detokenize=False)
 
-    def token_prompts(ids_list):
-        return [TokensPrompt(prompt_token_ids=ids) for ids in ids_list]
+    def batch(requests):
+        """vLLM's prompts and sampling parameters for [{"prompt": ids | text, "max_tokens": n}]:
+        one SamplingParams where every length is the same (the common, fixed-length case)."""
+        prompts = [TokensPrompt(prompt_token_ids=r["prompt"]) if isinstance(r["prompt"], list) else r["prompt"]
+                   for r in requests]
+        params = {n: SamplingParams(max_tokens=n, ignore_eos=config["ignore_eos"], detokenize=False)
+                  for n in {r["max_tokens"] for r in requests}}
+        if len(params) == 1:
+            return prompts, next(iter(params.values()))
+        return prompts, [params[r["max_tokens"]] for r in requests]
 
     # one small batch first: compile and graph capture stay out of every level's time
-    llm.generate(token_prompts(config["warmup_prompts"]), params, use_tqdm=False)
+    llm.generate(*batch(config["warmup_prompts"]), use_tqdm=False)
     for entry in config["levels"]:
-        level, batch = entry["level"], token_prompts(entry["prompts"])
+        level, (prompts, params) = entry["level"], batch(entry["prompts"])
         start, start_monotonic = time.perf_counter(), time.monotonic()
-        outputs = llm.generate(batch, params, use_tqdm=False)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
         print(json.dumps({
             "level": level,
-            "prompts": len(batch),
+            "prompts": len(prompts),
             "elapsed_s": elapsed,
             # the host's one monotonic clock: the resource monitor's window of this level
             "window_monotonic": [start_monotonic, time.monotonic()],
             "output_tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
+            "requested_output_tokens": sum(r["max_tokens"] for r in entry["prompts"]),
             "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outputs),
         }), flush=True)
     return 0

@@ -23,6 +23,7 @@ class RequestRecord:
     ended_at: float | None = None
     output_tokens: int | None = None  # from usage or streamed token_ids; None when neither came
     output_tokens_source: Literal["usage", "token_ids", "none"] = "none"
+    requested_output_tokens: int | None = None  # the request's max_tokens
     status: Status = "error"
     http_status: int | None = None
     error: str | None = None

@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from .datasets import DATASETS, FILE_DATASETS
 from .vllm_config import parse_bool, serving_defaults
 
 
 @dataclass(frozen=True)
 class LoadSettings:
     endpoint: str = "completions"
+    # random (token ids, or text without token_ids) | synthetic | sharegpt | jsonl (datasets.for_load)
+    dataset: str = "random"
+    dataset_path: str = ""
     token_ids: bool = True
     input_len: int = 128
     output_len: int = 256
+    # lengths uniform in [len·(1−r), len·(1+r)] (vLLM's --random-range-ratio); 0: fixed
+    range_ratio: float = 0.0
     concurrency: tuple[int, ...] = (1,)
     requests_per_level: int = 4
     min_requests: int = 16
@@ -34,10 +41,19 @@ class LoadSettings:
     def requests_at(self, concurrency: int) -> int:
         return max(self.min_requests, self.requests_per_level * concurrency)
 
+    @property
+    def label(self) -> str:
+        """The dataset in a few words, for notes on the card."""
+        if self.dataset in FILE_DATASETS:
+            return f"{self.dataset} {Path(self.dataset_path).name}"
+        spread = f" ±{self.range_ratio:.0%}" if self.range_ratio else ""
+        kind = "token ids" if self.dataset == "random" and self.token_ids else "text"
+        return f"{self.input_len} in / {self.output_len} out{spread} ({kind})"
+
 
 _FIELDS = {f.name: f for f in fields(LoadSettings)}
 # numbers that may be 0 (every other number must be > 0)
-_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s")
+_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s", "range_ratio")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -63,10 +79,12 @@ def _coerce(key: str, value: Any) -> Any:
             return number
         if kind == "float":
             number = float(value)
-            if not (number > 0 or (number == 0 and key in _ZERO_ALLOWED)):
+            if not (number > 0 or (number == 0 and key in _ZERO_ALLOWED)) or (key == "range_ratio" and number >= 1):
                 raise ValueError
             return number
         if key == "endpoint" and value not in ("completions", "chat"):
+            raise ValueError
+        if key == "dataset" and value not in DATASETS:
             raise ValueError
         if key == "client_workers" and not (str(value) == "auto" or (str(value).isdigit() and int(value) >= 1)):
             raise ValueError
@@ -81,7 +99,11 @@ def load_settings(overrides: dict[str, Any] | None = None) -> LoadSettings:
         if key not in _FIELDS:
             raise ValueError(f"unknown load setting {key!r} (valid: {', '.join(_FIELDS)})")
         values[key] = value
-    return LoadSettings(**{key: _coerce(key, value) for key, value in values.items()})
+    settings = LoadSettings(**{key: _coerce(key, value) for key, value in values.items()})
+    if settings.dataset in FILE_DATASETS and not Path(settings.dataset_path).is_file():
+        raise ValueError(f"load setting dataset_path: dataset {settings.dataset} needs a file; "
+                         f"{settings.dataset_path or 'none given'} is not one")
+    return settings
 
 
 def parse_assignments(items: list[str] | None, option: str) -> dict[str, str]:

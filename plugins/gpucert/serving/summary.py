@@ -164,6 +164,18 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
     )
 
 
+def token_count_mismatches(records: list[RequestRecord], exact: bool) -> list[RequestRecord]:
+    """Completed requests whose output-token count is wrong by the server's own count: unknown,
+    more than asked, or — where the load forbids stopping early (ignore_eos) — not what was asked."""
+    def wrong(r: RequestRecord) -> bool:
+        if r.output_tokens is None:
+            return True
+        if r.requested_output_tokens is None:
+            return False
+        return r.output_tokens != r.requested_output_tokens if exact else r.output_tokens > r.requested_output_tokens
+    return [r for r in records if r.ok and wrong(r)]
+
+
 def error_breakdown(records: list[RequestRecord]) -> dict[str, int]:
     """Error text → count, most frequent first."""
     counts = Counter(r.error or f"HTTP {r.http_status}" for r in records if not r.ok)
