@@ -127,6 +127,11 @@ def no_local_engine(engine) -> str | None:
 def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     config = request.config
     load = _load(config)
+    # what every serving figure on the card was measured with
+    gpucert_note(f"serving load: {load.label}, /v1/{'chat/' if load.endpoint == 'chat' else ''}completions streamed, "
+                 f"ignore_eos {'on' if load.ignore_eos else 'off'}; per level max({load.min_requests}, "
+                 f"{load.requests_per_level} × concurrency) requests after {load.warmup} warm-up; "
+                 f"client processes {load.client_workers}; ramp-up {load.ramp_up_s:g} s")
     if config.getoption("--endpoint"):
         try:
             endpoint = Endpoint(config.getoption("--endpoint"), config.getoption("--endpoint-model"),

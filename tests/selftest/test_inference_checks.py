@@ -60,6 +60,9 @@ def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
         assert check["failed_requests"]["value"] == 0 and check["token_count_mismatches"]["value"] == 0
     level = checks["serving_baseline[concurrency=4]"]
     assert level["output_tok_s"]["value"] > 0 and level["ttft_ms_p50"]["value"] > 0
+    # the card says what load every figure was measured with
+    assert any(n.startswith("serving load: 8 in / 12 out (text), /v1/completions streamed, ignore_eos off; "
+                            "per level max(4, 1 × concurrency) requests after 1 warm-up") for n in metrics["notes"])
     assert level["tpot_ms_p50"]["sample_count"] == 4
     html = (tmp_path / "r" / "report.html").read_text()
     assert "serving_baseline[concurrency=4]" in html
