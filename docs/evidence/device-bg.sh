@@ -3,8 +3,8 @@
 # while calls follow each other within ~30 s):
 #   device-bg.sh start NAME CMD...    start CMD in its own session (it outlives this call); its
 #                                     files go to /tmp/gpucert-bg/NAME/out ($OUT for it)
-#   device-bg.sh wait NAME SECONDS    wait up to SECONDS; print the log's tail; once CMD ended,
-#                                     copy its files to this call's $OUT and print its exit status
+#   device-bg.sh wait NAME SECONDS    wait up to SECONDS (less once files are ready); print the log's
+#                                     tail; move finished files to this call's $OUT; DONE when all is
 set -uo pipefail
 cmd=$1; name=$2; shift 2
 base=/tmp/gpucert-bg/$name
@@ -14,14 +14,20 @@ case $cmd in
     OUT=$base/out setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
     echo "started $name (pid $!)";;
   wait)
+    # returns when CMD ended, at the deadline, or once finished files wait in its out folder (so a
+    # pipeline's results come back step by step, at most 7 a call: the device returns 8 files)
     deadline=$(( $(date +%s) + $1 ))
-    while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )); do sleep 5; done
+    while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )) && [[ -z $(ls -A "$base/out" 2>/dev/null) ]]; do sleep 5; done
     tail -n 40 "$base/log"
-    if [[ -f $base/rc ]]; then
-      cp -r "$base/out/." "${OUT:-/tmp/out}/" 2>/dev/null
+    moved=0
+    for f in "$base/out"/*; do
+      [[ -e $f ]] && (( moved < 7 )) || continue
+      mv "$f" "${OUT:-/tmp/out}/" && moved=$((moved + 1)) && echo "fetched $(basename "$f")"
+    done
+    if [[ -f $base/rc ]] && [[ -z $(ls -A "$base/out" 2>/dev/null) ]]; then
       echo "DONE $name: exit $(cat "$base/rc")"
     else
-      echo "RUNNING $name"
+      echo "RUNNING $name (or files left: call wait again)"
     fi;;
   *) echo "usage: device-bg.sh start|wait NAME ..."; exit 2;;
 esac

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One device session's GPU work as one pipeline (issues 4 and 5), run in the background on the lent
+# 2-GPU node after the vLLM bundle is staged, from the repo root:
+#   bash docs/evidence/device-bg.sh start plan env SESSION_S=1500 bash docs/evidence/device-session.sh
+#   bash docs/evidence/device-bg.sh wait plan 580      # again until DONE; each step's archive comes
+#                                                      # back as soon as the step ends
+# Steps in order of what the open issues need most; a step whose budget no longer fits in what is
+# left of SESSION_S is skipped (said in the log). Each step's files go to $OUT as one archive
+# (over 15 MB: parts to cat). Every step's own script is in docs/evidence/issue-*/.
+set -uo pipefail
+session=${SESSION_S:-1500}
+start=$(date +%s)
+OUT=${OUT:-/tmp/out}
+left() { echo $(( session - ($(date +%s) - start) )); }
+step() {  # NAME BUDGET_S CMD...: run CMD with BUDGET_S in its environment if that much is left
+  local name=$1 budget=$2; shift 2
+  if (( $(left) < budget + 20 )); then echo "== skip $name: needs ${budget} s, $(left) s left"; return; fi
+  echo "== $name (budget ${budget} s, $(left) s left) $(date +%T)"
+  local tmp=/tmp/gpucert-steps/$name; rm -rf "$tmp"; mkdir -p "$tmp"
+  OUT=$tmp BUDGET_S=$budget timeout -k 30 $((budget + 60)) "$@" 2>&1 | tail -n 60
+  echo "== $name ended $(date +%T)"
+  mv "$tmp"/* "$OUT"/ 2>/dev/null  # whole files only: a fetch never sees half an archive
+}
+inference=docs/evidence/issue-4-inference/run-inference.sh
+# issue 4: the mp baseline 1…4096 end to end, the run the baselines come from; its monitor figures
+# (jitter, sampler CPU, GPU and vLLM series under load) are issue 5's vLLM-under-load evidence
+step serving-tp2-mp 840 bash $inference serving-tp2-mp -k "sanity or serving_baseline" --load-opt requests_per_level=2
+step offline-tp2 330 bash $inference offline-tp2 -k offline
+# issue 5: NVML fields idle / under GEMM / under NCCL (NVLink counters), 20 ms sampling, jitter
+step monitor 200 bash docs/evidence/issue-5-monitor/run-monitor.sh
+# issue 4 client reach: capacity, 62.5k tok/s paced, the c=256 oracle on a quiet many-core host
+step reach 240 bash docs/evidence/issue-4-client/run-reach.sh
+# why offline falls past 512 prompts: CUDA graphs captured up to 1024 instead of 512
+step offline-cg1024 300 bash $inference offline-cg1024 -k offline --engine-opt max_cudagraph_capture_size=1024 \
+  --load-opt concurrency=256,512,1024,2048,4096
+# the front end as the served limit: four API server processes
+step serving-api4 420 bash $inference serving-tp2-api4 -k serving_baseline --engine-opt api_server_count=4 \
+  --load-opt concurrency=128,256,512,1024,2048 --load-opt requests_per_level=1
+step serving-ray 500 bash $inference serving-tp2-ray -k "sanity or serving_baseline" \
+  --engine-opt distributed_executor_backend=ray --load-opt requests_per_level=1
+echo "== session plan done after $(( $(date +%s) - start )) s"
