@@ -21,7 +21,7 @@ def test_serving_baseline(gpucert, serving, concurrency):
         pytest.fail(f"the engine is down before this level: {serving.crashed()}", pytrace=False)
     run = run_level(serving, concurrency, serving.load.requests_at(concurrency))
     records = run.measured
-    summary = summarize(records)
+    summary = summarize(records, serving.load.slo)
     ok = [r for r in records if r.ok]
 
     gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",
@@ -32,6 +32,11 @@ def test_serving_baseline(gpucert, serving, concurrency):
         gpucert.record("output_tok_s", summary.output_tokens_per_s, unit="tok/s", direction="higher")
         gpucert.record("total_tok_s", summary.total_tokens_per_s, unit="tok/s", direction="higher")
         gpucert.record("requests_per_s", summary.requests_per_s, unit="req/s", direction="higher")
+    if summary.slo_attainment_pct is not None:
+        slo = ", ".join(f"{name.removesuffix('_ms').upper()} ≤ {limit:g} ms" for name, limit in summary.slos.items())
+        gpucert.record("slo_attainment_pct", summary.slo_attainment_pct, unit="%", direction="higher",
+                       note=f"requests meeting every SLO ({slo}) of all measured")
+        gpucert.record("goodput_requests_per_s", summary.goodput_requests_per_s, unit="req/s", direction="higher")
         ttft = _ms(r.first_token_at - r.sent_at for r in ok)
         tpot = _ms(tpot_s(r) for r in ok)
         itl = _ms(g for r in ok for g in itl_gaps_s(r))

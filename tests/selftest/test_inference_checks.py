@@ -44,6 +44,7 @@ def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
         "--load-opt", "concurrency=1,4", "--load-opt", f"output_len={output_len}", "--load-opt", "input_len=8",
         "--load-opt", "token_ids=false", "--load-opt", "ignore_eos=false", "--load-opt", "min_requests=4",
         "--load-opt", "requests_per_level=1", "--load-opt", "warmup=1",
+        "--load-opt", 'slo={"ttft_ms": 60000, "e2e_ms": 120000}',  # generous on a loaded 2-core box
         # transformers serve's way to a fixed output length (it rejects vLLM's ignore_eos)
         "--load-opt", "extra_body=" + json.dumps({"generation_config": json.dumps({"min_new_tokens": output_len})}))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
@@ -64,6 +65,9 @@ def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
     assert any(n.startswith("serving load: 8 in / 12 out (text), /v1/completions streamed, ignore_eos off; "
                             "per level max(4, 1 × concurrency) requests after 1 warm-up") for n in metrics["notes"])
     assert level["tpot_ms_p50"]["sample_count"] == 4
+    assert level["slo_attainment_pct"]["value"] == 100
+    assert level["goodput_requests_per_s"]["value"] == pytest.approx(level["requests_per_s"]["value"])
+    assert level["slo_attainment_pct"]["note"] == "requests meeting every SLO (TTFT ≤ 60000 ms, E2E ≤ 120000 ms) of all measured"
     html = (tmp_path / "r" / "report.html").read_text()
     assert "serving_baseline[concurrency=4]" in html
 
@@ -105,9 +109,13 @@ def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
                 "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
                 "runpy.run_module('gpucert.cli', run_name='__main__')\n")
     run, metrics = pytest_inference(
-        tmp_path, "-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+        tmp_path, "-k", "sanity or serving_baseline", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+        "--load-opt", "concurrency=2", "--load-opt", 'slo={"ttft_ms": 1000, "tpot_ms": 0.5}',
         env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", stand_in, "{port}"])})
     assert run.returncode == 0, run.stdout[-3000:]
+    # the emulator's TPOT is its 1 ms ITL: no request meets TPOT ≤ 0.5 ms
+    level = by_check(metrics)["serving_baseline[concurrency=2]"]
+    assert level["slo_attainment_pct"]["value"] == 0 and level["goodput_requests_per_s"]["value"] == 0
     sanity = by_check(metrics)["vllm_sanity"]
     assert sanity["kv_cache_tokens"]["value"] == 5_280_176 and sanity["max_concurrency"]["value"] == 1289.11
     assert sanity["compile_s"]["value"] == 25.81 and sanity["cuda_graph_s"]["value"] == 5.0

@@ -128,6 +128,7 @@ def test_each_load_level_draws_its_own_prompts():
     ("ramp_up_s", "0", 0.0), ("ramp_up_s", "2.5", 2.5), ("concurrency", "1,16", (1, 16)),
     ("client_workers", "auto", "auto"), ("token_ids", "false", False), ("warmup", "0", 0),
     ("range_ratio", "0", 0.0), ("range_ratio", "0.25", 0.25), ("dataset", "synthetic", "synthetic"),
+    ("slo", '{"ttft_ms": 500, "tpot_ms": 50.5}', {"ttft_ms": 500, "tpot_ms": 50.5}), ("slo", "{}", {}),
 ])
 def test_load_settings_take_command_line_values(key, value, expected):
     from gpucert.serving.settings import load_settings
@@ -137,7 +138,8 @@ def test_load_settings_take_command_line_values(key, value, expected):
 @pytest.mark.parametrize("key, value", [
     ("ramp_up_s", "-1"), ("ramp_up_s", "soon"), ("request_timeout_s", "0"), ("concurrency", "0,4"),
     ("client_workers", "0"), ("endpoint", "embeddings"), ("input_len", "0"), ("range_ratio", "1"),
-    ("range_ratio", "-0.1"), ("dataset", "lmsys"),
+    ("range_ratio", "-0.1"), ("dataset", "lmsys"), ("slo", '{"latency_ms": 5}'), ("slo", '{"ttft_ms": 0}'),
+    ("slo", '{"ttft_ms": "fast"}'), ("slo", "ttft_ms=5"),
 ])
 def test_load_settings_reject_bad_values_in_one_line(key, value):
     from gpucert.serving.settings import load_settings

@@ -39,6 +39,7 @@ def test_ttft_tpot_e2e_and_rates():
     assert s.output_tokens_per_s == pytest.approx(4 / 2.0)
     assert s.total_tokens_per_s == pytest.approx((4 + 20) / 2.0)
     assert s.goodput_requests_per_s == pytest.approx(1 / 2.0)  # only `a` meets TTFT ≤ 150 ms
+    assert s.slo_attainment_pct == pytest.approx(100 / 3)  # of all three measured: the failed one misses
     assert error_breakdown([a, failed, failed]) == {"HTTP 500: boom": 2}
 
 

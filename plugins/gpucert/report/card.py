@@ -50,7 +50,7 @@ _ENV.filters["percent"] = percent
 
 
 SERVING_COLUMNS = ("output_tok_s", "total_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
-                   "itl_ms_p99", "failed_requests",
+                   "itl_ms_p99", "failed_requests", "slo_attainment_pct", "goodput_requests_per_s",
                    # from the resource monitor, when it ran: is the GPU busy, and at what energy cost
                    "gpu_util_mean_pct", "energy_j_per_output_token")
 

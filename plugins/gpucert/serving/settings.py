@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import DATASETS, FILE_DATASETS
+from .summary import SLO_NAMES
 from .vllm_config import parse_bool, serving_defaults
 
 
@@ -32,6 +33,8 @@ class LoadSettings:
     vocab_size: int = 151936
     seed: int = 0
     extra_body: dict = field(default_factory=dict)
+    # per-request SLOs in ms (ttft_ms, tpot_ms, e2e_ms): goodput and SLO attainment per level
+    slo: dict = field(default_factory=dict)
     request_timeout_s: float = 900.0
     # client processes: "auto" spreads past one process's limit (loadgen_workers), or a count
     client_workers: str = "auto"
@@ -65,9 +68,13 @@ def _coerce(key: str, value: Any) -> Any:
             if not levels or min(levels) < 1:
                 raise ValueError
             return levels
-        if key == "extra_body":
+        if key in ("extra_body", "slo"):
             parsed = json.loads(value) if isinstance(value, str) else value
             if not isinstance(parsed, dict):
+                raise ValueError
+            if key == "slo" and not all(name in SLO_NAMES and isinstance(limit, (int, float))
+                                        and not isinstance(limit, bool) and limit > 0
+                                        for name, limit in parsed.items()):
                 raise ValueError
             return parsed
         if kind == "bool":

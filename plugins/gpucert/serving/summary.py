@@ -120,6 +120,7 @@ class Summary:
     total_prompt_tokens: int
     requests_without_token_count: int  # ok requests whose server sent neither usage nor token_ids
     goodput_requests_per_s: float | None
+    slo_attainment_pct: float | None  # requests meeting every SLO / all measured (failed ones miss)
     slos: dict
 
     def to_dict(self) -> dict:
@@ -144,6 +145,7 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
 
     def ms(values) -> list[float]:
         return [v * MS for v in values if v is not None]
+    meeting = sum(meets_slos(r, slos) for r in ok)
 
     return Summary(
         completed=len(ok),
@@ -159,7 +161,8 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
         total_output_tokens=output_tokens,
         total_prompt_tokens=prompt_tokens,
         requests_without_token_count=sum(1 for r in ok if r.output_tokens is None),
-        goodput_requests_per_s=rate(sum(meets_slos(r, slos) for r in ok)) if slos else None,
+        goodput_requests_per_s=rate(meeting) if slos else None,
+        slo_attainment_pct=100.0 * meeting / len(records) if slos and records else None,
         slos=slos,
     )
 
