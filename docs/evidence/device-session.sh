@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # One device session's GPU work as one pipeline (issues 4 and 5), run in the background on the lent
 # 2-GPU node after the vLLM bundle is staged, from the repo root:
-#   bash docs/evidence/device-bg.sh start plan env SESSION_S=1500 bash docs/evidence/device-session.sh
+#   run(command="bash docs/evidence/device-bg.sh start plan env SESSION_S=<device s left − 120> bash docs/evidence/device-session.sh", carry=[".devbundle/qwen-tok.whl"])
 #   bash docs/evidence/device-bg.sh wait plan 580      # again until DONE; each step's archive comes
 #                                                      # back as soon as the step ends
 # Steps in order of what the open issues need most; a step whose budget no longer fits in what is
 # left of SESSION_S is skipped (said in the log). Each step's files go to $OUT as one archive
 # (over 15 MB: parts to cat). Every step's own script is in docs/evidence/issue-*/.
+# (carry .devbundle/qwen-tok.whl in the starting call for the cross-check step: a call's carried
+# paths are gone in the next, so it is copied to /tmp first)
 set -uo pipefail
+main() {  # one function: bash reads all of it before the checkout can change under it
 session=${SESSION_S:-1500}
+[[ -f .devbundle/qwen-tok.whl ]] && cp .devbundle/qwen-tok.whl /tmp/qwen-tok.whl
 start=$(date +%s)
 OUT=${OUT:-/tmp/out}
 left() { echo $(( session - ($(date +%s) - start) )); }
@@ -30,6 +34,8 @@ step offline-tp2 330 bash $inference offline-tp2 -k offline
 step monitor 200 bash docs/evidence/issue-5-monitor/run-monitor.sh
 # issue 4 client reach: capacity, 62.5k tok/s paced, the c=256 oracle on a quiet many-core host
 step reach 240 bash docs/evidence/issue-4-client/run-reach.sh
+# as exact as `vllm bench serve`? both clients in turn on one vLLM, same load
+step crosscheck 330 bash docs/evidence/issue-4-inference/run-crosscheck.sh
 # why offline falls past 512 prompts: CUDA graphs captured up to 1024 instead of 512
 step offline-cg1024 300 bash $inference offline-cg1024 -k offline --engine-opt max_cudagraph_capture_size=1024 \
   --load-opt concurrency=256,512,1024,2048,4096
@@ -39,3 +45,5 @@ step serving-api4 420 bash $inference serving-tp2-api4 -k serving_baseline --eng
 step serving-ray 500 bash $inference serving-tp2-ray -k "sanity or serving_baseline" \
   --engine-opt distributed_executor_backend=ray --load-opt requests_per_level=1
 echo "== session plan done after $(( $(date +%s) - start )) s"
+}
+main "$@"
