@@ -3,7 +3,8 @@ monitor's own sampler process (GPUCERT_NVML_MODULE=fake_pynvml; this folder is o
 
 Two H100-like GPUs whose readings follow the clock, so a test can predict them: 300 W and 200 W
 constant (the energy counter grows with it), utilization 90 %, memory 10 / 20 GiB, NVLink TX
-counters growing at 10 GB/s on GPU 0, a power-cap slowdown on GPU 1, PCIe counters absent
+counters growing at 10 GB/s on GPU 0 (the older KiB counters) and RX at 5 GB/s on GPU 1 (the
+newer byte counters), a power-cap slowdown on GPU 1, PCIe counters absent
 (NOT_SUPPORTED) as on drivers before 535."""
 
 import time
@@ -13,7 +14,8 @@ NOT_SUPPORTED = 3
 _T0 = time.monotonic()
 POWER_MW = (300_000, 200_000)
 MEMORY_MIB = (10 * 1024, 20 * 1024)
-NVLINK_TX_KIB_PER_S = (10e9 / 1024, 0.0)  # GPU 0 sends 10 GB/s over its links in total
+NVLINK_TX_KIB_PER_S = (10e9 / 1024, 0.0)  # GPU 0 sends 10 GB/s over its links in total (KiB counters)
+NVLINK_RX_BYTES_PER_S = (0.0, 5e9)  # GPU 1 receives 5 GB/s, on the newer byte counters only
 CLOCK_EVENTS = (0x0, 0x4)  # GPU 1: sw_power_cap
 
 
@@ -80,12 +82,16 @@ def nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type):
 
 
 def nvmlDeviceGetFieldValues(handle, requests):
+    """GPU 0 answers the older NVLink KiB counters (138/139), GPU 1 the byte counters (202/204)."""
     answers = []
     for field, link in requests:
-        if field == 138 and link == 0:  # NVLink TX KiB, all traffic on link 0
+        if handle == 0 and field == 138 and link == 0:  # NVLink TX KiB, all traffic on link 0
             value = SimpleNamespace(nvmlReturn=0, valueType=3,
                                     value=SimpleNamespace(ullVal=int(NVLINK_TX_KIB_PER_S[handle] * _elapsed())))
-        elif field in (138, 139):
+        elif handle == 1 and field == 204 and link == 3:  # NVLink RX bytes, all of it on link 3
+            value = SimpleNamespace(nvmlReturn=0, valueType=3,
+                                    value=SimpleNamespace(ullVal=int(NVLINK_RX_BYTES_PER_S[handle] * _elapsed())))
+        elif (handle == 0 and field in (138, 139)) or (handle == 1 and field in (202, 204)):
             value = SimpleNamespace(nvmlReturn=0, valueType=3, value=SimpleNamespace(ullVal=0))
         else:
             value = SimpleNamespace(nvmlReturn=NOT_SUPPORTED, valueType=3, value=SimpleNamespace(ullVal=0))

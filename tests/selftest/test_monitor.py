@@ -46,6 +46,8 @@ def test_samples_gpus_and_host_in_its_own_process_on_the_monotonic_clock(tmp_pat
     assert figures["energy_j"] == pytest.approx(500 * figures["duration_s"], rel=0.02)
     assert g0["mem_used_peak_gib"] == 10 and g1["mem_used_peak_gib"] == 20
     assert g0["nvlink_tx_gbps"] == pytest.approx(10.0, rel=0.03) and g1["nvlink_tx_gbps"] == 0
+    # GPU 1 answers only the newer byte counters: read in bytes, stored in KiB like GPU 0's
+    assert g1["nvlink_rx_gbps"] == pytest.approx(5.0, rel=0.03) and g0["nvlink_rx_gbps"] == 0
     assert g0["pcie_tx_gbps"] is None  # not given by this NVML: absent, not zero
     assert g0["slowdown_reasons"] == [] and g1["slowdown_reasons"] == ["sw_power_cap"]
     assert g1["hard_slowdown_samples"] == 0  # a power cap is not a hardware slowdown

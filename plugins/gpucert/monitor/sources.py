@@ -21,7 +21,8 @@ NAN = math.nan
 _CLOCK_SM, _CLOCK_MEM = 1, 2
 _TEMPERATURE_GPU = 0
 _ECC_CORRECTED, _ECC_UNCORRECTED, _ECC_VOLATILE = 0, 1, 0
-_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB = 138, 139  # cumulative, per link (scopeId)
+_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB = 138, 139  # cumulative, per link (scopeId): the older counters
+_FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES = 202, 204  # cumulative, per link: the NVLink counters of newer drivers
 _FI_PCIE_TX_BYTES, _FI_PCIE_RX_BYTES = 197, 198  # cumulative (drivers >= 535)
 _NVLINK_LINKS = 18
 
@@ -44,6 +45,9 @@ class NvmlSource:
         self._nv = None
         self._handles: list = []
         self._unsupported: set[tuple[int, str]] = set()
+        # per GPU, which NVLink counters it answers (bytes, KiB or none), fixed at the first answer
+        # so a counter's differences never mix the two
+        self._nvlink_unit: dict[int, str] = {}
 
     def open(self) -> bool:
         try:
@@ -107,20 +111,28 @@ class NvmlSource:
             self._counters(i, h, row, p)
 
     def _counters(self, i: int, handle, row: dict, p: str) -> None:
-        """PCIe bytes and NVLink KiB are cumulative counters read in one field-values call (the
-        rate comes from differences); nvmlDeviceGetPcieThroughput blocks ~20 ms, too slow here."""
+        """PCIe bytes and NVLink traffic are cumulative counters read in one field-values call (the
+        rate comes from differences); nvmlDeviceGetPcieThroughput blocks ~20 ms, too slow here.
+        NVLink: the byte counters (202/204) where the driver has them, else the older KiB ones
+        (138/139); both summed over the links, stored in KiB."""
+        nvlink = {"bytes": (_FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES), "kib": (_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB)}
+        locked = self._nvlink_unit.get(i)
+        units = ["bytes", "kib"] if locked is None else [] if locked == "none" else [locked]
         requests = [(_FI_PCIE_TX_BYTES, 0), (_FI_PCIE_RX_BYTES, 0)]
-        requests += [(f, link) for f in (_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB) for link in range(_NVLINK_LINKS)]
+        requests += [(f, link) for unit in units for f in nvlink[unit] for link in range(_NVLINK_LINKS)]
         values = self._call(i, "fields", "nvmlDeviceGetFieldValues", handle, requests)
-        sums = {"pcie_tx_bytes": None, "pcie_rx_bytes": None, "nvlink_tx_kib": None, "nvlink_rx_kib": None}
-        names = {_FI_PCIE_TX_BYTES: "pcie_tx_bytes", _FI_PCIE_RX_BYTES: "pcie_rx_bytes",
-                 _FI_NVLINK_TX_KIB: "nvlink_tx_kib", _FI_NVLINK_RX_KIB: "nvlink_rx_kib"}
+        answered: dict[int, float] = {}
         for (field, _), value in zip(requests, values or ()):
             if getattr(value, "nvmlReturn", 1) == 0:
-                key = names[field]
-                sums[key] = (sums[key] or 0) + _field_number(value)
-        for key, total in sums.items():
-            row[p + key] = total if total is not None else NAN
+                answered[field] = answered.get(field, 0.0) + _field_number(value)
+        row[p + "pcie_tx_bytes"] = answered.get(_FI_PCIE_TX_BYTES, NAN)
+        row[p + "pcie_rx_bytes"] = answered.get(_FI_PCIE_RX_BYTES, NAN)
+        unit = next((u for u in units if nvlink[u][0] in answered or nvlink[u][1] in answered), None)
+        if values is not None and locked is None:  # a GPU without NVLink is asked for PCIe alone after this
+            self._nvlink_unit[i] = unit or "none"
+        scale = 1.0 / 1024 if unit == "bytes" else 1.0
+        for key, field in zip(("nvlink_tx_kib", "nvlink_rx_kib"), nvlink[unit] if unit else (None, None)):
+            row[p + key] = answered[field] * scale if field in answered else NAN
 
 
 def _field_number(value) -> float:
