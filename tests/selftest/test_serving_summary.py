@@ -8,7 +8,7 @@ import pytest
 from gpucert.serving.loadgen import SSEParser, arrival_offsets
 from gpucert.serving.records import RequestRecord, RunRecords
 from gpucert.serving.summary import (client_check, distribution, error_breakdown, itl_gaps_s,
-                                     summarize)
+                                     summarize, throughput_series)
 
 
 def record(sent, times, output_tokens, prompt_tokens=10, request_id=0):
@@ -76,3 +76,16 @@ def test_arrivals_are_seeded_and_inf_sends_at_once():
     assert np.array_equal(a, arrival_offsets(100, 10.0, 1.0, seed=1))
     assert a[0] == 0 and np.all(np.diff(a) >= 0)
     assert not np.any(arrival_offsets(5, float("inf"), 1.0, seed=1))
+
+
+def test_throughput_series_rates_the_last_partial_bin_over_its_own_time():
+    """100 tok/s steady for 2.5 s: every bin reads 100, the half-bin at the end too (dividing it by
+    a whole second would draw a collapse that never happened); a sliver after the last full bin
+    joins it."""
+    steady = record(0.0, [(i - 0.5) / 100 for i in range(1, 251)], 250)  # a token every 10 ms
+    times, rates = throughput_series([steady])
+    assert times == [0.0, 1.0, 2.0] and rates == pytest.approx([100, 100, 100], rel=0.02)
+    sliver = record(0.0, [(i - 0.5) / 100 for i in range(1, 206)], 205)
+    times, rates = throughput_series([sliver])
+    assert times == [0.0, 1.0] and rates == pytest.approx([100, 100], rel=0.02)
+    assert throughput_series([]) == ([], [])

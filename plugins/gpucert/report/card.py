@@ -119,7 +119,9 @@ def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
                    charts.line_chart(f"{check['check_id']}: memory", "s from the check's start", "GiB",
                                      pick("GPU memory GiB (sum)"), log2_x=False),
                    charts.line_chart(f"{check['check_id']}: engine queue", "s from the check's start", "requests",
-                                     pick("vLLM running", "vLLM waiting"), log2_x=False),
+                                     pick("vLLM running", "vLLM waiting"), log2_x=False,
+                                     # a remote --endpoint has no local GPU charts: tok/s here too
+                                     right=right, right_label="tok/s"),
                    charts.line_chart(f"{check['check_id']}: the check's own series", "s from the check's start",
                                      "per s", overlays, log2_x=False) if overlays else ""]
         views.append({"check_id": check["check_id"], "samples": mon.get("samples"), "file": mon.get("file"),

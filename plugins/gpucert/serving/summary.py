@@ -60,7 +60,9 @@ def tpot_s(record: RequestRecord) -> float | None:
 
 def throughput_series(records: list[RequestRecord], bin_s: float = 1.0) -> tuple[list[float], list[float]]:
     """Streamed output tokens per second over time: (bin start on time.monotonic(), tok/s) for
-    each `bin_s` from the first send to the last token; the card draws it over the monitor's."""
+    each `bin_s` from the first send to the last token; the card draws it over the monitor's.
+    The last bin ends at the last token: its rate is over the time it covers (a quarter of a bin
+    at least — a sliver after the last full bin is dropped, not drawn as a collapse)."""
     times = sorted(t for r in records for t in r.token_times)
     sends = [r.sent_at for r in records if r.sent_at is not None]
     if not times or not sends:
@@ -69,7 +71,15 @@ def throughput_series(records: list[RequestRecord], bin_s: float = 1.0) -> tuple
     bins = [0] * (int((times[-1] - start) / bin_s) + 1)
     for t in times:
         bins[int((t - start) / bin_s)] += 1
-    return [start + i * bin_s for i in range(len(bins))], [count / bin_s for count in bins]
+    spans = [bin_s] * len(bins)
+    spans[-1] = times[-1] - (start + (len(bins) - 1) * bin_s)
+    if spans[-1] < bin_s / 4 and len(bins) > 1:
+        sliver = bins.pop()
+        bins[-1] += sliver  # its tokens count in the bin before, now ending at the last token
+        spans.pop()
+        spans[-1] = times[-1] - (start + (len(bins) - 1) * bin_s)
+    spans[-1] = max(spans[-1], bin_s / 4)
+    return [start + i * bin_s for i in range(len(bins))], [count / span for count, span in zip(bins, spans)]
 
 
 def measured_window(records: list[RequestRecord]) -> tuple[float, float] | None:
