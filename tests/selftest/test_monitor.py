@@ -310,14 +310,13 @@ def test_parse_picks_its_families_out_of_a_large_exposition():
 
 
 def test_the_sampler_cost_reported_is_its_steady_one():
-    from gpucert.monitor.attach import _steady_cpu
     t = np.arange(0, 5.0, 0.1)
     cpu = np.where(t < 1.0, 30.0, 1.0)  # start-up, then the steady cost
     cpu[0] = np.nan  # the first tick has no previous one
-    assert _steady_cpu({"t": t, "host.sampler_cpu_pct": cpu}) == pytest.approx(1.0)
+    assert summary.steady_sampler_cpu({"t": t, "host.sampler_cpu_pct": cpu}) == pytest.approx(1.0)
     short = np.array([np.nan, 30.0, 1.0, 1.2, 0.9])  # under a second: the median of its ticks
-    assert _steady_cpu({"t": t[:5], "host.sampler_cpu_pct": short}) == pytest.approx(1.1)
-    assert _steady_cpu({"t": np.array([]), "host.sampler_cpu_pct": np.array([])}) is None
+    assert summary.steady_sampler_cpu({"t": t[:5], "host.sampler_cpu_pct": short}) == pytest.approx(1.1)
+    assert summary.steady_sampler_cpu({"t": np.array([]), "host.sampler_cpu_pct": np.array([])}) is None
 
 
 def test_an_older_nvml_binding_is_read_with_what_it_has(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ mon = json.load(open(f"{sys.argv[1]}/monitor.json"))
 load = json.load(open(f"{sys.argv[1]}/load.json"))
 j, host, vllm = mon["jitter_ms"], mon["sources"]["host"], mon["sources"]["vllm"]
 print(f"monitor: {mon['samples']} samples at {mon['interval_ms']:g} ms, jitter p50 {j['p50']:.2f} / p99 {j['p99']:.2f} / max {j['max']:.2f} ms, "
-      f"missed {mon['missed_ticks']}, sampler CPU {host['sampler_cpu_mean_pct']:.2f} % of one core; host CPU busy {host['cpu_busy_mean_pct']:.0f} %")
+      f"missed {mon['missed_ticks']}, sampler CPU {host['sampler_cpu_steady_pct']:.2f} % of one core; host CPU busy {host['cpu_busy_mean_pct']:.0f} %")
 print(f"vLLM-style /metrics from the emulator: running peak {vllm.get('running_peak')}")
 print(f"load: {sys.argv[2]} streams, {load['summary']['completed']} requests, {load['summary']['output_tokens_per_s']:,.0f} tok/s, "
       f"client CPU {load['client']['cpu_fraction']:.0%}; notes: {mon['notes']}")

@@ -36,7 +36,7 @@ for name in ("idle", "gemm", "nccl", "fast-20ms"):
         print(f"{name}: no result ({exc})"); continue
     j, host = d["jitter_ms"], d["sources"]["host"]
     print(f"{name}: {d['samples']} samples at {d['interval_ms']:g} ms, jitter p50 {f(j['p50'], '.2f')} p99 {f(j['p99'], '.2f')} ms, "
-          f"missed {d['missed_ticks']}, sampler CPU {f(host['sampler_cpu_mean_pct'], '.2f')} %; notes {d['notes']}")
+          f"missed {d['missed_ticks']}, sampler CPU {f(host['sampler_cpu_steady_pct'], '.2f')} %; notes {d['notes']}")
     for i, g in d["sources"]["nvml"].items():
         print(f"  gpu{i}: util {f(g['util_gpu_mean_pct'], '.0f')}% peak {f(g['util_gpu_peak_pct'], '.0f')}%, mem {f(g['mem_used_peak_gib'])} GiB, "
               f"power {f(g['power_mean_w'], '.0f')} W peak {f(g['power_peak_w'], '.0f')}, energy {f(g['energy_j'])} J, temp {f(g['temp_peak_c'], '.0f')} C, "

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import store
 from . import summary as summary_engine
 from .sampler import Monitor, MonitorConfig, clock_offset
@@ -116,22 +114,8 @@ class SessionMonitor:
             _, columns = self.monitor.window()  # after the stop: every chunk, read once more only where new
             figures = summary_engine.summarize(columns)
             info.update(samples=figures["samples"], jitter_ms=figures["jitter_ms"],
-                        sampler_cpu_mean_pct=_steady_cpu(columns),
+                        sampler_cpu_mean_pct=figures["host"]["sampler_cpu_steady_pct"],
                         file_bytes=Path(self.config.out_path).stat().st_size)
         except (OSError, ValueError, KeyError) as exc:
             info["notes"] = self.notes + [f"monitor file unreadable: {exc}"]
         return info
-
-
-def _steady_cpu(columns: dict) -> float | None:
-    """The sampler's own CPU % of one core at steady state: the mean after its first second
-    (start-up and the first /metrics connection would make a short session report several times
-    what a long one costs); for a session shorter than that, the median of its ticks."""
-    cpu, t = columns.get("host.sampler_cpu_pct"), columns.get("t")
-    if cpu is None or t is None or not len(t):
-        return None
-    ok = np.isfinite(cpu)
-    steady = cpu[ok & (t >= t[0] + 1.0)]
-    if steady.size >= 5:
-        return float(steady.mean())
-    return float(np.median(cpu[ok])) if ok.any() else None

@@ -67,7 +67,7 @@ def _print_text(result: dict) -> None:
               f"slowdowns {', '.join(gpu['slowdown_reasons']) or 'none'}")
     host = result["sources"]["host"]
     print(f"host: CPU busy {_fmt(host['cpu_busy_mean_pct'])} % (peak {_fmt(host['cpu_busy_peak_pct'])}), "
-          f"RAM peak {_fmt(host['mem_used_peak_gib'])} GiB, sampler {_fmt(host['sampler_cpu_mean_pct'])} % of a core")
+          f"RAM peak {_fmt(host['mem_used_peak_gib'])} GiB, sampler {_fmt(host['sampler_cpu_steady_pct'])} % of a core (steady)")
     if result["sources"]["vllm"]:
         v = result["sources"]["vllm"]
         print(f"vllm: running peak {_fmt(v['running_peak'])}, waiting peak {_fmt(v['waiting_peak'])}, "
