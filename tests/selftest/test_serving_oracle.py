@@ -92,15 +92,6 @@ def round_trip_ms():
     return overhead
 
 
-def max_in_flight(records) -> int:
-    events = sorted([(r.sent_at, 1) for r in records] + [(r.ended_at, -1) for r in records])
-    level = peak = 0
-    for _, step in events:
-        level += step
-        peak = max(peak, level)
-    return peak
-
-
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("concurrency", [1, 256])
 def test_measures_configured_timing(concurrency, k, round_trip_ms):
@@ -113,7 +104,7 @@ def test_measures_configured_timing(concurrency, k, round_trip_ms):
         n = ROUNDS * concurrency
         records, timings = run_beside(emulator, concurrency=concurrency, num_requests=n,
                                       warmup_requests=concurrency, ramp_up_s=RAMP_S, return_token_ids=True)
-        assert max_in_flight(records) == concurrency
+        assert summarize(records).peak_in_flight == concurrency
         server = server_view_ms(records, timings, k)
         # the client's timestamps are the server's send times within 1 ms (quiet 2-core box: 0.04)
         assert abs(server["client_first"]) <= TOLERANCE_MS and abs(server["client_every"]) <= TOLERANCE_MS, server
@@ -137,7 +128,7 @@ def test_a_burst_is_measured_as_queueing(round_trip_ms):
     records, timings = run_beside(EmulatorConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS), concurrency=256,
                                   num_requests=256, warmup_requests=256, return_token_ids=True)
     s, server = summarize(records), server_view_ms(records, timings, 1)
-    assert s.completed == 256 and max_in_flight(records) == 256
+    assert s.completed == 256 and s.peak_in_flight == 256
     assert server["queued"] > 5.0, server  # the burst queued at the server (2-core box: ~20 ms) ...
     assert s.ttft_ms["p50"] > TTFT_MS + 5.0 and server["ttft_less_server"] == pytest.approx(TTFT_MS, abs=TOLERANCE_MS), (
         s.ttft_ms["p50"], server)

@@ -40,6 +40,9 @@ def test_ttft_tpot_e2e_and_rates():
     assert s.total_tokens_per_s == pytest.approx((4 + 20) / 2.0)
     assert s.goodput_requests_per_s == pytest.approx(1 / 2.0)  # only `a` meets TTFT ≤ 150 ms
     assert s.slo_attainment_pct == pytest.approx(100 / 3)  # of all three measured: the failed one misses
+    assert s.peak_in_flight == 2  # `failed` (0.5–2.0 s) and `b` (1.0–1.2 s)
+    # one bin: b's token at 1.2 s is a sliver after the first second, so 4 tokens over 1.2 s
+    assert s.peak_output_tokens_per_s == pytest.approx(4 / 1.2)
     assert error_breakdown([a, failed, failed]) == {"HTTP 500: boom": 2}
 
 

@@ -82,6 +82,17 @@ def throughput_series(records: list[RequestRecord], bin_s: float = 1.0) -> tuple
     return [start + i * bin_s for i in range(len(bins))], [count / span for count, span in zip(bins, spans)]
 
 
+def peak_in_flight(records: list[RequestRecord]) -> int:
+    """The most requests in flight (sent, not yet ended) at one moment."""
+    events = sorted([(r.sent_at, 1) for r in records if r.sent_at is not None and r.ended_at is not None]
+                    + [(r.ended_at, -1) for r in records if r.sent_at is not None and r.ended_at is not None])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
 def measured_window(records: list[RequestRecord]) -> tuple[float, float] | None:
     """(first send, last end) of the records on time.monotonic(), or None."""
     sends = [r.sent_at for r in records if r.sent_at is not None]
@@ -129,6 +140,8 @@ class Summary:
     total_output_tokens: int
     total_prompt_tokens: int
     requests_without_token_count: int  # ok requests whose server sent neither usage nor token_ids
+    peak_output_tokens_per_s: float | None  # the busiest 1 s bin of streamed tokens (as vllm bench serve)
+    peak_in_flight: int  # most requests between send and end at one moment
     goodput_requests_per_s: float | None
     slo_attainment_pct: float | None  # requests meeting every SLO / all measured (failed ones miss)
     slos: dict
@@ -171,6 +184,8 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
         total_output_tokens=output_tokens,
         total_prompt_tokens=prompt_tokens,
         requests_without_token_count=sum(1 for r in ok if r.output_tokens is None),
+        peak_output_tokens_per_s=max(throughput_series(ok)[1], default=None),
+        peak_in_flight=peak_in_flight(records),
         goodput_requests_per_s=rate(meeting) if slos else None,
         slo_attainment_pct=100.0 * meeting / len(records) if slos and records else None,
         slos=slos,
