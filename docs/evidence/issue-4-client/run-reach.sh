@@ -17,9 +17,9 @@ cores=$(nproc); half=$((cores / 2)); port=18811
 python3 -c "import uvloop, sys; print('uvloop', uvloop.__version__, 'python', sys.version.split()[0])" 2>&1
 echo "host: $cores cores; emulator: $half processes on cores $half-$((cores - 1)); client on cores 0-$((half - 1))"
 
-emulator() {  # ITL_MS [TTFT_MS]
+emulator() {  # ITL_MS [TTFT_MS [TOKENS_PER_CHUNK]]
   taskset -c "$half-$((cores - 1))" python3 -m gpucert.cli emulator --port $port --ttft-ms "${2:-0}" --itl-ms "$1" \
-    --processes "$half" 2>>"$dir/emulator.log" &
+    --tokens-per-chunk "${3:-1}" --processes "$half" 2>>"$dir/emulator.log" &
   emu=$!
   python3 - "$port" <<'PY'
 import sys, time, urllib.request
@@ -51,20 +51,23 @@ load paced_w1_c5000_burst 1 5000 5000 0
 load paced_w1_c5000_ramp5 1 5000 5000 5
 load paced_wauto_c5000_ramp5 auto 5000 5000 5
 stop_emulator
+emulator 320 0 4  # the same 62.5k tok/s in 4-token chunks, as on the 2-core box (paced_2core.sh)
+load paced_k4_w1_c5000_ramp5 1 5000 5000 5
+stop_emulator
 python3 docs/evidence/issue-4-client/oracle_c256.py > "$dir/oracle_c256.txt" 2>&1; cat "$dir/oracle_c256.txt"
 
 python3 - "$dir" <<'PY'
 import json, pathlib, sys
 def num(v, spec):
     return "-" if v is None else format(v, spec)
-print(f"{'run':<26}{'done/failed':>13}{'wall s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'TPOT mean':>10}{'ITL mean':>10}{'lag p99':>9}{'lag max':>9}{'cpu':>6}{'procs':>6}")
+print(f"{'run':<28}{'done/failed':>13}{'wall s':>8}{'out tok/s':>11}{'TTFT p50':>10}{'TPOT mean':>10}{'ITL mean':>10}{'lag p99':>9}{'lag max':>9}{'cpu':>6}{'procs':>6}")
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     try:
         d = json.loads(path.read_text())
     except ValueError:
-        print(f"{path.stem:<26} no JSON"); continue
+        print(f"{path.stem:<28} no JSON"); continue
     s, c = d["summary"], d["client"]
-    print(f"{path.stem:<26}{s['completed']:>7}/{s['failed']:<5}{s['duration_s']:>8.2f}{s['output_tokens_per_s']:>11,.0f}"
+    print(f"{path.stem:<28}{s['completed']:>7}/{s['failed']:<5}{s['duration_s']:>8.2f}{s['output_tokens_per_s']:>11,.0f}"
           f"{num(s['ttft_ms']['p50'], '.2f'):>10}{num(s['tpot_ms']['mean'], '.3f'):>10}{num(s['itl_ms']['mean'], '.3f'):>10}{num(c['loop_lag_ms']['p99'], '.1f'):>9}"
           f"{num(c['loop_lag_ms']['max'], '.1f'):>9}{num(c.get('cpu_fraction'), '.2f'):>6}{len(c.get('workers') or [1]):>6}")
 PY
