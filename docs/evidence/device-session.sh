@@ -33,7 +33,7 @@ step offline-tp2 330 bash $inference offline-tp2 -k offline
 # issue 5: NVML fields idle / under GEMM / under NCCL (NVLink counters), 20 ms sampling, jitter
 step monitor 200 bash docs/evidence/issue-5-monitor/run-monitor.sh
 # issue 4 client reach: capacity, 62.5k tok/s paced, the c=256 oracle on a quiet many-core host
-step reach 240 bash docs/evidence/issue-4-client/run-reach.sh
+step reach 300 bash docs/evidence/issue-4-client/run-reach.sh
 # as exact as `vllm bench serve`? both clients in turn on one vLLM, same load
 step crosscheck 330 bash docs/evidence/issue-4-inference/run-crosscheck.sh
 # why offline falls past 512 prompts: CUDA graphs captured up to 1024 instead of 512
