@@ -56,12 +56,12 @@ def run_beside(emulator: EmulatorConfig, **load):
             return records.measured, json.load(answer)
 
 
-def server_view_ms(records, timings, k: int) -> dict[str, float]:
-    """Medians over requests of what happened at the server, in ms: `queued` (sent → handler
-    start), `late` (first write − start − configured TTFT: the emulator behind its own schedule on
-    a busy box), `ttft_less_server` (the measured TTFT less those two: the configured TTFT if the
-    client measured right), and the client's own error (its arrival time − the server's write
-    time) for the first token and for every chunk."""
+def server_view(records, timings, k: int) -> dict[str, list[float]]:
+    """Per request, in s, what happened at the server: `queued` (sent → handler start), `late`
+    (first write − start − configured TTFT: the emulator behind its own schedule on a busy box),
+    `ttft_less_server` (the measured TTFT less those two: the configured TTFT if the client
+    measured right), and the client's own error (its arrival time − the server's write time) for
+    the first token and (per chunk) for every chunk."""
     views: dict[str, list[float]] = {"queued": [], "late": [], "ttft_less_server": [], "client_first": [],
                                      "client_every": []}
     for r in records:
@@ -72,7 +72,12 @@ def server_view_ms(records, timings, k: int) -> dict[str, float]:
         views["ttft_less_server"].append(r.first_token_at - r.sent_at - queued - late)
         views["client_first"].append(r.first_token_at - server["writes"][0])
         views["client_every"] += [arrived - wrote for arrived, wrote in zip(r.token_times[::k], server["writes"], strict=True)]
-    return {name: float(np.median(values)) * 1e3 for name, values in views.items()}
+    return views
+
+
+def server_view_ms(records, timings, k: int) -> dict[str, float]:
+    """`server_view`'s medians over requests, in ms."""
+    return {name: float(np.median(values)) * 1e3 for name, values in server_view(records, timings, k).items()}
 
 
 def expected_tpot_ms(k: int) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "selftest"))
 from test_serving_oracle import (ITL_MS, RAMP_S, ROUNDS, TTFT_MS, EmulatorConfig,  # noqa: E402
-                                 run_beside, summarize)
+                                 run_beside, server_view, summarize)
 
 HOG = "import time\nwhile True:\n    t = time.perf_counter()\n    while time.perf_counter() - t < 0.005: pass\n    time.sleep(0.005)"
 
@@ -28,13 +28,10 @@ def one(name: str, k: int, ramp: float, n: int) -> None:
     records, timings = run_beside(EmulatorConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=k),
                                   concurrency=256, num_requests=n, warmup_requests=256, ramp_up_s=ramp,
                                   return_token_ids=True)
-    server = [timings[r.x_request_id] for r in records]
-    queued = [s["start"] - r.sent_at for r, s in zip(records, server)]
-    late = [s["writes"][0] - s["start"] - TTFT_MS / 1e3 for s in server]
-    client = [r.first_token_at - s["writes"][0] for r, s in zip(records, server)]
-    every = [a - w for r, s in zip(records, server) for a, w in zip(r.token_times[::k], s["writes"])]
+    view = server_view(records, timings, k)  # the self-test's own split of each TTFT
     ttft = summarize(records).ttft_ms["p50"]
-    print(f"{name:<14}{k:>3}{ttft:>10.2f}  {pct(queued):<24}{pct(late):<24}{pct(client):<24}{pct(every)}")
+    print(f"{name:<14}{k:>3}{ttft:>10.2f}  {pct(view['queued']):<24}{pct(view['late']):<24}"
+          f"{pct(view['client_first']):<24}{pct(view['client_every'])}")
 
 
 def main() -> None:
