@@ -187,16 +187,19 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
     )
 
 
+def token_count_wrong(got: int | None, asked: int | None, exact: bool) -> bool:
+    """An output-token count (by the server's own count) is wrong when unknown, more than asked,
+    or — where the load forbids stopping early (ignore_eos) — not what was asked."""
+    if got is None:
+        return True
+    if asked is None:
+        return False
+    return got != asked if exact else got > asked
+
+
 def token_count_mismatches(records: list[RequestRecord], exact: bool) -> list[RequestRecord]:
-    """Completed requests whose output-token count is wrong by the server's own count: unknown,
-    more than asked, or — where the load forbids stopping early (ignore_eos) — not what was asked."""
-    def wrong(r: RequestRecord) -> bool:
-        if r.output_tokens is None:
-            return True
-        if r.requested_output_tokens is None:
-            return False
-        return r.output_tokens != r.requested_output_tokens if exact else r.output_tokens > r.requested_output_tokens
-    return [r for r in records if r.ok and wrong(r)]
+    """Completed requests whose output-token count is wrong (`token_count_wrong`)."""
+    return [r for r in records if r.ok and token_count_wrong(r.output_tokens, r.requested_output_tokens, exact)]
 
 
 def error_breakdown(records: list[RequestRecord]) -> dict[str, int]:
