@@ -3,14 +3,19 @@ monitor's own sampler process (GPUCERT_NVML_MODULE=fake_pynvml; this folder is o
 
 Two H100-like GPUs whose readings follow the clock, so a test can predict them: 300 W and 200 W
 constant (the energy counter grows with it), utilization 90 %, memory 10 / 20 GiB, NVLink TX
-counters growing at 10 GB/s on GPU 0 (the older KiB counters) and RX at 5 GB/s on GPU 1 (the
-newer byte counters), a power-cap slowdown on GPU 1, PCIe counters absent
-(NOT_SUPPORTED) as on drivers before 535."""
+counters growing at 10 GB/s on GPU 0 (the older KiB counters, per link and summed over the links
+with scopeId UINT_MAX, as driver 580 on H100 answers them) and RX at 5 GB/s on GPU 1 (the newer
+byte counters, per link only), a power-cap slowdown on GPU 1, PCIe counters absent
+(NOT_SUPPORTED) as on drivers before 535.
+FAKE_NVML_GAUGE_CPU_MS / FAKE_NVML_ENERGY_CPU_MS make a call burn that much CPU, as a slow driver's does."""
+
+import os
 
 import time
 from types import SimpleNamespace
 
 NOT_SUPPORTED = 3
+ALL_LINKS = 0xFFFFFFFF
 _T0 = time.monotonic()
 POWER_MW = (300_000, 200_000)
 MEMORY_MIB = (10 * 1024, 20 * 1024)
@@ -23,6 +28,14 @@ class NVMLError(Exception):
     def __init__(self, value):
         super().__init__("Not Supported" if value == NOT_SUPPORTED else f"NVML error {value}")
         self.value = value
+
+
+def _burn(variable):
+    """The CPU a call costs on a slow driver: `variable` (ms) in the environment, busy-waited."""
+    burn = float(os.environ.get(variable, "0")) / 1e3
+    start = time.process_time()
+    while time.process_time() - start < burn:
+        pass
 
 
 def _elapsed():
@@ -50,6 +63,7 @@ def nvmlDeviceGetName(handle):
 
 
 def nvmlDeviceGetUtilizationRates(handle):
+    _burn("FAKE_NVML_GAUGE_CPU_MS")
     return SimpleNamespace(gpu=90, memory=40)
 
 
@@ -62,6 +76,7 @@ def nvmlDeviceGetPowerUsage(handle):
 
 
 def nvmlDeviceGetTotalEnergyConsumption(handle):
+    _burn("FAKE_NVML_ENERGY_CPU_MS")  # H100, driver 580: ~3 ms
     return int(1_000_000 + POWER_MW[handle] * _elapsed())  # mJ
 
 
@@ -85,13 +100,13 @@ def nvmlDeviceGetFieldValues(handle, requests):
     """GPU 0 answers the older NVLink KiB counters (138/139), GPU 1 the byte counters (202/204)."""
     answers = []
     for field, link in requests:
-        if handle == 0 and field == 138 and link == 0:  # NVLink TX KiB, all traffic on link 0
+        if handle == 0 and field == 138 and link in (0, ALL_LINKS):  # NVLink TX KiB, all of it on link 0
             value = SimpleNamespace(nvmlReturn=0, valueType=3,
                                     value=SimpleNamespace(ullVal=int(NVLINK_TX_KIB_PER_S[handle] * _elapsed())))
         elif handle == 1 and field == 204 and link == 3:  # NVLink RX bytes, all of it on link 3
             value = SimpleNamespace(nvmlReturn=0, valueType=3,
                                     value=SimpleNamespace(ullVal=int(NVLINK_RX_BYTES_PER_S[handle] * _elapsed())))
-        elif (handle == 0 and field in (138, 139)) or (handle == 1 and field in (202, 204)):
+        elif (handle == 0 and field in (138, 139)) or (handle == 1 and field in (202, 204) and link != ALL_LINKS):
             value = SimpleNamespace(nvmlReturn=0, valueType=3, value=SimpleNamespace(ullVal=0))
         else:
             value = SimpleNamespace(nvmlReturn=NOT_SUPPORTED, valueType=3, value=SimpleNamespace(ullVal=0))

@@ -56,20 +56,23 @@ def test_samples_gpus_and_host_in_its_own_process_on_the_monotonic_clock(tmp_pat
 
 
 def test_without_nvml_it_says_so_once_and_samples_the_host(tmp_path):
-    with monitor(tmp_path, nvml_module="gpucert_no_such_nvml") as mon:
-        time.sleep(0.4)
+    with monitor(tmp_path, nvml_module="gpucert_no_such_nvml", counter_interval_s=0.1) as mon:
+        time.sleep(0.6)
         meta, columns = mon.window()
     assert len(meta["notes"]) == 1 and meta["notes"][0].startswith("no NVML (ModuleNotFoundError")
     assert not any(name.startswith("gpu") for name in columns)
-    assert np.isfinite(columns["host.mem_used_gib"]).all()
+    # the host's figures are rates since the last read: read on counter ticks (every other 50 ms tick)
+    assert np.count_nonzero(np.isfinite(columns["host.mem_used_gib"])) >= 4
     assert summary.summarize(columns)["gpus"] == {}
 
 
 class MetricsServer:
     """A real HTTP server on 127.0.0.1 answering /metrics as vLLM 0.26 does (prometheus_client's
-    exposition of vLLM's metric names), with values the test changes."""
+    exposition of vLLM's metric names), with values the test changes. With `mount`, also as vLLM's
+    prometheus_client mount under /metrics/ answers (`name[]` picks families); `paths` logs what
+    was asked and `bytes_sent` what it cost."""
 
-    def __init__(self):
+    def __init__(self, mount: bool = False):
         from prometheus_client import CollectorRegistry, Counter, Gauge
         self.registry = CollectorRegistry()
         labels = ["engine", "model_name"]
@@ -77,13 +80,27 @@ class MetricsServer:
         self.waiting = Gauge("vllm:num_requests_waiting", "waiting", labels, registry=self.registry).labels("0", "m")
         self.kv = Gauge("vllm:kv_cache_usage_perc", "kv", labels, registry=self.registry).labels("0", "m")
         self.preempted = Counter("vllm:num_preemptions", "preemptions", labels, registry=self.registry).labels("0", "m")
-        registry = self.registry
+        from prometheus_client import Histogram
+        for i in range(40):  # the bulk of vLLM's exposition: histograms nobody here asked for
+            Histogram(f"vllm:latency_{i}_seconds", "x", labels, registry=self.registry,
+                      buckets=[0.001 * 2 ** k for k in range(20)]).labels("0", "m").observe(0.1)
+        registry, server = self.registry, self
+        self.paths: list[str] = []
+        self.bytes_sent: list[int] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                from urllib.parse import parse_qs, urlsplit
                 from prometheus_client import generate_latest
-                body = generate_latest(registry)
-                self.send_response(200 if self.path == "/metrics" else 404)
+                server.paths.append(self.path)
+                url = urlsplit(self.path)
+                names = parse_qs(url.query).get("name[]")
+                if mount and url.path == "/metrics/":
+                    body, status = generate_latest(registry.restricted_registry(names) if names else registry), 200
+                else:
+                    body, status = generate_latest(registry), 200 if url.path == "/metrics" else 404
+                server.bytes_sent.append(len(body))
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -99,8 +116,11 @@ class MetricsServer:
         self.server.shutdown()
 
 
-def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path):
-    server = MetricsServer()
+@pytest.mark.parametrize("mount", [True, False], ids=["filtered", "plain"])
+def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path, mount):
+    """Where the server filters (vLLM's /metrics/ mount), the sampler asks for its four families
+    only; where it does not (404 there), it asks /metrics plainly and reads the same figures."""
+    server = MetricsServer(mount=mount)
     try:
         with monitor(tmp_path) as mon:
             time.sleep(0.3)
@@ -124,6 +144,13 @@ def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path):
     assert figures["vllm"]["kv_cache_usage_peak_pct"] == 50.0  # vLLM's fraction, as %
     assert figures["vllm"]["preemptions"] == 3  # counted within the window
     assert np.nanmax(columns["vllm.age_ms"]) < 1000
+    assert mon.final["vllm_metrics_filtered"] is mount
+    assert server.paths[0].startswith("/metrics/?name%5B%5D=vllm%3Anum_requests_running")
+    if mount:
+        assert all(path.startswith("/metrics/?") for path in server.paths)
+        assert max(server.bytes_sent) < 3000  # the families asked for, not ~100 kB of histograms
+    else:
+        assert len(server.paths) > 3 and all(path == "/metrics" for path in server.paths[1:])
 
 
 def test_parse_vllm_metrics_sums_engines_and_skips_created_samples():
@@ -218,6 +245,72 @@ def test_check_metrics_from_a_window():
     assert summary.summarize(gappy, window_s=10.0)["energy_j"] == pytest.approx(700 * 10.0)
 
 
+def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, monkeypatch):
+    """Energy, PCIe/NVLink bytes, ECC and host CPU are read on counter ticks only (on H100 the
+    energy read alone is ~3 ms of CPU a GPU, 500x a gauge), NaN between; where a read costs more
+    than 1 % of a core over the counter interval, the interval stretches to keep it at 1 %."""
+    with monitor(tmp_path, counter_interval_s=0.2) as mon:
+        time.sleep(1.6)
+        meta, columns = mon.window()
+    final = mon.final
+    assert meta["counter_interval_s"] == 0.2 and meta["counter_cpu_budget"] == 0.01
+    read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
+    spacing = np.diff(columns["t"][read])
+    assert len(read) >= 6 and np.all(np.abs(spacing - 0.2) < 0.03), spacing  # every 4th 50 ms tick
+    assert np.isfinite(columns["gpu0.power_w"]).all()  # gauges every tick
+    # host CPU: a rate since the last read, on the same ticks (none at the first)
+    assert np.array_equal(read[1:], np.flatnonzero(np.isfinite(columns["host.cpu_busy_pct"])))
+    assert final["counter_reads"] >= 6 and final["counter_spacing_s"][1] == pytest.approx(0.2)
+
+    monkeypatch.setenv("FAKE_NVML_ENERGY_CPU_MS", "4")  # a slow driver: 8 ms of CPU a read, 2 GPUs
+    with monitor(tmp_path, counter_interval_s=0.2) as mon:
+        time.sleep(2.6)
+        _, columns = mon.window()
+    read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
+    # the first read at the configured interval, then ~8 ms / 1 % = ~0.8 s apart
+    assert 3 <= len(read) <= 4 and np.diff(columns["t"][read])[1:].min() > 0.6, columns["t"][read]
+    assert mon.final["counter_spacing_s"][0] > 0.6
+
+
+def test_nvml_counters_and_the_cheapest_nvlink_form():
+    """Gauges and counters are separate reads; the first counter read asks every NVLink form the
+    driver might have and keeps the cheapest one each GPU answers."""
+    from gpucert.monitor.sources import NvmlSource
+    source = NvmlSource("fake_pynvml")
+    assert source.open()
+    row = {}
+    source.read(row)
+    assert row["gpu0.power_w"] == 300 and "gpu0.energy_j" not in row
+    for _ in range(2):
+        source.read_counters(row)
+    assert np.isfinite(row["gpu0.energy_j"]) and np.isfinite(row["gpu0.nvlink_tx_kib"])
+    # GPU 0: the driver's own sum over its links (one value a direction); GPU 1: bytes link by link
+    assert source._nvlink_form == {0: "kib_total", 1: "bytes_links"}
+
+
+def test_counters_are_rated_over_their_own_span():
+    """Rates and energies come from the time between a counter's own first and last reads in the
+    window, not the window's; a window with one read falls back to the power samples."""
+    t = np.arange(0, 10.0, 0.1)
+    counter_ticks = np.isin(np.arange(len(t)), [10, 90])  # read at 1 s and 9 s, ticks over 0…9.9 s
+    counters = lambda per_s: np.where(counter_ticks, 5e6 + per_s * t, np.nan)
+    columns = {"t": t, "scheduled": t, "gpu0.power_w": np.full(len(t), 400.0), "gpu0.energy_j": counters(400.0),
+               "gpu0.nvlink_tx_kib": counters(8e9 / 1024), "gpu0.pcie_rx_bytes": counters(2e9)}
+    figures = summary.summarize(columns, window_s=10.0)
+    g0 = figures["gpus"][0]
+    assert g0["nvlink_tx_gbps"] == pytest.approx(8.0) and g0["pcie_rx_gbps"] == pytest.approx(2.0)
+    assert g0["energy_j"] == pytest.approx(4000.0)  # 400 W over the 10 s window
+    assert summary.summarize(columns)["energy_j"] == pytest.approx(400 * 9.9)  # over the sampled span
+    short = {name: values[5:15] for name, values in columns.items()}  # one read in it
+    assert summary.summarize(short, window_s=1.0)["energy_j"] == pytest.approx(400.0)
+    assert summary.summarize(short)["gpus"][0]["nvlink_tx_gbps"] is None  # no rate from one read
+
+
+def test_counter_interval_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="counter interval must be >="):
+        MonitorConfig(str(tmp_path / "m.npz"), interval_s=0.1, counter_interval_s=0.05)
+
+
 def test_counters_keep_their_precision_on_disk(tmp_path):
     """An energy counter after a month at 700 W is ~1.8e9 J: float32 would move it by ~128 J, a
     2 % error on a 10 s window. Counters and timestamps are stored as float64."""
@@ -267,7 +360,8 @@ def test_ctrl_c_stops_the_monitor_command_with_what_it_sampled(tmp_path):
 
 def test_a_server_without_metrics_is_asked_once(tmp_path):
     """An OpenAI-compatible server that is not vLLM answers /metrics 404: the monitor notes it and
-    stops polling (10 requests a second at a server under test would be load of our own)."""
+    stops polling (10 requests a second at a server under test would be load of our own) — after
+    one try of the filtered form and one plain."""
     hits = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -289,7 +383,7 @@ def test_a_server_without_metrics_is_asked_once(tmp_path):
         final = mon.stop()
     finally:
         server.shutdown()
-    assert hits == ["/metrics"]
+    assert [hit.split("?")[0] for hit in hits] == ["/metrics/", "/metrics"]
     assert any("no /metrics here (HTTP 404)" in note for note in final["notes"])
 
 
@@ -309,14 +403,16 @@ def test_parse_picks_its_families_out_of_a_large_exposition():
     assert parse_vllm_metrics(text) == {"running": 3.0, "preemptions": 2.0}
 
 
-def test_the_sampler_cost_reported_is_its_steady_one():
-    t = np.arange(0, 5.0, 0.1)
-    cpu = np.where(t < 1.0, 30.0, 1.0)  # start-up, then the steady cost
-    cpu[0] = np.nan  # the first tick has no previous one
-    assert summary.steady_sampler_cpu({"t": t, "host.sampler_cpu_pct": cpu}) == pytest.approx(1.0)
-    short = np.array([np.nan, 30.0, 1.0, 1.2, 0.9])  # under a second: the median of its ticks
-    assert summary.steady_sampler_cpu({"t": t[:5], "host.sampler_cpu_pct": short}) == pytest.approx(1.1)
-    assert summary.steady_sampler_cpu({"t": np.array([]), "host.sampler_cpu_pct": np.array([])}) is None
+def test_the_sampler_reports_its_own_steady_cpu(tmp_path, monkeypatch):
+    """The ≤ 2 % figure is the sampler process's CPU time after its first second over the wall time:
+    a gauge read that burns 5 ms on each of 2 GPUs every 50 ms tick is 20 % of a core."""
+    with monitor(tmp_path) as mon:
+        time.sleep(2.2)
+    assert 0 < mon.final["cpu_steady_pct"] < 10
+    monkeypatch.setenv("FAKE_NVML_GAUGE_CPU_MS", "5")
+    with monitor(tmp_path) as mon:
+        time.sleep(2.2)
+    assert mon.final["cpu_steady_pct"] == pytest.approx(20, abs=5)
 
 
 def test_an_older_nvml_binding_is_read_with_what_it_has(tmp_path, monkeypatch):
@@ -333,8 +429,9 @@ def test_an_older_nvml_binding_is_read_with_what_it_has(tmp_path, monkeypatch):
     source = NvmlSource("old_pynvml")
     assert source.open()
     row = {}
-    source.read(row)
-    source.read(row)  # a second tick: the missing call is not retried, nothing raises
+    for _ in range(2):  # a second tick: the missing call is not retried, nothing raises
+        source.read(row)
+        source.read_counters(row)
     assert row["gpu1.clock_events"] == 0x4 and row["gpu0.power_w"] == 300
     assert np.isnan(row["gpu0.energy_j"])
 

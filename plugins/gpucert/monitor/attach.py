@@ -114,7 +114,7 @@ class SessionMonitor:
             _, columns = self.monitor.window()  # after the stop: every chunk, read once more only where new
             figures = summary_engine.summarize(columns)
             info.update(samples=figures["samples"], jitter_ms=figures["jitter_ms"],
-                        sampler_cpu_mean_pct=figures["host"]["sampler_cpu_steady_pct"],
+                        sampler_cpu_mean_pct=final.get("cpu_steady_pct"),
                         file_bytes=Path(self.config.out_path).stat().st_size)
         except (OSError, ValueError, KeyError) as exc:
             info["notes"] = self.notes + [f"monitor file unreadable: {exc}"]

@@ -22,6 +22,9 @@ from . import store
 from .sources import HostSource, NvmlSource, VllmMetricsSource
 
 MIN_INTERVAL_S = 0.020
+# the counter reads' share of one core: a node whose counters cost more (many GPUs, a slow driver)
+# has them read less often — measured on each read, so the cadence follows the node
+COUNTER_CPU_BUDGET = 0.01
 
 
 @dataclass
@@ -31,10 +34,17 @@ class MonitorConfig:
     nvml_module: str = "pynvml"
     vllm_metrics_url: str | None = None
     flush_every: int = 50  # ticks per chunk on disk (5 s at 100 ms)
+    # cumulative counters and rates (energy, PCIe/NVLink bytes, ECC, host CPU) are read at most this
+    # often, and less often where reading them costs more than COUNTER_CPU_BUDGET of a core: their
+    # differences lose nothing, and on H100 they are most of NVML's cost (METRICS.md, monitor)
+    counter_interval_s: float = 1.0
 
     def __post_init__(self):
         if not self.interval_s >= MIN_INTERVAL_S:
             raise ValueError(f"monitor interval must be >= {MIN_INTERVAL_S * 1e3:g} ms, got {self.interval_s * 1e3:g} ms")
+        if not self.counter_interval_s >= self.interval_s:
+            raise ValueError(f"counter interval must be >= the sampling interval ({self.interval_s * 1e3:g} ms), "
+                             f"got {self.counter_interval_s * 1e3:g} ms")
 
 
 def clock_offset() -> dict[str, float]:
@@ -54,12 +64,14 @@ class _Sampler:
         self.opened = [source for source in self.sources if source.open()]
         if config.vllm_metrics_url:
             self._attach(config.vllm_metrics_url)
-        self.meta = {"interval_s": config.interval_s, "clock": clock_offset(), "gpus": self.nvml.gpus,
+        self.meta = {"interval_s": config.interval_s, "counter_interval_s": config.counter_interval_s,
+                     "counter_cpu_budget": COUNTER_CPU_BUDGET, "clock": clock_offset(), "gpus": self.nvml.gpus,
                      "sources": [source.name for source in self.opened],
                      "notes": [source.note for source in self.sources if source.note]}
         self.out = store.ColumnStore(config.out_path, self.meta)
         self.buffer: dict[str, list[float]] = {}
-        self.ticks = self.missed = 0
+        self.ticks = self.missed = self.counter_reads = 0
+        self.counter_spacing_s: tuple[float, float] | None = None  # the cadence the budget gave: min, max
         self.flush()
 
     def flush(self) -> None:
@@ -105,6 +117,9 @@ class _Sampler:
         interval, conn = self.config.interval_s, self.conn
         conn.send(("ready", self.meta))
         start = time.monotonic()
+        next_counters = start
+        began = (start, time.process_time())
+        steady_from = None  # (monotonic, CPU seconds) once the first second is over
         stopping = False
         while not stopping:
             scheduled = start + self.ticks * interval
@@ -114,8 +129,12 @@ class _Sampler:
             if stopping:
                 break
             row: dict[str, float] = {"t": time.monotonic(), "scheduled": scheduled}
+            if steady_from is None and row["t"] >= start + 1.0:
+                steady_from = (row["t"], time.process_time())
             for source in self.opened:
                 source.read(row)
+            if row["t"] >= next_counters:
+                next_counters = row["t"] + self._read_counters(row) - interval / 2  # on the tick grid
             for name, values in self.buffer.items():
                 values.append(row.get(name, math.nan))
             self.ticks += 1
@@ -128,13 +147,41 @@ class _Sampler:
             while not stopping and conn.poll():
                 stopping = self.receive()
         self.flush()
+        # the sampler's own CPU % of one core after its first second (start-up and the first
+        # /metrics connection would make a short run report several times what a long one costs);
+        # a run of under two seconds: over all of it
+        since = steady_from if steady_from is not None and time.monotonic() - steady_from[0] >= 1.0 else began
+        cpu_steady = (100.0 * (time.process_time() - since[1]) / (time.monotonic() - since[0])
+                      if time.monotonic() > since[0] else None)
         notes = [s.note for s in self.opened + self.sources if s.note]
         for source in self.opened:
             source.close()
         try:
-            conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes))}))
+            conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes)),
+                                   "counter_reads": self.counter_reads, "cpu_steady_pct": cpu_steady,
+                                   # whether vLLM's /metrics sent our families only (None: not attached)
+                                   "vllm_metrics_filtered": next((s.filtered for s in self.opened if s.name == "vllm"), None),
+                                   "counter_spacing_s": self.counter_spacing_s}))
         except OSError:
             pass  # nobody is listening any more
+
+
+    def _read_counters(self, row: dict) -> float:
+        """Every source's counters; returns the seconds until the next counter read: the configured
+        interval, or longer where this read cost more than the budget's share of that time."""
+        used = time.process_time()
+        for source in self.opened:
+            read = getattr(source, "read_counters", None)
+            if read is not None:
+                read(row)
+        cost = time.process_time() - used
+        self.counter_reads += 1
+        if self.counter_reads == 1:  # the first read also finds which NVLink counters answer (once)
+            return self.config.counter_interval_s
+        spacing = max(self.config.counter_interval_s, cost / COUNTER_CPU_BUDGET)
+        low, high = self.counter_spacing_s or (spacing, spacing)
+        self.counter_spacing_s = (min(low, spacing), max(high, spacing))
+        return spacing
 
 
 def _sample(config: MonitorConfig, conn) -> None:

@@ -1,8 +1,10 @@
-"""What the monitor reads each tick: NVML per GPU, the host, and a vLLM server's /metrics.
+"""What the monitor reads: NVML per GPU, the host, and a vLLM server's /metrics.
 
-Each source has `columns` (names fixed once opened) and `read(row)`, which fills its columns in
-`row` and leaves a field it cannot read as NaN. A source that cannot open says why once (`note`)
-and the monitor samples the rest. Column names: `gpu<i>.<field>`, `host.<field>`, `vllm.<field>`.
+Each source has `columns` (names fixed once opened), `read(row)` — the gauges, every tick — and
+`read_counters(row)` — cumulative counters and rates since the last such read (energy, PCIe/NVLink
+bytes, ECC, host CPU), on the sampler's slower counter ticks; a column not read on a tick is NaN.
+A source that cannot open says why once (`note`) and the monitor samples the rest. Column names:
+`gpu<i>.<field>`, `host.<field>`, `vllm.<field>`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,22 @@ NAN = math.nan
 _CLOCK_SM, _CLOCK_MEM = 1, 2
 _TEMPERATURE_GPU = 0
 _ECC_CORRECTED, _ECC_UNCORRECTED, _ECC_VOLATILE = 0, 1, 0
-_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB = 138, 139  # cumulative, per link (scopeId): the older counters
-_FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES = 202, 204  # cumulative, per link: the NVLink counters of newer drivers
+_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB = 138, 139  # cumulative: the older counters
+_FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES = 202, 204  # cumulative: the NVLink counters of newer drivers
 _FI_PCIE_TX_BYTES, _FI_PCIE_RX_BYTES = 197, 198  # cumulative (drivers >= 535)
 _NVLINK_LINKS = 18
+_ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: the driver's own sum over the links, in one value
+# NVLink counter forms, cheapest first: (name, TX field, RX field, scopeIds, KiB per unit). Measured
+# on H100 / driver 580 (docs/evidence/issue-5-monitor/nvml_cost.txt): the KiB counters asked per
+# link cost 21.5 ms of CPU per GPU, asked summed 0.8 ms
+NVLINK_FORMS = (("bytes_total", _FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES, (_ALL_LINKS,), 1 / 1024),
+                ("kib_total", _FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB, (_ALL_LINKS,), 1.0),
+                ("bytes_links", _FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES, tuple(range(_NVLINK_LINKS)), 1 / 1024),
+                ("kib_links", _FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB, tuple(range(_NVLINK_LINKS)), 1.0))
 
+# read on counter ticks only (read_counters); NaN on the ticks between
+COUNTER_FIELDS = ("energy_j", "pcie_tx_bytes", "pcie_rx_bytes", "nvlink_tx_kib", "nvlink_rx_kib",
+                  "ecc_corrected", "ecc_uncorrected")
 GPU_FIELDS = ("util_gpu_pct", "util_mem_pct", "mem_used_mib", "power_w", "energy_j", "sm_clock_mhz",
               "mem_clock_mhz", "temp_c", "clock_events", "pcie_tx_bytes", "pcie_rx_bytes",
               "nvlink_tx_kib", "nvlink_rx_kib", "ecc_corrected", "ecc_uncorrected")
@@ -45,9 +58,9 @@ class NvmlSource:
         self._nv = None
         self._handles: list = []
         self._unsupported: set[tuple[int, str]] = set()
-        # per GPU, which NVLink counters it answers (bytes, KiB or none), fixed at the first answer
-        # so a counter's differences never mix the two
-        self._nvlink_unit: dict[int, str] = {}
+        # per GPU, which NVLink counter form it answers (NVLINK_FORMS, or none), fixed at the first
+        # answer so a counter's differences never mix two forms
+        self._nvlink_form: dict[int, str] = {}
 
     def open(self) -> bool:
         try:
@@ -84,6 +97,7 @@ class NvmlSource:
             return None
 
     def read(self, row: dict) -> None:
+        """The gauges (~0.005 ms a call on H100)."""
         for i, h in enumerate(self._handles):
             p = f"gpu{i}."
             util = self._call(i, "util", "nvmlDeviceGetUtilizationRates", h)
@@ -93,8 +107,6 @@ class NvmlSource:
             row[p + "mem_used_mib"] = mem.used / 2**20 if mem is not None else NAN
             power = self._call(i, "power", "nvmlDeviceGetPowerUsage", h)  # mW
             row[p + "power_w"] = power / 1e3 if power is not None else NAN
-            energy = self._call(i, "energy", "nvmlDeviceGetTotalEnergyConsumption", h)  # mJ since load
-            row[p + "energy_j"] = energy / 1e3 if energy is not None else NAN
             sm = self._call(i, "sm_clock", "nvmlDeviceGetClockInfo", h, _CLOCK_SM)
             row[p + "sm_clock_mhz"] = sm if sm is not None else NAN
             memclk = self._call(i, "mem_clock", "nvmlDeviceGetClockInfo", h, _CLOCK_MEM)
@@ -105,34 +117,43 @@ class NvmlSource:
             if events is None:  # the name before nvidia-ml-py 12.535 (same bits)
                 events = self._call(i, "throttle", "nvmlDeviceGetCurrentClocksThrottleReasons", h)
             row[p + "clock_events"] = events if events is not None else NAN
-            for field, error_type in (("ecc_corrected", _ECC_CORRECTED), ("ecc_uncorrected", _ECC_UNCORRECTED)):
-                count = self._call(i, field, "nvmlDeviceGetTotalEccErrors", h, error_type, _ECC_VOLATILE)
-                row[p + field] = count if count is not None else NAN
-            self._counters(i, h, row, p)
+
+    def read_counters(self, row: dict) -> None:
+        """The cumulative counters: most of NVML's cost on H100 (the energy read alone 2.5-3 ms of
+        CPU a GPU, NVLink 1.3 ms), and a difference loses nothing by being taken less often."""
+        for i, h in enumerate(self._handles):
+            self._counters(i, h, row, f"gpu{i}.")
 
     def _counters(self, i: int, handle, row: dict, p: str) -> None:
-        """PCIe bytes and NVLink traffic are cumulative counters read in one field-values call (the
-        rate comes from differences); nvmlDeviceGetPcieThroughput blocks ~20 ms, too slow here.
-        NVLink: the byte counters (202/204) where the driver has them, else the older KiB ones
-        (138/139); both summed over the links, stored in KiB."""
-        nvlink = {"bytes": (_FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES), "kib": (_FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB)}
-        locked = self._nvlink_unit.get(i)
-        units = ["bytes", "kib"] if locked is None else [] if locked == "none" else [locked]
+        """The cumulative counters (rates and energies come from their differences). PCIe bytes and
+        NVLink traffic in one field-values call (nvmlDeviceGetPcieThroughput blocks ~20 ms). NVLink:
+        the first call asks every form in NVLINK_FORMS and keeps the cheapest one answered; stored
+        in KiB."""
+        energy = self._call(i, "energy", "nvmlDeviceGetTotalEnergyConsumption", handle)  # mJ since load
+        row[p + "energy_j"] = energy / 1e3 if energy is not None else NAN
+        for field, error_type in (("ecc_corrected", _ECC_CORRECTED), ("ecc_uncorrected", _ECC_UNCORRECTED)):
+            count = self._call(i, field, "nvmlDeviceGetTotalEccErrors", handle, error_type, _ECC_VOLATILE)
+            row[p + field] = count if count is not None else NAN
+        locked = self._nvlink_form.get(i)
+        forms = NVLINK_FORMS if locked is None else [f for f in NVLINK_FORMS if f[0] == locked]
         requests = [(_FI_PCIE_TX_BYTES, 0), (_FI_PCIE_RX_BYTES, 0)]
-        requests += [(f, link) for unit in units for f in nvlink[unit] for link in range(_NVLINK_LINKS)]
+        requests += [(field, scope) for form in forms for field in form[1:3] for scope in form[3]]
         values = self._call(i, "fields", "nvmlDeviceGetFieldValues", handle, requests)
-        answered: dict[int, float] = {}
-        for (field, _), value in zip(requests, values or ()):
+        answered: dict[tuple[int, int], float] = {}
+        for request, value in zip(requests, values or ()):
             if getattr(value, "nvmlReturn", 1) == 0:
-                answered[field] = answered.get(field, 0.0) + _field_number(value)
-        row[p + "pcie_tx_bytes"] = answered.get(_FI_PCIE_TX_BYTES, NAN)
-        row[p + "pcie_rx_bytes"] = answered.get(_FI_PCIE_RX_BYTES, NAN)
-        unit = next((u for u in units if nvlink[u][0] in answered or nvlink[u][1] in answered), None)
+                answered[request] = _field_number(value)
+        row[p + "pcie_tx_bytes"] = answered.get((_FI_PCIE_TX_BYTES, 0), NAN)
+        row[p + "pcie_rx_bytes"] = answered.get((_FI_PCIE_RX_BYTES, 0), NAN)
+        form = next((f for f in forms if any((field, scope) in answered for field in f[1:3] for scope in f[3])), None)
         if values is not None and locked is None:  # a GPU without NVLink is asked for PCIe alone after this
-            self._nvlink_unit[i] = unit or "none"
-        scale = 1.0 / 1024 if unit == "bytes" else 1.0
-        for key, field in zip(("nvlink_tx_kib", "nvlink_rx_kib"), nvlink[unit] if unit else (None, None)):
-            row[p + key] = answered[field] * scale if field in answered else NAN
+            self._nvlink_form[i] = form[0] if form else "none"
+        for key, field in (("nvlink_tx_kib", 1), ("nvlink_rx_kib", 2)):
+            if form is None:
+                row[p + key] = NAN
+                continue
+            links = [answered[(form[field], scope)] for scope in form[3] if (form[field], scope) in answered]
+            row[p + key] = sum(links) * form[4] if links else NAN
 
 
 def _field_number(value) -> float:
@@ -143,8 +164,8 @@ def _field_number(value) -> float:
 
 
 class HostSource:
-    """Host CPU busy % (all cores, since the last tick), RAM used, and the sampler's own CPU % of
-    one core. Linux /proc; elsewhere the load average and what `os` gives."""
+    """Host CPU busy % (all cores, since the last read), RAM used, and the sampler's own CPU % of
+    one core, on counter ticks. Linux /proc; elsewhere the load average and what `os` gives."""
 
     name = "host"
     columns = ["host.cpu_busy_pct", "host.mem_used_gib", "host.sampler_cpu_pct"]
@@ -163,6 +184,9 @@ class HostSource:
         pass
 
     def read(self, row: dict) -> None:
+        pass  # all rates since the last read: read with the counters (reading /proc costs ~0.3 ms)
+
+    def read_counters(self, row: dict) -> None:
         row["host.cpu_busy_pct"] = self._cpu_busy()
         row["host.mem_used_gib"] = _mem_used_gib()
         now, used = time.monotonic(), time.process_time()
@@ -248,6 +272,7 @@ class VllmMetricsSource:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="vllm-metrics", daemon=True)
         self.errors = 0
+        self.filtered: bool | None = None  # whether the server filtered to our families
 
     def open(self) -> bool:
         self._thread.start()
@@ -258,9 +283,16 @@ class VllmMetricsSource:
 
     def _poll(self) -> None:
         """One kept-alive HTTP connection (a new one per poll cost about as much CPU as the rest of
-        the sampler), reopened after any error."""
+        the sampler), reopened after any error. The server is first asked for our few families only
+        (`/metrics/?name[]=…`: vLLM mounts prometheus_client's app there, which filters; its plain
+        /metrics route does not): ~1,000 lines of histograms fewer to build ten times a second on
+        the API server under test, and to read here. A server that does not answer that with our
+        names is asked plainly from then on."""
         parts = urllib.parse.urlsplit(self.url)
-        path = (parts.path or "/metrics") + (f"?{parts.query}" if parts.query else "")
+        plain = (parts.path or "/metrics") + (f"?{parts.query}" if parts.query else "")
+        filtered = (parts.path or "/metrics").rstrip("/") + "/?" + urllib.parse.urlencode(
+            [(k, v) for k, v in urllib.parse.parse_qsl(parts.query)] + [("name[]", name) for name in _NAMES])
+        path = filtered
         conn = None
         while not self._stop.is_set():
             started = time.monotonic()
@@ -270,13 +302,18 @@ class VllmMetricsSource:
                 conn.request("GET", path)
                 response = conn.getresponse()
                 body = response.read()
+                values = parse_vllm_metrics(body.decode("utf-8", "replace")) if response.status == 200 else {}
+                if path == filtered and not values:  # no filtering here (404, a redirect, other text)
+                    path = plain
+                    continue
                 if response.status == 404:  # a server without /metrics (not vLLM): stop asking it
                     self.note = f"{self.url}: no /metrics here (HTTP 404); engine queue not sampled"
                     conn.close()
                     return
                 if response.status != 200:
                     raise OSError(f"HTTP {response.status}")
-                self._latest = (time.monotonic(), parse_vllm_metrics(body.decode("utf-8", "replace")))
+                self.filtered = path == filtered
+                self._latest = (time.monotonic(), values)
             except Exception as exc:  # refused while starting, gone when stopped, slow under load
                 self.errors += 1
                 self.note = self.note or f"{self.url}: {type(exc).__name__}: {exc}"

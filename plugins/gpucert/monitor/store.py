@@ -19,16 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from .sources import COUNTER_FIELDS
+
 # columns that keep float64: monotonic timestamps need µs resolution over days of uptime, and
 # cumulative counters are large (energy since driver load, PCIe bytes): float32's 24-bit mantissa
 # would lose a 10 s window's difference in them
 TIME_COLUMNS = ("t", "scheduled")
-COUNTER_FIELDS = ("energy_j", "pcie_tx_bytes", "pcie_rx_bytes", "nvlink_tx_kib", "nvlink_rx_kib",
-                  "ecc_corrected", "ecc_uncorrected", "preemptions")
+WIDE_FIELDS = COUNTER_FIELDS + ("preemptions",)
 
 
 def is_wide(name: str) -> bool:
-    return name in TIME_COLUMNS or name.rsplit(".", 1)[-1] in COUNTER_FIELDS
+    return name in TIME_COLUMNS or name.rsplit(".", 1)[-1] in WIDE_FIELDS
 
 
 class ColumnStore:

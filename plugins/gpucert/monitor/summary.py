@@ -29,9 +29,20 @@ def _stat(values: np.ndarray, how: str) -> float | None:
 
 
 def _counter_delta(values: np.ndarray) -> float | None:
-    """last − first of a cumulative counter (None when it never read)."""
+    """last − first of a cumulative counter (None when it read fewer than twice)."""
     v = _finite(values)
     return float(v[-1] - v[0]) if v.size >= 2 else None
+
+
+def _counter_span(values: np.ndarray, t: np.ndarray) -> tuple[float, float] | None:
+    """(last − first, the seconds between those two reads) of a cumulative counter: the monitor
+    reads counters every `counter_interval_s`, NaN between, so their time is not the window's."""
+    ok = np.isfinite(np.asarray(values, dtype=float))
+    if np.count_nonzero(ok) < 2:
+        return None
+    v, at = np.asarray(values, dtype=float)[ok], t[ok]
+    span = float(at[-1] - at[0])
+    return (float(v[-1] - v[0]), span) if span > 0 else None
 
 
 def gpu_indices(columns: dict[str, np.ndarray]) -> list[int]:
@@ -45,27 +56,15 @@ def jitter_ms(columns: dict[str, np.ndarray]) -> dict[str, float | None]:
     return {"p50": float(np.percentile(late, 50)), "p99": float(np.percentile(late, 99)), "max": float(late.max())}
 
 
-def steady_sampler_cpu(columns: dict) -> float | None:
-    """The sampler's own CPU % of one core at steady state: the mean after its first second
-    (start-up and the first /metrics connection would make a short session report several times
-    what a long one costs); for a session shorter than that, the median of its ticks."""
-    cpu, t = columns.get("host.sampler_cpu_pct"), columns.get("t")
-    if cpu is None or t is None or not len(t):
-        return None
-    ok = np.isfinite(cpu)
-    steady = cpu[ok & (t >= t[0] + 1.0)]
-    if steady.size >= 5:
-        return float(steady.mean())
-    return float(np.median(cpu[ok])) if ok.any() else None
-
-
 def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None,
               window_s: float | None = None) -> dict[str, Any]:
-    """Figures of one window. Energy per GPU is the NVML energy counter's difference (the power
-    integral where the counter is missing); rates of cumulative counters are difference / time.
-    With `window_s` (the length of what the check measured) the energy covers that whole window:
-    the samples inside it span up to two intervals less (more when the sampler ran late), so the
-    counter's difference is scaled by window / sampled span — the window at the mean power seen."""
+    """Figures of one window. Rates of cumulative counters are their difference over the time
+    between their first and last reads in the window (counters are read every
+    `counter_interval_s`, not every tick). Energy per GPU is the NVML energy counter's difference,
+    scaled from that span to the window — `window_s` (the length of what the check measured) or,
+    without it, the sampled span: the mean power the counter gave, over the whole window. Where the
+    counter is missing or read fewer than twice (a window under one counter interval), the integral
+    of the power samples, scaled the same way."""
     t = columns.get("t", np.array([]))
     duration = float(t[-1] - t[0]) if len(t) >= 2 else 0.0
     to_window = window_s / duration if window_s and duration > 0 else 1.0
@@ -74,12 +73,17 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
     for i in gpu_indices(columns):
         def col(field: str) -> np.ndarray:
             return columns.get(f"gpu{i}.{field}", np.full(len(t), np.nan))
-        energy = _counter_delta(col("energy_j"))
-        if energy is None and duration > 0 and _finite(col("power_w")).size >= 2:
+        # the counter's difference over its own span, scaled to the window (or to the sampled span)
+        counted = _counter_span(col("energy_j"), t)
+        if counted is not None:
+            energy = counted[0] * (window_s or duration) / counted[1]
+        elif duration > 0 and _finite(col("power_w")).size >= 2:  # no counter, or too short a window
             power = col("power_w")
             ok = np.isfinite(power)
-            energy = float(np.trapezoid(power[ok], t[ok])) if hasattr(np, "trapezoid") else float(np.trapz(power[ok], t[ok]))
-        energy = energy * to_window if energy is not None else None
+            integrate = np.trapezoid if hasattr(np, "trapezoid") else np.trapz
+            energy = float(integrate(power[ok], t[ok])) * to_window
+        else:
+            energy = None
         events = _finite(col("clock_events")).astype(np.int64)
         seen = int(np.bitwise_or.reduce(events)) if events.size else 0
         gpu = {
@@ -99,15 +103,13 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
         }
         for name, field, scale in (("pcie_tx_gbps", "pcie_tx_bytes", 1.0), ("pcie_rx_gbps", "pcie_rx_bytes", 1.0),
                                    ("nvlink_tx_gbps", "nvlink_tx_kib", 1024.0), ("nvlink_rx_gbps", "nvlink_rx_kib", 1024.0)):
-            delta = _counter_delta(col(field))
-            gpu[name] = delta * scale / duration / 1e9 if delta is not None and duration > 0 else None
+            counted = _counter_span(col(field), t)
+            gpu[name] = counted[0] * scale / counted[1] / 1e9 if counted is not None else None
         out["gpus"][i] = gpu
     out["host"] = {"cpu_busy_mean_pct": _stat(columns.get("host.cpu_busy_pct", np.array([])), "mean"),
                    "cpu_busy_peak_pct": _stat(columns.get("host.cpu_busy_pct", np.array([])), "max"),
                    "mem_used_peak_gib": _stat(columns.get("host.mem_used_gib", np.array([])), "max"),
-                   "sampler_cpu_mean_pct": _stat(columns.get("host.sampler_cpu_pct", np.array([])), "mean"),
-                   # the figure the ≤ 2 % target is about: start-up left out (steady_sampler_cpu)
-                   "sampler_cpu_steady_pct": steady_sampler_cpu(columns)}
+                   "sampler_cpu_mean_pct": _stat(columns.get("host.sampler_cpu_pct", np.array([])), "mean")}
     if "vllm.running" in columns:
         out["vllm"] = {"running_peak": _stat(columns["vllm.running"], "max"),
                        "waiting_peak": _stat(columns["vllm.waiting"], "max"),
