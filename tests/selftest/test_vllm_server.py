@@ -83,6 +83,43 @@ def test_health_wait_and_clean_stop(fake):
     assert json.loads((server.workdir / "vllm-serve.argv.json").read_text())[-2:] == ["--delay", "0.5"]
 
 
+def test_sigterm_to_the_caller_stops_the_engine(fake, tmp_path):
+    """`timeout`, a CI job's time limit or systemd sends SIGTERM to the process that started the
+    engine: it unwinds as after Ctrl-C through `with`, which stops the engine's own process group
+    — EngineCore-like child included — instead of leaving it on the GPUs."""
+    import signal
+    import subprocess
+    fake()  # writes the stand-in engine's script
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(f'''
+        import sys, time
+        from gpucert.serving.vllm_config import default_config
+        from gpucert.serving.vllm_server import VllmServer
+        server = VllmServer(default_config(), {str(tmp_path / "caller")!r}, stop_timeout_s=2, health_poll_s=0.05)
+        server.command = [sys.executable, {str(tmp_path / "fake_vllm.py")!r}, "--host", "127.0.0.1",
+                          "--port", str(server.port), "--child"]
+        with server:
+            print(server.proc.pid, flush=True)
+            time.sleep(60)
+        print("not reached", flush=True)
+    '''))
+    caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pgid = int(caller.stdout.readline())
+    assert _group_alive(pgid)
+    caller.send_signal(signal.SIGTERM)
+    assert caller.wait(timeout=20) == -signal.SIGINT  # Python's exit after an unhandled Ctrl-C
+    assert "not reached" not in caller.stdout.read()
+    assert not _group_alive(pgid)
+
+
+def test_the_sigterm_handler_is_put_back(fake):
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    with fake():
+        assert signal.getsignal(signal.SIGTERM) is not before  # main thread, default handler: ours
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_exit_during_startup_raises_with_log_tail_and_path(fake):
     server = fake("--exit-during-startup", "3")
     with pytest.raises(EngineStartError) as err:

@@ -127,6 +127,10 @@ def health_ok(base: str, timeout: float) -> bool:
     return health_probe(base, timeout) == "ok"
 
 
+def _exit_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -167,6 +171,7 @@ class VllmServer:
         self.crash: Crash | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._sigterm_before: Any = None  # the handler replaced while the engine runs
 
     # ---- identity ----------------------------------------------------------------------------
 
@@ -205,6 +210,7 @@ class VllmServer:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
         self.started_at = time.time()
+        self._stop_on_sigterm()
         try:
             self._wait_healthy()
         except BaseException:
@@ -214,6 +220,23 @@ class VllmServer:
         self._watcher = threading.Thread(target=self._watch, name="vllm-watcher", daemon=True)
         self._watcher.start()
         return self
+
+    def _stop_on_sigterm(self) -> None:
+        """While the engine runs, SIGTERM (a CI job's time limit, `timeout`, systemd) is taken as
+        Ctrl-C (KeyboardInterrupt) instead of ending this process on the spot: `with` blocks stop
+        the engine, and pytest ends the session as after Ctrl-C — checks cut short marked
+        incomplete, the card written, fixtures torn down. The engine runs in a process group of its
+        own and would otherwise outlive us holding the GPUs (seen: a script killed by `timeout` left
+        vLLM on 78 GB of each GPU). Only from the main thread, where nobody set a handler before."""
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            self._sigterm_before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._sigterm_before is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+                signal.signal(signal.SIGTERM, self._sigterm_before)
+            self._sigterm_before = None
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -288,6 +311,7 @@ class VllmServer:
         returncode = self.proc.poll()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=self.watch_interval_s + self.health_timeout_s + 5)
+        self._restore_sigterm()
         return StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
 
     def _wait_group(self, pgid: int, timeout: float) -> bool:
