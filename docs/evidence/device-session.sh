@@ -26,24 +26,24 @@ step() {  # NAME BUDGET_S CMD...: run CMD with BUDGET_S in its environment if th
   mv "$tmp"/* "$OUT"/ 2>/dev/null  # whole files only: a fetch never sees half an archive
 }
 inference=docs/evidence/issue-4-inference/run-inference.sh
-# issue 4: the mp baseline 1…4096 end to end, the run the baselines come from; its monitor figures
-# (jitter, sampler CPU, GPU and vLLM series under load) are issue 5's vLLM-under-load evidence
-step serving-tp2-mp 840 bash $inference serving-tp2-mp -k "sanity or serving_baseline" --load-opt requests_per_level=2
-step offline-tp2 330 bash $inference offline-tp2 -k offline
-# issue 5: NVML fields idle / under GEMM / under NCCL (NVLink counters), 20 ms sampling, jitter
-step monitor 200 bash docs/evidence/issue-5-monitor/run-monitor.sh
-# issue 4 client reach: capacity, 62.5k tok/s paced, the c=256 oracle on a quiet many-core host
-step reach 300 bash docs/evidence/issue-4-client/run-reach.sh
-# as exact as `vllm bench serve`? both clients in turn on one vLLM, same load
-step crosscheck 330 bash docs/evidence/issue-4-inference/run-crosscheck.sh
+# (session 4 ran the full mp baseline 1…4096, offline, monitor, reach and most of the cross-check;
+# what is left, most needed first)
+# issue 5 + a regression run: the sampler's cost under vLLM load with the session-4 monitor (counters
+# on their own cadence, /metrics filtered by the server), judged against the committed baselines
+step serving-check 330 bash $inference serving-check -k "sanity or serving_baseline" \
+  --load-opt concurrency=1,128,256,1024 --load-opt requests_per_level=2
+# issue 5: NVML call costs, the monitor idle / under NCCL / at 20 ms / with /metrics at 5,000 streams
+step sampler-cost 150 bash docs/evidence/issue-5-monitor/run-sampler-cost.sh
+# as exact as `vllm bench serve`? both clients in turn on one vLLM (session 4 lost c=256 to the budget)
+step crosscheck 420 bash docs/evidence/issue-4-inference/run-crosscheck.sh
+step serving-ray 500 bash $inference serving-tp2-ray -k "sanity or serving_baseline" \
+  --engine-opt distributed_executor_backend=ray --load-opt requests_per_level=1
 # why offline falls past 512 prompts: CUDA graphs captured up to 1024 instead of 512
 step offline-cg1024 300 bash $inference offline-cg1024 -k offline --engine-opt max_cudagraph_capture_size=1024 \
   --load-opt concurrency=256,512,1024,2048,4096
 # the front end as the served limit: four API server processes
 step serving-api4 420 bash $inference serving-tp2-api4 -k serving_baseline --engine-opt api_server_count=4 \
   --load-opt concurrency=128,256,512,1024,2048 --load-opt requests_per_level=1
-step serving-ray 500 bash $inference serving-tp2-ray -k "sanity or serving_baseline" \
-  --engine-opt distributed_executor_backend=ray --load-opt requests_per_level=1
 echo "== session plan done after $(( $(date +%s) - start )) s"
 }
 main "$@"
