@@ -165,7 +165,6 @@ class _Sampler:
         except OSError:
             pass  # nobody is listening any more
 
-
     def _read_counters(self, row: dict) -> float:
         """Every source's counters; returns the seconds until the next counter read: the configured
         interval, or longer where this read cost more than the budget's share of that time."""

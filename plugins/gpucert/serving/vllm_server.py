@@ -127,7 +127,7 @@ def health_ok(base: str, timeout: float) -> bool:
     return health_probe(base, timeout) == "ok"
 
 
-def _exit_on_sigterm(signum, frame):
+def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
@@ -230,11 +230,11 @@ class VllmServer:
         vLLM on 78 GB of each GPU). Only from the main thread, where nobody set a handler before."""
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            self._sigterm_before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._sigterm_before = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
     def _restore_sigterm(self) -> None:
         if self._sigterm_before is not None and threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+            if signal.getsignal(signal.SIGTERM) is _interrupt_on_sigterm:
                 signal.signal(signal.SIGTERM, self._sigterm_before)
             self._sigterm_before = None
 
