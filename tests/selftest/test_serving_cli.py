@@ -72,7 +72,7 @@ def test_connection_refused_is_measured_failure(capsys):
     assert rc == 1
     assert result["summary"]["failed"] == 3
     (text, count), = result["errors"].items()
-    assert "Cannot connect" in text and count == 3
+    assert "cannot connect to 127.0.0.1:" in text and "refused" in text and count == 3
 
 
 @pytest.mark.parametrize("args, message", [

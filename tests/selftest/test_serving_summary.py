@@ -69,9 +69,11 @@ def test_client_check_flags_lag():
 def test_sse_parser_split_reads_crlf_and_plain_close():
     parser = SSEParser()
     assert parser.feed(b'data: {"a"') == []
-    assert parser.feed(b': 1}\r\n\r\n: comment\n\ndata: [DONE]\n\n') == ['{"a": 1}', "[DONE]"]
+    assert parser.feed(b': 1}\r\n\r\n: comment\n\ndata: [DONE]\n\n') == [b'{"a": 1}', b"[DONE]"]
     assert parser.feed(b'data: {"b": 2}') == []
-    assert parser.close() == ['{"b": 2}']
+    assert parser.close() == [b'{"b": 2}']
+    # multi-line data joins with newlines; a field without the space after the colon counts too
+    assert parser.feed(b'data: {"c":\ndata:3}\n\nevent: x\ndata: 4\n\n') == [b'{"c":\n3}', b"4"]
 
 
 def test_arrivals_are_seeded_and_inf_sends_at_once():

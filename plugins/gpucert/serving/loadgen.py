@@ -1,6 +1,7 @@
 """Streaming load generator for OpenAI-compatible servers (/v1/completions, /v1/chat/completions).
 
-One asyncio loop, one aiohttp `ClientSession`. Modes: fixed concurrency (N workers), or a
+One asyncio loop, one streaming HTTP client (`http_stream.StreamingClient`: each chunk parsed in
+the socket read's own callback, connections kept alive). Modes: fixed concurrency (N workers), or a
 request rate with gamma inter-arrivals (shape = burstiness, 1 = Poisson; `inf` = all at once),
 optionally capped by a concurrency; bounded by a request count and/or a duration. Warm-up
 requests run first and are marked so the summary leaves them out. While it runs, a probe
@@ -20,11 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-import aiohttp
+import httptools
 import numpy as np
 
 from gpucert.serving.records import RequestRecord, RunRecords
 from .datasets import Prompt  # text or token ids, with the output length to request
+from .http_stream import StreamingClient
 
 ENDPOINT_PATHS = {"completions": "/completions", "chat": "/chat/completions"}
 LAG_PROBE_INTERVAL_S = 0.010
@@ -109,28 +111,38 @@ class LoadConfig:
 
 
 class SSEParser:
-    """Splits a byte stream into server-sent-event `data` payloads (handles \\r\\n, comments,
-    multi-line data and events split across reads)."""
+    """Splits a byte stream into server-sent-event `data` payloads, as bytes (json.loads takes
+    them as they are). Handles \\r\\n, comments, multi-line data and events split across reads;
+    the usual event — one `data: ` line — takes a fast path (this runs once per streamed chunk)."""
 
     def __init__(self):
         self._buffer = b""
 
-    def feed(self, data: bytes) -> list[str]:
-        self._buffer += data.replace(b"\r\n", b"\n")
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        return [p for p in (self._payload(e) for e in events) if p is not None]
+    def feed(self, data: bytes) -> list[bytes]:
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        *events, self._buffer = (self._buffer + data if self._buffer else data).split(b"\n\n")
+        payloads = []
+        for event in events:
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payloads.append(event[6:])
+            else:
+                payload = self._payload(event)
+                if payload is not None:
+                    payloads.append(payload)
+        return payloads
 
-    def close(self) -> list[str]:
+    def close(self) -> list[bytes]:
         """A stream may end without a blank line after its last event (a plain close)."""
         rest, self._buffer = self._buffer, b""
         payload = self._payload(rest) if rest.strip() else None
         return [payload] if payload is not None else []
 
     @staticmethod
-    def _payload(event: bytes) -> str | None:
+    def _payload(event: bytes) -> bytes | None:
         lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n")
                  if line.startswith(b"data:")]
-        return b"\n".join(lines).decode() if lines else None
+        return b"\n".join(lines) if lines else None
 
 
 class StreamError(Exception):
@@ -165,36 +177,38 @@ def _apply_event(record: RequestRecord, payload: dict, arrived: float, chat: boo
         streamed_ids.extend(token_ids)
 
 
-async def send_request(session: aiohttp.ClientSession, config: LoadConfig, headers: dict,
+async def send_request(client: StreamingClient, config: LoadConfig, headers: dict,
                        body: bytes, record: RequestRecord) -> RequestRecord:
-    """Send one streaming request and fill `record`; errors end up in the record, not raised."""
+    """Send one streaming request and fill `record`; errors end up in the record, not raised.
+    The body's pieces are parsed as they arrive, in the read's own callback (http_stream.py)."""
     chat = config.endpoint == "chat"
     parser, streamed_ids = SSEParser(), []
+    state = {"done": False}
     if record.x_request_id:
         headers = {**headers, "X-Request-Id": record.x_request_id}
+
+    def on_body(data: bytes, arrived: float) -> None:
+        if state["done"]:
+            return
+        for raw in parser.feed(data):  # one read: its events arrived together
+            if raw == b"[DONE]" or raw.strip() == b"[DONE]":
+                state["done"] = True
+                return
+            _apply_event(record, json.loads(raw), arrived, chat, streamed_ids)
+
     record.sent_at = time.monotonic()
     try:
-        async with session.post(config.url, data=body, headers=headers) as response:
-            record.http_status = response.status
-            if response.status != 200:
-                text = (await response.text())[:ERROR_TEXT_LIMIT]
-                record.error = f"HTTP {response.status}: {text}"
-                return record
-            done = False
-            async for data in response.content.iter_any():
-                arrived = time.monotonic()  # one read: its events arrived together
-                for raw in parser.feed(data):
-                    if raw.strip() == "[DONE]":
-                        done = True
-                        break
-                    _apply_event(record, json.loads(raw), arrived, chat, streamed_ids)
-                if done:
-                    break
-            if not done:
-                for raw in parser.close():
-                    if raw.strip() != "[DONE]":
-                        _apply_event(record, json.loads(raw), time.monotonic(), chat,
-                                     streamed_ids)
+        status, error_body = await asyncio.wait_for(client.post(config.url, body, headers, on_body),
+                                                    config.request_timeout_s)
+        record.http_status = status
+        if status != 200:
+            text = error_body.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
+            record.error = f"HTTP {status}: {text}"
+            return record
+        if not state["done"]:
+            for raw in parser.close():
+                if raw.strip() != b"[DONE]":
+                    _apply_event(record, json.loads(raw), time.monotonic(), chat, streamed_ids)
         if record.output_tokens is None and streamed_ids:
             record.output_tokens, record.output_tokens_source = len(streamed_ids), "token_ids"
         if record.first_token_at is None:
@@ -207,7 +221,7 @@ async def send_request(session: aiohttp.ClientSession, config: LoadConfig, heade
         record.error = f"bad SSE payload: {err}"
     except asyncio.TimeoutError:
         record.error = f"timeout after {config.request_timeout_s:g} s"
-    except aiohttp.ClientError as err:
+    except (OSError, httptools.HttpParserError) as err:  # refused, reset, closed early, bad HTTP
         record.error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
     finally:
         record.ended_at = time.monotonic()
@@ -261,11 +275,8 @@ class LoadGenerator:
 
     async def run(self) -> RunRecords:
         cfg = self.config
-        timeout = aiohttp.ClientTimeout(total=cfg.request_timeout_s,
-                                        sock_connect=cfg.connect_timeout_s)
-        # limit=0: the mode, not the connection pool, decides how many requests are in flight
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # no pool limit: the mode decides how many requests are in flight
+        async with StreamingClient(connect_timeout_s=cfg.connect_timeout_s) as session:
             records: list[RequestRecord] = []
             if cfg.warmup_requests:
                 records += await self._concurrent(session, cfg.warmup_requests, None,

@@ -11,7 +11,7 @@ that the streams go to worker processes, each running `loadgen.run_load` on its 
   process of the full rate); a concurrency cap and the request count are split as above;
 - warm-up requests split likewise; a duration bound passes as is.
 
-Workers are started with the *spawn* context (no forked event loops or aiohttp state), import,
+Workers are started with the *spawn* context (no forked event loops or open connections), import,
 report ready, and are released together so their shares start within a few ms of one another.
 Each sends back its `RunRecords` (dataclasses: picklable) over a pipe.
 
