@@ -53,6 +53,7 @@ def run_monitor(args) -> int:
               "counter_interval_ms": args.counter_interval_ms,
               "counter_spacing_ms": [None if v is None else v * 1e3 for v in (final.get("counter_spacing_s") or (None, None))],
               "counter_reads": final.get("counter_reads"), "jitter_ms": figures["jitter_ms"],
+              "vllm_metrics_filtered": final.get("vllm_metrics_filtered"),
               "missed_ticks": final.get("missed"), "duration_s": figures["duration_s"], "out": str(out),
               "gpus": meta.get("gpus", []), "notes": sorted(set(meta.get("notes", []) + final.get("notes", []))),
               "sources": {"nvml": figures["gpus"], "host": figures["host"], "vllm": figures["vllm"]}}
