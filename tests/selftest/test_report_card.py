@@ -1,5 +1,10 @@
 """The card's serving view: the concurrency table and its curves, from metrics.json alone."""
 
+import math
+import re
+
+import pytest
+
 from gpucert.report import card, charts
 
 
@@ -29,6 +34,23 @@ def test_chart_labels_are_escaped_and_points_placed():
     assert "<b>" not in svg and "&lt;b&gt;" in svg and "a&amp;b" in svg
     assert svg.count("<circle") == 2
     assert charts.line_chart("t", "x", "y", {"empty": []}) == ""
+
+
+def test_a_log_y_chart_has_decades_and_keeps_small_values_apart():
+    """TPOT of 2.5 ms beside a TTFT of 117 s (2× H100, 4,096 streams): on a linear axis every TPOT
+    sits on the zero line; on the log axis each decade gets a line and 2.5 and 25 ms are as far
+    apart as 1 s and 10 s."""
+    svg = charts.line_chart("lat", "c", "ms", {"TTFT": [(1, 15.0), (4096, 117256.0)],
+                                               "TPOT": [(1, 2.5), (2, 0.0), (4096, 25.0)]}, log_y=True)
+    for decade in ("1", "10", "100", "1k", "10k", "100k", "1M"):
+        assert f'text-anchor="end">{decade}</text>' in svg
+    assert svg.count("<circle") == 4  # the 0 ms point is left out on a log axis
+    ys = {float(cy) for cy in re.findall(r'<circle cx="[0-9.]+" cy="([0-9.]+)"', svg)}
+    assert len(ys) == 4  # 2.5, 15, 25 and 117k ms at four heights
+    y = sorted(ys)  # screen y grows downwards: 117k ms on top, 2.5 ms lowest
+    step = (y[3] - y[0]) / (math.log10(117256.0) - math.log10(2.5))
+    assert y[3] - y[2] == pytest.approx(step * math.log10(15.0 / 2.5), abs=0.2)  # 15 above 2.5 by log
+    assert y[3] - y[1] == pytest.approx(step, abs=0.2)  # 25 ms one decade above 2.5 ms
 
 
 def test_time_series_charts_label_round_seconds_and_draw_no_markers():

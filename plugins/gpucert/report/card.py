@@ -90,9 +90,10 @@ def serving_view(data: dict[str, Any]) -> dict[str, Any] | None:
         {"served": [(r["concurrency"], r["output_tok_s"]) for r in rows],
          "offline (LLM.generate)": [(r["concurrency"], r["offline_tok_s"]) for r in rows]})
     latency = charts.line_chart(
-        "Latency by concurrency", "concurrency (streams)", "ms",
+        "Latency by concurrency (log scale)", "concurrency (streams)", "ms",
         {"TTFT p99": [(r["concurrency"], r["ttft_ms_p99"]) for r in rows],
-         "TPOT p99": [(r["concurrency"], r["tpot_ms_p99"]) for r in rows]})
+         "TPOT p99": [(r["concurrency"], r["tpot_ms_p99"]) for r in rows]},
+        log_y=True)  # TPOT of a few ms and a queued TTFT of minutes on one chart
     return {"rows": rows, "charts": [c for c in (throughput, latency) if c]}
 
 

@@ -24,21 +24,24 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def _label(value: float) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
     if abs(value) >= 1000:
         return f"{value / 1000:g}k"
-    return f"{value:g}"
+    return f"{value:g}"  # decades below 1 too: 0.1, 0.01
 
 
 def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
                log2_x: bool = True, right: dict[str, list[tuple[float, float]]] | None = None,
-               right_label: str = "") -> str:
+               right_label: str = "", log_y: bool = False) -> str:
     """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double, a label at each
-    level) or, with log2_x=False, linear (time, round labels). `right`: series drawn dashed against
-    a second y axis of their own (e.g. streamed tok/s over GPU utilization %), so that a spike in
-    one lines up with the other."""
-    def usable(x: float) -> bool:
-        return x > 0 if log2_x else x >= 0
-    points = [(x, y) for pts in series.values() for x, y in pts if y is not None and usable(x)]
+    level) or, with log2_x=False, linear (time, round labels). `log_y`: a log10 y axis with a line
+    at each decade, for figures spanning several (TPOT in ms beside a TTFT of minutes); values
+    <= 0 are left out there. `right`: series drawn dashed against a second y axis of their own
+    (e.g. streamed tok/s over GPU utilization %), so that a spike in one lines up with the other."""
+    def usable(x: float, y: float | None = 1.0) -> bool:
+        return y is not None and (x > 0 if log2_x else x >= 0) and (y > 0 or not log_y)
+    points = [(x, y) for pts in series.values() for x, y in pts if usable(x, y)]
     right_points = [(x, y) for pts in (right or {}).values() for x, y in pts if y is not None and usable(x)]
     if not points:
         return ""
@@ -47,6 +50,9 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
     xs, ys = [fx(x) for x, _ in points_x], [y for _, y in points]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     y1 = max(ys) * 1.1 or 1.0
+    if log_y:  # whole decades around the data
+        d0, d1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+        d1 = d1 if d1 > d0 else d0 + 1
     r1 = (max(y for _, y in right_points) * 1.1 or 1.0) if right_points else None
     right_margin = RIGHT_AXIS if r1 else RIGHT
     plot_w, plot_h = WIDTH - LEFT - right_margin, HEIGHT - TOP - BOTTOM
@@ -55,12 +61,14 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         return LEFT + (fx(x) - x0) / (x1 - x0) * plot_w
 
     def py(y: float) -> float:
+        if log_y:
+            return TOP + plot_h - (math.log10(y) - d0) / (d1 - d0) * plot_h
         return TOP + plot_h - y / y1 * plot_h
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
            f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
            f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
-    for tick in _ticks(0.0, y1):
+    for tick in ([10.0 ** d for d in range(d0, d1 + 1)] if log_y else _ticks(0.0, y1)):
         y = py(tick)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
@@ -72,7 +80,7 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
                f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
-        good = sorted((x, y) for x, y in pts if y is not None and usable(x))
+        good = sorted((x, y) for x, y in pts if usable(x, y))
         if not good:
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in good)
