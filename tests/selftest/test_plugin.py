@@ -345,6 +345,7 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     session = result.metrics["monitor"]
     assert session["interval_ms"] == 50 and session["ticks"] > 0 and session["samples"] >= 10
     assert session["jitter_ms"]["p99"] is not None and session["sampler_cpu_mean_pct"] is not None
+    assert session["counter_reads"] >= 1 and session["vllm_metrics_filtered"] is None  # no vLLM attached here
     assert session["file_bytes"] == (result.report_dir / "monitor" / "session.npz").stat().st_size
     assert abs(session["clock_offset_ms"]) < 5  # one host: one monotonic clock
 

@@ -23,3 +23,9 @@ for check in run["checks"]:
         print("    " + ", ".join(f"{k}={v if v is None else round(v, 2)}" for k, v in extra.items()))
     if check["verdict"] not in ("pass", "new") and check.get("message"):
         print("    " + check["message"].replace("\n", " | ")[:400])
+mon = run.get("monitor") or {}
+if mon:
+    print(f"monitor: {mon.get('samples')} samples at {mon.get('interval_ms')} ms, jitter p99 "
+          f"{(mon.get('jitter_ms') or {}).get('p99')} ms, sampler CPU {mon.get('sampler_cpu_mean_pct')} % of a core, "
+          f"counter reads {mon.get('counter_reads')} spaced {mon.get('counter_spacing_s')} s, "
+          f"vLLM /metrics filtered {mon.get('vllm_metrics_filtered')}")

@@ -106,6 +106,8 @@ class SessionMonitor:
         sampler_clock = self.monitor.meta.get("clock", {})
         info = {"file": self.config.out_path, "interval_ms": self.config.interval_s * 1e3,
                 "ticks": final.get("ticks"), "missed": final.get("missed"), "notes": self.notes,
+                "counter_reads": final.get("counter_reads"), "counter_spacing_s": final.get("counter_spacing_s"),
+                "vllm_metrics_filtered": final.get("vllm_metrics_filtered"),
                 # both processes read time.monotonic(); their wall − monotonic offsets differ by
                 # the read-out gap alone on one host (µs) — recorded so that is shown, not assumed
                 "clock_offset_ms": (sampler_clock["wall_minus_monotonic"] - self.plugin_clock["wall_minus_monotonic"]) * 1e3
