@@ -3,6 +3,9 @@
 # while calls follow each other within ~30 s):
 #   device-bg.sh start NAME CMD...    start CMD in its own session (it outlives this call); its
 #                                     files go to /tmp/gpucert-bg/NAME/out ($OUT for it)
+#   device-bg.sh stop NAME            SIGTERM CMD's whole process group (a pytest or script running vLLM
+#                                     then stops its engine: SIGTERM is Ctrl-C to it); never `pkill -f`
+#                                     a pattern the calling command line contains (it kills that shell)
 #   device-bg.sh wait NAME SECONDS    wait up to SECONDS (less once files are ready); print the log's
 #                                     tail; move finished files to this call's $OUT; DONE when all is
 set -uo pipefail
@@ -12,7 +15,14 @@ case $cmd in
   start)
     rm -rf "$base"; mkdir -p "$base/out"
     OUT=$base/out setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
+    echo $! > "$base/pid"
     echo "started $name (pid $!)";;
+  stop)
+    pid=$(cat "$base/pid" 2>/dev/null) || { echo "no $name started"; exit 1; }
+    kill -TERM -- "-$pid" 2>/dev/null && echo "sent SIGTERM to process group $pid"
+    for _ in $(seq 60); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 -- "-$pid" 2>/dev/null && { kill -KILL -- "-$pid"; echo "SIGKILL after 60 s"; }
+    nvidia-smi --query-gpu=index,memory.used --format=csv,noheader 2>/dev/null | sed 's/^/after: gpu /';;
   wait)
     # returns when CMD ended, at the deadline, or once finished files wait in its out folder (so a
     # pipeline's results come back step by step, at most 7 a call: the device returns 8 files)
@@ -29,5 +39,5 @@ case $cmd in
     else
       echo "RUNNING $name (or files left: call wait again)"
     fi;;
-  *) echo "usage: device-bg.sh start|wait NAME ..."; exit 2;;
+  *) echo "usage: device-bg.sh start|wait|stop NAME ..."; exit 2;;
 esac
