@@ -83,6 +83,20 @@ def test_chunked_stream_arrives_piece_by_piece_and_the_connection_is_reused():
     asyncio.run(run())
 
 
+def test_a_connection_idle_too_long_is_not_reused():
+    """Servers close idle connections on their own clock (uvicorn: 5 s): one idle longer than
+    `reuse_within_s` is closed here and a fresh one opened, not raced against the server's close."""
+    async def run():
+        answer = lambda n: ([SSE_HEAD, chunked(b"data: [DONE]\n\n")], False)
+        async with RawServer(answer) as server, StreamingClient(reuse_within_s=0.2) as client:
+            await client.post(server.url, b"{}", {}, collect()[1])
+            await client.post(server.url, b"{}", {}, collect()[1])  # right after: reused
+            await asyncio.sleep(0.3)
+            await client.post(server.url, b"{}", {}, collect()[1])  # idle too long: a new one
+            assert server.connections == 2 and len(server.requests) == 3
+    asyncio.run(run())
+
+
 def test_a_body_ended_by_closing_is_complete_and_the_connection_not_reused():
     async def run():
         answer = lambda n: ([b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n",

@@ -107,9 +107,13 @@ class StreamingClient:
     """`await client.post(url, body, headers, on_body)` → (status, error body). Use as an async
     context manager (closes the kept-alive connections)."""
 
-    def __init__(self, connect_timeout_s: float = 30.0):
+    def __init__(self, connect_timeout_s: float = 30.0, reuse_within_s: float = 2.0):
         self.connect_timeout_s = connect_timeout_s
-        self._idle: dict[tuple[str, str, int], list[_Response]] = {}
+        # an idle connection is reused only this soon after its last answer: servers close idle
+        # ones on their own clock (uvicorn, under vLLM, after 5 s), and a request sent just as the
+        # server closes would fail as if the server had
+        self.reuse_within_s = reuse_within_s
+        self._idle: dict[tuple[str, str, int], list[tuple[float, _Response]]] = {}
         self._open: set[_Response] = set()
         self._ssl: ssl.SSLContext | None = None
 
@@ -129,9 +133,11 @@ class StreamingClient:
     async def _connection(self, key: tuple[str, str, int]) -> _Response:
         idle = self._idle.get(key)
         while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            since, conn = idle.pop()
+            fresh = time.monotonic() - since <= self.reuse_within_s
+            if fresh and not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn
+            self._discard(conn)
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         if scheme == "https" and self._ssl is None:
@@ -178,7 +184,7 @@ class StreamingClient:
             self._discard(conn)
             raise conn.failure
         if keep_alive and not conn.closed:
-            self._idle.setdefault(key, []).append(conn)
+            self._idle.setdefault(key, []).append((time.monotonic(), conn))
         else:
             self._discard(conn)
         return status, bytes(conn.error_body)
