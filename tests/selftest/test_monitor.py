@@ -248,12 +248,12 @@ def test_check_metrics_from_a_window():
 def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, monkeypatch):
     """Energy, PCIe/NVLink bytes, ECC and host CPU are read on counter ticks only (on H100 the
     energy read alone is ~3 ms of CPU a GPU, 500x a gauge), NaN between; where a read costs more
-    than 1 % of a core over the counter interval, the interval stretches to keep it at 1 %."""
+    than 0.5 % of a core over the counter interval, the interval stretches to keep it at 0.5 %."""
     with monitor(tmp_path, counter_interval_s=0.2) as mon:
         time.sleep(1.6)
         meta, columns = mon.window()
     final = mon.final
-    assert meta["counter_interval_s"] == 0.2 and meta["counter_cpu_budget"] == 0.01
+    assert meta["counter_interval_s"] == 0.2 and meta["counter_cpu_budget"] == 0.005
     read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
     spacing = np.diff(columns["t"][read])
     assert len(read) >= 6 and np.all(np.abs(spacing - 0.2) < 0.03), spacing  # every 4th 50 ms tick
@@ -267,9 +267,9 @@ def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, mo
         time.sleep(2.6)
         _, columns = mon.window()
     read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
-    # the first read at the configured interval, then ~8 ms / 1 % = ~0.8 s apart
-    assert 3 <= len(read) <= 4 and np.diff(columns["t"][read])[1:].min() > 0.6, columns["t"][read]
-    assert mon.final["counter_spacing_s"][0] > 0.6
+    # the first read at the configured interval, then ~8 ms / 0.5 % = ~1.6 s apart
+    assert 3 <= len(read) <= 4 and np.diff(columns["t"][read])[1:].min() > 1.2, columns["t"][read]
+    assert mon.final["counter_spacing_s"][0] > 1.2
 
 
 def test_nvml_counters_and_the_cheapest_nvlink_form():

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     mon.add_argument("--interval-ms", type=float, default=100.0, help="sampling interval (>= 20 ms)")
     mon.add_argument("--counter-interval-ms", type=float, default=1000.0,
                      help="how often at most the cumulative counters (energy, PCIe/NVLink bytes, ECC, host CPU) "
-                          "are read; less often where reading them would take over 1%% of a core")
+                          "are read; less often where reading them would take over 0.5%% of a core")
     mon.add_argument("--out", help="the columnar sample file to keep (.npz); default: a temporary one")
     mon.add_argument("--vllm-metrics", metavar="URL", help="a vLLM server's /metrics, e.g. http://127.0.0.1:8000/metrics")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
