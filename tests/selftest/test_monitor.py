@@ -256,11 +256,13 @@ def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, mo
     assert meta["counter_interval_s"] == 0.2 and meta["counter_cpu_budget"] == 0.005
     read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
     spacing = np.diff(columns["t"][read])
-    assert len(read) >= 6 and np.all(np.abs(spacing - 0.2) < 0.03), spacing  # every 4th 50 ms tick
+    # every 4th 50 ms tick; a read that happened to cost more than 1 ms (0.5 % of 0.2 s: a busy CI
+    # box) pushes only its own next read a tick later, as it should
+    assert len(read) >= 6 and abs(np.median(spacing) - 0.2) < 0.03 and spacing.min() > 0.17, spacing
     assert np.isfinite(columns["gpu0.power_w"]).all()  # gauges every tick
     # host CPU: a rate since the last read, on the same ticks (none at the first)
     assert np.array_equal(read[1:], np.flatnonzero(np.isfinite(columns["host.cpu_busy_pct"])))
-    assert final["counter_reads"] >= 6 and final["counter_spacing_s"][1] == pytest.approx(0.2)
+    assert final["counter_reads"] >= 6 and final["counter_spacing_s"][0] == pytest.approx(0.2)  # the shortest gap
 
     monkeypatch.setenv("FAKE_NVML_ENERGY_CPU_MS", "4")  # a slow driver: 8 ms of CPU a read, 2 GPUs
     with monitor(tmp_path, counter_interval_s=0.2) as mon:
