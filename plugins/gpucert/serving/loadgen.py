@@ -183,16 +183,17 @@ async def send_request(client: StreamingClient, config: LoadConfig, headers: dic
     The body's pieces are parsed as they arrive, in the read's own callback (http_stream.py)."""
     chat = config.endpoint == "chat"
     parser, streamed_ids = SSEParser(), []
-    state = {"done": False}
+    done = False
     if record.x_request_id:
         headers = {**headers, "X-Request-Id": record.x_request_id}
 
     def on_body(data: bytes, arrived: float) -> None:
-        if state["done"]:
+        nonlocal done
+        if done:
             return
         for raw in parser.feed(data):  # one read: its events arrived together
-            if raw == b"[DONE]" or raw.strip() == b"[DONE]":
-                state["done"] = True
+            if raw.strip() == b"[DONE]":
+                done = True
                 return
             _apply_event(record, json.loads(raw), arrived, chat, streamed_ids)
 
@@ -205,7 +206,7 @@ async def send_request(client: StreamingClient, config: LoadConfig, headers: dic
             text = error_body.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
             record.error = f"HTTP {status}: {text}"
             return record
-        if not state["done"]:
+        if not done:
             for raw in parser.close():
                 if raw.strip() != b"[DONE]":
                     _apply_event(record, json.loads(raw), time.monotonic(), chat, streamed_ids)
