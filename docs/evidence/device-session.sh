@@ -7,6 +7,7 @@
 # Steps in order of what the open issues need most; a step whose budget no longer fits in what is
 # left of SESSION_S is skipped (said in the log). Each step's files go to $OUT as one archive
 # (over 15 MB: parts to cat). Every step's own script is in docs/evidence/issue-*/.
+# STEPS="sampler-cost serving-ray" in the environment runs only those steps, in this file's order.
 # (carry .devbundle/qwen-tok.whl in the starting call for the cross-check step: a call's carried
 # paths are gone in the next, so it is copied to /tmp first)
 set -uo pipefail
@@ -18,6 +19,8 @@ OUT=${OUT:-/tmp/out}
 left() { echo $(( session - ($(date +%s) - start) )); }
 step() {  # NAME BUDGET_S CMD...: run CMD with BUDGET_S in its environment if that much is left
   local name=$1 budget=$2; shift 2
+  # STEPS="a b": only those steps (a rerun of what an earlier pipeline missed)
+  if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then return; fi
   if (( $(left) < budget + 20 )); then echo "== skip $name: needs ${budget} s, $(left) s left"; return; fi
   echo "== $name (budget ${budget} s, $(left) s left) $(date +%T)"
   local tmp=/tmp/gpucert-steps/$name; rm -rf "$tmp"; mkdir -p "$tmp"

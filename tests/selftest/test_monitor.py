@@ -135,6 +135,7 @@ def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path, mount):
             server.preempted.inc(3)
             time.sleep(0.6)
             meta, columns = mon.window()
+            mon.detach_vllm()  # as the plugin does when the engine stops, before the session ends
     finally:
         server.close()
     running = columns["vllm.running"]
@@ -144,7 +145,7 @@ def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path, mount):
     assert figures["vllm"]["kv_cache_usage_peak_pct"] == 50.0  # vLLM's fraction, as %
     assert figures["vllm"]["preemptions"] == 3  # counted within the window
     assert np.nanmax(columns["vllm.age_ms"]) < 1000
-    assert mon.final["vllm_metrics_filtered"] is mount
+    assert mon.final["vllm_metrics_filtered"] is mount  # still known after the detach
     assert server.paths[0].startswith("/metrics/?name%5B%5D=vllm%3Anum_requests_running")
     if mount:
         assert all(path.startswith("/metrics/?") for path in server.paths)

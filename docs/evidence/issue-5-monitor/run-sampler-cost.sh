@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Issue 5: the sampler's own cost on a lent GPU node once the cumulative counters are read on their
-# own cadence (≤ 1 % of a core), NVLink as the driver's own sum, host figures with the counters (session 4). Needs only the node's python3 (pynvml,
-# numpy, torch), no vLLM: NVML call costs, the monitor idle, under an NCCL all_reduce (NVLink
+# own cadence (≤ 1 % of a core), NVLink as the driver's own sum, host figures with the counters (session 4). Needs the node's python3 (pynvml,
+# numpy, torch) and the staged bundle's site, no vLLM server: NVML call costs, the monitor idle, under an NCCL all_reduce (NVLink
 # counters), at 20 ms, and with 5,000 streams on the emulator's vLLM-style /metrics.
 set -uo pipefail
+# the bundle's site for gpucert's own dependencies the node's python3 lacks (httptools, uvloop,
+# prometheus-client): session 5's first run stopped at `import httptools`
+[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; dir=/tmp/gpucert-runs/sampler-cost; rm -rf "$dir"; mkdir -p "$dir" "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { tail -3 /tmp/pip.log; exit 3; }

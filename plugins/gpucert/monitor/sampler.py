@@ -60,6 +60,7 @@ class _Sampler:
 
     def __init__(self, config: MonitorConfig, conn):
         self.config, self.conn = config, conn
+        self.vllm_filtered: bool | None = None  # whether vLLM's /metrics sent our families only
         self.nvml = NvmlSource(config.nvml_module)
         self.sources: list = [HostSource(), self.nvml]
         self.opened = [source for source in self.sources if source.open()]
@@ -91,6 +92,9 @@ class _Sampler:
         for source in self.opened:
             if source.name == "vllm":
                 source.close()
+                # kept past the detach: the plugin detaches when the engine stops, before the
+                # session's monitor reports (session 5 on H100 reported None for a filtered run)
+                self.vllm_filtered = source.filtered if source.filtered is not None else self.vllm_filtered
         self.opened = [source for source in self.opened if source.name != "vllm"]
 
     def receive(self) -> bool:
@@ -155,13 +159,14 @@ class _Sampler:
         cpu_steady = (100.0 * (time.process_time() - since[1]) / (time.monotonic() - since[0])
                       if time.monotonic() > since[0] else None)
         notes = [s.note for s in self.opened + self.sources if s.note]
+        self._detach()
         for source in self.opened:
             source.close()
         try:
             conn.send(("stopped", {"ticks": self.ticks, "missed": self.missed, "notes": sorted(set(notes)),
                                    "counter_reads": self.counter_reads, "cpu_steady_pct": cpu_steady,
-                                   # whether vLLM's /metrics sent our families only (None: not attached)
-                                   "vllm_metrics_filtered": next((s.filtered for s in self.opened if s.name == "vllm"), None),
+                                   # None: no vLLM attached, or it never answered
+                                   "vllm_metrics_filtered": self.vllm_filtered,
                                    "counter_spacing_s": self.counter_spacing_s}))
         except OSError:
             pass  # nobody is listening any more
