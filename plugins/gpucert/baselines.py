@@ -152,6 +152,9 @@ def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, 
             "direction": metric.direction,
             "spread": stats["iqr"] if stats else 0.0,
             "samples": metric.sample_count,
+            # the value's own 95 % interval: the next run's change is judged against both noises
+            "stat": metric.statistic,
+            "ci": list(metric.ci) if metric.ci else None,
             "updated_at": provenance.when,
             "snapshot_digest": provenance.snapshot_digest,
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+from . import noise
 from .metrics import Judgement, Metric, worst
 from .thresholds import Quarantine, Rule
 
@@ -68,8 +69,15 @@ def _limits(metric: Metric, rule: Rule) -> list[tuple[str, str, str]]:
     return out
 
 
-def _against_baseline(metric: Metric, rule: Rule, baseline: float) -> tuple[str, str, float | None, bool, str]:
-    """(verdict, why, delta %, rebaseline suggested, threshold text) against the baseline band."""
+def _ci_text(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]" if ci else ""
+
+
+def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: tuple[float, float] | None = None
+                      ) -> tuple[str, str, float | None, bool, str, tuple[float, float] | None, bool]:
+    """(verdict, why, delta %, rebaseline suggested, threshold text, delta's 95 % interval in %,
+    within noise) against the baseline band. A change beyond the band whose interval still holds
+    0 % is explained by the two measurements' own noise: shown (warn), never a regression."""
     value = metric.value
     delta = value - baseline
     delta_pct = delta / abs(baseline) * 100 if baseline else None
@@ -82,15 +90,23 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float) -> tuple[str,
     worse = "lower" if rule.direction == "higher" else "higher"
     threshold = f"±{_band_text(rule.rel_tol, rule.abs_tol)} ({rule.direction} is better)"
     change = f"{_fmt(value)} {metric.unit} vs baseline {_fmt(baseline)}"
+    ci = noise.delta_interval_pct(value, metric.ci, baseline, baseline_ci)
     if delta_pct is not None:
         change += f" ({delta_pct:+.1f}%)"
+    holds_zero = ci is not None and ci[0] <= 0 <= ci[1]
     if regression > tol:
-        return "fail", f"{change}: {worse} than the baseline beyond tolerance {_band_text(rule.rel_tol, rule.abs_tol)}", delta_pct, False, threshold
+        if holds_zero:
+            return ("warn", f"{change}: {worse} than the baseline beyond tolerance {_band_text(rule.rel_tol, rule.abs_tol)}, "
+                    "but within run-to-run noise (the interval holds no change): not a regression", delta_pct, False,
+                    threshold, ci, True)
+        return "fail", f"{change}: {worse} than the baseline beyond tolerance {_band_text(rule.rel_tol, rule.abs_tol)}", delta_pct, False, threshold, ci, False
     if regression > warn:
-        return "warn", f"{change}: {worse} than the baseline, inside tolerance but beyond the warning band {_band_text(rule.warn_rel, rule.warn_abs)}", delta_pct, False, threshold
+        return "warn", f"{change}: {worse} than the baseline, inside tolerance but beyond the warning band {_band_text(rule.warn_rel, rule.warn_abs)}", delta_pct, False, threshold, ci, False
     if -regression > improve:
-        return "warn", f"{change}: better than the baseline beyond {_band_text(improve_rel, improve_abs)} — rebaseline suggested", delta_pct, True, threshold
-    return "pass", f"{change}: within tolerance", delta_pct, False, threshold
+        if holds_zero:
+            return "pass", f"{change}: better than the baseline beyond {_band_text(improve_rel, improve_abs)}, within run-to-run noise", delta_pct, False, threshold, ci, True
+        return "warn", f"{change}: better than the baseline beyond {_band_text(improve_rel, improve_abs)} — rebaseline suggested", delta_pct, True, threshold, ci, False
+    return "pass", f"{change}: within tolerance", delta_pct, False, threshold, ci, False
 
 
 def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline: str = "new",
@@ -115,6 +131,8 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     thresholds: list[str] = []
     base_value = baseline.get("value") if baseline and not rule.drift else None
     delta_pct = None
+    delta_ci = None
+    within_noise = False
     suggested = False
     if rule.drift:
         pass  # the value is itself a difference from the baseline: only absolute limits apply
@@ -122,7 +140,12 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         findings.append(("fail", "no baseline for this metric (--missing-baseline=fail)") if missing_baseline == "fail"
                         else ("new", "no baseline yet"))
     else:
-        verdict, why, delta_pct, suggested, text = _against_baseline(metric, rule, float(base_value))
+        base_ci = baseline.get("ci")
+        base_ci = (float(base_ci[0]), float(base_ci[1])) if isinstance(base_ci, (list, tuple)) and len(base_ci) == 2 else None
+        verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
+            metric, rule, float(base_value), base_ci)
+        if delta_ci:
+            why += f"; change 95% CI {_ci_text(delta_ci)}"
         if update_mode and verdict == "fail":
             verdict, why = "warn", why + " (baseline being updated)"
         findings.append((verdict, why))
@@ -142,7 +165,8 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         reasons = ["no baseline yet: judged on absolute limits"]
     elif not reasons:
         reasons = [f"{_fmt(metric.value)} {metric.unit}: within absolute limits"]
-    judgement = Judgement(final, "; ".join(reasons), base_value, delta_pct, "; ".join(thresholds), suggested)
+    judgement = Judgement(final, "; ".join(reasons), base_value, delta_pct, "; ".join(thresholds), suggested,
+                          delta_ci_pct=delta_ci, within_noise=within_noise)
     if metric.note:
         judgement.reason += f" — {metric.note}"
     return _quarantined(judgement, quarantine, today)

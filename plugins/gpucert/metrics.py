@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from . import noise
+
 # verdicts, worst first; "incomplete" is a check the session stopped in (or never reached):
 # nothing about it is certified; "skipped" is a check that could not measure here
 VERDICTS = ("fail", "incomplete", "warn", "new", "pass", "skipped")
@@ -92,6 +94,9 @@ class Judgement:
     threshold: str = ""
     rebaseline_suggested: bool = False
     quarantined: str | None = None  # the quarantine reason, when one applies
+    # 95 % interval of delta_pct from the two measurements' own noise (noise.py); None: no samples
+    delta_ci_pct: tuple[float, float] | None = None
+    within_noise: bool = False  # beyond the band, but the noise explains the change: not a regression
 
 
 @dataclass
@@ -110,6 +115,8 @@ class Metric:
     note: str | None = None
     nodeid: str = ""
     judgement: Judgement | None = None
+    # which statistic of the samples `value` is (median, mean, pNN); None: from the metric's name
+    stat: str | None = None
 
     @property
     def key(self) -> str:
@@ -123,6 +130,27 @@ class Metric:
     def stats(self) -> dict[str, float | int] | None:
         return sample_stats(self.samples)
 
+    @property
+    def statistic(self) -> str | None:
+        return self.stat or noise.infer_stat(self.metric, bool(self.samples))
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """The value's 95 % confidence interval from its raw samples (None with < 3 samples).
+        Taken relative to the statistic of the samples and applied to the value, so a value in
+        other units than its samples (busbw at the mean time, samples per iteration) gets the
+        same relative uncertainty."""
+        if "_ci" not in self.__dict__:
+            self.__dict__["_ci"] = None
+            stat = self.statistic
+            if stat and self.value is not None and math.isfinite(self.value) and len(self.samples) >= 3:
+                centre = noise.statistic(self.samples, stat)
+                bounds = noise.interval(self.samples, stat)
+                if bounds and centre and math.isfinite(centre):
+                    self.__dict__["_ci"] = (self.value * bounds[0] / centre, self.value * bounds[1] / centre)
+        ci = self.__dict__["_ci"]
+        return None if ci is None else (min(ci), max(ci))
+
     def to_dict(self) -> dict[str, Any]:
         # field by field, not asdict(): asdict deep-copies millions of raw samples
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "judgement")}
@@ -131,5 +159,7 @@ class Metric:
         data["params"] = {k: param_text(v) for k, v in self.params.items()}
         data["stats"] = self.stats
         data["sample_count"] = self.sample_count
+        data["stat"] = self.statistic
+        data["ci"] = list(self.ci) if self.ci else None
         data.update(asdict(self.judgement) if self.judgement else {})
         return data

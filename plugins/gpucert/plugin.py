@@ -4,16 +4,18 @@ purpose — the work is in session.Run (collect, judge, store) and report.card (
 from __future__ import annotations
 
 import datetime as dt
+import math
 import warnings
 from pathlib import Path
 
 import pytest
+from _pytest import junitxml  # its stash key: suite-level properties of --junitxml
 
 from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
 from .monitor.attach import SessionMonitor
 from .recorder import CheckRecorder, CheckResult
-from .report import card
+from .report import card, prometheus
 from .session import Run, RunOptions
 from .thresholds import ThresholdsError, Thresholds, load as load_thresholds
 
@@ -181,11 +183,25 @@ def gpucert(request: pytest.FixtureRequest) -> CheckRecorder:
 
 
 def _publish(item: pytest.Item, result: CheckResult) -> None:
-    """Metrics ride on record_property, so --junitxml (and xdist) carry them."""
+    """Metrics ride on the test's user_properties, so --junitxml (and xdist) carry them: the value
+    (left out when nothing finite was measured: a reader parses it as a number), unit, verdict,
+    baseline, delta and the delta's 95 % interval. (Testcase properties need junit_family=xunit1,
+    set in pyproject.toml.)"""
+    props = item.user_properties
     for metric in result.metrics:
-        item.user_properties.append((f"gpucert:{metric.key}", metric.value))
-        if metric.judgement:
-            item.user_properties.append((f"gpucert:{metric.key}:verdict", metric.judgement.verdict))
+        key = f"gpucert:{metric.key}"
+        if metric.value is not None and math.isfinite(metric.value):
+            props.append((key, metric.value))
+        props.append((f"{key}:unit", metric.unit))
+        j = metric.judgement
+        if j:
+            props.append((f"{key}:verdict", j.verdict))
+            if j.baseline is not None:
+                props.append((f"{key}:baseline", j.baseline))
+            if j.delta_pct is not None:
+                props.append((f"{key}:delta_pct", round(j.delta_pct, 3)))
+            if j.delta_ci_pct:
+                props.append((f"{key}:delta_ci_pct", f"{j.delta_ci_pct[0]:.3f},{j.delta_ci_pct[1]:.3f}"))
 
 
 def _short_message(report: pytest.TestReport) -> str:
@@ -268,6 +284,7 @@ class RunHooks:
         if report.when == "teardown":
             self.run.write_metrics("running")
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if not self.run.prepared or self.config.option.collectonly:
             return  # no check was selected, or bad input stopped the run before it measured anything
@@ -284,7 +301,18 @@ class RunHooks:
             self.run.notes.append(f"baselines not written: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         self.run.write_metrics(status)
-        card.write(self.run.options.report_dir)
+        data = card.write(self.run.options.report_dir)
+        prometheus.write(self.run.options.report_dir, data)
+        self._junit_run_properties(data)
+
+    def _junit_run_properties(self, data: dict) -> None:
+        """The run's verdict, profile and version as the JUnit file's suite properties (this hook
+        runs before junitxml's own sessionfinish writes the file: tryfirst below)."""
+        xml = self.config.stash.get(junitxml.xml_key, None)
+        if xml is None:
+            return
+        for name in ("verdict", "profile", "status", "gpucert_version"):
+            xml.add_global_property(f"gpucert:run:{name}", data.get(name))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         run = self.run

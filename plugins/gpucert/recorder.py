@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import noise
 from .metrics import STATUSES, Metric, check_id
 
 if TYPE_CHECKING:
@@ -69,12 +70,17 @@ class CheckRecorder:
 
     def record(self, metric: str, value: float | None, *, unit: str, samples: list[float] | None = None,
                params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
-               status: str = "ok", error: str | None = None, note: str | None = None) -> Metric:
-        """Record one metric. `params` add to the test's own parameters (e.g. one size of a sweep)."""
+               status: str = "ok", error: str | None = None, note: str | None = None,
+               stat: str | None = None) -> Metric:
+        """Record one metric. `params` add to the test's own parameters (e.g. one size of a sweep).
+        `stat`: which statistic of `samples` the value is (median, mean, pNN) when its name does
+        not say (`…_p99` is the p99; otherwise the median): its confidence interval is of that."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if direction not in (None, "higher", "lower"):
             raise ValueError(f"direction must be 'higher' or 'lower', got {direction!r}")
+        if stat is not None:
+            noise.validate_stat(stat)
         if value is not None and not isinstance(value, (int, float)):
             raise TypeError(f"{metric}: value must be a number, got {type(value).__name__}")
         record = Metric(
@@ -91,6 +97,7 @@ class CheckRecorder:
             error=error,
             note=note,
             nodeid=self._result.nodeid,
+            stat=stat,
         )
         self._result.metrics.append(record)
         return record

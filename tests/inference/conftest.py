@@ -195,5 +195,6 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     load = _load(config)
     if gpucert_monitor:  # sampling before the sweep: each level's check takes its window later
         gpucert_monitor.ensure_started()
-    return load, run_offline(engine, list(load.concurrency), lambda count, level: prompts_for(load, count, level),
-                             gpucert_report_dir / "offline", ignore_eos=load.ignore_eos)
+    return load, run_offline(engine, list(load.concurrency),
+                             lambda count, level, repeat=0: prompts_for(load, count, level, repeat),
+                             gpucert_report_dir / "offline", ignore_eos=load.ignore_eos, repeats=load.repeats)

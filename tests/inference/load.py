@@ -9,17 +9,17 @@ from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread
 from gpucert.serving.records import RunRecords
 
 
-def prompts_for(load, count: int, level: int) -> list[datasets.Prompt]:
-    """`count` prompts of their own for `level` (no prefix-cache hits across levels)."""
+def prompts_for(load, count: int, level: int, repeat: int = 0) -> list[datasets.Prompt]:
+    """`count` prompts of their own for `level` and `repeat` (no prefix-cache hits across them)."""
     return datasets.for_load(load.dataset, count, input_len=load.input_len, output_len=load.output_len,
                              token_ids=load.token_ids, vocab_size=load.vocab_size, range_ratio=load.range_ratio,
-                             seed=datasets.level_seed(load.seed, level), path=load.dataset_path)
+                             seed=datasets.level_seed(load.seed, level, repeat), path=load.dataset_path)
 
 
-def run_level(target, concurrency: int, requests: int, level: int | None = None) -> RunRecords:
+def run_level(target, concurrency: int, requests: int, level: int | None = None, repeat: int = 0) -> RunRecords:
     """`requests` measured requests (plus the warm-up ones) at fixed `concurrency`, over as many
     client processes as the load settings say (the client must never be the limit). `level`
-    picks the prompts (default: the concurrency; the sanity check uses 0)."""
+    picks the prompts (default: the concurrency; the sanity check uses 0), `repeat` a fresh set."""
     load = target.load
     config = LoadConfig(
         base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency,
@@ -27,5 +27,5 @@ def run_level(target, concurrency: int, requests: int, level: int | None = None)
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
         request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s)
     workers = resolve_workers(load.client_workers, config)
-    prompts = prompts_for(load, requests + load.warmup, concurrency if level is None else level)
+    prompts = prompts_for(load, requests + load.warmup, concurrency if level is None else level, repeat)
     return run_load_spread(config, prompts, workers)

@@ -45,8 +45,16 @@ def percent(value: Any) -> str:
     return "—" if value is None or isinstance(value, str) else f"{value:+.1f}%"
 
 
+def interval(ci: Any) -> str:
+    """A delta's 95 % interval beside it: "[−3.1%, +0.4%]"; nothing without one."""
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(isinstance(v, (int, float)) for v in ci):
+        return ""
+    return f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]"
+
+
 _ENV.filters["number"] = number
 _ENV.filters["percent"] = percent
+_ENV.filters["interval"] = interval
 
 
 SERVING_COLUMNS = ("output_tok_s", "total_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
@@ -146,9 +154,9 @@ def render(data: dict[str, Any]) -> str:
     )
 
 
-def write(report_dir: str | Path) -> Path:
+def write(report_dir: str | Path) -> dict[str, Any]:
+    """report.html from the folder's metrics.json; returns that data (the other outputs use it)."""
     report_dir = Path(report_dir)
     data = json.loads((report_dir / "metrics.json").read_text())
-    out = report_dir / "report.html"
-    out.write_text(render(data))
-    return out
+    (report_dir / "report.html").write_text(render(data))
+    return data

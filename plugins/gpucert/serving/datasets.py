@@ -29,11 +29,12 @@ class Prompt:
     output_tokens: int
 
 
-def level_seed(seed: int, level: int) -> int:
-    """The seed of one load level's prompts. Each level (and the sanity check, level 0) draws its
-    own prompts: levels that reuse the same prompts hit vLLM's prefix cache (seen on the GPU node:
-    hit rates of 35-87 % across levels), so prefill would be measured only at the first level."""
-    return seed * 1_000_003 + level
+def level_seed(seed: int, level: int, repeat: int = 0) -> int:
+    """The seed of one load level's prompts. Each level (and the sanity check, level 0), and each
+    repeat of a level, draws its own prompts: levels that reuse the same prompts hit vLLM's prefix
+    cache (seen on the GPU node: hit rates of 35-87 % across levels), so prefill would be measured
+    only at the first level."""
+    return seed * 1_000_003 + level + repeat * 104_729  # a prime above any level
 
 
 def _length_range(mean: int, range_ratio: float) -> tuple[int, int]:

@@ -29,13 +29,13 @@ _LLM_KWARGS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_m
 
 @dataclass
 class OfflineResult:
-    levels: dict[int, dict] = field(default_factory=dict)  # level → the worker's line
+    levels: dict[int, list[dict]] = field(default_factory=dict)  # level → the worker's line per repeat
     error: str | None = None  # why the levels not in `levels` are missing
     log_path: Path | None = None
 
-    def output_tokens_per_s(self, level: int) -> float | None:
-        line = self.levels.get(level)
-        return line["output_tokens"] / line["elapsed_s"] if line and line["elapsed_s"] > 0 else None
+    def rates(self, level: int) -> list[float]:
+        """Output tok/s of each repeat of `level`."""
+        return [line["output_tokens"] / line["elapsed_s"] for line in self.levels.get(level, []) if line["elapsed_s"] > 0]
 
 
 def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
@@ -47,20 +47,23 @@ def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
     return kwargs
 
 
-def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[[int, int], list[Prompt]],
+def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., list[Prompt]],
                 workdir: str | Path, *, ignore_eos: bool = True, warmup: int = 4,
-                timeout_s: float = 1800.0) -> OfflineResult:
-    """`prompts(count, level)` gives a level's prompts — the served levels' own (level 0: the
-    warm-up), so neither side gets prefix-cache hits the other did not."""
+                timeout_s: float = 1800.0, repeats: int = 1) -> OfflineResult:
+    """`prompts(count, level, repeat)` gives a level's prompts — the served levels' own (level 0:
+    the warm-up), so neither side gets prefix-cache hits the other did not. Each level runs
+    `repeats` times, each time on its own prompts (one 256-prompt level is ~2 s of work on 2× H100:
+    one sample of it moved ±25 % between runs)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = str(presets.materialize(engine.model, workdir / "models")) if presets.is_preset(engine.model) else engine.model
 
-    def requests(count: int, level: int) -> list[dict]:
-        return [{"prompt": p.prompt, "max_tokens": p.output_tokens} for p in prompts(count, level)]
+    def requests(count: int, level: int, repeat: int = 0) -> list[dict]:
+        return [{"prompt": p.prompt, "max_tokens": p.output_tokens} for p in prompts(count, level, repeat)]
     config = {"engine": llm_kwargs(engine, model), "ignore_eos": ignore_eos,
               "warmup_prompts": requests(warmup, 0),
-              "levels": [{"level": level, "prompts": requests(level, level)} for level in sorted(levels)]}
+              "levels": [{"level": level, "repeat": repeat, "prompts": requests(level, level, repeat)}
+                         for level in sorted(levels) for repeat in range(repeats)]}
     config_path = workdir / "offline-config.json"
     config_path.write_text(json.dumps(config))
     result = OfflineResult(log_path=workdir / "offline.log")
@@ -82,7 +85,7 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[[int,
             engine_lines.append(line)  # vLLM logs to stdout: its lines belong in the log
             continue
         if isinstance(record, dict) and "level" in record:
-            result.levels[int(record["level"])] = record
+            result.levels.setdefault(int(record["level"]), []).append(record)
         else:
             engine_lines.append(line)
     if result.error is None and proc.returncode != 0:

@@ -40,6 +40,7 @@ def main(config_path: str) -> int:
         elapsed = time.perf_counter() - start
         print(json.dumps({
             "level": level,
+            "repeat": entry.get("repeat", 0),
             "prompts": len(prompts),
             "elapsed_s": elapsed,
             # the host's one monotonic clock: the resource monitor's window of this level

@@ -27,6 +27,9 @@ class LoadSettings:
     range_ratio: float = 0.0
     concurrency: tuple[int, ...] = (1,)
     requests_per_level: int = 4
+    # each level measured this many times, each with its own prompts: a level's metrics are then
+    # the median of its repeats, with the repeats as samples (their interval judges the change)
+    repeats: int = 1
     min_requests: int = 16
     warmup: int = 2
     ignore_eos: bool = True
