@@ -117,6 +117,7 @@ class Metric:
     judgement: Judgement | None = None
     # which statistic of the samples `value` is (median, mean, pNN); None: from the metric's name
     stat: str | None = None
+    headline: bool = False  # thresholds.yaml marks it: its trend is drawn from the history
 
     @property
     def key(self) -> str:

@@ -13,7 +13,9 @@ from _pytest import junitxml  # its stash key: suite-level properties of --junit
 
 from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
+from . import history
 from .monitor.attach import SessionMonitor
+from .progress import Progress, log
 from .recorder import CheckRecorder, CheckResult
 from .report import card, prometheus
 from .session import Run, RunOptions
@@ -58,6 +60,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default), to every check, or to none")
     group.addoption("--monitor-interval-ms", type=float, default=100.0, metavar="MS",
                     help="the monitor's sampling interval (>= 20 ms; default 100)")
+    group.addoption("--history-dir", default=None, metavar="DIR",
+                    help="nightly: draw each headline metric's trend over the last runs recorded in "
+                         "DIR/<profile>/ (marking stack changes between them), then add this run's record")
+    group.addoption("--time-budget-min", type=float, default=None, metavar="MIN",
+                    help="wall-clock budget: checks that would start after it are skipped (with that reason "
+                         "on the card); a check still running at the budget plus a grace period is "
+                         "interrupted (what it measured kept, marked incomplete)")
     serving = parser.getgroup("gpucert serving", "gpucert inference checks")
     serving.addoption("--endpoint", default=None, metavar="URL",
                       help="certify this OpenAI-compatible server (http://HOST:PORT/v1) instead of starting vLLM")
@@ -100,7 +109,11 @@ def pytest_configure(config: pytest.Config) -> None:
         snapshot_from=config.option.snapshot_from,
         update_baselines=config.option.update_baselines,
         missing_baseline=config.option.missing_baseline,
+        history_dir=Path(config.option.history_dir) if config.option.history_dir else None,
     )
+    budget = config.option.time_budget_min
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
+        raise pytest.UsageError(f"gpucert: --time-budget-min must be a positive number of minutes, got {budget:g}")
     run = Run(options)
     try:
         monitor = SessionMonitor(config.option.monitor, config.option.monitor_interval_ms, options.report_dir)
@@ -219,6 +232,13 @@ class RunHooks:
     def __init__(self, run: Run, config: pytest.Config):
         self.run = run
         self.config = config
+        self.progress = Progress(config.option.time_budget_min, self._write_line)
+
+    def _write_line(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(text, bold=True)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
@@ -229,6 +249,21 @@ class RunHooks:
                 self.run.prepare()
             except (ValueError, OSError) as exc:  # SnapshotError, BaselineError: bad input, one line
                 raise pytest.UsageError(f"gpucert: {exc}") from None
+            self.progress.open_log(self.run.options.report_dir)
+            log.info("run of %d check(s) on profile %s; report folder %s", len(self.run.checks), self.run.profile,
+                     self.run.options.report_dir)
+            self.progress.start()
+
+    def pytest_runtest_logstart(self, nodeid: str, location) -> None:
+        result = self.run.checks.get(nodeid)
+        if result is not None:
+            self.progress.announce(result.family, sum(c.family == result.family for c in self.run.checks.values()))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        result = self.run.checks.get(item.nodeid)
+        if result is not None and self.progress.over_budget():
+            pytest.skip(self.progress.skip_reason(result.check_id))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):
@@ -282,6 +317,8 @@ class RunHooks:
             if report.outcome != "passed" and not result.message:
                 result.message = _short_message(report)
         if report.when == "teardown":
+            log.info("%s: %s (%s, %.1f s)%s", result.check_id, self.run.check_verdict(result), result.outcome,
+                     result.duration_s, f": {result.message}" if result.message else "")
             self.run.write_metrics("running")
 
     @pytest.hookimpl(tryfirst=True)
@@ -289,6 +326,7 @@ class RunHooks:
         if not self.run.prepared or self.config.option.collectonly:
             return  # no check was selected, or bad input stopped the run before it measured anything
         status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
+        self.run.time_budget = self.progress.stop()
         monitor = self.config.stash.get(MONITOR_KEY, None)
         if monitor is not None:
             self.run.monitor = monitor.stop()
@@ -300,10 +338,34 @@ class RunHooks:
         except (BaselineError, OSError) as exc:
             self.run.notes.append(f"baselines not written: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        past = self._trends(status)
         self.run.write_metrics(status)
         data = card.write(self.run.options.report_dir)
         prometheus.write(self.run.options.report_dir, data)
         self._junit_run_properties(data)
+        if past is not None:
+            try:
+                path = history.append(self.run.options.history_dir, data)
+                log.info("history record %s", path)
+            except (OSError, ValueError) as exc:
+                self.run.notes.append(f"history record not written: {exc}")
+                self.run.write_metrics(status)
+                card.write(self.run.options.report_dir)
+        log.info("run %s: verdict %s; card %s", status, data["verdict"], self.run.options.report_dir / "report.html")
+
+    def _trends(self, status: str) -> list | None:
+        """With --history-dir: headline trends over the past records and this run (None: no history)."""
+        folder = self.run.options.history_dir
+        if folder is None:
+            return None
+        try:
+            past, notes = history.load(folder, self.run.profile)
+        except (OSError, ValueError) as exc:
+            self.run.notes.append(f"history not read: {exc}")
+            return []
+        self.run.notes.extend(notes)
+        self.run.trends = history.trends(past, history.record(self.run.to_dict(status)))
+        return past
 
     def _junit_run_properties(self, data: dict) -> None:
         """The run's verdict, profile and version as the JUnit file's suite properties (this hook
@@ -331,3 +393,6 @@ class RunHooks:
             for change in written:
                 tr.write_line(f"  {change.family}: {change.line()}")
         tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.progress.close_log()

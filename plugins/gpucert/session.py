@@ -33,6 +33,7 @@ class RunOptions:
     update_baselines: bool = False
     missing_baseline: str = "new"
     today: dt.date | None = None
+    history_dir: Path | None = None  # nightly: past runs' records, this run's appended
 
 
 class Run:
@@ -43,6 +44,9 @@ class Run:
         self.baseline_changes: list[Change] = []
         self.notes: list[str] = []
         self.monitor: dict[str, Any] = {}  # the session monitor's file, interval, ticks, notes
+        self.trends: list[dict[str, Any]] = []  # headline metrics over the history's last runs
+        self.time_budget: dict[str, Any] = {}  # the run's wall-clock budget and what it skipped
+        self._git_revision: str | None | bool = False  # False: not asked yet
         self._snapshot: dict[str, Any] | None = None
         self._store: BaselineStore | None = None
         self.profile = options.profile
@@ -85,6 +89,7 @@ class Run:
         for metric in result.metrics:
             rule = self._rule(metric)
             metric.direction = rule.direction or metric.direction
+            metric.headline = rule.headline
             metric.judgement = judge(
                 metric, rule, self.store.entry(metric.family, metric.key),
                 missing_baseline=self.options.missing_baseline,
@@ -161,6 +166,7 @@ class Run:
             "finished_at": _now() if status != "running" else None,
             "profile": self.profile,
             "profile_source": self.profile_source,
+            "git_revision": self.git_revision,
             "baselines_dir": str(self.options.baselines_dir),
             "thresholds": self.options.thresholds.path,
             "update_baselines": self.options.update_baselines,
@@ -180,7 +186,16 @@ class Run:
             "skipped": [{"nodeid": c["nodeid"], "check_id": c["check_id"], "reason": c["message"]}
                         for c in checks if c["outcome"] == "skipped"],
             "baseline_changes": [c.__dict__ for c in self.baseline_changes],
+            "trends": self.trends,
+            "time_budget": self.time_budget,
         }
+
+    @property
+    def git_revision(self) -> str | None:
+        """The suite checkout's revision (asked once): which code measured this run."""
+        if self._git_revision is False:
+            self._git_revision = git_revision(Path(__file__).parent)
+        return self._git_revision
 
     def write_metrics(self, status: str) -> Path:
         """metrics.json is rewritten after every check, so a crash keeps what was measured."""

@@ -55,6 +55,9 @@ class Rule:
     # the metric is itself a difference from the baseline (stack drift counts): it is never
     # stored, only absolute limits judge it, and an --update-baselines run accepts a breach
     drift: bool = False
+    # a headline metric: its trend over the last nightly runs is drawn on the card, and it goes
+    # into the Prometheus textfile's short list
+    headline: bool = False
     note: str | None = None
 
 
@@ -74,7 +77,7 @@ class Quarantine:
 
 
 _RULE_FIELDS = {f.name: f for f in fields(Rule)}
-_NUMBER_KEYS = {name for name in _RULE_FIELDS if name not in ("direction", "note", "min_samples", "drift")}
+_NUMBER_KEYS = {name for name in _RULE_FIELDS if name not in ("direction", "note", "min_samples", "drift", "headline")}
 _MATCH_KEYS = {"check", "metric", "params"}
 _TOP_KEYS = {"schema_version", "defaults", "rules", "quarantine"}
 _QUARANTINE_KEYS = {"check", "metric", "params", "reason", "expires"}
@@ -173,7 +176,7 @@ def _rule_values(raw: Any, where: str, allow_match: bool) -> dict[str, Any]:
         elif key == "direction":
             if value not in DIRECTIONS:
                 raise ThresholdsError(f"{at}: expected one of {', '.join(DIRECTIONS)}, got {value!r}")
-        elif key == "drift":
+        elif key in ("drift", "headline"):
             if not isinstance(value, bool):
                 raise ThresholdsError(f"{at}: expected true or false, got {value!r}")
         elif key == "note":

@@ -188,3 +188,38 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     assert len(set(every)) == len(every)
     lengths = [p["max_tokens"] for b in batches for p in b]
     assert min(lengths) >= 8 and max(lengths) <= 24 and len(set(lengths)) > 1
+
+
+def test_repeats_make_each_level_the_median_of_its_runs_with_an_interval(tmp_path):
+    """`repeats=3`: every level is measured three times on its own prompts; its figures are the
+    median of the three, the three are its samples (run-to-run noise) and the baseline written
+    from it keeps their interval. Offline likewise (stand-in vLLM)."""
+    for name, text in STAND_IN_VLLM.items():
+        (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / name).write_text(text)
+    emulator = ("import runpy, sys\n"
+                "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '5', '--itl-ms', '2']\n"
+                "runpy.run_module('gpucert.cli', run_name='__main__')\n")
+    run, metrics = pytest_inference(
+        tmp_path, "-k", "serving_baseline or offline", "--load-opt", "concurrency=2", "--load-opt", "repeats=3",
+        "--load-opt", "output_len=8", "--load-opt", "input_len=8", "--load-opt", "min_requests=4",
+        "--update-baselines",
+        env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", emulator, "{port}"]),
+             "GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_GENERATE_S": "0.05"})
+    assert run.returncode == 0, run.stdout[-3000:]
+    level = by_check(metrics)["serving_baseline[concurrency=2]"]
+    for name in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50"):
+        m = level[name]
+        assert m["sample_count"] == 3 and m["stat"] == "median" and m["note"].startswith("median of 3 repeats")
+        assert sorted(m["samples"])[1] == m["value"] and m["ci"][0] <= m["value"] <= m["ci"][1]
+    # failures and token counts over all 3 × 4 requests
+    assert level["failed_requests"]["value"] == 0 and level["token_count_mismatches"]["value"] == 0
+    offline = by_check(metrics)["offline_throughput[concurrency=2]"]["output_tok_s"]
+    assert offline["sample_count"] == 3 and offline["note"].startswith("median of 3 repeats")
+    config = json.loads((tmp_path / "r" / "offline" / "offline-config.json").read_text())
+    assert [(e["level"], e["repeat"]) for e in config["levels"]] == [(2, 0), (2, 1), (2, 2)]
+    prompts = [tuple(p["prompt"]) for e in config["levels"] for p in e["prompts"]]
+    assert len(set(prompts)) == len(prompts)  # each repeat its own prompts
+    baseline = json.loads(next((tmp_path / "b").glob("*/serving_baseline.json")).read_text())
+    entry = baseline["metrics"]["serving_baseline[concurrency=2]::output_tok_s"]
+    assert entry["stat"] == "median" and entry["ci"] == level["output_tok_s"]["ci"]

@@ -230,3 +230,11 @@ def test_memory_released_reads_nvml_after_the_stop():
     assert held.startswith("GPU memory NOT released 0.3 s after the stop (GPU0 10,240 MiB, GPU1 20,480 MiB")
     assert memory_released(None) == "GPU memory not checked (no NVML)"
     assert gpu_memory_used_mib("gpucert_no_such_nvml") is None
+
+
+def test_the_engine_command_is_logged_without_secrets():
+    from gpucert.serving.vllm_server import redacted
+    line = redacted(["vllm", "serve", "m", "--api-key", "sk-123", "--hf-token=hf_abc", "--max-num-batched-tokens",
+                     "8192", "--ssl-keyfile", "k.pem"])
+    assert "sk-123" not in line and "hf_abc" not in line
+    assert line == "vllm serve m --api-key *** --hf-token=*** --max-num-batched-tokens 8192 --ssl-keyfile k.pem"

@@ -139,6 +139,50 @@ def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
     return views
 
 
+# the checks whose figures say "this node reaches its physics": the best GEMM, HBM and host
+# copies, GPU-to-GPU copies, the NCCL bus bandwidth at the largest size (the sweeps' every size
+# stays in the checks table)
+PHYSICS_CHECKS = ("gemm_max_achievable", "memory", "p2p", "nccl_large_message_busbw")
+
+
+def physics_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Measured against the datasheet peak of this GPU model, with the verdict."""
+    rows = []
+    for check in data["checks"]:
+        if check["check"] not in PHYSICS_CHECKS:
+            continue
+        for m in check["metrics"]:
+            if isinstance(m.get("peak"), (int, float)) and isinstance(m.get("value"), (int, float)) and m["peak"]:
+                rows.append({"check_id": m["key"].rsplit("::", 1)[0], "metric": m["metric"], "value": m["value"],
+                             "unit": m["unit"], "peak": m["peak"], "fraction": m["value"] / m["peak"],
+                             "verdict": m.get("verdict"), "threshold": m.get("threshold") or ""})
+    return rows
+
+
+def trend_view(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Each headline metric over the history's last runs and this one (the last point), with a
+    dashed line where the stack changed between two runs, lettered, and the changes listed."""
+    trends = data.get("trends") or []
+    if not trends:
+        return None
+    drift = trends[0]["drift"]  # the same runs for every metric
+    letters = {d["after"]: chr(ord("A") + i % 26) for i, d in enumerate(drift)}
+    charts_ = []
+    for trend in trends:
+        points = [(p["run"] + 1, p["value"]) for p in trend["points"]]
+        if len(points) < 2:
+            continue
+        marks = [(d["after"] + 0.5, letters[d["after"]]) for d in drift]
+        runs = sorted({x for x, _ in points})
+        charts_.append(charts.line_chart(f"{trend['check_id']} {trend['metric']}", "run (the last is this one)",
+                                         trend["unit"] or "", {trend["metric"]: points}, log2_x=False,
+                                         marks=marks, x_ticks=runs if len(runs) <= 12 else None))
+    runs = max((p["run"] for t in trends for p in t["points"]), default=0) + 1
+    return {"charts": [c for c in charts_ if c], "runs": runs, "metrics": len(trends),
+            "drift": [{"letter": letters[d["after"]], "between": (d["after"], d["after"] + 1), "when": d["when"],
+                       "changes": d["changes"]} for d in drift]}
+
+
 def render(data: dict[str, Any]) -> str:
     regressions = [
         (check, metric)
@@ -150,7 +194,8 @@ def render(data: dict[str, Any]) -> str:
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
     return _ENV.get_template("card.html.j2").render(
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
-        serving=serving_view(data), monitored=monitor_view(data),
+        serving=serving_view(data), monitored=monitor_view(data), trends=trend_view(data),
+        physics=physics_view(data),
     )
 
 

@@ -33,12 +33,15 @@ def _label(value: float) -> str:
 
 def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
                log2_x: bool = True, right: dict[str, list[tuple[float, float]]] | None = None,
-               right_label: str = "", log_y: bool = False) -> str:
+               right_label: str = "", log_y: bool = False, marks: list[tuple[float, str]] | None = None,
+               x_ticks: list[float] | None = None) -> str:
     """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double, a label at each
     level) or, with log2_x=False, linear (time, round labels). `log_y`: a log10 y axis with a line
     at each decade, for figures spanning several (TPOT in ms beside a TTFT of minutes); values
     <= 0 are left out there. `right`: series drawn dashed against a second y axis of their own
-    (e.g. streamed tok/s over GPU utilization %), so that a spike in one lines up with the other."""
+    (e.g. streamed tok/s over GPU utilization %), so that a spike in one lines up with the other.
+    `marks`: (x, label) vertical dashed lines, e.g. where the stack changed between two runs.
+    `x_ticks`: the x labels to show (default: each level on log2, round numbers on linear)."""
     def usable(x: float, y: float | None = 1.0) -> bool:
         return y is not None and (x > 0 if log2_x else x >= 0) and (y > 0 or not log_y)
     points = [(x, y) for pts in series.values() for x, y in pts if usable(x, y)]
@@ -72,12 +75,17 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         y = py(tick)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
-    x_labels = sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if t <= max(xs)]
+    x_labels = x_ticks if x_ticks is not None else (
+        sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if t <= max(xs)])
     for x in x_labels:
         out.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(x)}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
+    for x, label in marks or []:
+        out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#8250df" '
+                   f'stroke-dasharray="4,3"/><text x="{px(x) + 3:.1f}" y="{TOP + 10}" fill="#8250df">'
+                   f'{html.escape(label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         good = sorted((x, y) for x, y in pts if usable(x, y))

@@ -10,6 +10,8 @@ holding it are gone, which is why stop() waits until no process of the group is 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import math
 import os
 import signal
@@ -29,6 +31,27 @@ from gpucert.serving.vllm_config import EngineConfig, serving_defaults
 
 LOG_NAME = "vllm-serve.log"
 
+
+logger = logging.getLogger(__name__)  # into the run's gpucert.log (plugin.py)
+_SECRET_FLAG = re.compile(r"(api[-_]?key|[-_]token$|secret|password)", re.IGNORECASE)
+
+
+def redacted(argv: list[str]) -> str:
+    """The command for a log line, with the value of any key/token/secret flag (extra_args may
+    carry `--api-key …`) replaced: secrets never reach logs or reports."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+            continue
+        flag, sep, _ = arg.partition("=")
+        if flag.startswith("--") and _SECRET_FLAG.search(flag):
+            out.append(f"{flag}=***" if sep else arg)
+            hide = not sep
+        else:
+            out.append(arg)
+    return " ".join(out)
 
 class EngineStartError(RuntimeError):
     """The engine did not become healthy: exited during startup or timed out. Carries the log."""
@@ -210,13 +233,16 @@ class VllmServer:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=env, start_new_session=True)
         self.started_at = time.time()
+        logger.info("engine started (pid %d): %s; log %s", self.proc.pid, redacted(argv), self.log_path)
         self._stop_on_sigterm()
         try:
             self._wait_healthy()
-        except BaseException:
+        except BaseException as exc:
+            logger.error("engine did not become healthy: %s", exc)
             self.stop()
             raise
         self.ready_at = time.time()
+        logger.info("engine healthy after %.0f s at %s", self.ready_at - self.started_at, self.base_url)
         self._watcher = threading.Thread(target=self._watch, name="vllm-watcher", daemon=True)
         self._watcher.start()
         return self
@@ -312,7 +338,9 @@ class VllmServer:
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=self.watch_interval_s + self.health_timeout_s + 5)
         self._restore_sigterm()
-        return StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
+        result = StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
+        logger.info("engine stopped: %s", result)
+        return result
 
     def _wait_group(self, pgid: int, timeout: float) -> bool:
         """Reap the leader and wait until no process is left in the group (workers included)."""

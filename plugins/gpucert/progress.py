@@ -1,0 +1,110 @@
+"""What a person watching a certification sees and what the run leaves behind about its course:
+a line per check family with the time spent and left, the run's wall-clock budget, and Python
+logging into the report folder (`gpucert.log`: engine start/stop, each check's verdict).
+
+The budget: a check that would start after it is skipped with that reason (the card lists it);
+one still running at the budget plus a grace period is interrupted as Ctrl-C would (what it
+measured is kept, marked incomplete; the engine is stopped by its fixture's teardown).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+LOG_NAME = "gpucert.log"
+log = logging.getLogger("gpucert")
+
+
+def grace_s(budget_s: float) -> float:
+    """How long a check may overrun the budget before it is interrupted: a serving level at
+    4,096 streams takes minutes, so a tenth of the budget, at least one minute."""
+    return max(60.0, 0.1 * budget_s)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    def __init__(self, budget_min: float | None, write_line=None):
+        self.started = time.monotonic()
+        self.budget_s = budget_min * 60 if budget_min else None
+        self.write_line = write_line or (lambda text: None)
+        self.family: str | None = None
+        self.skipped: list[str] = []
+        self.interrupted_at_s: float | None = None
+        self._timer: threading.Timer | None = None
+        self._handler: logging.Handler | None = None
+
+    # ---- the budget --------------------------------------------------------------------------
+    def start(self) -> None:
+        """The clock starts with the first check (after collection and the stack snapshot)."""
+        self.started = time.monotonic()
+        if self.budget_s is not None and self._timer is None:
+            self._timer = threading.Timer(max(self.budget_s + grace_s(self.budget_s) - self.elapsed_s(), 0.0),
+                                          self._interrupt)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def over_budget(self) -> bool:
+        return self.budget_s is not None and self.elapsed_s() >= self.budget_s
+
+    def skip_reason(self, check_id: str) -> str:
+        self.skipped.append(check_id)
+        return (f"time budget: {self.budget_s / 60:g} min spent before this check "
+                f"({_clock(self.elapsed_s())} elapsed); raise --time-budget-min to run it")
+
+    def _interrupt(self) -> None:
+        """The main thread gets SIGINT: pytest stops as after Ctrl-C and still writes the card."""
+        self.interrupted_at_s = self.elapsed_s()
+        log.error("time budget of %g min plus %.0f s grace spent: interrupting the check in flight",
+                  self.budget_s / 60, grace_s(self.budget_s))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def stop(self) -> dict[str, Any]:
+        if self._timer is not None:
+            self._timer.cancel()
+        return {"budget_min": self.budget_s / 60 if self.budget_s else None,
+                "grace_s": grace_s(self.budget_s) if self.budget_s else None,
+                "elapsed_s": round(self.elapsed_s(), 1), "skipped": list(self.skipped),
+                "interrupted_at_s": None if self.interrupted_at_s is None else round(self.interrupted_at_s, 1)}
+
+    # ---- what a person sees -------------------------------------------------------------------
+    def announce(self, family: str, checks: int) -> None:
+        """One line when a new check family starts: which, how many, time spent and left."""
+        if family == self.family:
+            return
+        self.family = family
+        left = f", {_clock(self.budget_s - self.elapsed_s())} of the budget left" if self.budget_s else ""
+        line = f"gpucert ▸ {family}: {checks} check(s) · {_clock(self.elapsed_s())} elapsed{left}"
+        self.write_line(line)
+        log.info(line.removeprefix("gpucert ▸ "))
+
+    # ---- the log file -------------------------------------------------------------------------
+    def open_log(self, report_dir: Path) -> Path:
+        """gpucert's loggers (plugin, engine lifecycle, monitor) into <report-dir>/gpucert.log."""
+        report_dir.mkdir(parents=True, exist_ok=True)
+        path = report_dir / LOG_NAME
+        if self._handler is None:
+            self._handler = logging.FileHandler(path, encoding="utf-8")
+            self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            log.addHandler(self._handler)
+            if log.level == logging.NOTSET or log.level > logging.INFO:
+                log.setLevel(logging.INFO)
+        return path
+
+    def close_log(self) -> None:
+        if self._handler is not None:
+            log.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
