@@ -4,7 +4,7 @@
 #   run(command="bash docs/evidence/device-bg.sh start plan env SESSION_S=<device s left − 120> bash docs/evidence/device-session.sh", carry=[".devbundle/qwen-tok.whl"])
 #   bash docs/evidence/device-bg.sh wait plan 580      # again until DONE; each step's archive comes
 #                                                      # back as soon as the step ends
-# Steps in order of what the open issues need most; a step whose budget no longer fits in what is
+# Steps in order of what the open issues need most (issue 6 first); a step whose budget no longer fits in what is
 # left of SESSION_S is skipped (said in the log). Each step's files go to $OUT as one archive
 # (over 15 MB: parts to cat). Every step's own script is in docs/evidence/issue-*/.
 # STEPS="sampler-cost serving-ray" in the environment runs only those steps, in this file's order.
@@ -29,24 +29,25 @@ step() {  # NAME BUDGET_S CMD...: run CMD with BUDGET_S in its environment if th
   mv "$tmp"/* "$OUT"/ 2>/dev/null  # whole files only: a fetch never sees half an archive
 }
 inference=docs/evidence/issue-4-inference/run-inference.sh
-# (session 4 ran the full mp baseline 1…4096, offline, monitor, reach and most of the cross-check;
-# what is left, most needed first)
-# issue 5 + a regression run: the sampler's cost under vLLM load with the session-4 monitor (counters
-# on their own cadence, /metrics filtered by the server), judged against the committed baselines
-step serving-check 330 bash $inference serving-check -k "sanity or serving_baseline" \
-  --load-opt concurrency=1,128,256,1024 --load-opt requests_per_level=2
+# issue 6 reach: `make certify` as the README gives it (<= 15 min), then the planted regression
+step certify 1000 bash docs/evidence/issue-6-certify/run-certify.sh
+step planted 300 bash docs/evidence/issue-6-certify/run-planted.sh
+# (sessions 4-5 ran the rest; kept to rerun with STEPS="…" when their code changes)
 # issue 5: NVML call costs, the monitor idle / under NCCL / at 20 ms / with /metrics at 5,000 streams
 step sampler-cost 150 bash docs/evidence/issue-5-monitor/run-sampler-cost.sh
-# as exact as `vllm bench serve`? both clients in turn on one vLLM (session 4 lost c=256 to the budget)
+# the front end as the served limit: four API server processes (a diagnostic, never run yet)
+step serving-api4 420 bash $inference serving-tp2-api4 -k serving_baseline --engine-opt api_server_count=4 \
+  --load-opt concurrency=128,256,512,1024,2048 --load-opt requests_per_level=1
+# a regression run against the committed baselines (the new client, the monitor under vLLM)
+step serving-check 330 bash $inference serving-check -k "sanity or serving_baseline" \
+  --load-opt concurrency=1,128,256,1024 --load-opt requests_per_level=2
+# as exact as `vllm bench serve`? both clients in turn on one vLLM
 step crosscheck 420 bash docs/evidence/issue-4-inference/run-crosscheck.sh
 step serving-ray 500 bash $inference serving-tp2-ray -k "sanity or serving_baseline" \
   --engine-opt distributed_executor_backend=ray --load-opt requests_per_level=1
 # why offline falls past 512 prompts: CUDA graphs captured up to 1024 instead of 512
 step offline-cg1024 300 bash $inference offline-cg1024 -k offline --engine-opt max_cudagraph_capture_size=1024 \
   --load-opt concurrency=256,512,1024,2048,4096
-# the front end as the served limit: four API server processes
-step serving-api4 420 bash $inference serving-tp2-api4 -k serving_baseline --engine-opt api_server_count=4 \
-  --load-opt concurrency=128,256,512,1024,2048 --load-opt requests_per_level=1
 echo "== session plan done after $(( $(date +%s) - start )) s"
 }
 main "$@"
