@@ -106,3 +106,15 @@ def trends(past: list[dict], current: dict) -> list[dict[str, Any]]:
         out.append({"key": key, "check_id": now["check_id"], "metric": now["metric"], "unit": now["unit"],
                     "points": points, "drift": drift})
     return out
+
+
+def past_values(records: list[dict]) -> dict[str, list[float]]:
+    """Each metric's values in the past runs where it was not a regression (pass, warn, new): the
+    node's normal run-to-run spread, which the judge adds to its baseline's own noise. A night
+    that failed is left out, so a regression that persists never widens the noise that hides it."""
+    values: dict[str, list[float]] = {}
+    for entry in records:
+        for key, m in entry.get("metrics", {}).items():
+            if m.get("verdict") in ("pass", "warn", "new") and isinstance(m.get("value"), (int, float)):
+                values.setdefault(key, []).append(float(m["value"]))
+    return values

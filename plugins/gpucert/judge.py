@@ -111,8 +111,9 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: 
 
 def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline: str = "new",
           quarantine: Quarantine | None = None, today: dt.date | None = None,
-          update_mode: bool = False) -> Judgement:
-    """The verdict of one metric. `baseline` is the stored entry (value, spread, …) or None."""
+          update_mode: bool = False, past_runs: list[float] | None = None) -> Judgement:
+    """The verdict of one metric. `baseline` is the stored entry (value, spread, …) or None;
+    `past_runs`: this metric's values in the nightly history's passing runs (run-to-run noise)."""
     today = today or dt.date.today()
     if metric.status == "skipped":
         return Judgement("skipped", metric.error or "not measured")
@@ -142,10 +143,13 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     else:
         base_ci = baseline.get("ci")
         base_ci = (float(base_ci[0]), float(base_ci[1])) if isinstance(base_ci, (list, tuple)) and len(base_ci) == 2 else None
+        history_ci = noise.run_to_run_interval(past_runs or [], float(base_value))
         verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
-            metric, rule, float(base_value), base_ci)
+            metric, rule, float(base_value), noise.widest(base_ci, history_ci))
         if delta_ci:
             why += f"; change 95% CI {_ci_text(delta_ci)}"
+            if history_ci:
+                why += f" (run-to-run noise of {len(past_runs)} past runs)"
         if update_mode and verdict == "fail":
             verdict, why = "warn", why + " (baseline being updated)"
         findings.append((verdict, why))

@@ -103,3 +103,28 @@ def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: f
     down = math.hypot(max(value - v_lo, 0.0), max(b_hi - baseline, 0.0))
     up = math.hypot(max(v_hi - value, 0.0), max(baseline - b_lo, 0.0))
     return ((delta - down) / abs(baseline) * 100, (delta + up) / abs(baseline) * 100)
+
+
+# a baseline's run-to-run noise from the nightly history needs at least this many past runs
+MIN_RUNS = 5
+
+
+def run_to_run_interval(values: list[float], baseline: float) -> tuple[float, float] | None:
+    """Where one more run of the node falls, from its past runs' values (the history's passing
+    nights): their 2.5th-97.5th percentiles relative to their median, around the baseline. Past
+    runs vary by more than one run's own samples show (another boot, clocks, caches, the engine's
+    scheduling): this is the noise a single nightly value must stand out from. None below
+    MIN_RUNS values."""
+    data = _finite(values)
+    if data.size < MIN_RUNS:
+        return None
+    centre = float(np.median(data))
+    if not centre:
+        return None
+    lo, hi = np.percentile(data, [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100])
+    return (baseline * float(lo) / centre, baseline * float(hi) / centre)
+
+
+def widest(*intervals: tuple[float, float] | None) -> tuple[float, float] | None:
+    present = [i for i in intervals if i is not None]
+    return (min(i[0] for i in present), max(i[1] for i in present)) if present else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, snapshot as snapshot_engine
+from . import __version__, history, snapshot as snapshot_engine
 from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, write_atomic
 from .judge import judge
 from .metrics import VERDICTS, Metric, worst
@@ -45,6 +45,7 @@ class Run:
         self.notes: list[str] = []
         self.monitor: dict[str, Any] = {}  # the session monitor's file, interval, ticks, notes
         self.trends: list[dict[str, Any]] = []  # headline metrics over the history's last runs
+        self.past_runs: dict[str, list[float]] = {}  # metric key → its values in the history's passing runs
         self.time_budget: dict[str, Any] = {}  # the run's wall-clock budget and what it skipped
         self._git_revision: str | None | bool = False  # False: not asked yet
         self._snapshot: dict[str, Any] | None = None
@@ -66,6 +67,11 @@ class Run:
         for note in snap.get("notes") or []:
             if note not in self.notes:
                 self.notes.append(note)
+        if self.options.history_dir is not None:  # nightly: the node's own run-to-run noise
+            try:
+                self.past_runs = history.past_values(history.load(self.options.history_dir, self.profile)[0])
+            except (OSError, ValueError) as exc:
+                self.notes.append(f"history not read: {exc}")
         self.prepared = True
 
     @property
@@ -96,6 +102,7 @@ class Run:
                 quarantine=th.quarantine_for(metric.check, metric.metric, metric.params),
                 today=self.options.today,
                 update_mode=self.options.update_baselines,
+                past_runs=self.past_runs.get(metric.key),
             )
 
     # ---- store: candidates every run, baselines in update mode --------------------------

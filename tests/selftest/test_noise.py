@@ -83,3 +83,28 @@ def test_an_improvement_inside_the_noise_suggests_no_rebaseline():
     m = metric(115.0, samples=[95.0, 115.0, 135.0], stat="median")
     j = judge(m, HIGHER, {"value": 100.0})
     assert j.verdict == "pass" and j.within_noise and not j.rebaseline_suggested
+
+
+def test_run_to_run_noise_from_past_runs_widens_the_baseline_interval():
+    past = [100.0, 114.0, 112.0, 102.0, 96.0, 108.0]
+    lo, hi = noise.run_to_run_interval(past, 100.0)
+    assert lo < 100.0 < hi and hi - 100.0 > 100.0 - lo  # the node's runs spread upwards here
+    assert noise.run_to_run_interval(past[:4], 100.0) is None  # too few runs to say
+    assert noise.widest((99.0, 101.0), None, (95.0, 100.5)) == (95.0, 101.0)
+    # a value with no samples gets an interval from the history alone
+    j = judge(metric(93.0), HIGHER, {"value": 100.0}, past_runs=past)
+    assert j.delta_ci_pct is not None and "run-to-run noise of 6 past runs" in j.reason
+    assert j.delta_ci_pct[0] < -7.0 < j.delta_ci_pct[1]
+
+
+def test_a_persistent_regression_is_not_hidden_by_the_history(tmp_path):
+    """Failed nights never enter the noise: five nights at −20 % leave the interval as narrow as
+    the passing nights before them, so the sixth still fails."""
+    from gpucert import history
+    records = [{"metrics": {"k": {"value": v, "verdict": "pass"}}} for v in (100.0, 101.0, 99.0, 100.5, 99.5)]
+    records += [{"metrics": {"k": {"value": 80.0, "verdict": "fail"}}} for _ in range(5)]
+    past = history.past_values(records)["k"]
+    assert past == [100.0, 101.0, 99.0, 100.5, 99.5]
+    m = metric(80.0, samples=[79.8, 80.0, 80.2, 80.1, 79.9])
+    j = judge(m, HIGHER, {"value": 100.0}, past_runs=past)
+    assert j.verdict == "fail" and not j.within_noise and j.delta_ci_pct[1] < -10

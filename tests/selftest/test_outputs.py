@@ -105,6 +105,23 @@ def test_device_run_textfile_round_trips(tmp_path):
                                                   ("verdict", m["verdict"])))] == 1
     assert len(series(parsed, "gpucert_metric_verdict", verdict="fail")) == data["metric_counts"]["fail"]
     assert not series(parsed, "gpucert_metric_delta_ci_low_percent")  # this run predates delta_ci_pct
+    assert not series(parsed, "gpucert_headline_value")  # and headline marks
+
+
+def test_headline_metrics_have_their_own_short_list(tmp_path):
+    data = json.loads(DEVICE_RUN.read_text())
+    marked = 0
+    for check in data["checks"]:
+        for m in check["metrics"]:
+            m["headline"] = m["metric"] in ("output_tok_s", "ttft_ms_p99")
+            marked += m["headline"]
+    parsed = samples(prometheus.write(tmp_path, data))
+    headline = series(parsed, "gpucert_headline_value")
+    assert len(headline) == marked == 8
+    assert parsed[("gpucert_headline_value", (("check_id", "serving_baseline[concurrency=128]"),
+                                              ("metric", "output_tok_s"), ("unit", "tok/s")))] == \
+        parsed[("gpucert_metric_value", (("check_id", "serving_baseline[concurrency=128]"),
+                                         ("metric", "output_tok_s"), ("unit", "tok/s")))]
 
 
 def test_nasty_labels_round_trip_and_non_finite_values_are_left_out(tmp_path):

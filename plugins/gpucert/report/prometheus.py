@@ -148,15 +148,20 @@ def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) ->
     verdict = Gauge("gpucert_metric_verdict", "A metric's verdict against its baseline and thresholds; "
                     "one series per metric, labelled with its own verdict, always 1",
                     ["check_id", "metric", "verdict"], registry=registry)
+    # the short list a dashboard starts from: thresholds.yaml's `headline: true` metrics
+    headline = Gauge("gpucert_headline_value", "A headline metric's value (thresholds.yaml headline: true), "
+                     "in the unit of its label", labels, registry=registry)
     for check in checks:
         for metric in check.get("metrics") or []:
-            # headline metrics only: a finite number that was judged on something other than skipping
+            # a finite number that was judged on something other than skipping
             number = _number(metric.get("value"))
             if number is None or metric.get("verdict") == "skipped":
                 continue
             cid, name = _metric_check_id(metric, check), _text(metric.get("metric"))
             series = (cid, name, _text(metric.get("unit")))
             value.labels(*series).set(number)
+            if metric.get("headline"):
+                headline.labels(*series).set(number)
             for gauge, field in ((baseline, "baseline"), (delta, "delta_pct")):
                 if (number := _number(metric.get(field))) is not None:
                     gauge.labels(*series).set(number)
