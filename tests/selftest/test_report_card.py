@@ -87,3 +87,16 @@ def test_physics_section_sets_the_node_against_its_datasheet_peaks():
     assert not any(key[0].startswith(("gemm_square", "nccl[")) for key in rows)  # sweeps stay in the table
     html = card.render(data)
     assert html.index('id="physics"') < html.index('id="checks"') and "85.1%" in html
+
+
+def test_failures_lead_the_regressions_table():
+    data = {"checks": [
+        {"check": "a", "check_id": "a", "family": "a", "params": {}, "verdict": "warn", "outcome": "passed",
+         "markers": [], "duration_s": 0.1, "message": "", "findings": {}, "monitor": None,
+         "metrics": [{"metric": "w1", "verdict": "warn", "value": 1.0, "unit": "x", "reason": "warned"}]},
+        {"check": "b", "check_id": "b", "family": "b", "params": {}, "verdict": "fail", "outcome": "failed",
+         "markers": [], "duration_s": 0.1, "message": "", "findings": {}, "monitor": None,
+         "metrics": [{"metric": "f1", "verdict": "fail", "value": 2.0, "unit": "x", "reason": "failed hard"}]}]}
+    table = card._ENV.from_string(
+        "{% for c, m in regressions %}{{ m.metric }} {% endfor %}").render(regressions=card.regressions_of(data))
+    assert table.split() == ["f1", "w1"]

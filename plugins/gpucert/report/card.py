@@ -183,13 +183,16 @@ def trend_view(data: dict[str, Any]) -> dict[str, Any] | None:
                        "changes": d["changes"]} for d in drift]}
 
 
+def regressions_of(data: dict[str, Any]) -> list[tuple[dict, dict]]:
+    """(check, metric) of every failed or warned metric: failures first (in check order), then
+    warnings — the card's first table is what blocks."""
+    return sorted(((check, metric) for check in data["checks"] for metric in check["metrics"]
+                   if metric.get("verdict") in ("fail", "warn")),
+                  key=lambda pair: pair[1]["verdict"] != "fail")
+
+
 def render(data: dict[str, Any]) -> str:
-    regressions = [
-        (check, metric)
-        for check in data["checks"]
-        for metric in check["metrics"]
-        if metric.get("verdict") in ("fail", "warn")
-    ]
+    regressions = regressions_of(data)
     failed_without_metric = [c for c in data["checks"] if c["outcome"] in ("failed", "error", "interrupted", "pending")
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
     return _ENV.get_template("card.html.j2").render(
