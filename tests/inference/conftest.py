@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from gpucert.serving import vllm_log
+from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
 from gpucert.serving.vllm_config import default_config
 from gpucert.monitor.attach import NVML_MODULE_HOOK
@@ -43,6 +44,7 @@ class ServingTarget:
     api_key_env: str | None = None
     server: VllmServer | None = None  # None: an endpoint gpucert did not start
     facts: dict = field(default_factory=dict)  # what the engine's log reported
+    configuration: dict = field(default_factory=dict)  # engine and load settings (configuration.py)
 
     def crashed(self, grace_s: float = 0.0) -> str | None:
         """Why the engine died, with its log, or None while it lives (or is not ours). After
@@ -140,7 +142,8 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
             pytest.fail(f"endpoint {config.getoption('--endpoint')}: {exc}", pytrace=False)
         if gpucert_monitor and not endpoint.api_key_env:  # a keyed endpoint's /metrics is not ours to read
             gpucert_monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
-        yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env)
+        yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env,
+                            configuration=measured_with(load, endpoint=endpoint.v1_url))
         if gpucert_monitor:
             gpucert_monitor.detach_vllm()
         return
@@ -166,7 +169,8 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
         facts = vllm_log.parse_file(server.log_path)
         if gpucert_monitor:
             gpucert_monitor.attach_vllm(f"{server.base_url}/metrics")
-        yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts)
+        yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts,
+                            configuration=measured_with(load, engine))
     finally:
         if gpucert_monitor:
             gpucert_monitor.detach_vllm()

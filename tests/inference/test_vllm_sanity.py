@@ -3,7 +3,7 @@ reported at start (KV cache capacity, compile and graph-capture time) on the car
 
 import pytest
 
-from gpucert.serving import vllm_log
+from gpucert.serving import configuration, vllm_log
 from gpucert.serving.summary import summarize, token_count_mismatches
 
 from load import run_level
@@ -24,7 +24,7 @@ ENGINE_CHOICES = ("vllm_version", "allreduce_backends", "attention_backend", "nc
                   "kv_cache_dtype", "enable_prefix_caching", "max_num_batched_tokens")
 
 
-def test_vllm_sanity(gpucert, serving):
+def test_vllm_sanity(gpucert, serving, gpucert_note):
     run = run_level(serving, concurrency=1, requests=REQUESTS, level=0)
     records = run.measured
     summary = summarize(records)
@@ -49,5 +49,26 @@ def test_vllm_sanity(gpucert, serving):
         if serving.facts.get(key) is not None:
             gpucert.record(key, serving.facts[key], unit=unit, direction=direction,
                            note=f"from the engine log ({vllm_log.UNITS.get(key, unit)})")
+    judge_configuration(gpucert, serving, gpucert_note)
     if crashed:
         pytest.fail(f"the engine died during the check: {crashed}", pytrace=False)
+
+
+def judge_configuration(gpucert, serving, note):
+    """The engine and load settings beside the baseline's: a run under other settings is said to
+    be one (a finding per setting, `config_changes` warns, a note at the top of the card)."""
+    gpucert.artifact("configuration", serving.configuration)
+    baseline = gpucert.baseline_artifact("configuration")
+    if baseline is None:
+        gpucert.record("config_changes", None, unit="settings", direction="lower", status="skipped",
+                       error=f"no baseline configuration for profile {gpucert.profile} yet "
+                             "(--update-baselines keeps this run's)")
+        return
+    changed = configuration.changes(baseline, serving.configuration)
+    for change in changed:
+        gpucert.finding("configuration", **{k: str(v) for k, v in change.items()})
+    gpucert.record("config_changes", len(changed), unit="settings", direction="lower",
+                   note="engine and load settings that differ from the baseline's" if changed else None)
+    if changed:
+        note("the serving and offline figures are judged against baselines measured under other settings: "
+             + "; ".join(f"{c['setting']} {c['baseline']} → {c['now']}" for c in changed))

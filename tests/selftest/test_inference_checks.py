@@ -223,3 +223,31 @@ def test_repeats_make_each_level_the_median_of_its_runs_with_an_interval(tmp_pat
     baseline = json.loads(next((tmp_path / "b").glob("*/serving_baseline.json")).read_text())
     entry = baseline["metrics"]["serving_baseline[concurrency=2]::output_tok_s"]
     assert entry["stat"] == "median" and entry["ci"] == level["output_tok_s"]["ci"]
+
+
+def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
+    """The sanity check keeps the engine and load settings with its baseline; a later run with
+    another executor and request count lists both as findings, warns on `config_changes` and puts
+    the difference at the top of the card (a Ray sweep judged against mp baselines, session 5)."""
+    emulator = ("import runpy, sys\n"
+                "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
+                "runpy.run_module('gpucert.cli', run_name='__main__')\n")
+    env = {"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", emulator, "{port}"])}
+    common = ("-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8")
+    first, metrics = pytest_inference(tmp_path, *common, "--update-baselines", "--engine-opt", "extra_args=--api-key s3cret",
+                                      env=env)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert by_check(metrics)["vllm_sanity"]["config_changes"]["verdict"] == "skipped"
+    saved = json.loads(next((tmp_path / "b").glob("*/vllm_sanity.json")).read_text())
+    (conf,) = saved["artifacts"].values()
+    assert conf["engine"]["distributed_executor_backend"] is None and conf["load"]["output_len"] == 8
+    assert "s3cret" not in json.dumps(saved)  # the engine's extra args are kept without secrets
+    second, metrics = pytest_inference(tmp_path, *common, "--engine-opt", "distributed_executor_backend=ray",
+                                       "--load-opt", "requests_per_level=2", "--engine-opt",
+                                       "extra_args=--api-key s3cret", env=env)
+    assert second.returncode == 0, second.stdout[-3000:]
+    sanity = by_check(metrics)["vllm_sanity"]
+    assert sanity["config_changes"]["value"] == 2 and sanity["config_changes"]["verdict"] == "warn"
+    found = {row["setting"]: (row["baseline"], row["now"]) for row in sanity["_check"]["findings"]["configuration"]}
+    assert found == {"engine.distributed_executor_backend": ("None", "ray"), "load.requests_per_level": ("4", "2")}
+    assert any("judged against baselines measured under other settings" in n for n in metrics["notes"])
