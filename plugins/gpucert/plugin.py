@@ -392,6 +392,12 @@ class RunHooks:
             tr.write_line(f"baselines in {run.store.dir}: {len(written)} change(s)")
             for change in written:
                 tr.write_line(f"  {change.family}: {change.line()}")
+        budget = run.time_budget or {}
+        if budget.get("budget_min"):
+            skipped = len(budget.get("skipped") or [])
+            tr.write_line(f"time budget {budget['budget_min']:g} min: the run took {budget['elapsed_s'] / 60:.1f} min"
+                          + (f"; {skipped} check(s) skipped for it" if skipped else "")
+                          + ("; the check in flight was interrupted" if budget.get("interrupted_at_s") else ""))
         tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
