@@ -148,3 +148,21 @@ def test_diff_refuses_what_is_not_a_snapshot(baseline):
 def test_rules_table_is_well_formed():
     for pattern, condition, severity, why in RULES:
         assert severity in SEVERITIES and callable(condition) and why and pattern
+
+
+def test_another_node_of_the_profile_is_not_a_gpu_swap(baseline):
+    """Every GPU's UUID differs: another machine of this profile (its serials follow), info only;
+    one UUID differs: a GPU was swapped on this machine, critical (the test above)."""
+    new = copy.deepcopy(baseline)
+    for i, gpu in enumerate(new["gpus"]):
+        gpu["uuid"] = f"GPU-0000000{i}-aaaa-bbbb-cccc-dddddddddddd"
+        gpu["serial"] = f"999{i}"
+        gpu["vbios"] = "96.00.99.00.0D"
+    changes = snapshot.explain(baseline, new)
+    by_path = {c["path"]: c for c in changes}
+    assert {p: by_path[p]["severity"] for p in ("gpus[0].uuid", "gpus[1].uuid")} == {
+        "gpus[0].uuid": "info", "gpus[1].uuid": "info"}
+    assert "another node of this profile" in by_path["gpus[0].uuid"]["reason"]
+    assert by_path["gpus[0].vbios"]["severity"] == "warning"  # the rest is judged as usual
+    assert snapshot.counts(snapshot.diff(baseline, new))["critical"] == 0
+    assert not snapshot.another_node(baseline, baseline)

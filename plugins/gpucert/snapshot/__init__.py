@@ -19,11 +19,11 @@ with each rule's reason), RULES (the severity policy), SEVERITIES.
 """
 
 from .collect import collect
-from .compare import RULES, SEVERITIES, diff, digest, explain, stack_view
+from .compare import RULES, SEVERITIES, another_node, counts, diff, digest, explain, stack_view
 from .health import health
 from .profile import profile_name
 from .schema import SCHEMA_VERSION, SnapshotError
 from .summary import summary
 
 __all__ = ["collect", "digest", "profile_name", "diff", "summary", "health", "explain", "RULES",
-           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError", "stack_view"]
+           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError", "stack_view", "another_node", "counts"]

@@ -148,6 +148,20 @@ def classify(path: str, old, new) -> tuple[str, str]:
     return INFO, "other change"
 
 
+_UUID = _compile("gpus[].uuid")
+
+
+def another_node(old: dict, new: dict) -> bool:
+    """Two snapshots of different machines of one profile, not one machine with a GPU swapped:
+    as many GPUs, at least two, and not one UUID in common. (A profile's baselines certify every
+    node of that hardware; a lent node is another machine each time — session 5.)"""
+    def uuids(snapshot):
+        return [g.get("uuid") for g in snapshot.get("gpus") or [] if isinstance(g, dict)]
+    before, after = uuids(old), uuids(new)
+    return (len(before) == len(after) >= 2 and None not in before + after
+            and not set(before) & set(after))
+
+
 def stack_view(snapshot: dict) -> dict:
     """The snapshot without moment-to-moment readings: what a baseline keeps, so that its git
     diff shows stack changes, not temperatures."""
@@ -173,11 +187,15 @@ def explain(old: dict, new: dict) -> list[dict]:
     raw: list[tuple[str, object, object]] = []
     _walk(old, new, "", raw)
     changed = {path for path, _, _ in raw}
+    other_node = another_node(old, new)
     changes = []
     for path, before, after in raw:
         if _implied(path, changed):
             continue
         severity, why = classify(path, before, after)
+        if other_node and _UUID.match(path):
+            severity, why = INFO, ("another node of this profile: every GPU's UUID differs (a swapped GPU "
+                                   "changes one); its other changes are judged as usual")
         changes.append({"path": path, "old": before, "new": after,
                         "severity": severity, "reason": why})
     order = {severity: rank for rank, severity in enumerate(SEVERITIES)}
