@@ -137,6 +137,8 @@ class LLM:
     def __init__(self, **kwargs):
         assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 2, kwargs
         print("INFO 11-27 03:31:02 [kv_cache_utils.py:2177] GPU KV cache size: 5,280,176 tokens", flush=True)
+        if os.environ.get("STAND_IN_PID_FILE"):
+            open(os.environ["STAND_IN_PID_FILE"], "w").write(str(os.getpid()))
         assert os.path.exists(os.path.join(kwargs["model"], "config.json"))
     def generate(self, prompts, params, use_tqdm=False):
         LLM.calls += 1
@@ -251,3 +253,41 @@ def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
     found = {row["setting"]: (row["baseline"], row["now"]) for row in sanity["_check"]["findings"]["configuration"]}
     assert found == {"engine.distributed_executor_backend": ("None", "ray"), "load.requests_per_level": ("4", "2")}
     assert any("judged against baselines measured under other settings" in n for n in metrics["notes"])
+
+
+def test_an_interrupted_offline_sweep_stops_its_worker(tmp_path):
+    """Ctrl-C (or the time budget's SIGINT) during LLM.generate: the worker runs in a session of
+    its own, so the caller must stop it — else it goes on holding the GPUs (as vLLM did after a
+    SIGTERM in session 4)."""
+    import signal
+    import time
+    for name, text in STAND_IN_VLLM.items():
+        (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "site" / name).write_text(text)
+    pid_file = tmp_path / "worker.pid"
+    script = (
+        "import sys, types\n"
+        "from gpucert.serving.offline import run_offline\n"
+        "from gpucert.serving.vllm_config import default_config\n"
+        "prompts = lambda count, level, repeat=0: [types.SimpleNamespace(prompt=[1, 2, 3], output_tokens=4)] * count\n"
+        f"run_offline(default_config({{}}), [1], prompts, {str(tmp_path / 'work')!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "STAND_IN_PID_FILE": str(pid_file),
+           "STAND_IN_GENERATE_S": "120"}
+    caller = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    time.sleep(0.5)  # inside generate()
+    caller.send_signal(signal.SIGINT)
+    _, err = caller.communicate(timeout=30)
+    assert caller.returncode != 0 and "KeyboardInterrupt" in err
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the offline worker outlived its interrupted caller")

@@ -38,6 +38,14 @@ class OfflineResult:
         return [line["output_tokens"] / line["elapsed_s"] for line in self.levels.get(level, []) if line["elapsed_s"] > 0]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
     kwargs = {"model": model_dir}
     for name in _LLM_KWARGS:
@@ -77,6 +85,11 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
             result.error = f"offline run exceeded {timeout_s:g} s and was killed"
+        except BaseException:
+            # Ctrl-C, a budget's SIGINT, SIGTERM taken as Ctrl-C: the worker runs in a session of
+            # its own (its vLLM workers with it) and would go on holding the GPUs — stop it first
+            _kill_group(proc)
+            raise
     engine_lines = []
     for line in out.splitlines():
         try:
