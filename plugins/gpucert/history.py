@@ -11,12 +11,12 @@ likely cause.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 from .baselines import validate_profile, write_atomic
+from .metrics import finite_number
 
 TREND_RUNS = 20  # the card's trends cover this run and the 19 before it
 _STAMP = re.compile(r"[^0-9A-Za-z]+")
@@ -27,8 +27,8 @@ def record(data: dict[str, Any]) -> dict[str, Any]:
     metrics = {}
     for check in data.get("checks", []):
         for m in check.get("metrics", []):
-            value = m.get("value")
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            value = finite_number(m.get("value"))
+            if value is None:
                 continue
             metrics[m["key"]] = {"value": value, "unit": m.get("unit"), "verdict": m.get("verdict"),
                                  "ci": m.get("ci"), "headline": bool(m.get("headline")),

@@ -69,7 +69,8 @@ def _limits(metric: Metric, rule: Rule) -> list[tuple[str, str, str]]:
     return out
 
 
-def _ci_text(ci: tuple[float, float] | None) -> str:
+def interval_text(ci: tuple[float, float] | None) -> str:
+    """A change's 95 % interval as the card and the failure line show it: "[−3.1%, +0.4%]"."""
     return f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]" if ci else ""
 
 
@@ -147,7 +148,7 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
             metric, rule, float(base_value), noise.widest(base_ci, history_ci))
         if delta_ci:
-            why += f"; change 95% CI {_ci_text(delta_ci)}"
+            why += f"; change 95% CI {interval_text(delta_ci)}"
             if history_ci:
                 why += f" (run-to-run noise of {len(past_runs)} past runs)"
         if update_mode and verdict == "fail":

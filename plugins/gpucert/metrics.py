@@ -29,6 +29,15 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
+def finite_number(value: Any) -> float | None:
+    """A finite number, else None: metrics.json holds NaN and inf as strings (json_safe), and a
+    bool measures nothing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def check_id(check: str, params: dict[str, Any]) -> str:
     if not params:
         return check
@@ -145,10 +154,9 @@ class Metric:
             self.__dict__["_ci"] = None
             stat = self.statistic
             if stat and self.value is not None and math.isfinite(self.value) and len(self.samples) >= 3:
-                centre = noise.statistic(self.samples, stat)
-                bounds = noise.interval(self.samples, stat)
-                if bounds and centre and math.isfinite(centre):
-                    self.__dict__["_ci"] = (self.value * bounds[0] / centre, self.value * bounds[1] / centre)
+                fractions = noise.relative_interval(self.samples, stat)
+                if fractions:
+                    self.__dict__["_ci"] = (self.value * fractions[0], self.value * fractions[1])
         ci = self.__dict__["_ci"]
         return None if ci is None else (min(ci), max(ci))
 

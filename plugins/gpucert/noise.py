@@ -64,14 +64,9 @@ def _sketch(data: np.ndarray) -> np.ndarray:
     return data
 
 
-def statistic(samples: list[float], stat: str) -> float | None:
-    data = _sketch(_finite(samples))
-    return float(_apply(stat, data)) if data.size else None
-
-
-def interval(samples: list[float], stat: str, *, scale: float = 1.0) -> tuple[float, float] | None:
-    """The 95 % percentile-bootstrap interval of `stat` over `samples`, times `scale` (a value
-    recorded in other units than its samples). None below 3 samples: no interval from that."""
+def _bootstrap(samples: list[float], stat: str) -> tuple[float, float, float] | None:
+    """(statistic, low, high): the statistic of `samples` and its 95 % percentile-bootstrap
+    interval, from one sketch of them. None below 3 samples: no interval from that."""
     full = _finite(samples)
     if full.size < 3:
         return None
@@ -85,8 +80,24 @@ def interval(samples: list[float], stat: str, *, scale: float = 1.0) -> tuple[fl
     centre = float(_apply(stat, data))
     shrink = math.sqrt(data.size / full.size)
     lo, hi = centre + (float(lo) - centre) * shrink, centre + (float(hi) - centre) * shrink
-    lo, hi = lo * scale, hi * scale
-    return (min(lo, hi), max(lo, hi))
+    return centre, min(lo, hi), max(lo, hi)
+
+
+def interval(samples: list[float], stat: str) -> tuple[float, float] | None:
+    """The 95 % percentile-bootstrap interval of `stat` over `samples` (None below 3 samples)."""
+    found = _bootstrap(samples, stat)
+    return None if found is None else found[1:]
+
+
+def relative_interval(samples: list[float], stat: str) -> tuple[float, float] | None:
+    """The interval as fractions of the statistic itself (e.g. 0.98, 1.03): for a value recorded
+    in other units than its samples (busbw at the mean time, samples per iteration). None below 3
+    samples or for a statistic of 0 or not finite."""
+    found = _bootstrap(samples, stat)
+    if found is None or not found[0] or not math.isfinite(found[0]):
+        return None
+    centre, lo, hi = found
+    return lo / centre, hi / centre
 
 
 def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: float,

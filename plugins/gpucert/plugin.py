@@ -338,12 +338,13 @@ class RunHooks:
         except (BaselineError, OSError) as exc:
             self.run.notes.append(f"baselines not written: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        past = self._trends(status)
+        if self.run.options.history_dir is not None:  # the records read when the run was prepared
+            self.run.trends = history.trends(self.run.history, history.record(self.run.to_dict(status)))
         self.run.write_metrics(status)
         data = card.write(self.run.options.report_dir)
         prometheus.write(self.run.options.report_dir, data)
         self._junit_run_properties(data)
-        if past is not None:
+        if self.run.options.history_dir is not None:
             try:
                 path = history.append(self.run.options.history_dir, data)
                 log.info("history record %s", path)
@@ -352,20 +353,6 @@ class RunHooks:
                 self.run.write_metrics(status)
                 card.write(self.run.options.report_dir)
         log.info("run %s: verdict %s; card %s", status, data["verdict"], self.run.options.report_dir / "report.html")
-
-    def _trends(self, status: str) -> list | None:
-        """With --history-dir: headline trends over the past records and this run (None: no history)."""
-        folder = self.run.options.history_dir
-        if folder is None:
-            return None
-        try:
-            past, notes = history.load(folder, self.run.profile)
-        except (OSError, ValueError) as exc:
-            self.run.notes.append(f"history not read: {exc}")
-            return []
-        self.run.notes.extend(notes)
-        self.run.trends = history.trends(past, history.record(self.run.to_dict(status)))
-        return past
 
     def _junit_run_properties(self, data: dict) -> None:
         """The run's verdict, profile and version as the JUnit file's suite properties (this hook

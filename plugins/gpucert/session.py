@@ -45,6 +45,7 @@ class Run:
         self.notes: list[str] = []
         self.monitor: dict[str, Any] = {}  # the session monitor's file, interval, ticks, notes
         self.trends: list[dict[str, Any]] = []  # headline metrics over the history's last runs
+        self.history: list[dict[str, Any]] = []  # --history-dir: the profile's last run records, oldest first
         self.past_runs: dict[str, list[float]] = {}  # metric key → its values in the history's passing runs
         self.time_budget: dict[str, Any] = {}  # the run's wall-clock budget and what it skipped
         self._git_revision: str | None | bool = False  # False: not asked yet
@@ -67,11 +68,13 @@ class Run:
         for note in snap.get("notes") or []:
             if note not in self.notes:
                 self.notes.append(note)
-        if self.options.history_dir is not None:  # nightly: the node's own run-to-run noise
+        if self.options.history_dir is not None:  # nightly: the trends, and the node's run-to-run noise
             try:
-                self.past_runs = history.past_values(history.load(self.options.history_dir, self.profile)[0])
+                self.history, notes = history.load(self.options.history_dir, self.profile)
+                self.notes.extend(notes)
             except (OSError, ValueError) as exc:
                 self.notes.append(f"history not read: {exc}")
+            self.past_runs = history.past_values(self.history)
         self.prepared = True
 
     @property

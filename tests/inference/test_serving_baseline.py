@@ -41,7 +41,7 @@ def test_serving_baseline(gpucert, serving, concurrency):
         runs.append(run_level(serving, concurrency, serving.load.requests_at(concurrency), repeat=repeat))
     records = [r for run in runs for r in run.measured]
     summary = summarize(records, serving.load.slo)  # failures, token counts, SLO attainment: all requests
-    per = [summarize(run.measured, serving.load.slo) for run in runs]
+    per = [summarize(run.measured, serving.load.slo) for run in runs] if len(runs) > 1 else [summary]
     ok = [r for r in records if r.ok]
 
     gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",

@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__
+from ..judge import interval_text
 from . import charts
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -46,10 +47,10 @@ def percent(value: Any) -> str:
 
 
 def interval(ci: Any) -> str:
-    """A delta's 95 % interval beside it: "[−3.1%, +0.4%]"; nothing without one."""
+    """A delta's 95 % interval beside it, as the failure line writes it; nothing without one."""
     if not isinstance(ci, (list, tuple)) or len(ci) != 2 or not all(isinstance(v, (int, float)) for v in ci):
         return ""
-    return f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]"
+    return interval_text((ci[0], ci[1]))
 
 
 _ENV.filters["number"] = number

@@ -13,13 +13,12 @@ the collector never reads half a file, and ignores the temporary, which does not
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from ..metrics import VERDICTS, check_id as make_check_id
+from ..metrics import VERDICTS, check_id as make_check_id, finite_number
 
 FILENAME = "metrics.prom"
 
@@ -40,14 +39,6 @@ def build_registry(data: dict[str, Any]) -> CollectorRegistry:
     _check_gauges(registry, checks)
     _metric_gauges(registry, checks)
     return registry
-
-
-def _number(value: Any) -> float | None:
-    """A finite number, else None: json_safe wrote NaN and inf as strings, and a bool measures nothing."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _text(value: Any) -> str:
@@ -72,7 +63,7 @@ def _by_verdict(counts: Any) -> dict[str, float]:
     """Every known verdict (zero when absent, so a rate or a `== 0` holds), plus any unknown one."""
     counts = counts if isinstance(counts, dict) else {}
     out = {v: 0.0 for v in VERDICTS}
-    out.update({str(k): n for k, v in counts.items() if (n := _number(v)) is not None})
+    out.update({str(k): n for k, v in counts.items() if (n := finite_number(v)) is not None})
     return out
 
 
@@ -120,7 +111,7 @@ def _check_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) -> 
         values = [_text(check.get(k)) for k in labels]
         if check.get("verdict"):
             verdict.labels(*values, _text(check["verdict"])).set(1)
-        if (seconds := _number(check.get("duration_s"))) is not None:
+        if (seconds := finite_number(check.get("duration_s"))) is not None:
             duration.labels(*values).set(seconds)
 
 
@@ -154,7 +145,7 @@ def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) ->
     for check in checks:
         for metric in check.get("metrics") or []:
             # a finite number that was judged on something other than skipping
-            number = _number(metric.get("value"))
+            number = finite_number(metric.get("value"))
             if number is None or metric.get("verdict") == "skipped":
                 continue
             cid, name = _metric_check_id(metric, check), _text(metric.get("metric"))
@@ -163,12 +154,12 @@ def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) ->
             if metric.get("headline"):
                 headline.labels(*series).set(number)
             for gauge, field in ((baseline, "baseline"), (delta, "delta_pct")):
-                if (number := _number(metric.get(field))) is not None:
+                if (number := finite_number(metric.get(field))) is not None:
                     gauge.labels(*series).set(number)
             interval = metric.get("delta_ci_pct")
             if isinstance(interval, (list, tuple)) and len(interval) == 2:
                 for gauge, bound in zip((ci_low, ci_high), interval):
-                    if (number := _number(bound)) is not None:
+                    if (number := finite_number(bound)) is not None:
                         gauge.labels(*series).set(number)
             if metric.get("verdict"):
                 verdict.labels(cid, name, _text(metric["verdict"])).set(1)
