@@ -33,7 +33,7 @@ class CheckResult:
     findings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     body_raised: bool = False
-    # what the check did, for the monitor: {"output_tokens": N, "window": (t0, t1) monotonic}
+    # what the check did, for the monitor: {"output_tokens": N, "windows": [(t0, t1), …] monotonic}
     work: dict[str, Any] = field(default_factory=dict)
     # name → (monotonic times, values): series the card overlays on the monitor's charts
     timelines: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
@@ -124,14 +124,24 @@ class CheckRecorder:
         """A row for the card that is not a number, e.g. one drift change {path, old, new, severity}."""
         self._result.findings.setdefault(kind, []).append(fields)
 
-    def work(self, *, output_tokens: float | None = None, window: tuple[float, float] | None = None) -> None:
+    def work(self, *, output_tokens: float | list[float] | None = None, window: tuple[float, float] | None = None,
+             windows: list[tuple[float, float]] | None = None) -> None:
         """What the check measured, for the resource monitor: the output tokens (→ joules per
         token) and the time.monotonic() window they were produced in (the monitor's figures then
-        cover that window, not the check's set-up and warm-up)."""
-        if output_tokens is not None:
-            self._result.work["output_tokens"] = output_tokens
+        cover that window, not the check's set-up and warm-up). `windows`: one per repeat of the
+        same workload — the pauses between them are left out, and energy_j is a repeat's (their
+        median), so it does not grow with the number of repeats; `output_tokens` may then be one
+        count per window, which gives joules per token an interval too."""
         if window is not None:
-            self._result.work["window"] = (float(window[0]), float(window[1]))
+            windows = [window]
+        if isinstance(output_tokens, (list, tuple)):
+            if windows is None or len(output_tokens) != len(windows):
+                raise ValueError("output_tokens per window needs one count for each of `windows`")
+            self._result.work["output_tokens"] = [float(n) for n in output_tokens]
+        elif output_tokens is not None:
+            self._result.work["output_tokens"] = output_tokens
+        if windows:
+            self._result.work["windows"] = [(float(a), float(b)) for a, b in windows]
 
     def timeline(self, name: str, times: list[float], values: list[float]) -> None:
         """A series on time.monotonic() (e.g. output tok/s per second) drawn over the monitor's."""

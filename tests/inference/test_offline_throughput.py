@@ -29,10 +29,11 @@ def test_offline_throughput(gpucert, offline_sweep, concurrency):
                        stat="median", note=f"median of {len(rates)} repeats; {note}")
     else:
         gpucert.record("output_tok_s", rates[0] if rates else None, unit="tok/s", direction="higher", note=note)
-    windows = [line["window_monotonic"] for line in lines if line.get("window_monotonic")]
+    timed = [line for line in lines if line.get("window_monotonic")]
     output_tokens = sum(line["output_tokens"] for line in lines)
-    if windows:  # for the resource monitor: energy per token of this level
-        gpucert.work(output_tokens=output_tokens, window=(min(w[0] for w in windows), max(w[1] for w in windows)))
+    if timed:  # for the resource monitor: a repeat's energy and energy per token of this level
+        gpucert.work(output_tokens=[line["output_tokens"] for line in timed],
+                     windows=[line["window_monotonic"] for line in timed])
     asked = sum(line["requested_output_tokens"] for line in lines)
     wrong = sum(token_count_wrong(line["output_tokens"], line["requested_output_tokens"], exact=load.ignore_eos)
                 for line in lines)

@@ -70,9 +70,12 @@ def test_serving_baseline(gpucert, serving, concurrency):
         if summary.itl_ms.get("count"):
             _record(gpucert, "itl_ms_p99", [s.itl_ms.get("p99") for s in per], unit="ms", direction="lower",
                     samples=itl)
-    # for the resource monitor: its figures over the measured requests, joules per output token,
-    # and the streamed tok/s drawn over its GPU charts
-    gpucert.work(output_tokens=summary.total_output_tokens, window=measured_window(records))
+    # for the resource monitor: its figures over each repeat's measured requests, a repeat's
+    # energy, joules per output token, and the streamed tok/s drawn over its GPU charts
+    timed = [(window, part.total_output_tokens) for window, part in
+             zip((measured_window(run.measured) for run in runs), per) if window]
+    if timed:
+        gpucert.work(output_tokens=[tokens for _, tokens in timed], windows=[window for window, _ in timed])
     gpucert.timeline("output tok/s", *throughput_series(records))
     clients = [client_check(run) for run in runs]
     for notice in sorted({n for client in clients for n in client.get("notices") or []}):

@@ -246,6 +246,30 @@ def test_check_metrics_from_a_window():
     assert summary.summarize(gappy, window_s=10.0)["energy_j"] == pytest.approx(700 * 10.0)
 
 
+def test_repeats_energy_is_one_repeat_and_the_pauses_between_them_are_left_out():
+    """Three repeats of one workload at 700 W with 5 s idle (140 W) between them: energy_j is one
+    repeat's (the median, each a sample), not three; joules per token leave the pauses out (on
+    the node, session 6: energy_j read 3x the one-repeat baselines and J/token +20 %)."""
+    t = np.arange(0, 25.0, 0.1)
+    busy = ((t >= 0) & (t <= 5)) | ((t >= 10) & (t <= 15)) | ((t >= 20) & (t <= 25))
+    watts = np.where(busy, 700.0, 140.0)
+    energy = np.concatenate([[0.0], np.cumsum(watts[1:] * 0.1)])  # the counter the power gives
+    columns = {"t": t, "scheduled": t, "gpu0.power_w": watts, "gpu0.energy_j": energy,
+               "gpu0.util_gpu_pct": np.where(busy, 90.0, 0.0)}
+    windows = [(0.0, 5.0), (10.0, 15.0), (20.0, 24.9)]
+    figures = summary.summarize_windows(columns, windows, output_tokens=[1000, 1000, 1000])
+    assert figures["energy_j"] == pytest.approx(700 * 5.0, rel=0.02)
+    assert figures["energy_j_per_output_token_repeats"] == pytest.approx([e / 1000 for e in figures["energy_j_repeats"]])
+    assert len(figures["energy_j_repeats"]) == 3
+    assert figures["energy_j_per_output_token"] == pytest.approx(sum(figures["energy_j_repeats"]) / 3000)
+    assert figures["energy_j_per_output_token"] == pytest.approx(700 * 14.9 / 3000, rel=0.02)
+    assert figures["gpus"][0]["util_gpu_mean_pct"] == pytest.approx(90.0)  # no idle sample counted
+    # the span of all three as one window would count 10 s of idle and 3x the energy
+    whole = summary.summarize_windows(columns, [(0.0, 24.9)], output_tokens=3000)
+    assert whole["energy_j"] > 2.9 * figures["energy_j"] and whole["energy_j_per_output_token"] > 1.1 * \
+        figures["energy_j_per_output_token"]
+
+
 def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, monkeypatch):
     """Energy, PCIe/NVLink bytes, ECC and host CPU are read on counter ticks only (on H100 the
     energy read alone is ~3 ms of CPU a GPU, 500x a gauge), NaN between; where a read costs more

@@ -311,6 +311,16 @@ def test_served(gpucert):
     gpucert.work(output_tokens=600, window=(start, time.monotonic()))
     gpucert.timeline("output tok/s", [start, start + 0.3], [900.0, 1100.0])
 
+@pytest.mark.inference
+def test_repeated(gpucert):
+    windows = []
+    for _ in range(3):  # one level measured three times, a pause between
+        start = time.monotonic()
+        time.sleep(0.4)
+        windows.append((start, time.monotonic()))
+        time.sleep(0.3)
+    gpucert.work(output_tokens=[300, 300, 300], windows=windows)
+
 @pytest.mark.hardware
 def test_gemm_like(gpucert):
     time.sleep(0.2)
@@ -323,7 +333,7 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     as a file, and charts on the card; hardware checks only with --monitor all."""
     monkeypatch.setenv("GPUCERT_NVML_MODULE", "fake_pynvml")  # NVML's only seam: the GPU fields
     pytester.makepyfile(test_monitored=MONITORED)
-    result = suite(100, "-k", "served or gemm_like", "--monitor-interval-ms", "50")
+    result = suite(100, "-k", "served or gemm_like or repeated", "--monitor-interval-ms", "50")
     assert result.ret == 0, result.stdout.str()[-2000:]
     checks = {c["check"]: c for c in result.metrics["checks"]}
     served = {m["metric"]: m for m in checks["served"]["metrics"]}
@@ -333,6 +343,12 @@ def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     assert served["energy_j_per_output_token"]["value"] == pytest.approx(served["energy_j"]["value"] / 600)
     assert served["gpu_mem_peak_gib"]["value"] == 20 and served["gpu_hard_slowdown_samples"]["value"] == 0
     assert served["energy_j"]["verdict"] == "new"  # judged like any other metric
+    # three repeats: one repeat's energy (the median, an interval from the three), not the span's
+    repeated = {m["metric"]: m for m in checks["repeated"]["metrics"]}
+    assert repeated["energy_j"]["value"] == pytest.approx(500 * 0.4, rel=0.05)
+    assert repeated["energy_j"]["sample_count"] == 3 and repeated["energy_j"]["stat"] == "median"
+    assert repeated["energy_j_per_output_token"]["value"] == pytest.approx(3 * 500 * 0.4 / 900, rel=0.05)
+    assert repeated["energy_j_per_output_token"]["sample_count"] == 3
     assert checks["served"]["findings"]["monitor"] == [{"notice": "GPU clock slowdown reasons seen: sw_power_cap"}]
     mon = checks["served"]["monitor"]
     assert mon["samples"] >= 6 and mon["timeline"]["series"]["GPU util % (mean)"][0] == 90

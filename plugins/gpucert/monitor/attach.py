@@ -76,7 +76,8 @@ class SessionMonitor:
 
     def _record_window(self, result, recorder, t0: float, t1: float) -> None:
         work = result.work or {}
-        w0, w1 = work.get("window") or (t0, t1)
+        windows = work.get("windows") or [(t0, t1)]
+        w0, w1 = min(w[0] for w in windows), max(w[1] for w in windows)
         # the measured window may lie before the check's body (the offline sweep runs in a
         # session fixture): the file and the charts then cover both
         t0, t1 = min(t0, w0), max(t1, w1)
@@ -85,10 +86,17 @@ class SessionMonitor:
             return
         path = self.report_dir / "monitor" / (re.sub(r"[^\w.=,-]+", "_", result.check_id)[:150] + ".npz")
         store.save_slice(path, meta, columns)
-        measured = {name: values[(columns["t"] >= w0) & (columns["t"] <= w1)] for name, values in columns.items()}
-        figures = summary_engine.summarize(measured, output_tokens=work.get("output_tokens"), window_s=w1 - w0)
+        figures = summary_engine.summarize_windows(columns, windows, output_tokens=work.get("output_tokens"))
         for metric, value, unit, direction, note in summary_engine.check_metrics(figures):
-            recorder.record(metric, value, unit=unit, direction=direction, note=note)
+            # a level measured with repeats: each repeat's figure is a sample of the value
+            repeats = figures.get(f"{metric}_repeats")
+            if repeats and len(repeats) > 1:
+                how = (f"median of {len(repeats)} repeats" if metric == "energy_j"
+                       else f"{len(repeats)} repeats' energy over their tokens")
+                recorder.record(metric, value, unit=unit, direction=direction, samples=repeats, stat="median",
+                                note="; ".join(filter(None, (note, how))))
+            else:
+                recorder.record(metric, value, unit=unit, direction=direction, note=note)
         reasons = sorted({r for g in figures["gpus"].values() for r in g["slowdown_reasons"]})
         if reasons:
             recorder.finding("monitor", notice="GPU clock slowdown reasons seen: " + ", ".join(reasons))

@@ -122,6 +122,41 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
     return out
 
 
+def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float, float]],
+                      output_tokens: float | list[float] | None = None) -> dict[str, Any]:
+    """Figures of what a check measured: one window, or one per repeat of the same workload. With
+    several, the figures are of their samples alone (the pauses between repeats are no part of the
+    workload), the energy is each window's own (`energy_j_repeats`), `energy_j` their median — one
+    repeat's energy, whatever the number of repeats — and joules per output token all of their
+    energy over all of their tokens; given tokens per window, each repeat's joules per token too
+    (`energy_j_per_output_token_repeats`, the samples of its interval)."""
+    per_window = list(output_tokens) if isinstance(output_tokens, (list, tuple)) else None
+    if per_window is not None:
+        output_tokens = sum(per_window)
+    t = columns.get("t", np.array([]))
+
+    def within(a: float, b: float) -> np.ndarray:
+        return (t >= a) & (t <= b)
+
+    if len(windows) == 1:
+        (a, b), = windows
+        return summarize({name: values[within(a, b)] for name, values in columns.items()},
+                         output_tokens=output_tokens, window_s=b - a)
+    inside = np.zeros(len(t), dtype=bool)
+    for a, b in windows:
+        inside |= within(a, b)
+    out = summarize({name: values[inside] for name, values in columns.items()})
+    energies = [summarize({name: values[within(a, b)] for name, values in columns.items()},
+                          window_s=b - a)["energy_j"] for a, b in windows]
+    known = None not in energies
+    out["energy_j_repeats"] = energies if known else None
+    out["energy_j"] = float(np.median(energies)) if known else None
+    out["energy_j_per_output_token"] = sum(energies) / output_tokens if known and output_tokens else None
+    out["energy_j_per_output_token_repeats"] = ([e / n for e, n in zip(energies, per_window) if n]
+                                                if known and per_window else None)
+    return out
+
+
 # summary field → (metric name, unit, direction) recorded on each monitored check
 CHECK_METRICS = (
     # the same load with less GPU busy time: something else (host, front end, links) holds it back
