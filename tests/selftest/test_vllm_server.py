@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from gpucert.process_group import group_alive
 from gpucert.serving.vllm_config import default_config
-from gpucert.serving.vllm_server import Endpoint, EngineStartError, VllmServer, _group_alive
+from gpucert.serving.vllm_server import Endpoint, EngineStartError, VllmServer
 
 FAKE = textwrap.dedent('''
     import argparse, json, signal, subprocess, sys, time
@@ -79,7 +80,7 @@ def test_health_wait_and_clean_stop(fake):
         assert server.ready_at - server.started_at >= 0.5
         assert "ready on 127.0.0.1" in server.log_tail()
         pgid = server.proc.pid
-    assert not _group_alive(pgid) and server.proc.returncode is not None
+    assert not group_alive(pgid) and server.proc.returncode is not None
     assert json.loads((server.workdir / "vllm-serve.argv.json").read_text())[-2:] == ["--delay", "0.5"]
 
 
@@ -105,11 +106,11 @@ def test_sigterm_to_the_caller_stops_the_engine(fake, tmp_path):
     '''))
     caller = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     pgid = int(caller.stdout.readline())
-    assert _group_alive(pgid)
+    assert group_alive(pgid)
     caller.send_signal(signal.SIGTERM)
     assert caller.wait(timeout=20) == -signal.SIGINT  # Python's exit after an unhandled Ctrl-C
     assert "not reached" not in caller.stdout.read()
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
 
 
 def test_the_sigterm_handler_is_put_back(fake):
@@ -133,7 +134,7 @@ def test_startup_timeout_raises_and_kills(fake):
     server = fake("--delay", "30", startup_timeout_s=0.5)
     with pytest.raises(EngineStartError, match="not healthy after 0.5 s"):
         server.start()
-    assert not _group_alive(server.proc.pid)
+    assert not group_alive(server.proc.pid)
 
 
 def test_watcher_notices_a_kill_mid_run_with_the_time(fake):
@@ -187,7 +188,7 @@ def test_stop_escalates_to_sigkill_and_the_group_is_gone(fake):
     assert result.signal == "SIGKILL" and result.returncode == -9 and result.group_gone
     assert result.seconds >= 2  # the SIGTERM grace period was waited out
     assert "ignoring SIGTERM" in server.log_tail()
-    assert not _group_alive(pgid)
+    assert not group_alive(pgid)
     assert server.crash is None  # a requested stop is not a crash
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -17,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from gpucert import process_group
 
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -102,11 +103,7 @@ def inspect_page(path_or_url: str | os.PathLike, *, chromium: str | os.PathLike 
             raise BrowserError(f"DevTools connection failed: {e!r}{_log_tail(log_path)}") from e
     finally:
         if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            process_group.kill_group(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from gpucert import process_group
+
 from . import presets
 from .datasets import Prompt
 from .vllm_config import EngineConfig
@@ -36,14 +38,6 @@ class OfflineResult:
     def rates(self, level: int) -> list[float]:
         """Output tok/s of each repeat of `level`."""
         return [line["output_tokens"] / line["elapsed_s"] for line in self.levels.get(level, []) if line["elapsed_s"] > 0]
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
 
 
 def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
@@ -82,13 +76,13 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
         try:
             out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            process_group.signal_group(proc, signal.SIGKILL)
             out, _ = proc.communicate()
             result.error = f"offline run exceeded {timeout_s:g} s and was killed"
         except BaseException:
             # Ctrl-C, a budget's SIGINT, SIGTERM taken as Ctrl-C: the worker runs in a session of
             # its own (its vLLM workers with it) and would go on holding the GPUs — stop it first
-            _kill_group(proc)
+            process_group.kill_group(proc)
             raise
     engine_lines = []
     for line in out.splitlines():

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpucert import process_group
 from gpucert.serving import presets
 from gpucert.serving.vllm_config import EngineConfig, serving_defaults
 
@@ -152,16 +153,6 @@ def health_ok(base: str, timeout: float) -> bool:
 
 def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class VllmServer:
@@ -325,33 +316,14 @@ class VllmServer:
         t0 = time.monotonic()
         if self.proc is None:
             return StopResult("none", None, 0.0, True)
-        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
-        sent = "none"
-        if _group_alive(pgid):
-            sent = "SIGTERM"
-            os.killpg(pgid, signal.SIGTERM)
-            if not self._wait_group(pgid, self.stop_timeout_s):
-                sent = "SIGKILL"
-                os.killpg(pgid, signal.SIGKILL)
-                self._wait_group(pgid, self.stop_timeout_s)
+        sent = process_group.stop_groups([self.proc], self.stop_timeout_s)
         returncode = self.proc.poll()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=self.watch_interval_s + self.health_timeout_s + 5)
         self._restore_sigterm()
-        result = StopResult(sent, returncode, time.monotonic() - t0, not _group_alive(pgid))
+        result = StopResult(sent, returncode, time.monotonic() - t0, not process_group.group_alive(self.proc.pid))
         logger.info("engine stopped: %s", result)
         return result
-
-    def _wait_group(self, pgid: int, timeout: float) -> bool:
-        """Reap the leader and wait until no process is left in the group (workers included)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.proc.poll()  # reap the leader so its zombie does not keep the group "alive"
-            if not _group_alive(pgid):
-                return True
-            time.sleep(0.05)
-        self.proc.poll()
-        return not _group_alive(pgid)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

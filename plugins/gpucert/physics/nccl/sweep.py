@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gpucert import process_group
 
 from . import faults, formulas, rows
 
@@ -145,7 +146,8 @@ def run(config: SweepConfig) -> SweepResult:
         try:
             stop = _monitor(config, procs, watch, started)
         finally:
-            _stop(procs)  # also on KeyboardInterrupt: no rank outlives the sweep
+            # also on KeyboardInterrupt: no rank (nor what it started) outlives the sweep
+            process_group.stop_groups(procs, TERM_GRACE_S)
         watch.poll()  # a row written while the ranks were being stopped still counts
         measured = {(r["op"], r["bytes"]): r for r in watch.rows}
         result = SweepResult(config, _complete(planned, measured, config.dtype, stop), stop.status,
@@ -307,27 +309,6 @@ def _crashed(procs: list[subprocess.Popen], watch: _Watch) -> _Stop:
     if others:
         error += f" (then rank {', '.join(others)} failed too)"
     return _Stop("error", error)
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every rank's process group, then SIGKILL what is left after the grace period."""
-    for p in procs:
-        if p.poll() is None:
-            _signal_group(p, signal.SIGTERM)
-    deadline = time.monotonic() + TERM_GRACE_S
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(p, signal.SIGKILL)
-            p.wait()
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the rank's own group (start_new_session): the rank and its children
-    except ProcessLookupError:
-        pass  # already gone
 
 
 def _complete(planned: list[tuple[str, int, int]], measured: dict, dtype: str, stop: _Stop) -> list[dict]:

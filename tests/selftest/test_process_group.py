@@ -1,0 +1,51 @@
+"""Ending an engine's whole process group (gpucert.process_group), with real processes: a leader
+that starts a worker of its own, as vLLM, an NCCL rank or Chromium do."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+from gpucert import process_group
+
+LEADER = textwrap.dedent('''
+    import signal, subprocess, sys, time
+    if sys.argv[1] == "stubborn":  # ignores SIGTERM, and so does its worker
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    worker = subprocess.Popen([sys.executable, "-c",
+        "import signal, sys, time\\n"
+        "if sys.argv[1] == 'stubborn': signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+        "print('up', flush=True)\\n"
+        "time.sleep(60)", sys.argv[1]], stdout=sys.stdout)
+    time.sleep(60)
+''')
+
+
+def start(kind: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", LEADER, kind], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().strip() == "up"  # the worker runs: the group has two members
+    return proc
+
+
+def test_a_group_that_ends_on_sigterm_is_stopped_with_it_workers_included():
+    procs = [start("polite"), start("polite")]
+    assert process_group.stop_groups(procs, grace_s=10) == "SIGTERM"
+    assert not any(process_group.group_alive(p.pid) for p in procs)
+    assert all(p.returncode == -signal.SIGTERM for p in procs)
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace():
+    polite, stubborn = start("polite"), start("stubborn")
+    # (a grace of seconds: the orphaned worker of the polite one is a zombie until init reaps it)
+    assert process_group.stop_groups([polite, stubborn], grace_s=3.0) == "SIGKILL"
+    assert not process_group.group_alive(polite.pid) and not process_group.group_alive(stubborn.pid)
+    assert stubborn.returncode == -signal.SIGKILL  # its worker, which ignored SIGTERM too, is gone with it
+    assert process_group.stop_groups([polite, stubborn], grace_s=0.5) == "none"  # gone: nothing to send
+
+
+def test_kill_group_ends_the_group_at_once():
+    proc = start("stubborn")
+    process_group.kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL and process_group.wait_group(proc, 5.0)
+    assert process_group.signal_group(proc, signal.SIGTERM) is False  # nothing left to signal
