@@ -4,6 +4,8 @@
 #   run(command="bash docs/evidence/device-bg.sh start plan env SESSION_S=<device s left − 120> bash docs/evidence/device-session.sh", carry=[".devbundle/qwen-tok.whl"])
 #   bash docs/evidence/device-bg.sh wait plan 580      # again until DONE; each step's archive comes
 #                                                      # back as soon as the step ends
+# Call `wait` again AT ONCE each time it returns: a lent machine with no call in flight goes back
+# after `idle_release_s` (30 s in session 6), background run and staged bundle with it.
 # Steps in order of what the open issues need most (issue 6 first); a step whose budget no longer fits in what is
 # left of SESSION_S is skipped (said in the log). Each step's files go to $OUT as one archive
 # (over 15 MB: parts to cat). Every step's own script is in docs/evidence/issue-*/.

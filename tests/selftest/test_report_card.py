@@ -73,20 +73,20 @@ def test_a_right_axis_series_is_dashed_and_scaled_on_its_own():
 
 
 def test_physics_section_sets_the_node_against_its_datasheet_peaks():
-    """A real `pytest -m hardware` run on 2× H100 (session 5): the best GEMM per dtype, HBM and
-    host copies, P2P and NCCL's largest all_reduce against the peaks, with their verdicts."""
+    """A real `make certify` on 2× H100 (session 6): the best GEMM per dtype, HBM and host copies,
+    P2P and NCCL's largest all_reduce against the peaks, with their verdicts."""
     import json
     from pathlib import Path
-    path = Path(__file__).parents[2] / "docs/evidence/issue-6-certify/planted-preview/plain-all/metrics.json"
+    path = Path(__file__).parents[2] / "docs/evidence/issue-6-certify/certify/metrics.json"
     data = json.loads(path.read_text())
     rows = {(r["check_id"], r["metric"]): r for r in card.physics_view(data)}
     bf16 = rows[("gemm_max_achievable[dtype=bf16]", "tflops")]
     assert bf16["peak"] == 989.5 and 0.8 < bf16["fraction"] < 0.9 and bf16["verdict"] == "pass"
     assert rows[("nccl_large_message_busbw[op=all_reduce,size=8GiB]", "busbw_gbps")]["peak"] == 450.0
-    assert rows[("memory[gpu=0,kind=d2h_pageable]", "gbps")]["verdict"] == "fail"
+    assert rows[("memory[gpu=0,kind=d2h_pageable]", "gbps")]["verdict"] == "warn"
     assert not any(key[0].startswith(("gemm_square", "nccl[")) for key in rows)  # sweeps stay in the table
     html = card.render(data)
-    assert html.index('id="physics"') < html.index('id="checks"') and "85.1%" in html
+    assert html.index('id="physics"') < html.index('id="checks"') and "82.7%" in html
 
 
 def test_failures_lead_the_regressions_table():
