@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import validate_profile, write_atomic
-from .metrics import finite_number
+from .metrics import finite_number, metric_check_id
 
 TREND_RUNS = 20  # the card's trends cover this run and the 19 before it
 _STAMP = re.compile(r"[^0-9A-Za-z]+")
@@ -32,7 +32,7 @@ def record(data: dict[str, Any]) -> dict[str, Any]:
                 continue
             metrics[m["key"]] = {"value": value, "unit": m.get("unit"), "verdict": m.get("verdict"),
                                  "ci": m.get("ci"), "headline": bool(m.get("headline")),
-                                 "check_id": m["key"].rsplit("::", 1)[0], "metric": m.get("metric")}
+                                 "check_id": metric_check_id(m), "metric": m.get("metric")}
     stack = data.get("stack") or {}
     return {"started_at": data.get("started_at"), "finished_at": data.get("finished_at"),
             "status": data.get("status"), "verdict": data.get("verdict"), "profile": data.get("profile"),

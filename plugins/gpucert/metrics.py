@@ -49,6 +49,16 @@ def metric_key(check: str, params: dict[str, Any], metric: str) -> str:
     return f"{check_id(check, params)}::{metric}"
 
 
+def metric_check_id(metric: dict[str, Any]) -> str:
+    """The check id of one metric as metrics.json holds it: its key without the metric's name. A
+    check's record(params=...) adds to its parameters (one size of a sweep), so this can differ
+    from the id of the check it sits in."""
+    key, name = str(metric.get("key") or ""), str(metric.get("metric") or "")
+    if name and key.endswith(f"::{name}"):
+        return key[: -len(name) - 2]
+    return check_id(str(metric.get("check") or ""), metric.get("params") or {})
+
+
 def worst(verdicts: list[str]) -> str:
     """The worst verdict of a list; an empty list passes."""
     present = [v for v in VERDICTS if v in verdicts]

@@ -12,6 +12,7 @@ import jinja2
 
 from .. import __version__
 from ..judge import interval_text
+from ..metrics import metric_check_id
 from . import charts
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -154,7 +155,7 @@ def physics_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         for m in check["metrics"]:
             if isinstance(m.get("peak"), (int, float)) and isinstance(m.get("value"), (int, float)) and m["peak"]:
-                rows.append({"check_id": m["key"].rsplit("::", 1)[0], "metric": m["metric"], "value": m["value"],
+                rows.append({"check_id": metric_check_id(m), "metric": m["metric"], "value": m["value"],
                              "unit": m["unit"], "peak": m["peak"], "fraction": m["value"] / m["peak"],
                              "verdict": m.get("verdict"), "threshold": m.get("threshold") or ""})
     return rows

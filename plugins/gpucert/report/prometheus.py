@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
-from ..metrics import VERDICTS, check_id as make_check_id, finite_number
+from ..metrics import VERDICTS, finite_number, metric_check_id
 
 FILENAME = "metrics.prom"
 
@@ -115,15 +115,6 @@ def _check_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) -> 
             duration.labels(*values).set(seconds)
 
 
-def _metric_check_id(metric: dict[str, Any], check: dict[str, Any]) -> str:
-    """The metric's own check id: a check's record(params=...) adds to its parameters (one size of a
-    sweep), so the parent check's id would give several metrics one series."""
-    key, name = _text(metric.get("key")), _text(metric.get("metric"))
-    if key.endswith(f"::{name}"):
-        return key[: -len(name) - 2]
-    return make_check_id(_text(metric.get("check") or check.get("check")), metric.get("params") or {})
-
-
 def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) -> None:
     labels = ["check_id", "metric", "unit"]
     value = Gauge("gpucert_metric_value", "A measured metric's value, in the unit of its label", labels,
@@ -148,7 +139,7 @@ def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) ->
             number = finite_number(metric.get("value"))
             if number is None or metric.get("verdict") == "skipped":
                 continue
-            cid, name = _metric_check_id(metric, check), _text(metric.get("metric"))
+            cid, name = metric_check_id(metric), _text(metric.get("metric"))
             series = (cid, name, _text(metric.get("unit")))
             value.labels(*series).set(number)
             if metric.get("headline"):
