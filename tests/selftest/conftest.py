@@ -1,0 +1,79 @@
+"""The fault catalogue: self-tests that plant a fault for real say so with a marker, and
+`pytest tests/selftest -m fault --fault-table FILE` writes the table of every fault tried and how
+it ended (docs/evidence/issue-13-faults/).
+
+    @pytest.mark.fault("secrets", "the server echoes the API key in a 401 body",
+                       "redacted in stdout, gpucert.log, metrics.json, report.html, junit.xml, metrics.prom")
+
+A parametrized test marks each case (`pytest.param(..., marks=pytest.mark.fault(...))`), so one
+row is one fault. The row's ending is what the test asserts; a row whose test failed is BROKEN,
+one whose test was skipped is UNCLEAR (nothing was shown either way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+_ROWS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fault-table", default=None, metavar="FILE",
+                     help="write the markdown table of the fault-planting self-tests (marker `fault`) and how each ended")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault(area, planted, ending): this self-test plants a fault for real "
+                                       "and asserts how it ends (one row of the fault table)")
+    config.stash[_ROWS] = []
+
+
+def _fault(item: pytest.Item):
+    marker = item.get_closest_marker("fault")
+    if marker is None:
+        return None
+    if len(marker.args) != 3:
+        raise pytest.UsageError(f"{item.nodeid}: fault marker needs (area, planted, ending), got {marker.args!r}")
+    return marker.args
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    fault = _fault(item)
+    if fault is not None:
+        rows = item.config.stash[_ROWS]
+        if report.when == "setup" or not rows or rows[-1]["nodeid"] != item.nodeid:
+            rows.append({"nodeid": item.nodeid, "area": fault[0], "planted": fault[1], "ending": fault[2],
+                         "result": "survived"})
+        row = rows[-1]
+        if report.failed:
+            row["result"] = "BROKEN"
+        elif report.skipped and row["result"] == "survived":
+            row["result"] = "UNCLEAR (skipped)"
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = session.config.getoption("--fault-table")
+    rows = session.config.stash.get(_ROWS, [])
+    if not target or not rows:
+        return
+    counts = {r: sum(row["result"].split()[0] == r for row in rows) for r in ("survived", "BROKEN", "UNCLEAR")}
+    lines = [
+        "# Faults planted by the self-tests, and how each ended",
+        "",
+        f"{len(rows)} faults and bad inputs: {counts['survived']} survived as stated, {counts['BROKEN']} broken, "
+        f"{counts['UNCLEAR']} unclear. Written by `pytest tests/selftest -m fault --fault-table FILE`: "
+        "each row is a self-test that plants the fault for real and asserts the ending.",
+        "",
+        "| # | area | fault planted | how it must end | result | self-test |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, row in enumerate(sorted(rows, key=lambda r: (r["area"], r["nodeid"])), 1):
+        cells = [str(i), row["area"], row["planted"], row["ending"], row["result"], f"`{row['nodeid']}`"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(target).write_text("\n".join(lines) + "\n")
