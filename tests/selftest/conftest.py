@@ -46,7 +46,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     if fault is not None:
         rows = item.config.stash[_ROWS]
         if report.when == "setup" or not rows or rows[-1]["nodeid"] != item.nodeid:
-            rows.append({"nodeid": item.nodeid, "area": fault[0], "planted": fault[1], "ending": fault[2],
+            callspec = getattr(item, "callspec", None)
+            planted = fault[1] + (f" (case `{callspec.id}`)" if callspec is not None else "")
+            rows.append({"nodeid": item.nodeid, "area": fault[0], "planted": planted, "ending": fault[2],
                          "result": "survived"})
         row = rows[-1]
         if report.failed:
@@ -73,7 +75,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for i, row in enumerate(sorted(rows, key=lambda r: (r["area"], r["nodeid"])), 1):
-        cells = [str(i), row["area"], row["planted"], row["ending"], row["result"], f"`{row['nodeid']}`"]
+        cells = [str(i), row["area"], row["planted"], row["ending"], row["result"], f"`{row['nodeid'].split('[')[0]}`"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("\n".join(lines) + "\n")

@@ -80,6 +80,7 @@ def test_gemm_table_is_fixed_width_with_a_header(capsys):
     (["memory", "--size", "12Q"], "--size '12Q': expected a byte count"),
     (["memory", "--kinds", "p2p"], "unknown copy kind p2p"),
 ])
+@pytest.mark.fault('bad-input', 'bad `gpucert bench gemm/memory` arguments', 'one line on stderr, exit 2')
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err

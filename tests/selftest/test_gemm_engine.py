@@ -34,6 +34,7 @@ class Sabotaged(Gemm):
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.fault('engine', 'a GEMM that returns a wrong product', 'status error: relative error against an fp64 reference')
 def test_the_correctness_check_catches_a_wrong_product(dtype):
     result = measure(Sabotaged(dtype, 64, 64, 64), "cpu", **FAST)
     assert result.status == "error"
@@ -57,6 +58,7 @@ def test_inputs_are_random_normal_never_zeros():
     assert (bench.b != 0).float().mean() > 0.99
 
 
+@pytest.mark.fault('bad-input', 'GEMM with an unknown dtype or a zero dimension', 'ValueError naming the bad parameter, nothing runs')
 def test_bad_parameters_fail_before_running():
     with pytest.raises(ValueError, match="unknown dtype 'int4'"):
         Gemm("int4", 8, 8, 8)

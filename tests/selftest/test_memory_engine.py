@@ -36,6 +36,7 @@ class Skipping(MemoryCopy):
         self.dst[:half].copy_(self.src[:half])
 
 
+@pytest.mark.fault('engine', 'a memory copy that copies only half the buffer', 'status error: sampled blocks differ')
 def test_the_data_check_catches_an_incomplete_copy():
     result = measure(Skipping("device_copy", 4 * MIB), "cpu", warmup=0, reps=2)
     assert result.status == "error"

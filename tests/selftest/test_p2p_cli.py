@@ -40,6 +40,7 @@ def test_no_gpu_through_the_installed_command():
     (["--size", "0"], "must be at least 1 byte"),
     (["--reps", "0"], "--reps must be at least 1"),
 ])
+@pytest.mark.fault('bad-input', 'bad `gpucert bench p2p` arguments', 'one line on stderr, exit 2')
 def test_bad_input_is_one_line_and_exit_2(capsys, args, message):
     assert main(["bench", "p2p", *args]) == 2
     err = capsys.readouterr().err

@@ -202,6 +202,7 @@ def test_staged_copy_pipelines_in_chunks_with_a_short_tail():
     assert bool((lane.dst == lane.src).all())
 
 
+@pytest.mark.fault('engine', 'a P2P copy that never happens', 'status error: sampled bytes differ after the copy')
 def test_a_copy_that_did_not_happen_is_caught():
     class NoCopy(p2p.OneWayCopy):
         def op(self):
@@ -289,6 +290,7 @@ def test_sweep_rows_and_json(cpu_sweep, node):
     assert data["connectivity"] == [[1, 1], [1, 1]] and data["failures"] == []
 
 
+@pytest.mark.fault('engine', 'one pair of the P2P matrix fails', 'the entry stays in the matrix as failed with its error')
 def test_a_failed_entry_stays_visible(cpu_sweep):
     broken = copy.copy(cpu_sweep)
     broken.results = dict(cpu_sweep.results)

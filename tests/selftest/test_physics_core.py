@@ -76,6 +76,7 @@ def test_measure_ok_carries_samples_work_and_rates():
     assert result.to_dict()["stats_s"]["rounds"] == 5
 
 
+@pytest.mark.fault('engine', 'a benchmark kernel raises mid-timing', 'status error with the exception text, teardown still runs, no samples claimed')
 def test_an_exception_becomes_status_error_and_teardown_still_runs():
     bench = Counting(fail_in="op")
     result = measure(bench, "cpu", warmup=1, reps=3)
@@ -84,11 +85,13 @@ def test_an_exception_becomes_status_error_and_teardown_still_runs():
     assert result.samples_s == [] and bench.torn_down
 
 
+@pytest.mark.fault('engine', 'a benchmark setup runs out of memory', 'status error with the reason')
 def test_a_failing_setup_is_an_error_too():
     result = measure(Counting(fail_in="setup"), "cpu")
     assert (result.status, result.error) == ("error", "MemoryError: out of memory")
 
 
+@pytest.mark.fault('engine', 'a benchmark computes a wrong result at good speed', 'status error "wrong result", timings kept but not a pass')
 def test_a_wrong_check_is_an_error_even_with_good_timings():
     result = measure(Counting(wrong="3 of 64 elements differ"), "cpu", warmup=0, reps=3)
     assert result.status == "error"

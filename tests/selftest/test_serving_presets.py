@@ -42,6 +42,7 @@ def test_materialize_writes_loadable_config(tmp_path):
     assert presets.materialize("qwen2.5-1.5b", tmp_path) == folder  # idempotent
 
 
+@pytest.mark.fault('bad-input', 'an unknown model preset', 'error listing the valid names')
 def test_unknown_preset_lists_valid_names_and_paths_pass_through(tmp_path):
     with pytest.raises(ValueError, match=r"unknown model preset 'gpt-5' \(valid: .*qwen2.5-1.5b"):
         presets.materialize("gpt-5", tmp_path)

@@ -62,6 +62,7 @@ def test_string_overrides_are_coerced():
     ({"max_model_len": -1}, "max_model_len: must be an int >= 1"),
     ({"max_cudagraph_capture_size": 0}, "max_cudagraph_capture_size: must be an int >= 1"),
 ])
+@pytest.mark.fault('bad-input', 'an invalid engine setting (--engine-opt)', 'one-line error naming the setting and what is valid')
 def test_validation_errors_are_one_line(overrides, message):
     with pytest.raises(ValueError, match=message) as err:
         default_config(overrides)

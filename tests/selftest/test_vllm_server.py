@@ -121,6 +121,7 @@ def test_the_sigterm_handler_is_put_back(fake):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.fault('engine', 'the engine exits during start-up', 'an error with the log tail and the log path')
 def test_exit_during_startup_raises_with_log_tail_and_path(fake):
     server = fake("--exit-during-startup", "3")
     with pytest.raises(EngineStartError) as err:
@@ -130,6 +131,7 @@ def test_exit_during_startup_raises_with_log_tail_and_path(fake):
     assert err.value.log_path == server.log_path and str(server.log_path) in str(err.value)
 
 
+@pytest.mark.fault('engine', 'the engine never becomes healthy', 'start-up timeout raised, the process group killed')
 def test_startup_timeout_raises_and_kills(fake):
     server = fake("--delay", "30", startup_timeout_s=0.5)
     with pytest.raises(EngineStartError, match="not healthy after 0.5 s"):
@@ -137,6 +139,7 @@ def test_startup_timeout_raises_and_kills(fake):
     assert not group_alive(server.proc.pid)
 
 
+@pytest.mark.fault('engine', 'the engine is killed mid-run', 'the watcher reports the death and when')
 def test_watcher_notices_a_kill_mid_run_with_the_time(fake):
     server = fake()
     with server:
@@ -151,6 +154,7 @@ def test_watcher_notices_a_kill_mid_run_with_the_time(fake):
         assert server.crash.log_path == server.log_path
 
 
+@pytest.mark.fault('engine', '/health fails while the engine process lives', 'declared unhealthy, not waited on forever')
 def test_watcher_notices_health_failing_while_the_process_lives(fake):
     with fake("--healthy-for", "0.5") as server:
         deadline = time.monotonic() + 5
@@ -170,6 +174,7 @@ def test_a_busy_server_answering_health_late_is_not_a_crash(fake):
         assert server.crash is None and server.alive()
 
 
+@pytest.mark.fault('engine', 'the engine hangs (no answer at all)', 'declared dead after the silence window')
 def test_a_hung_server_is_declared_dead_after_the_silence_window(fake):
     with fake("--hang-after", "0.3", health_silence_s=1.0) as server:
         deadline = time.monotonic() + 8
@@ -180,6 +185,7 @@ def test_a_hung_server_is_declared_dead_after_the_silence_window(fake):
         assert server.crash.at - server.ready_at >= 1.0 + 0.3 - 0.2
 
 
+@pytest.mark.fault('engine', 'the engine ignores SIGTERM', 'SIGKILL after the grace, the whole group gone')
 def test_stop_escalates_to_sigkill_and_the_group_is_gone(fake):
     server = fake("--ignore-sigterm", "--child")
     server.start()
