@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import __version__
 from .metrics import Metric
 
@@ -38,14 +40,16 @@ class Change:
     old: float | None = None
     new: float | None = None
     reason: str = ""
+    runs: int = 1  # the separate runs the written value is the median of
 
     def line(self) -> str:
+        rests = f" (median of {self.runs} runs)" if self.runs > 1 else ""
         if self.action == "added":
-            return f"+ {self.key} = {self.new:g}"
+            return f"+ {self.key} = {self.new:g}{rests}"
         if self.action == "refused":
             return f"! {self.key} not written: {self.reason}"
         delta = f" ({(self.new - self.old) / abs(self.old) * 100:+.1f}%)" if self.old else ""
-        return f"~ {self.key}: {self.old:g} -> {self.new:g}{delta}"
+        return f"~ {self.key}: {self.old:g} -> {self.new:g}{delta}{rests}"
 
 
 @dataclass
@@ -116,6 +120,7 @@ class BaselineStore:
                                 "or --baselines-dir)")
         data.setdefault("metrics", {})
         data.setdefault("artifacts", {})
+        check_run_fields(path, data["metrics"])
         return data
 
     def entry(self, family: str, key: str) -> dict[str, Any] | None:
@@ -143,27 +148,36 @@ def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, 
             changes.append(Change(family, key, "refused", old and old.get("value"), metric.value, refusal))
             continue
         stats = metric.stats
+        runs = merged_runs(old, metric, provenance)
+        value = float(np.median([run["value"] for run in runs]))
+        ci = metric.ci
+        if ci and metric.value and value != metric.value:  # this run's relative width, around the stored value
+            ci = (ci[0] * value / metric.value, ci[1] * value / metric.value)
         doc["metrics"][key] = {
             "check": metric.check,
             "params": metric.to_dict()["params"],
             "metric": metric.metric,
-            "value": metric.value,
+            "value": value,
             "unit": metric.unit,
             "direction": metric.direction,
             "spread": stats["iqr"] if stats else 0.0,
             "samples": metric.sample_count,
-            # the value's own 95 % interval: the next run's change is judged against both noises
+            # the last run's own interval (relative, around the stored value) and what it is: the
+            # next run's change is judged against both noises and the between-run noise of `runs`
             "stat": metric.statistic,
-            "ci": list(metric.ci) if metric.ci else None,
+            "ci": list(ci) if ci else None,
+            "ci_method": metric.ci_method,
+            # the separate runs the value is the median of (between-run noise, noise.run_noise)
+            "runs": runs,
             "updated_at": provenance.when,
             "snapshot_digest": provenance.snapshot_digest,
         }
         if old is None:
-            changes.append(Change(family, key, "added", None, metric.value))
-        elif old.get("value") != metric.value:
-            changes.append(Change(family, key, "updated", old.get("value"), metric.value))
+            changes.append(Change(family, key, "added", None, value, runs=len(runs)))
+        elif old.get("value") != value:
+            changes.append(Change(family, key, "updated", old.get("value"), value, runs=len(runs)))
         else:
-            changes.append(Change(family, key, "unchanged", old.get("value"), metric.value))
+            changes.append(Change(family, key, "unchanged", old.get("value"), value, runs=len(runs)))
     for key, value in artifacts.items():
         doc["artifacts"][key] = value
     doc.update({
@@ -173,6 +187,64 @@ def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, 
         "snapshot_digest": provenance.snapshot_digest,
     })
     return _ordered(doc), changes
+
+
+# a baseline's value is the median of the last few separate runs; more would keep a node's old
+# level long after a slow drift, fewer would leave the between-run spread unknown
+MAX_RUNS = 5
+
+
+def runs_of(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The separate runs an entry rests on, oldest first; an entry written before runs were kept
+    counts as one run (its value, date and snapshot)."""
+    if not entry:
+        return []
+    if isinstance(entry.get("runs"), list):
+        return [dict(run) for run in entry["runs"]]
+    if isinstance(entry.get("value"), (int, float)) and not isinstance(entry.get("value"), bool):
+        return [{"value": entry["value"], "at": entry.get("updated_at"), "snapshot_digest": entry.get("snapshot_digest")}]
+    return []
+
+
+def merged_runs(old: dict[str, Any] | None, metric: Metric, provenance: Provenance) -> list[dict[str, Any]]:
+    """The runs kept after this one: the last MAX_RUNS of the same level. They start afresh when
+    the stack changed (another snapshot digest: the approved upgrade `make update-baselines` is for)
+    or when this run's change from the baseline was real — beyond its band and outside the noise
+    (judge's `changed`: other settings, a repaired node): runs of another level are not the same
+    node's noise, and their median would hold the baseline at the old level."""
+    past = runs_of(old)
+    if past and past[-1].get("snapshot_digest") != provenance.snapshot_digest:
+        past = []
+    if metric.judgement is not None and metric.judgement.changed:
+        past = []
+    this = {"value": metric.value, "at": provenance.when, "snapshot_digest": provenance.snapshot_digest}
+    return (past + [this])[-MAX_RUNS:]
+
+
+def check_run_fields(path: Path, metrics: Any) -> None:
+    """The fields the between-run model reads (`runs`, `ci_method`), checked on load: a hand-edited
+    or corrupt entry stops the run with one line, never a traceback or a wrong interval."""
+    if not isinstance(metrics, dict):
+        return
+    for key, entry in metrics.items():
+        if not isinstance(entry, dict):
+            continue
+        where = f"{path}: {key}"
+        method = entry.get("ci_method")
+        if method is not None and not isinstance(method, str):
+            raise BaselineError(f"{where}: ci_method must be text, got {method!r}")
+        if "runs" not in entry:
+            continue
+        runs = entry["runs"]
+        if not isinstance(runs, list) or not 1 <= len(runs) <= MAX_RUNS:
+            raise BaselineError(f"{where}: runs must be a list of 1 to {MAX_RUNS} runs, got {runs!r}"[:300])
+        for i, run in enumerate(runs):
+            value = run.get("value") if isinstance(run, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise BaselineError(f"{where}: runs[{i}] needs a finite number 'value', got {run!r}"[:300])
+            for field_name in ("at", "snapshot_digest"):
+                if run.get(field_name) is not None and not isinstance(run.get(field_name), str):
+                    raise BaselineError(f"{where}: runs[{i}].{field_name} must be text, got {run.get(field_name)!r}")
 
 
 def _refusal(metric: Metric, min_samples: int) -> str:

@@ -10,6 +10,7 @@ import datetime as dt
 import math
 
 from . import noise
+from .baselines import runs_of
 from .metrics import Judgement, Metric, worst
 from .thresholds import Quarantine, Rule
 
@@ -74,11 +75,13 @@ def interval_text(ci: tuple[float, float] | None) -> str:
     return f"[{ci[0]:+.1f}%, {ci[1]:+.1f}%]" if ci else ""
 
 
-def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: tuple[float, float] | None = None
+def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: tuple[float, float] | None = None,
+                      between: noise.RunNoise | None = None
                       ) -> tuple[str, str, float | None, bool, str, tuple[float, float] | None, bool]:
     """(verdict, why, delta %, rebaseline suggested, threshold text, delta's 95 % interval in %,
     within noise) against the baseline band. A change beyond the band whose interval still holds
-    0 % is explained by the two measurements' own noise: shown (warn), never a regression."""
+    0 % is explained by noise — the two measurements' own and the between-run noise of an
+    unchanged node: shown (warn), never a regression."""
     value = metric.value
     delta = value - baseline
     delta_pct = delta / abs(baseline) * 100 if baseline else None
@@ -91,7 +94,7 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: 
     worse = "lower" if rule.direction == "higher" else "higher"
     threshold = f"±{_band_text(rule.rel_tol, rule.abs_tol)} ({rule.direction} is better)"
     change = f"{_fmt(value)} {metric.unit} vs baseline {_fmt(baseline)}"
-    ci = noise.delta_interval_pct(value, metric.ci, baseline, baseline_ci)
+    ci = noise.delta_interval_pct(value, metric.ci, baseline, baseline_ci, between)
     if delta_pct is not None:
         change += f" ({delta_pct:+.1f}%)"
     holds_zero = ci is not None and ci[0] <= 0 <= ci[1]
@@ -110,11 +113,41 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: 
     return "pass", f"{change}: within tolerance", delta_pct, False, threshold, ci, False
 
 
+def run_noise_for(rule: Rule, baseline: dict, noise_groups: list[list[float]] | None,
+                  past_runs: list[float] | None) -> noise.RunNoise | None:
+    """The between-run noise a change from `baseline` is held against: estimated from
+    `noise_groups` (the session pools the runs of every level of this check and metric) or else
+    from this entry's own runs and its history, the rule's `run_noise_rel` where they are fewer
+    than two."""
+    runs = runs_of(baseline)
+    if noise_groups is None:
+        noise_groups = [[r["value"] for r in runs], list(past_runs or [])]
+    return noise.run_noise(noise_groups, rule.run_noise_rel, max(len(runs), 1))
+
+
+def _work_differs(rule: Rule, work_change_pct: float | None) -> str:
+    """Why a metric that follows the work done is not judged against its baseline, or ""."""
+    if rule.informational:
+        return "informational: shown beside its baseline, never judged by it"
+    if not rule.same_work:
+        return ""
+    if work_change_pct is None:
+        return (f"informational: the check's {rule.same_work} has no baseline to show the work was the same, "
+                "and this metric follows the work done")
+    if abs(work_change_pct) > rule.same_work_rel * 100:
+        return (f"informational: the work differed ({rule.same_work} {work_change_pct:+.1f}% from its baseline, "
+                f"beyond ±{rule.same_work_rel * 100:g}%), and this metric follows the work done")
+    return ""
+
+
 def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline: str = "new",
           quarantine: Quarantine | None = None, today: dt.date | None = None,
-          update_mode: bool = False, past_runs: list[float] | None = None) -> Judgement:
-    """The verdict of one metric. `baseline` is the stored entry (value, spread, …) or None;
-    `past_runs`: this metric's values in the nightly history's passing runs (run-to-run noise)."""
+          update_mode: bool = False, past_runs: list[float] | None = None,
+          noise_groups: list[list[float]] | None = None, work_change_pct: float | None = None) -> Judgement:
+    """The verdict of one metric. `baseline` is the stored entry (value, spread, runs, …) or None;
+    `past_runs`: this metric's values in the nightly history's passing runs; `noise_groups`: the
+    runs of every level of this check and metric (pooled between-run noise); `work_change_pct`: the
+    change of the check's work rate (`same_work` rules) from its baseline."""
     today = today or dt.date.today()
     if metric.status == "skipped":
         return Judgement("skipped", metric.error or "not measured")
@@ -136,21 +169,31 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     delta_ci = None
     within_noise = False
     suggested = False
+    changed = False
+    informational = ""
     if rule.drift:
         pass  # the value is itself a difference from the baseline: only absolute limits apply
     elif base_value is None:
         findings.append(("fail", "no baseline for this metric (--missing-baseline=fail)") if missing_baseline == "fail"
                         else ("new", "no baseline yet"))
+    elif _work_differs(rule, work_change_pct):
+        informational = _work_differs(rule, work_change_pct)
+        delta_pct = (metric.value - float(base_value)) / abs(float(base_value)) * 100 if base_value else None
+        change = f"{_fmt(metric.value)} {metric.unit} vs baseline {_fmt(float(base_value))}"
+        findings.append(("pass", f"{change}" + (f" ({delta_pct:+.1f}%)" if delta_pct is not None else "")
+                         + f" — {informational}"))
     else:
         base_ci = baseline.get("ci")
         base_ci = (float(base_ci[0]), float(base_ci[1])) if isinstance(base_ci, (list, tuple)) and len(base_ci) == 2 else None
-        history_ci = noise.run_to_run_interval(past_runs or [], float(base_value))
+        between = run_noise_for(rule, baseline, noise_groups, past_runs)
         verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
-            metric, rule, float(base_value), noise.widest(base_ci, history_ci))
+            metric, rule, float(base_value), base_ci, between)
+        changed = verdict == "fail" or suggested
         if delta_ci:
-            why += f"; change 95% CI {interval_text(delta_ci)}"
-            if history_ci:
-                why += f" (run-to-run noise of {len(past_runs)} past runs)"
+            why += f"; change 95% interval {interval_text(delta_ci)}"
+            parts = [f"this run: {metric.ci_method}" if metric.ci else "",
+                     f"{between.text()}, baseline of {between.baseline_runs} run(s)" if between else ""]
+            why += f" ({'; '.join(p for p in parts if p)})"
         if update_mode and verdict == "fail":
             verdict, why = "warn", why + " (baseline being updated)"
         findings.append((verdict, why))
@@ -171,7 +214,8 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     elif not reasons:
         reasons = [f"{_fmt(metric.value)} {metric.unit}: within absolute limits"]
     judgement = Judgement(final, "; ".join(reasons), base_value, delta_pct, "; ".join(thresholds), suggested,
-                          delta_ci_pct=delta_ci, within_noise=within_noise)
+                          delta_ci_pct=delta_ci, within_noise=within_noise, informational=bool(informational),
+                          changed=changed)
     if metric.note:
         judgement.reason += f" — {metric.note}"
     return _quarantined(judgement, quarantine, today)

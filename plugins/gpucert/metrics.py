@@ -113,9 +113,16 @@ class Judgement:
     threshold: str = ""
     rebaseline_suggested: bool = False
     quarantined: str | None = None  # the quarantine reason, when one applies
-    # 95 % interval of delta_pct from the two measurements' own noise (noise.py); None: no samples
+    # 95 % interval of delta_pct from the two measurements' own noise and the between-run noise
+    # (noise.py); None: nothing to build one from
     delta_ci_pct: tuple[float, float] | None = None
     within_noise: bool = False  # beyond the band, but the noise explains the change: not a regression
+    # shown, not judged against its baseline: what it measures follows the work done, and the work
+    # differed from the baseline's (a rule's `informational` / `same_work`)
+    informational: bool = False
+    # beyond the band and outside the noise (a fail, or an improvement suggesting a rebaseline),
+    # before --update-baselines softens it: a new level, whose update starts the baseline's runs afresh
+    changed: bool = False
 
 
 @dataclass
@@ -154,21 +161,34 @@ class Metric:
     def statistic(self) -> str | None:
         return self.stat or noise.infer_stat(self.metric, bool(self.samples))
 
+    def _confidence(self) -> tuple[tuple[float, float] | None, str | None]:
+        """(interval of the value, what it is): noise.confidence of the samples' statistic, taken
+        relative to that statistic and applied to the value, so a value in other units than its
+        samples (busbw at the mean time, samples per iteration) gets the same relative width."""
+        if "_ci" not in self.__dict__:
+            found, method = None, None
+            stat = self.statistic
+            if stat and self.value is not None and math.isfinite(self.value) and self.samples:
+                interval = noise.confidence(self.samples, stat)
+                method = interval.method
+                centre = interval.centre
+                if interval.bounds is not None and centre and math.isfinite(centre):
+                    lo, hi = self.value * interval.low / centre, self.value * interval.high / centre
+                    found = (min(lo, hi), max(lo, hi))
+            self.__dict__["_ci"] = (found, method)
+        return self.__dict__["_ci"]
+
     @property
     def ci(self) -> tuple[float, float] | None:
-        """The value's 95 % confidence interval from its raw samples (None with < 3 samples).
-        Taken relative to the statistic of the samples and applied to the value, so a value in
-        other units than its samples (busbw at the mean time, samples per iteration) gets the
-        same relative uncertainty."""
-        if "_ci" not in self.__dict__:
-            self.__dict__["_ci"] = None
-            stat = self.statistic
-            if stat and self.value is not None and math.isfinite(self.value) and len(self.samples) >= 3:
-                fractions = noise.relative_interval(self.samples, stat)
-                if fractions:
-                    self.__dict__["_ci"] = (self.value * fractions[0], self.value * fractions[1])
-        ci = self.__dict__["_ci"]
-        return None if ci is None else (min(ci), max(ci))
+        """The value's confidence interval from its raw samples (None where no honest one exists:
+        too few samples for that statistic, an extreme, no samples)."""
+        return self._confidence()[0]
+
+    @property
+    def ci_method(self) -> str | None:
+        """What the interval is ("Student t 95%, mean of n=3", "order statistics 95.9%, median of
+        n=20"), or why there is none ("none: p99 of n=20 … (needs n ≥ 368)"); None without samples."""
+        return self._confidence()[1]
 
     def to_dict(self) -> dict[str, Any]:
         # field by field, not asdict(): asdict deep-copies millions of raw samples
@@ -180,5 +200,6 @@ class Metric:
         data["sample_count"] = self.sample_count
         data["stat"] = self.statistic
         data["ci"] = list(self.ci) if self.ci else None
+        data["ci_method"] = self.ci_method
         data.update(asdict(self.judgement) if self.judgement else {})
         return data

@@ -1,28 +1,41 @@
-"""Run-to-run noise: how sure a measured value is, from its own raw samples.
+"""Noise: how sure a measured value is (its interval), and how far a rerun of an unchanged node
+moves (the between-run model the judge holds a change against).
 
-A metric's value is a statistic of its samples (the median of a GEMM's per-iteration rates, the
-p99 of a level's TTFTs, the median of a level's repeats). A percentile bootstrap of that statistic
-gives its 95 % confidence interval; the baseline keeps the interval it was measured with. The
-judge then asks two questions of a change beyond tolerance: is it material (beyond the band) and
-is it real (the interval of the change excludes no change)? Only both make a regression; a change
-that the noise of the two measurements can explain is shown as such, never failed.
+A metric's value is a statistic of its samples: the mean of a level's repeats, the median of a
+GEMM's per-iteration rates, the p99 of a level's TTFTs. Its interval is chosen by that statistic,
+so that its stated coverage holds at the sample size (docs/METRICS.md says why each):
 
-Deterministic: a fixed seed, so the same samples give the same interval on every machine.
+- a mean: Student's t interval (scipy.stats.t), 95 % for near-normal data at any n ≥ 2 — the
+  level's repeats (3 in `make certify`), where a percentile bootstrap of 3 values is only their
+  min–max (~75 % coverage, not 95 %);
+- a median or pNN: the exact distribution-free interval between two order statistics, their ranks
+  from the binomial distribution (scipy.stats.binom); its coverage is the binomial probability of
+  those ranks (≥ 95 %, e.g. 95.9 % for the median of 20), and the label states that figure.
+  Where n is too small for a two-sided 95 % interval of that quantile (p99 below 367 samples, a
+  median below 6) there is none, with the reason — never a false one;
+- min / max: none (no distribution-free interval of an extreme).
+
+Between runs (engine starts, reboots, clocks) a value moves by more than its own samples show.
+`RunNoise` is that spread: the relative standard deviation of one run's value, estimated from the
+values of separate runs (a baseline's `runs`, the nightly history's passing nights), pooled over
+the levels of one check and metric, or, with no two runs to estimate it from, the rule's
+documented default (`run_noise_rel` in thresholds.yaml).
+
+Deterministic: no resampling, so the same samples give the same interval on every machine.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as sps
 
 LEVEL = 0.95
-RESAMPLES = 1000
-# the bootstrap works on a sketch of at most this many samples (sorted, evenly spaced ranks —
-# the distribution kept, min and max included): a 4,096-stream level has ~2 million ITL gaps
-MAX_SAMPLES = 2000
-SEED = 20261127
+_TAIL = (1 - LEVEL) / 2
 _PERCENTILE = re.compile(r"_p(\d{1,2}(?:\.\d+)?)$")
 STATS = ("median", "mean", "min", "max")
 
@@ -54,86 +67,226 @@ def _apply(stat: str, data: np.ndarray, axis: int | None = None) -> np.ndarray:
     return np.percentile(data, float(stat[1:]), axis=axis)
 
 
-def _finite(samples: list[float]) -> np.ndarray:
+def _finite(samples) -> np.ndarray:
     return np.asarray([s for s in samples if isinstance(s, (int, float)) and math.isfinite(s)], dtype=float)
 
 
-def _sketch(data: np.ndarray) -> np.ndarray:
-    if data.size > MAX_SAMPLES:
-        data = np.sort(data)[np.round(np.linspace(0, data.size - 1, MAX_SAMPLES)).astype(int)]
-    return data
+def quantile_of(stat: str) -> float | None:
+    """The quantile a statistic estimates (median → 0.5, p99 → 0.99); None for mean, min, max."""
+    if stat == "median":
+        return 0.5
+    if stat.startswith("p"):
+        return float(stat[1:]) / 100
+    return None
 
 
-def _bootstrap(samples: list[float], stat: str) -> tuple[float, float, float] | None:
-    """(statistic, low, high): the statistic of `samples` and its 95 % percentile-bootstrap
-    interval, from one sketch of them. None below 3 samples: no interval from that."""
-    full = _finite(samples)
-    if full.size < 3:
+@dataclass(frozen=True)
+class Interval:
+    """A value's interval and what it is. `low`/`high` are None where no honest interval exists;
+    `method` then says why. `coverage`: the probability it states (0.95 for t; the binomial
+    probability of the chosen ranks for an order-statistic interval)."""
+
+    centre: float | None
+    low: float | None
+    high: float | None
+    method: str
+    coverage: float | None = None
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        return None if self.low is None else (self.low, self.high)
+
+
+# ---- Student t: a mean of few near-normal values (a level's repeats) ---------------------------
+def t_bounds(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of samples (axis 1) → the 95 % t interval of each row's mean. Vectorised: the
+    coverage self-test runs thousands of rows through this same code."""
+    data = np.atleast_2d(data)
+    n = data.shape[1]
+    mean = data.mean(axis=1)
+    half = sps.t.ppf(1 - _TAIL, n - 1) * data.std(axis=1, ddof=1) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def t_label(n: int) -> str:
+    return f"Student t 95%, mean of n={n}"
+
+
+# ---- order statistics: a quantile of many samples (latencies, per-iteration rates) -------------
+@functools.lru_cache(maxsize=512)
+def order_ranks(n: int, q: float) -> tuple[int, int, float] | None:
+    """(lower index, upper index, coverage): 0-based indices into the sorted samples whose
+    interval [x_(j), x_(k)] holds the q-quantile with probability P(j < B ≤ k), B ~ Bin(n, q):
+    each tail at most 2.5 %, so the coverage is ≥ 95 % for continuous data (the exact figure is
+    returned). None when n is too small for either tail."""
+    if not 0 < q < 1 or n < 1:
         return None
-    data = _sketch(full)
-    rng = np.random.default_rng(SEED)
-    picks = rng.integers(0, data.size, size=(RESAMPLES, data.size))
-    estimates = _apply(stat, data[picks], axis=1)
-    lo, hi = np.percentile(estimates, [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100])
-    # resampled from the sketch, the interval is as wide as for its size; the real sample count
-    # narrows it as 1/√n (the bootstrap's own scaling), around the statistic
+    binom = sps.binom(n, q)
+    # lower: the largest j with P(B ≤ j) ≤ 2.5 % (x_(j+1) lies above the quantile that rarely)
+    j = int(binom.ppf(_TAIL))
+    while j >= 0 and binom.cdf(j) > _TAIL:
+        j -= 1
+    while j + 1 < n and binom.cdf(j + 1) <= _TAIL:
+        j += 1
+    # upper: the smallest k with P(B > k) ≤ 2.5 %
+    k = int(binom.isf(_TAIL))
+    while k < n and binom.sf(k) > _TAIL:
+        k += 1
+    while k > 0 and binom.sf(k - 1) <= _TAIL:
+        k -= 1
+    if j < 0 or k > n - 1:
+        return None
+    return j, k, float(binom.cdf(k) - binom.cdf(j))
+
+
+def order_min_n(q: float) -> int:
+    """The fewest samples with a two-sided 95 % order-statistic interval of the q-quantile."""
+    return math.ceil(math.log(_TAIL) / math.log(max(q, 1 - q)))
+
+
+def order_bounds(data: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Rows of samples (axis 1) → the order-statistic interval of each row's q-quantile, and its
+    coverage. np.partition: linear in n, so ~2 million ITL gaps need no sketch."""
+    data = np.atleast_2d(data)
+    ranks = order_ranks(data.shape[1], q)
+    if ranks is None:
+        return None
+    j, k, coverage = ranks
+    part = np.partition(data, [j, k], axis=1)
+    return part[:, j], part[:, k], coverage
+
+
+def order_label(stat: str, n: int, coverage: float) -> str:
+    return f"order statistics {coverage:.1%}, {stat} of n={n}"
+
+
+def confidence(samples, stat: str) -> Interval:
+    """The interval of `stat` over `samples`, chosen by the statistic (module doc)."""
+    data = _finite(samples)
+    n = int(data.size)
+    if n == 0:
+        return Interval(None, None, None, "no samples")
     centre = float(_apply(stat, data))
-    shrink = math.sqrt(data.size / full.size)
-    lo, hi = centre + (float(lo) - centre) * shrink, centre + (float(hi) - centre) * shrink
-    return centre, min(lo, hi), max(lo, hi)
+    q = quantile_of(stat)
+    if stat == "mean":
+        if n < 2:
+            return Interval(centre, None, None, "none: a mean of 1 value")
+        lo, hi = t_bounds(data)
+        return Interval(centre, float(lo[0]), float(hi[0]), t_label(n), LEVEL)
+    if q is not None:
+        found = order_bounds(data, q)
+        if found is None:
+            need = order_min_n(q) if 0 < q < 1 else None
+            return Interval(centre, None, None, f"none: {stat} of n={n} has no two-sided 95% interval"
+                            + (f" (needs n ≥ {need})" if need else ""))
+        lo, hi, coverage = found
+        return Interval(centre, float(lo[0]), float(hi[0]), order_label(stat, n, coverage), coverage)
+    return Interval(centre, None, None, f"none: {stat} (an extreme) has no distribution-free interval")
 
 
-def interval(samples: list[float], stat: str) -> tuple[float, float] | None:
-    """The 95 % percentile-bootstrap interval of `stat` over `samples` (None below 3 samples)."""
-    found = _bootstrap(samples, stat)
-    return None if found is None else found[1:]
+def interval(samples, stat: str) -> tuple[float, float] | None:
+    """The interval of `stat` over `samples` as (low, high), or None (see confidence())."""
+    return confidence(samples, stat).bounds
 
 
-def relative_interval(samples: list[float], stat: str) -> tuple[float, float] | None:
+def relative_interval(samples, stat: str) -> tuple[float, float] | None:
     """The interval as fractions of the statistic itself (e.g. 0.98, 1.03): for a value recorded
-    in other units than its samples (busbw at the mean time, samples per iteration). None below 3
-    samples or for a statistic of 0 or not finite."""
-    found = _bootstrap(samples, stat)
-    if found is None or not found[0] or not math.isfinite(found[0]):
+    in other units than its samples (busbw at the mean time, samples per iteration). None without
+    an interval or for a statistic of 0 or not finite."""
+    found = confidence(samples, stat)
+    if found.bounds is None or not found.centre or not math.isfinite(found.centre):
         return None
-    centre, lo, hi = found
-    return lo / centre, hi / centre
+    return found.low / found.centre, found.high / found.centre
+
+
+# ---- between runs -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunNoise:
+    """How far one run's value moves between separate runs of an unchanged node: `rel_sd`, the
+    relative standard deviation of a run's value; `df` its degrees of freedom (None: the rule's
+    documented default, taken as known); `baseline_runs`, how many runs the baseline's value is
+    the median of; `source`, where the figure comes from (shown in the verdict's reason)."""
+
+    rel_sd: float
+    df: int | None
+    baseline_runs: int
+    source: str
+
+    @property
+    def quantile(self) -> float:
+        # t with the estimate's degrees of freedom: few runs to estimate from widen the interval
+        return float(sps.norm.ppf(1 - _TAIL) if self.df is None else sps.t.ppf(1 - _TAIL, self.df))
+
+    @property
+    def baseline_share(self) -> float:
+        """Var(baseline value) / Var(one run): 1/k for the median of k ≤ 2 runs (= their mean);
+        π/(2k) above (the median's large-k variance, a little above its exact value at k = 3–5:
+        conservative)."""
+        k = max(self.baseline_runs, 1)
+        return 1 / k if k <= 2 else math.pi / (2 * k)
+
+    @property
+    def log_half_width(self) -> float:
+        """Half-width of the 95 % prediction interval of ln(new run / baseline) from between-run
+        noise alone: quantile × σ × √(1 + the baseline's share)."""
+        return self.quantile * self.rel_sd * math.sqrt(1 + self.baseline_share)
+
+    def text(self) -> str:
+        return f"between-run σ {self.rel_sd:.1%} ({self.source})"
+
+
+def _log_groups(groups) -> list[np.ndarray]:
+    out = []
+    for values in groups:
+        data = _finite(values or [])
+        if data.size >= 2 and (data > 0).all():
+            out.append(np.log(data))
+    return out
+
+
+def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs") -> RunNoise | None:
+    """The between-run noise from `groups`: each a list of one metric's values in separate runs
+    (a baseline entry's runs; its passing nights in the history), pooled: the within-group sum of
+    squared deviations of ln(value) over Σ (k − 1) degrees of freedom (the levels of one check and
+    metric share one relative spread). No group of two or more: the documented default
+    `default_rel` (None when that is 0: the metric is not subject to between-run noise)."""
+    logs = _log_groups(groups)
+    df = sum(g.size - 1 for g in logs)
+    if df >= 1:
+        ss = sum(float(((g - g.mean()) ** 2).sum()) for g in logs)
+        runs = sum(g.size for g in logs)
+        return RunNoise(math.sqrt(ss / df), df, baseline_runs,
+                        f"estimated from {runs} {what} in {len(logs)} group(s), {df} df")
+    if default_rel > 0:
+        return RunNoise(default_rel, None, baseline_runs, "default run_noise_rel of thresholds.yaml")
+    return None
 
 
 def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: float,
-                       baseline_ci: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The interval of (value − baseline) / |baseline| in %, from the two values' own intervals
-    (independent measurements: each side's half-widths added in quadrature, kept asymmetric).
-    None when neither side has an interval or the baseline is 0."""
-    if not baseline or (ci is None and baseline_ci is None):
+                       baseline_ci: tuple[float, float] | None,
+                       between: RunNoise | None = None) -> tuple[float, float] | None:
+    """The 95 % interval of (value − baseline) / |baseline| in %, from the two values' own
+    intervals and the between-run noise: independent parts, their 95 % half-widths added in
+    quadrature (exact for normal parts, conservative for t ones), each side kept asymmetric. On
+    the log scale of the ratio value / baseline where both are positive — run-to-run noise is
+    multiplicative, and its σ is estimated on ln(value) — else linearly. None when nothing gives
+    an interval or the baseline is 0."""
+    if not baseline or (ci is None and baseline_ci is None and between is None):
         return None
     v_lo, v_hi = ci if ci is not None else (value, value)
     b_lo, b_hi = baseline_ci if baseline_ci is not None else (baseline, baseline)
+    run = between.log_half_width if between is not None else 0.0
+    if min(value, baseline, v_lo, b_lo) > 0:
+        centre = math.log(value / baseline)
+        # the lowest plausible ratio: value at its low end against the baseline at its high end
+        down = math.sqrt(math.log(value / v_lo) ** 2 + math.log(b_hi / baseline) ** 2 + run ** 2)
+        up = math.sqrt(math.log(v_hi / value) ** 2 + math.log(baseline / b_lo) ** 2 + run ** 2)
+        return (math.expm1(centre - down) * 100, math.expm1(centre + up) * 100)
     delta = value - baseline
-    # the lowest plausible change: value at its low end against the baseline at its high end
-    down = math.hypot(max(value - v_lo, 0.0), max(b_hi - baseline, 0.0))
-    up = math.hypot(max(v_hi - value, 0.0), max(baseline - b_lo, 0.0))
+    extra = math.expm1(run) * abs(baseline)  # linear: the log half-width's upper side, the wider
+    down = math.sqrt(max(value - v_lo, 0.0) ** 2 + max(b_hi - baseline, 0.0) ** 2 + extra ** 2)
+    up = math.sqrt(max(v_hi - value, 0.0) ** 2 + max(baseline - b_lo, 0.0) ** 2 + extra ** 2)
     return ((delta - down) / abs(baseline) * 100, (delta + up) / abs(baseline) * 100)
-
-
-# a baseline's run-to-run noise from the nightly history needs at least this many past runs
-MIN_RUNS = 5
-
-
-def run_to_run_interval(values: list[float], baseline: float) -> tuple[float, float] | None:
-    """Where one more run of the node falls, from its past runs' values (the history's passing
-    nights): their 2.5th-97.5th percentiles relative to their median, around the baseline. Past
-    runs vary by more than one run's own samples show (another boot, clocks, caches, the engine's
-    scheduling): this is the noise a single nightly value must stand out from. None below
-    MIN_RUNS values."""
-    data = _finite(values)
-    if data.size < MIN_RUNS:
-        return None
-    centre = float(np.median(data))
-    if not centre:
-        return None
-    lo, hi = np.percentile(data, [(1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100])
-    return (baseline * float(lo) / centre, baseline * float(hi) / centre)
 
 
 def widest(*intervals: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -379,6 +380,10 @@ class RunHooks:
             tr.write_line(f"baselines in {run.store.dir}: {len(written)} change(s)")
             for change in written:
                 tr.write_line(f"  {change.family}: {change.line()}")
+            rests = Counter(c.runs for c in run.baseline_changes if c.action != "refused")
+            if rests:  # between-run noise is estimated from 2 runs on; 1 run: thresholds.yaml's default
+                tr.write_line("baseline values rest on: " + ", ".join(
+                    f"{rests[k]} metric(s) on {k} run{'s' if k > 1 else ''}" for k in sorted(rests)))
         budget = run.time_budget or {}
         if budget.get("budget_min"):
             skipped = len(budget.get("skipped") or [])

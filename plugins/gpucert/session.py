@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, history, snapshot as snapshot_engine
-from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, write_atomic
+from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, runs_of, write_atomic
 from .judge import judge
 from .metrics import VERDICTS, Metric, worst
 from .recorder import CheckResult
@@ -48,6 +48,8 @@ class Run:
         self.history: list[dict[str, Any]] = []  # --history-dir: the profile's last run records, oldest first
         self.past_runs: dict[str, list[float]] = {}  # metric key → its values in the history's passing runs
         self.time_budget: dict[str, Any] = {}  # the run's wall-clock budget and what it skipped
+        # family → (check, metric, rule) → baseline keys: the groups that pool between-run noise
+        self._noise_index: dict[str, dict[tuple, list[str]]] = {}
         self._git_revision: str | None | bool = False  # False: not asked yet
         self._snapshot: dict[str, Any] | None = None
         self._store: BaselineStore | None = None
@@ -106,7 +108,46 @@ class Run:
                 today=self.options.today,
                 update_mode=self.options.update_baselines,
                 past_runs=self.past_runs.get(metric.key),
+                noise_groups=self._noise_groups(metric, rule),
+                work_change_pct=self._work_change_pct(result, metric, rule),
             )
+
+    def _noise_groups(self, metric: Metric, rule: Rule) -> list[list[float]]:
+        """The values of separate runs that estimate this metric's between-run noise: the baseline
+        runs and the history's passing nights of every entry of the same check and metric that
+        thresholds.yaml gives the same rule (a check's levels, which share one relative spread;
+        not nccl's latency-bound sizes with its bandwidth-bound ones)."""
+        cache = self._noise_index
+        if metric.family not in cache:
+            index: dict[tuple, list[str]] = {}
+            for key, entry in self.store.family(metric.family)["metrics"].items():
+                check, name = entry.get("check"), entry.get("metric")
+                if isinstance(check, str) and isinstance(name, str):
+                    entry_rule = self.options.thresholds.rule_for(check, name, entry.get("params") or {})
+                    index.setdefault((check, name, entry_rule), []).append(key)
+            cache[metric.family] = index
+        metrics = self.store.family(metric.family)["metrics"]
+        groups = []
+        for key in cache[metric.family].get((metric.check, metric.metric, rule), []):
+            groups.append([run["value"] for run in runs_of(metrics[key])])
+            groups.append(list(self.past_runs.get(key) or []))
+        if metric.key not in metrics:  # no baseline entry yet: its own history still counts
+            groups.append(list(self.past_runs.get(metric.key) or []))
+        return groups
+
+    def _work_change_pct(self, result: CheckResult, metric: Metric, rule: Rule) -> float | None:
+        """For a `same_work` rule: the % change of the check's work metric (same parameters) from
+        its own baseline; None where either is missing."""
+        if not rule.same_work:
+            return None
+        for other in result.metrics:
+            if other.metric == rule.same_work and other.params == metric.params and other.status == "ok" \
+                    and other.value is not None and math.isfinite(other.value):
+                entry = self.store.entry(other.family, other.key) or {}
+                base = entry.get("value")
+                if isinstance(base, (int, float)) and base and math.isfinite(base):
+                    return (other.value - base) / abs(base) * 100
+        return None
 
     # ---- store: candidates every run, baselines in update mode --------------------------
     def store_baselines(self) -> None:

@@ -58,6 +58,16 @@ class Rule:
     # a headline metric: its trend over the last nightly runs is drawn on the card, and it goes
     # into the Prometheus textfile's short list
     headline: bool = False
+    # between-run noise: the relative standard deviation of one run's value across separate runs
+    # of an unchanged node (engine starts, boots), the documented default where there are not two
+    # runs to estimate it from (noise.run_noise); 0: not subject to it (counts, settings)
+    run_noise_rel: float = 0.0
+    # judged by meaning: an `informational` metric is shown against its baseline but never judged
+    # by it; `same_work: METRIC` judges it only when the check's METRIC (its work rate) is within
+    # `same_work_rel` of that metric's own baseline — mean power and utilization follow the work
+    informational: bool = False
+    same_work: str | None = None
+    same_work_rel: float = 0.05
     note: str | None = None
 
 
@@ -77,7 +87,8 @@ class Quarantine:
 
 
 _RULE_FIELDS = {f.name: f for f in fields(Rule)}
-_NUMBER_KEYS = {name for name in _RULE_FIELDS if name not in ("direction", "note", "min_samples", "drift", "headline")}
+_NUMBER_KEYS = {name for name in _RULE_FIELDS
+                if name not in ("direction", "note", "min_samples", "drift", "headline", "informational", "same_work")}
 _MATCH_KEYS = {"check", "metric", "params"}
 _TOP_KEYS = {"schema_version", "defaults", "rules", "quarantine"}
 _QUARANTINE_KEYS = {"check", "metric", "params", "reason", "expires"}
@@ -176,11 +187,11 @@ def _rule_values(raw: Any, where: str, allow_match: bool) -> dict[str, Any]:
         elif key == "direction":
             if value not in DIRECTIONS:
                 raise ThresholdsError(f"{at}: expected one of {', '.join(DIRECTIONS)}, got {value!r}")
-        elif key in ("drift", "headline"):
+        elif key in ("drift", "headline", "informational"):
             if not isinstance(value, bool):
                 raise ThresholdsError(f"{at}: expected true or false, got {value!r}")
-        elif key == "note":
-            if not isinstance(value, str):
+        elif key in ("note", "same_work"):
+            if not isinstance(value, str) or (key == "same_work" and not value):
                 raise ThresholdsError(f"{at}: expected text, got {value!r}")
         elif key == "min_samples":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -133,7 +133,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     gpucert_note(f"serving load: {load.label}, /v1/{'chat/' if load.endpoint == 'chat' else ''}completions streamed, "
                  f"ignore_eos {'on' if load.ignore_eos else 'off'}; per level max({load.min_requests}, "
                  f"{load.requests_per_level} × concurrency) requests after {load.warmup} warm-up"
-                 f"{f', measured {load.repeats} times (the median, with the repeats as samples)' if load.repeats > 1 else ''}; "
+                 f"{f', measured {load.repeats} times (the mean, with the repeats as samples)' if load.repeats > 1 else ''}; "
                  f"client processes {load.client_workers}; ramp-up {load.ramp_up_s:g} s")
     if config.getoption("--endpoint"):
         try:

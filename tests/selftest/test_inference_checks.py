@@ -192,10 +192,10 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     assert min(lengths) >= 8 and max(lengths) <= 24 and len(set(lengths)) > 1
 
 
-def test_repeats_make_each_level_the_median_of_its_runs_with_an_interval(tmp_path):
+def test_repeats_make_each_level_the_mean_of_its_runs_with_an_interval(tmp_path):
     """`repeats=3`: every level is measured three times on its own prompts; its figures are the
-    median of the three, the three are its samples (run-to-run noise) and the baseline written
-    from it keeps their interval. Offline likewise (stand-in vLLM)."""
+    mean of the three, the three are its samples (repeat-to-repeat noise, a Student t interval)
+    and the baseline written from it keeps their interval. Offline likewise (stand-in vLLM)."""
     for name, text in STAND_IN_VLLM.items():
         (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "site" / name).write_text(text)
@@ -212,19 +212,21 @@ def test_repeats_make_each_level_the_median_of_its_runs_with_an_interval(tmp_pat
     level = by_check(metrics)["serving_baseline[concurrency=2]"]
     for name in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50"):
         m = level[name]
-        assert m["sample_count"] == 3 and m["stat"] == "median" and m["note"].startswith("median of 3 repeats")
-        assert sorted(m["samples"])[1] == m["value"] and m["ci"][0] <= m["value"] <= m["ci"][1]
+        assert m["sample_count"] == 3 and m["stat"] == "mean" and m["note"].startswith("mean of 3 repeats")
+        assert sum(m["samples"]) / 3 == pytest.approx(m["value"]) and m["ci"][0] <= m["value"] <= m["ci"][1]
+        assert m["ci_method"] == "Student t 95%, mean of n=3"
     # failures and token counts over all 3 × 4 requests
     assert level["failed_requests"]["value"] == 0 and level["token_count_mismatches"]["value"] == 0
     offline = by_check(metrics)["offline_throughput[concurrency=2]"]["output_tok_s"]
-    assert offline["sample_count"] == 3 and offline["note"].startswith("median of 3 repeats")
+    assert offline["sample_count"] == 3 and offline["note"].startswith("mean of 3 repeats")
     config = json.loads((tmp_path / "r" / "offline" / "offline-config.json").read_text())
     assert [(e["level"], e["repeat"]) for e in config["levels"]] == [(2, 0), (2, 1), (2, 2)]
     prompts = [tuple(p["prompt"]) for e in config["levels"] for p in e["prompts"]]
     assert len(set(prompts)) == len(prompts)  # each repeat its own prompts
     baseline = json.loads(next((tmp_path / "b").glob("*/serving_baseline.json")).read_text())
     entry = baseline["metrics"]["serving_baseline[concurrency=2]::output_tok_s"]
-    assert entry["stat"] == "median" and entry["ci"] == level["output_tok_s"]["ci"]
+    assert entry["stat"] == "mean" and entry["ci"] == level["output_tok_s"]["ci"]
+    assert entry["ci_method"] == "Student t 95%, mean of n=3" and len(entry["runs"]) == 1
 
 
 def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):

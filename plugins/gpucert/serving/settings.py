@@ -28,7 +28,7 @@ class LoadSettings:
     concurrency: tuple[int, ...] = (1,)
     requests_per_level: int = 4
     # each level measured this many times, each with its own prompts: a level's metrics are then
-    # the median of its repeats, with the repeats as samples (their interval judges the change)
+    # the mean of its repeats, with the repeats as samples (their t interval judges the change)
     repeats: int = 1
     min_requests: int = 16
     warmup: int = 2
