@@ -123,10 +123,12 @@ def _metric_gauges(registry: CollectorRegistry, checks: list[dict[str, Any]]) ->
                      labels, registry=registry)
     delta = Gauge("gpucert_metric_delta_percent", "A metric's change from its baseline, in percent", labels,
                   registry=registry)
-    ci_low = Gauge("gpucert_metric_delta_ci_low_percent", "Lower bound of the confidence interval of a "
-                   "metric's change from its baseline, in percent", labels, registry=registry)
-    ci_high = Gauge("gpucert_metric_delta_ci_high_percent", "Upper bound of the confidence interval of a "
-                    "metric's change from its baseline, in percent", labels, registry=registry)
+    ci_low = Gauge("gpucert_metric_delta_ci_low_percent", "Lower bound of the 95 % interval of a metric's change "
+                   "from its baseline (both runs' own noise and the between-run noise), in percent", labels,
+                   registry=registry)
+    ci_high = Gauge("gpucert_metric_delta_ci_high_percent", "Upper bound of the 95 % interval of a metric's change "
+                    "from its baseline (both runs' own noise and the between-run noise), in percent", labels,
+                    registry=registry)
     verdict = Gauge("gpucert_metric_verdict", "A metric's verdict against its baseline and thresholds; "
                     "one series per metric, labelled with its own verdict, always 1",
                     ["check_id", "metric", "verdict"], registry=registry)
