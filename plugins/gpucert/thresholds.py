@@ -198,6 +198,8 @@ def _rule_values(raw: Any, where: str, allow_match: bool) -> dict[str, Any]:
                 raise ThresholdsError(f"{at}: expected an integer >= 1, got {value!r}")
         elif key in _NUMBER_KEYS:
             value = _number(value, at, non_negative=key not in ("min", "max", "warn_min", "warn_max"))
+            if key == "run_noise_rel" and not math.isfinite(value):  # infinite noise would hide every regression
+                raise ThresholdsError(f"{at}: expected a finite number, got {value!r}")
         out[key] = value
     return out
 

@@ -164,3 +164,19 @@ def test_bad_runs_in_a_baseline_stop_the_run_with_one_line(node, runs, message):
     assert broken.ret == pytest.ExitCode.USAGE_ERROR
     broken.stderr.fnmatch_lines([f"ERROR: gpucert: *serving_baseline.json: serving_baseline[[]concurrency=1[]]::output_tok_s: {message.replace('[', '[[]')}*"])
     assert "Traceback" not in broken.stderr.str() + broken.stdout.str()
+
+
+@pytest.mark.parametrize("rule, message", [
+    pytest.param("run_noise_rel: .inf", "rules[[]0[]].run_noise_rel: expected a finite number, got inf",
+                 marks=pytest.mark.fault("statistics", "thresholds.yaml run_noise_rel: .inf (noise that hides everything)",
+                                         "ERROR: gpucert: one line naming the key, exit 4"), id="infinite-noise"),
+    pytest.param("same_work: 3", "rules[[]0[]].same_work: expected text, got 3",
+                 marks=pytest.mark.fault("statistics", "thresholds.yaml same_work: 3 (not a metric name)",
+                                         "ERROR: gpucert: one line naming the key, exit 4"), id="same-work-number"),
+])
+def test_bad_noise_rules_stop_the_run_with_one_line(node, rule, message):
+    node.path.joinpath("thresholds.yaml").write_text(f"schema_version: 1\nrules:\n  - check: serving_baseline\n    {rule}\n")
+    broken = node()
+    assert broken.ret == pytest.ExitCode.USAGE_ERROR
+    broken.stderr.fnmatch_lines([f"ERROR: gpucert: *thresholds.yaml: {message}"])
+    assert "Traceback" not in broken.stderr.str() + broken.stdout.str()
