@@ -167,8 +167,10 @@ def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, 
             "stat": metric.statistic,
             "ci": list(ci) if ci else None,
             "ci_method": metric.ci_method,
-            # the separate runs the value is the median of (between-run noise, noise.run_noise)
+            # the separate runs the value is the median of (between-run noise, noise.run_noise), and
+            # their spread for the reviewer: the standard deviation of ln(value), None below 2 runs
             "runs": runs,
+            "run_spread": _run_spread(runs),
             "updated_at": provenance.when,
             "snapshot_digest": provenance.snapshot_digest,
         }
@@ -221,6 +223,13 @@ def merged_runs(old: dict[str, Any] | None, metric: Metric, provenance: Provenan
     return (past + [this])[-MAX_RUNS:]
 
 
+def _run_spread(runs: list[dict[str, Any]]) -> float | None:
+    values = np.asarray([run["value"] for run in runs], dtype=float)
+    if values.size < 2 or (values <= 0).any():
+        return None
+    return round(float(np.log(values).std(ddof=1)), 6)
+
+
 def check_run_fields(path: Path, metrics: Any) -> None:
     """The fields the between-run model reads (`runs`, `ci_method`), checked on load: a hand-edited
     or corrupt entry stops the run with one line, never a traceback or a wrong interval."""
@@ -233,6 +242,10 @@ def check_run_fields(path: Path, metrics: Any) -> None:
         method = entry.get("ci_method")
         if method is not None and not isinstance(method, str):
             raise BaselineError(f"{where}: ci_method must be text, got {method!r}")
+        spread = entry.get("run_spread")
+        if spread is not None and (isinstance(spread, bool) or not isinstance(spread, (int, float))
+                                   or not math.isfinite(spread) or spread < 0):
+            raise BaselineError(f"{where}: run_spread must be a finite number >= 0, got {spread!r}")
         if "runs" not in entry:
             continue
         runs = entry["runs"]

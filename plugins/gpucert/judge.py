@@ -191,7 +191,7 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
         changed = verdict == "fail" or suggested
         if delta_ci:
             why += f"; change 95% interval {interval_text(delta_ci)}"
-            parts = [f"this run: {metric.ci_method}" if metric.ci else "",
+            parts = [f"this run: {metric.ci_method}" if metric.ci_method else "",
                      f"{between.text()}, baseline of {between.baseline_runs} run(s)" if between else ""]
             why += f" ({'; '.join(p for p in parts if p)})"
         if update_mode and verdict == "fail":

@@ -4,6 +4,7 @@ judge holds a rerun against their spread; a plain rerun inside that noise never 
 slowdown still does; mean power is judged only when the work was the same."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,7 @@ def test_two_update_runs_keep_both_runs_and_their_median(node):
     entry = node.baseline()["serving_baseline[concurrency=16]::output_tok_s"]
     assert [round(r["value"], 3) for r in entry["runs"]] == [1300.0, round(1300 * 1.06 * 0.97, 3)]
     assert entry["value"] == pytest.approx((1300 + 1300 * 1.06 * 0.97) / 2)
+    assert entry["run_spread"] == pytest.approx(abs(math.log(1.06 * 0.97)) / math.sqrt(2), abs=1e-6)
     assert entry["ci_method"] == "Student t 95%, mean of n=3"
     second.stdout.fnmatch_lines(["*baseline values rest on: 9 metric(s) on 2 runs*"])
     second.stdout.fnmatch_lines(["*concurrency=16[]]::output_tok_s: 1300 -> 1318.33 (+1.4%) (median of 2 runs)*"])
@@ -143,22 +145,26 @@ def test_an_approved_change_restarts_the_runs(node):
     assert len(entry["runs"]) == 1 and entry["value"] == pytest.approx(4100 * 1.6)
 
 
-@pytest.mark.parametrize("runs, message", [
-    pytest.param([{"value": "fast"}], "runs[0] needs a finite number 'value'",
-                 marks=pytest.mark.fault("statistics", "a baseline entry's runs[0].value is text",
-                                         "ERROR: gpucert: one line naming the entry, exit 4"), id="text-value"),
-    pytest.param({"value": 1.0}, "runs must be a list of 1 to 5 runs",
-                 marks=pytest.mark.fault("statistics", "a baseline entry's runs is a mapping, not a list",
-                                         "ERROR: gpucert: one line naming the entry, exit 4"), id="not-a-list"),
-    pytest.param([{"value": 1.0}] * 6, "runs must be a list of 1 to 5 runs",
-                 marks=pytest.mark.fault("statistics", "a baseline entry with 6 runs (more than kept)",
-                                         "ERROR: gpucert: one line naming the entry, exit 4"), id="too-many"),
+def _bad_entry(fields, message, planted, case):
+    return pytest.param(fields, message, id=case, marks=pytest.mark.fault(
+        "statistics", planted, "ERROR: gpucert: one line naming the entry, exit 4"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    _bad_entry({"runs": [{"value": "fast"}]}, "runs[0] needs a finite number 'value'",
+               "a baseline entry's runs[0].value is text", "text-value"),
+    _bad_entry({"runs": {"value": 1.0}}, "runs must be a list of 1 to 5 runs",
+               "a baseline entry's runs is a mapping, not a list", "not-a-list"),
+    _bad_entry({"runs": [{"value": 1.0}] * 6}, "runs must be a list of 1 to 5 runs",
+               "a baseline entry with 6 runs (more than kept)", "too-many"),
+    _bad_entry({"run_spread": -0.1}, "run_spread must be a finite number >= 0",
+               "a baseline entry's run_spread is negative", "negative-spread"),
 ])
-def test_bad_runs_in_a_baseline_stop_the_run_with_one_line(node, runs, message):
+def test_bad_runs_in_a_baseline_stop_the_run_with_one_line(node, fields, message):
     node("--update-baselines")
     path = node.path / "baselines" / "toy-node" / "serving_baseline.json"
     doc = json.loads(path.read_text())
-    doc["metrics"]["serving_baseline[concurrency=1]::output_tok_s"]["runs"] = runs
+    doc["metrics"]["serving_baseline[concurrency=1]::output_tok_s"].update(fields)
     path.write_text(json.dumps(doc))
     broken = node()
     assert broken.ret == pytest.ExitCode.USAGE_ERROR
