@@ -170,14 +170,13 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     within_noise = False
     suggested = False
     changed = False
-    informational = ""
+    informational = _work_differs(rule, work_change_pct) if base_value is not None else ""
     if rule.drift:
         pass  # the value is itself a difference from the baseline: only absolute limits apply
     elif base_value is None:
         findings.append(("fail", "no baseline for this metric (--missing-baseline=fail)") if missing_baseline == "fail"
                         else ("new", "no baseline yet"))
-    elif _work_differs(rule, work_change_pct):
-        informational = _work_differs(rule, work_change_pct)
+    elif informational:
         delta_pct = (metric.value - float(base_value)) / abs(float(base_value)) * 100 if base_value else None
         change = f"{_fmt(metric.value)} {metric.unit} vs baseline {_fmt(float(base_value))}"
         findings.append(("pass", f"{change}" + (f" ({delta_pct:+.1f}%)" if delta_pct is not None else "")
