@@ -147,7 +147,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
             gpucert_monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
         # the configuration kept with the baseline shows the URL without its password or key
         yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env,
-                            configuration=measured_with(load, endpoint=endpoint.display_url))
+                            configuration=measured_with(load, endpoint=endpoint.display_url, model=endpoint.model))
         if gpucert_monitor:
             gpucert_monitor.detach_vllm()
         return
