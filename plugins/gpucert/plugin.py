@@ -135,8 +135,9 @@ def _register_secrets(config: pytest.Config) -> None:
     redaction.register_url(config.getoption("--endpoint", None))
     variable = config.getoption("--api-key-env", None)
     if variable and not redaction.register(os.environ.get(variable)):
-        warnings.warn(f"gpucert: the API key in {variable} is shorter than {redaction.MIN_LENGTH} characters: "
-                      "too short to be redacted by value from the outputs")
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"gpucert: the API key in {variable} is shorter than {redaction.MIN_LENGTH} characters: "
+            "too short to be redacted by value from the outputs"), stacklevel=2)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
