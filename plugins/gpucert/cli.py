@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from gpucert import __version__
+from gpucert import __version__, redaction
 
 # One module per subcommand; add "gpucert.physics.cli", "gpucert.serving.cli", ... here.
 COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli", "gpucert.monitor.cli")
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except CommandError as err:
-        print(f"gpucert: error: {err}", file=sys.stderr)
+        # redacted: a command's error may quote a server's answer or a URL with its password
+        print(f"gpucert: error: {redaction.redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from _pytest import junitxml  # its stash key: suite-level properties of --junit
 
 from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
-from . import history
+from . import history, redaction
 from .monitor.attach import SessionMonitor
 from .progress import Progress, log
 from .recorder import CheckRecorder, CheckResult
@@ -32,6 +33,7 @@ MARKERS = {
 CHECK_MARKERS = ("hardware", "inference", "forensics")
 RUN_KEY = pytest.StashKey[Run]()
 MONITOR_KEY = pytest.StashKey[SessionMonitor]()
+SECRETS_KEY = pytest.StashKey[int]()  # this session's scope in gpucert.redaction
 
 
 class GpucertWarning(UserWarning):
@@ -91,6 +93,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     if config.option.help:
         return
+    _register_secrets(config)
     root = _project_dir(config)
     thresholds_path = Path(config.option.thresholds) if config.option.thresholds else root / "thresholds.yaml"
     try:
@@ -123,6 +126,72 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     config.stash[MONITOR_KEY] = monitor
     config.pluginmanager.register(RunHooks(run, config), "gpucert-run")
+
+
+def _register_secrets(config: pytest.Config) -> None:
+    """This session's secrets, by value, before anything is measured or written: the endpoint's
+    API key and the endpoint URL's password or key (a scope of their own, so that a pytester
+    session run in this process leaves none behind, and takes none of ours)."""
+    config.stash[SECRETS_KEY] = redaction.push_scope()
+    redaction.register_url(config.getoption("--endpoint", None))
+    variable = config.getoption("--api-key-env", None)
+    if variable and not redaction.register(os.environ.get(variable)):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"gpucert: the API key in {variable} is shorter than {redaction.MIN_LENGTH} characters: "
+            "too short to be redacted by value from the outputs"), stacklevel=2)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    scope = config.stash.get(SECRETS_KEY, None)
+    if scope is not None:
+        redaction.pop_scope(scope)
+        del config.stash[SECRETS_KEY]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """pytest's own log handlers (captured logs in failure reports and JUnit, --log-cli, --log-file)
+    redact the records as gpucert.log does."""
+    logging_plugin = session.config.pluginmanager.get_plugin("logging-plugin")
+    for name in ("caplog_handler", "report_handler", "log_cli_handler", "log_file_handler"):
+        handler = getattr(logging_plugin, name, None)
+        if handler is not None and not any(isinstance(f, redaction.RedactingFilter) for f in handler.filters):
+            handler.addFilter(redaction.RedactingFilter())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Every test's report leaves here redacted, before the terminal, --junitxml and gpucert's own
+    hooks read it: a failed check's message, traceback, captured output and logs may quote a
+    server's answer that echoed the key."""
+    report = yield
+    if redaction.active():
+        report.longrepr = _scrubbed(report.longrepr, set())
+        report.sections = [(title, redaction.redact(text)) for title, text in report.sections]
+        report.user_properties = [(name, redaction.redact_obj(value)) for name, value in report.user_properties]
+    return report
+
+
+def _scrubbed(value, seen: set):
+    """`value` with its strings redacted, keeping the structure pytest's writers expect (a skip's
+    (path, line, reason) tuple; the traceback entries and crash line of a failure, which are
+    pytest's own repr objects and are changed in place)."""
+    if isinstance(value, str):
+        return redaction.redact(value)
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
+    if isinstance(value, tuple):
+        items = [_scrubbed(v, seen) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    if isinstance(value, list):
+        value[:] = [_scrubbed(v, seen) for v in value]
+    elif isinstance(value, dict):
+        for key in value:
+            value[key] = _scrubbed(value[key], seen)
+    elif hasattr(value, "__dict__") and type(value).__module__.startswith("_pytest."):
+        for attr, item in list(vars(value).items()):
+            object.__setattr__(value, attr, _scrubbed(item, seen))
+    return value
 
 
 def _project_dir(config: pytest.Config) -> Path:
@@ -202,7 +271,7 @@ def _publish(item: pytest.Item, result: CheckResult) -> None:
     baseline, delta and the delta's 95 % interval. (Testcase properties need junit_family=xunit1,
     set in pyproject.toml.)"""
     props = item.user_properties
-    for metric in result.metrics:
+    for metric in result.metrics:  # (redacted with the report: pytest_runtest_makereport)
         key = f"gpucert:{metric.key}"
         if metric.value is not None and math.isfinite(metric.value):
             props.append((key, metric.value))
@@ -239,7 +308,7 @@ class RunHooks:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
-            reporter.write_line(text, bold=True)
+            reporter.write_line(redaction.redact(text), bold=True)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
@@ -296,8 +365,8 @@ class RunHooks:
         for metric in result.metrics:
             j = metric.judgement
             if j and (j.verdict == "warn" or j.quarantined):
-                warnings.warn(GpucertWarning(failure_line(metric)), stacklevel=1)
-        failing = [failure_line(m) for m in result.metrics if blocks(m)]
+                warnings.warn(GpucertWarning(redaction.redact(failure_line(metric))), stacklevel=1)
+        failing = [redaction.redact(failure_line(m)) for m in result.metrics if blocks(m)]
         if failing:
             # the check owning the metric fails, with one readable line per metric
             pytest.fail("\n".join(failing), pytrace=False)
@@ -347,7 +416,7 @@ class RunHooks:
         self._junit_run_properties(data)
         if self.run.options.history_dir is not None:
             try:
-                path = history.append(self.run.options.history_dir, data)
+                path = history.append(self.run.options.history_dir, redaction.redact_obj(data))
                 log.info("history record %s", path)
             except (OSError, ValueError) as exc:
                 self.run.notes.append(f"history record not written: {exc}")
@@ -362,13 +431,13 @@ class RunHooks:
         if xml is None:
             return
         for name in ("verdict", "profile", "status", "gpucert_version"):
-            xml.add_global_property(f"gpucert:run:{name}", data.get(name))
+            xml.add_global_property(f"gpucert:run:{name}", redaction.redact_obj(data.get(name)))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         run = self.run
         if not run.prepared or self.config.option.collectonly:
             return
-        tr = terminalreporter
+        tr = _RedactingWriter(terminalreporter)
         tr.section("gpucert")
         counts = run.to_dict("complete")["counts"]
         summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
@@ -394,3 +463,17 @@ class RunHooks:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.progress.close_log()
+
+
+class _RedactingWriter:
+    """The terminal reporter's section and line writers, with every line redacted (notes quote
+    endpoints and engine messages)."""
+
+    def __init__(self, reporter):
+        self._reporter = reporter
+
+    def section(self, title: str, **kwargs) -> None:
+        self._reporter.section(redaction.redact(title), **kwargs)
+
+    def write_line(self, text: str, **kwargs) -> None:
+        self._reporter.write_line(redaction.redact(text), **kwargs)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import redaction
+
 LOG_NAME = "gpucert.log"
 log = logging.getLogger("gpucert")
 
@@ -98,6 +100,9 @@ class Progress:
         if self._handler is None:
             self._handler = logging.FileHandler(path, encoding="utf-8")
             self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            # by value, on the handler: a record of any gpucert logger, and its traceback, may
+            # quote a server's answer with the key in it
+            self._handler.addFilter(redaction.RedactingFilter())
             log.addHandler(self._handler)
             if log.level == logging.NOTSET or log.level > logging.INFO:
                 log.setLevel(logging.INFO)

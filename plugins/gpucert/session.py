@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, history, snapshot as snapshot_engine
+from . import __version__, history, redaction, snapshot as snapshot_engine
 from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, runs_of, write_atomic
 from .judge import judge
 from .metrics import VERDICTS, Metric, worst
@@ -171,6 +171,7 @@ class Run:
             min_samples = {m.key: self._rule(m).min_samples for m in metrics}
             existing = self.store.family(family) if self._store else empty_family(self.profile, family)
             doc, changes = merge(existing, metrics, artifacts, provenance, min_samples)
+            doc = redaction.redact_obj(doc)  # an artifact (the configuration) may quote the endpoint
             write_atomic(self.options.report_dir / "candidate-baselines" / self.profile / f"{family}.json", doc)
             if self.options.update_baselines:
                 if any(c.action != "refused" for c in changes) or artifacts:
@@ -249,9 +250,10 @@ class Run:
         return self._git_revision
 
     def write_metrics(self, status: str) -> Path:
-        """metrics.json is rewritten after every check, so a crash keeps what was measured."""
+        """metrics.json is rewritten after every check, so a crash keeps what was measured. Redacted:
+        request errors and notes may quote what a server echoed (the API key in a 401 body)."""
         path = self.options.report_dir / "metrics.json"
-        write_atomic(path, json_safe(self.to_dict(status)))
+        write_atomic(path, redaction.redact_obj(json_safe(self.to_dict(status))))
         return path
 
 

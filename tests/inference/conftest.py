@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from gpucert import redaction
 from gpucert.serving import vllm_log
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
@@ -140,11 +141,13 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
             endpoint = Endpoint(config.getoption("--endpoint"), config.getoption("--endpoint-model"),
                                 config.getoption("--api-key-env")).discover_model()
         except (ValueError, OSError) as exc:
-            pytest.fail(f"endpoint {config.getoption('--endpoint')}: {exc}", pytrace=False)
-        if gpucert_monitor and not endpoint.api_key_env:  # a keyed endpoint's /metrics is not ours to read
+            shown = redaction.display_url(config.getoption("--endpoint"))
+            pytest.fail(f"endpoint {shown}: {redaction.redact(str(exc))}", pytrace=False)
+        if gpucert_monitor and not endpoint.keyed:  # a keyed endpoint's /metrics is not ours to read
             gpucert_monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
+        # the configuration kept with the baseline shows the URL without its password or key
         yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env,
-                            configuration=measured_with(load, endpoint=endpoint.v1_url))
+                            configuration=measured_with(load, endpoint=endpoint.display_url, model=endpoint.model))
         if gpucert_monitor:
             gpucert_monitor.detach_vllm()
         return

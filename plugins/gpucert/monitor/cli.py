@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gpucert import redaction
+
 from . import summary as summary_engine
 from .sampler import Monitor, MonitorConfig
 
@@ -57,6 +59,9 @@ def run_monitor(args) -> int:
               "missed_ticks": final.get("missed"), "duration_s": figures["duration_s"], "out": str(out),
               "gpus": meta.get("gpus", []), "notes": sorted(set(meta.get("notes", []) + final.get("notes", []))),
               "sources": {"nvml": figures["gpus"], "host": figures["host"], "vllm": figures["vllm"]}}
+    # a note may quote the /metrics URL, with a password in it
+    redaction.register_url(args.vllm_metrics)
+    result = redaction.redact_obj(result)
     if args.json:
         json.dump(result, sys.stdout, indent=1, default=str)
         print()

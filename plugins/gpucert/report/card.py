@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from .. import __version__
+from .. import __version__, redaction
 from ..judge import interval_text
 from ..metrics import metric_check_id
 from . import charts
@@ -205,8 +205,10 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write(report_dir: str | Path) -> dict[str, Any]:
-    """report.html from the folder's metrics.json; returns that data (the other outputs use it)."""
+    """report.html from the folder's metrics.json; returns that data (the other outputs use it).
+    Redacted twice: the data (a metrics.json from elsewhere may carry a secret of this process),
+    and the page itself (in case a chart or view quotes something the data did not)."""
     report_dir = Path(report_dir)
-    data = json.loads((report_dir / "metrics.json").read_text())
-    (report_dir / "report.html").write_text(render(data))
+    data = redaction.redact_obj(json.loads((report_dir / "metrics.json").read_text()))
+    (report_dir / "report.html").write_text(redaction.redact(render(data)))
     return data

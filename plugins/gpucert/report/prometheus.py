@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
+from .. import redaction
 from ..metrics import VERDICTS, finite_number, metric_check_id
 
 FILENAME = "metrics.prom"
@@ -27,7 +28,7 @@ def write(report_dir: Path, data: dict[str, Any]) -> Path:
     """Write <report_dir>/metrics.prom from a metrics.json dict; returns its path."""
     path = Path(report_dir) / FILENAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), build_registry(data))
+    write_to_textfile(str(path), build_registry(redaction.redact_obj(data)))  # labels quote check ids, messages
     return path
 
 

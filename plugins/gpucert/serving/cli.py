@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
+from gpucert import redaction
 from gpucert.cli import CommandError
 from gpucert.serving.emulator import EmulatorConfig, serve
 from gpucert.serving import datasets
@@ -148,7 +150,7 @@ def load_result(args) -> tuple[dict, int]:
         "summary": summary.to_dict(),
         "client": {**client_check(run), "workers": worker_figures(run, config)},
         "errors": error_breakdown(measured),
-        "config": {"base_url": args.base_url, "model": args.model, "endpoint": args.endpoint,
+        "config": {"base_url": redaction.display_url(args.base_url), "model": args.model, "endpoint": args.endpoint,
                    "concurrency": args.concurrency,
                    # JSON has no infinity
                    "request_rate": "inf" if args.request_rate is not None and math.isinf(
@@ -180,13 +182,26 @@ def _print_text(result: dict) -> None:
 
 
 def run_loadgen(args) -> int:
-    result, failed = load_result(args)
-    if args.json:
+    # the key and the URL's credentials are secrets of this command: a server may echo them back
+    # in an error body or a model name, and the result printed must not carry them
+    scope = redaction.push_scope()
+    try:
+        redaction.register_url(args.base_url)
+        if args.api_key_env:
+            redaction.register(os.environ.get(args.api_key_env))
+        result, failed = load_result(args)
+        _print_result(redaction.redact_obj(result), args.json)
+    finally:
+        redaction.pop_scope(scope)
+    return EXIT_REQUESTS_FAILED if failed else 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
         _print_text(result)
-    return EXIT_REQUESTS_FAILED if failed else 0
 
 
 def run_emulator(args) -> int:

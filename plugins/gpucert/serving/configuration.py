@@ -21,13 +21,15 @@ _LOAD_FIELDS = ("endpoint", "dataset", "dataset_path", "token_ids", "input_len",
                 "ramp_up_s", "vocab_size")
 
 
-def measured_with(load: LoadSettings, engine: EngineConfig | None = None, endpoint: str | None = None) -> dict:
-    """{"engine": {...} | {"endpoint": url}, "load": {...}}: plain JSON, no secrets."""
+def measured_with(load: LoadSettings, engine: EngineConfig | None = None, endpoint: str | None = None,
+                  model: str | None = None) -> dict:
+    """{"engine": {...} | {"endpoint": url, "model": name}, "load": {...}}: plain JSON, no secrets
+    (the endpoint's URL is given without its password or key)."""
     if engine is not None:
         settings = {f.name: getattr(engine, f.name) for f in dataclasses.fields(engine) if f.name not in _NOT_CONFIG}
         settings["extra_args"] = redacted(list(engine.extra_args))  # may carry an --api-key
     else:
-        settings = {"endpoint": endpoint}
+        settings = {"endpoint": endpoint, "model": model}  # another model behind the URL is another configuration
     return {"engine": settings, "load": {name: getattr(load, name) for name in _LOAD_FIELDS}}
 
 

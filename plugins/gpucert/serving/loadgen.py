@@ -18,12 +18,14 @@ import math
 import os
 import secrets
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Literal
 
 import httptools
 import numpy as np
 
+from gpucert import redaction
 from gpucert.serving.records import RequestRecord, RunRecords
 from .datasets import Prompt  # text or token ids, with the output length to request
 from .http_stream import StreamingClient
@@ -83,15 +85,25 @@ class LoadConfig:
 
     @property
     def url(self) -> str:
-        return self.base_url.rstrip("/") + ENDPOINT_PATHS[self.endpoint]
+        """Where requests go: the base URL's path plus the endpoint's, its query kept, its
+        user:password left out (they travel in the Authorization header)."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        return redaction.without_credentials(urllib.parse.urlunsplit(
+            parts._replace(path=parts.path.rstrip("/") + ENDPOINT_PATHS[self.endpoint], fragment="")))
 
     def headers(self) -> dict[str, str]:
+        """The key (or the URL's user:password) is registered as a secret when it is read, so a
+        server echoing it back in an error is redacted wherever that error is written."""
         headers = {"Content-Type": "application/json"}
+        redaction.register_url(self.base_url)
         if self.api_key_env:
             key = os.environ.get(self.api_key_env)
             if not key:
                 raise ValueError(f"environment variable {self.api_key_env} is not set")
+            redaction.register(key)
             headers["Authorization"] = f"Bearer {key}"
+        elif redaction.basic_credentials(self.base_url):
+            headers["Authorization"] = f"Basic {redaction.basic_credentials(self.base_url)}"
         return headers
 
     def body(self, prompt: Prompt) -> bytes:

@@ -20,13 +20,14 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpucert import process_group
+from gpucert import process_group, redaction
 from gpucert.serving import presets
 from gpucert.serving.vllm_config import EngineConfig, serving_defaults
 
@@ -37,9 +38,9 @@ logger = logging.getLogger(__name__)  # into the run's gpucert.log (plugin.py)
 _SECRET_FLAG = re.compile(r"(api[-_]?key|[-_]token$|secret|password)", re.IGNORECASE)
 
 
-def redacted(argv: list[str]) -> str:
-    """The command for a log line, with the value of any key/token/secret flag (extra_args may
-    carry `--api-key …`) replaced: secrets never reach logs or reports."""
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command for a log line or a file, with the value of any key/token/secret flag
+    (extra_args may carry `--api-key …`) replaced: secrets never reach logs or reports."""
     out, hide = [], False
     for arg in argv:
         if hide:
@@ -52,7 +53,36 @@ def redacted(argv: list[str]) -> str:
             hide = not sep
         else:
             out.append(arg)
-    return " ".join(out)
+    return out
+
+
+def redacted(argv: list[str]) -> str:
+    return " ".join(redacted_argv(argv))
+
+
+def secret_values(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The values `redacted_argv` hides, and those of secret-named environment variables
+    (HF_TOKEN, VLLM_API_KEY …): registered so that the engine's log echoing one is redacted too."""
+    values = [new for old, new in zip(redacted_argv(argv), argv) if old != new]
+    values = [value.partition("=")[2] if value.startswith("--") else value for value in values]
+    return values + [value for name, value in env.items() if redaction.SECRET_NAME.search(name)]
+
+
+def api_key_to_env(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`--api-key KEY` out of the engine's command line into VLLM_API_KEY, which vLLM reads the
+    same way: a command line is readable by every user of the node (ps, /proc/PID/cmdline) and
+    vLLM logs its non-default arguments into the engine log the card links. Several keys (vLLM
+    takes a list) stay where they are: one variable holds one."""
+    flags = [i for i, arg in enumerate(argv) if arg == "--api-key" or arg.startswith("--api-key=")]
+    if len(flags) != 1:
+        return list(argv), {}
+    i = flags[0]
+    if "=" in argv[i]:
+        return argv[:i] + argv[i + 1:], {"VLLM_API_KEY": argv[i].partition("=")[2]}
+    if i + 1 >= len(argv) or (i + 2 < len(argv) and not argv[i + 2].startswith("-")):
+        return list(argv), {}  # no value, or several keys after the flag
+    return argv[:i] + argv[i + 2:], {"VLLM_API_KEY": argv[i + 1]}
+
 
 class EngineStartError(RuntimeError):
     """The engine did not become healthy: exited during startup or timed out. Carries the log."""
@@ -216,9 +246,11 @@ class VllmServer:
 
     def start(self) -> "VllmServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = self.argv()
-        (self.workdir / "vllm-serve.argv.json").write_text(json.dumps(argv, indent=1) + "\n")
-        env = {**os.environ, **self.config.env}
+        argv, key_env = api_key_to_env(self.argv())
+        for value in secret_values(argv, {**self.config.env, **key_env}):
+            redaction.register(value)
+        (self.workdir / "vllm-serve.argv.json").write_text(json.dumps(redacted_argv(argv), indent=1) + "\n")
+        env = {**os.environ, **self.config.env, **key_env}
         with open(self.log_path, "wb") as log:
             # own session = own process group: stop() signals vLLM's EngineCore and workers too
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -345,44 +377,72 @@ class VllmServer:
 class Endpoint:
     """An OpenAI-compatible server gpucert did not start. The API key is read from the environment
     variable `api_key_env` at the moment of use and never stored, so it cannot leak through repr,
-    logs, or the metrics JSON."""
+    logs, or the metrics JSON; every secret it reads (the key, a URL's password or credential
+    query value) is registered with gpucert.redaction, so a server echoing one back is redacted
+    wherever its answer is written. A URL's user:password becomes a Basic Authorization header."""
 
-    base_url: str  # root or .../v1; normalised to the root without trailing slash
+    base_url: str  # root or .../v1 (query kept); normalised to the root without trailing slash
     model: str | None = None
     api_key_env: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        root = self.base_url.rstrip("/")
-        if root.endswith("/v1"):
-            root = root[: -len("/v1")]
-        object.__setattr__(self, "base_url", root)
+        redaction.register_url(self.base_url)
+        parts = urllib.parse.urlsplit(self.base_url)
+        root = parts.path.rstrip("/").removesuffix("/v1")
+        object.__setattr__(self, "base_url", urllib.parse.urlunsplit(parts._replace(path=root, fragment="")))
+
+    def __repr__(self) -> str:
+        return (f"Endpoint(base_url={redaction.display_url(self.base_url)!r}, model={self.model!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
+    __str__ = __repr__
+
+    def _url(self, path: str, credentials: bool = False) -> str:
+        parts = urllib.parse.urlsplit(self.base_url)
+        url = urllib.parse.urlunsplit(parts._replace(path=parts.path + path))
+        return url if credentials else redaction.without_credentials(url)
 
     @property
     def v1_url(self) -> str:
-        return f"{self.base_url}/v1"
+        """The API root with the URL's credentials and query: what the load generator is given
+        (it turns the credentials into a header as `headers()` does)."""
+        return self._url("/v1", credentials=True)
+
+    @property
+    def display_url(self) -> str:
+        """The API root as configurations, notes and messages show it: no password, no key."""
+        return redaction.display_url(self.v1_url)
+
+    @property
+    def keyed(self) -> bool:
+        """Whether the server wants credentials (then its /metrics is not ours to read either)."""
+        return bool(self.api_key_env) or redaction.display_url(self.base_url) != self.base_url
 
     def headers(self) -> dict[str, str]:
         """Request headers including the key; pass straight to the HTTP client, never log them."""
         if not self.api_key_env:
-            return {}
+            basic = redaction.basic_credentials(self.base_url)
+            return {"Authorization": f"Basic {basic}"} if basic else {}
         key = os.environ.get(self.api_key_env)
         if not key:
             raise ValueError(f"API key variable {self.api_key_env} is not set")
+        redaction.register(key)
         return {"Authorization": f"Bearer {key}"}
 
     def discover_model(self, timeout: float = 10.0) -> "Endpoint":
         """Fill `model` from GET /v1/models (the first model listed) when it was not given."""
         if self.model:
             return self
-        status, body = http_get(f"{self.v1_url}/models", timeout, self.headers())
+        status, body = http_get(self._url("/v1/models"), timeout, self.headers())
         if status != 200:
-            raise ValueError(f"GET {self.v1_url}/models answered {status}")
+            raise ValueError(f"GET {self.display_url}/models answered {status}")
         models = [m.get("id") for m in json.loads(body).get("data", [])]
         if not models:
-            raise ValueError(f"GET {self.v1_url}/models listed no model")
+            raise ValueError(f"GET {self.display_url}/models listed no model")
         return Endpoint(self.base_url, models[0], self.api_key_env, self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         """For results and the card: the variable's name, never its value."""
-        return {"base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env}
+        return {"base_url": redaction.display_url(self.base_url), "model": self.model,
+                "api_key_env": self.api_key_env}
