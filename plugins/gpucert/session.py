@@ -115,10 +115,10 @@ class Run:
         check: one failed metric (a dead endpoint's failed requests, an absolute limit broken)
         says the others were measured on a sick node or a broken run — a 30 % error rate's
         tok/s is not the node's tok/s — and a baseline from them would let the next sick run pass."""
-        if result.body_raised:
-            return "the check raised before finishing"
         if result.outcome == "interrupted":
             return "the check was interrupted; what it measured is partial"
+        if result.body_raised:
+            return "the check raised before finishing"
         if result.outcome == "pending":
             return "the check did not finish: the session ended before its report"
         if result.outcome in ("failed", "error"):
