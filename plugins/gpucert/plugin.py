@@ -16,7 +16,7 @@ from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
 from . import history
 from .monitor.attach import SessionMonitor
-from .progress import Progress, ReportDirError, claim_report_dir, log, release_report_dir
+from .progress import Progress, claim_report_dir, log, release_report_dir
 from .recorder import CheckRecorder, CheckResult
 from .report import card, prometheus
 from .session import Run, RunOptions
@@ -382,8 +382,8 @@ class RunHooks:
                 log.info("history record %s", path)
             except (OSError, ValueError) as exc:
                 self.run.notes.append(f"history record not written: {exc}")
-                if self.write_error is None:
-                    self._write_outputs(status)
+                if self.write_error is None and self._write_outputs(status) is None:
+                    session.exitstatus = pytest.ExitCode.USAGE_ERROR
         log.info("run %s: verdict %s; card %s", data.get("status"), data["verdict"],
                  self.run.options.report_dir / "report.html")
 
