@@ -10,7 +10,6 @@ likely cause.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from test_plugin import lines, suite  # noqa: F401 - the pytester session fixture
+from test_plugin import suite  # noqa: F401 - the pytester session fixture
 from test_thresholds import BAD_FILES
 
 

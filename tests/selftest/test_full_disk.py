@@ -5,7 +5,6 @@ printed a traceback per record)."""
 
 import errno
 import json
-import os
 import subprocess
 from pathlib import Path
 

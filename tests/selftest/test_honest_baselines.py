@@ -13,7 +13,7 @@ import pytest
 
 from emulators import emulator_process
 from gpucert.serving.vllm_server import free_port
-from test_plugin import baseline_file, lines, suite  # noqa: F401 - the pytester session fixture
+from test_plugin import lines, suite  # noqa: F401 - the pytester session fixture
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_STORED = "nothing stored (baselines nor candidates); the summary and card say why"
