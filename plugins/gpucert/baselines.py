@@ -8,13 +8,16 @@ baselines/ is the review of an update.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import math
 import os
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,10 @@ from .metrics import Metric
 
 SCHEMA_VERSION = 1
 _PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# one per profile folder: runs updating the same baselines take turns (fcntl.flock, released
+# when its holder exits, however it exits); it holds the holder's pid for the waiting run's message
+LOCK_NAME = ".gpucert-baselines.lock"
+LOCK_WAIT_S = 600.0  # an update holds the lock for a merge and a few file writes: seconds
 
 
 class BaselineError(ValueError):
@@ -108,26 +115,147 @@ class BaselineStore:
         if not path.exists():
             return empty_family(self.profile, family)
         try:
-            data = json.loads(path.read_text())
+            data = loads_strict(path.read_bytes().decode("utf-8"))
         except (OSError, ValueError) as exc:
-            raise BaselineError(f"{path}: cannot read baseline ({exc})") from None
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise BaselineError(f"{path}: schema_version {data.get('schema_version') if isinstance(data, dict) else None!r} "
+            raise BaselineError(f"{path}: cannot read baseline ({_one_line(exc)})") from None
+        if not isinstance(data, dict):
+            raise BaselineError(f"{path}: expected a JSON object at the top level, got {_kind(data)}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise BaselineError(f"{path}: schema_version {data.get('schema_version')!r} "
                                 f"is not supported (expected {SCHEMA_VERSION})")
         if data.get("profile") != self.profile:
             raise BaselineError(f"{path}: measured on profile {data.get('profile')!r}, this run is profile "
                                 f"{self.profile!r}; comparing across hardware is refused (use the right --profile "
                                 "or --baselines-dir)")
-        data.setdefault("metrics", {})
+        for section in ("metrics", "artifacts"):
+            if not isinstance(data.get(section, {}), dict):
+                raise BaselineError(f"{path}: {section!r} must be an object keyed by metric, got {_kind(data[section])}")
         data.setdefault("artifacts", {})
+        if "metrics" not in data:
+            raise BaselineError(f"{path}: no 'metrics' object")
+        for key, entry in data["metrics"].items():
+            problem = entry_problem(entry)
+            if problem:
+                raise BaselineError(f"{path}: metric {key!r}: {problem}; a baseline that is not a finite "
+                                    "measurement is never judged against (fix or remove the entry)")
         check_run_fields(path, data["metrics"])
         return data
+
+    def reread(self, family: str) -> dict[str, Any]:
+        """The family as it is on disk now (under the lock: another run may have merged into it
+        since this run started), replacing what this run loaded when it began."""
+        self._families[family] = self._read(family)
+        return self._families[family]
+
+    @contextlib.contextmanager
+    def locked(self, notify=None, wait_s: float = LOCK_WAIT_S):
+        """Hold the profile folder's update lock: read-merge-write of two runs never interleave,
+        so neither silently drops the other's update. `notify(text)` hears once that this run
+        waits, and for whom."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _try_flock(fd):
+                holder = _lock_holder(fd)
+                if notify:
+                    notify(f"waiting for the baselines lock held by pid {holder} ({path}); "
+                           f"up to {wait_s:g} s")
+                deadline = time.monotonic() + wait_s
+                while not _try_flock(fd):
+                    if time.monotonic() > deadline:
+                        raise BaselineError(f"{path}: still held by pid {_lock_holder(fd)} after {wait_s:g} s; "
+                                            "nothing written to the baselines")
+                    time.sleep(0.1)
+                if notify:
+                    notify(f"baselines lock taken after pid {holder} released it")
+            try:  # who holds it, for a run that comes to wait; a full disk must not stop the update
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass
+            yield path
+        finally:
+            os.close(fd)  # releases the flock
 
     def entry(self, family: str, key: str) -> dict[str, Any] | None:
         return self.family(family)["metrics"].get(key)
 
     def artifact(self, family: str, key: str) -> Any:
         return self.family(family)["artifacts"].get(key)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows (a baseline value must be finite)")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} given twice in one object")
+        out[key] = value
+    return out
+
+
+def loads_strict(text: str) -> Any:
+    """JSON as the standard says: NaN/Infinity (which Python's json accepts) and a key given
+    twice (Python keeps the last silently) are errors."""
+    return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def entry_problem(entry: Any) -> str:
+    """Why a stored metric entry cannot be judged against ('' if it can): the value must be a
+    finite number, its spread a finite number >= 0, its interval two finite numbers holding the
+    value, its sample count a whole number. (Other fields are kept as they are: newer versions
+    may add some.)"""
+    if not isinstance(entry, dict):
+        return f"expected an object, got {_kind(entry)}"
+    value = entry.get("value")
+    if not _finite(value):
+        return f"value {value!r} is not a finite number"
+    spread = entry.get("spread")
+    if spread is not None and not (_finite(spread) and spread >= 0):
+        return f"spread {spread!r} is not a finite number >= 0"
+    samples = entry.get("samples")
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
+        return f"samples {samples!r} is not a whole number >= 0"
+    ci = entry.get("ci")
+    if ci is not None:
+        if not (isinstance(ci, list) and len(ci) == 2 and all(_finite(b) for b in ci)):
+            return f"ci {ci!r} is not [low, high] of two finite numbers"
+        slack = 1e-9 * max(1.0, abs(value))  # the bounds were computed in floating point
+        if not (ci[0] - slack <= value <= ci[1] + slack):
+            return f"ci {ci!r} does not contain the value {value!r}"
+    return ""
 
 
 def empty_family(profile: str, family: str) -> dict[str, Any]:

@@ -10,12 +10,11 @@ likely cause.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from .baselines import validate_profile, write_atomic
+from .baselines import loads_strict, validate_profile, write_atomic
 from .metrics import finite_number, metric_check_id
 
 TREND_RUNS = 20  # the card's trends cover this run and the 19 before it
@@ -68,12 +67,16 @@ def load(history_dir: str | Path, profile: str, limit: int = TREND_RUNS - 1) -> 
     records, notes = [], []
     for path in sorted(folder.glob("*.json"), key=_order)[-limit:] if limit > 0 else []:
         try:
-            entry = json.loads(path.read_text())
+            entry = loads_strict(path.read_bytes().decode("utf-8"))
             if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
                 raise ValueError("not a gpucert history record")
+            for key, m in entry["metrics"].items():
+                # its values widen the judge's run-to-run noise: a garbage one must not
+                if not isinstance(m, dict) or finite_number(m.get("value")) is None:
+                    raise ValueError(f"metric {key!r} has no finite value")
             records.append(entry)
         except (OSError, ValueError) as exc:
-            notes.append(f"history record {path.name} skipped: {exc}")
+            notes.append(f"history record {path.name} skipped: {' '.join(str(exc).split())}")
     return records, notes
 
 

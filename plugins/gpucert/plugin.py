@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
 from . import history, redaction
 from .monitor.attach import SessionMonitor
-from .progress import Progress, log
+from .progress import Progress, claim_report_dir, log, release_report_dir
 from .recorder import CheckRecorder, CheckResult
 from .report import card, prometheus
 from .session import Run, RunOptions
@@ -296,6 +297,22 @@ def _short_message(report: pytest.TestReport) -> str:
     return report.longreprtext.strip()
 
 
+def refusal_lines(changes: list) -> list[str]:
+    """What was not stored as a baseline and why: one line per check (its metrics share the
+    reason: a failed check stores none of them), one per metric where the merge refused it."""
+    groups: dict[tuple[str, str, str], list] = {}
+    for change in changes:
+        if change.action == "refused":
+            groups.setdefault((change.family, change.key.split("::")[0], change.reason), []).append(change)
+    lines = []
+    for (family, check, reason), refused in groups.items():
+        if len(refused) == 1:
+            lines.append(f"  {family}: {refused[0].line()}")
+        else:
+            lines.append(f"  {family}: ! {check}: {len(refused)} metrics not written: {reason}")
+    return (["not stored as baselines (nor as candidates):"] + lines) if lines else []
+
+
 class RunHooks:
     """Session hooks bound to this session's Run (registered in pytest_configure)."""
 
@@ -303,6 +320,9 @@ class RunHooks:
         self.run = run
         self.config = config
         self.progress = Progress(config.option.time_budget_min, self._write_line)
+        self.report_dir_lock: int | None = None
+        self.metrics_write_failed = False  # a mid-run metrics.json write failed (reported once)
+        self.write_error: str | None = None  # the final outputs could not be written: the run's error line
 
     def _write_line(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -316,10 +336,13 @@ class RunHooks:
                 self.run.checks[item.nodeid] = _check_result(item)
         if self.run.checks and not self.config.option.collectonly:
             try:
+                # first: a report folder another run writes, or a full disk, stops this run
+                # before it measures anything it could not keep
+                self.report_dir_lock = claim_report_dir(self.run.options.report_dir)
                 self.run.prepare()
-            except (ValueError, OSError) as exc:  # SnapshotError, BaselineError: bad input, one line
+                self.progress.open_log(self.run.options.report_dir)
+            except (ValueError, OSError) as exc:  # SnapshotError, BaselineError, ReportDirError: one line
                 raise pytest.UsageError(f"gpucert: {exc}") from None
-            self.progress.open_log(self.run.options.report_dir)
             log.info("run of %d check(s) on profile %s; report folder %s", len(self.run.checks), self.run.profile,
                      self.run.options.report_dir)
             self.progress.start()
@@ -389,7 +412,13 @@ class RunHooks:
         if report.when == "teardown":
             log.info("%s: %s (%s, %.1f s)%s", result.check_id, self.run.check_verdict(result), result.outcome,
                      result.duration_s, f": {result.message}" if result.message else "")
-            self.run.write_metrics("running")
+            try:
+                self.run.write_metrics("running")
+            except OSError as exc:  # a full disk mid-run: the checks go on, the final write tries again
+                if not self.metrics_write_failed:
+                    self.metrics_write_failed = True
+                    self._write_line(f"gpucert: metrics.json could not be written ({exc.strerror or exc}); "
+                                     "the run goes on and tries again at its end")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -404,15 +433,18 @@ class RunHooks:
             if result.outcome == "pending":
                 result.message = result.message or f"not run: the session ended {status} before this check"
         try:
-            self.run.store_baselines()
+            self.run.store_baselines(notify=self._notify)
         except (BaselineError, OSError) as exc:
             self.run.notes.append(f"baselines not written: {exc}")
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.progress.log_failure:
+            self.run.notes.append(self.progress.log_failure)
         if self.run.options.history_dir is not None:  # the records read when the run was prepared
             self.run.trends = history.trends(self.run.history, history.record(self.run.to_dict(status)))
-        self.run.write_metrics(status)
-        data = card.write(self.run.options.report_dir)
-        prometheus.write(self.run.options.report_dir, data)
+        data = self._write_outputs(status)
+        if data is None:  # the report folder refused the outputs (a full disk): one line, exit 4
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
+            data = self.run.final_dict("failed-to-write")
         self._junit_run_properties(data)
         if self.run.options.history_dir is not None:
             try:
@@ -420,9 +452,34 @@ class RunHooks:
                 log.info("history record %s", path)
             except (OSError, ValueError) as exc:
                 self.run.notes.append(f"history record not written: {exc}")
-                self.run.write_metrics(status)
-                card.write(self.run.options.report_dir)
-        log.info("run %s: verdict %s; card %s", status, data["verdict"], self.run.options.report_dir / "report.html")
+                if self.write_error is None and self._write_outputs(status) is None:
+                    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        log.info("run %s: verdict %s; card %s", data.get("status"), data["verdict"],
+                 self.run.options.report_dir / "report.html")
+
+    def _notify(self, text: str) -> None:
+        """A line the person watching must see now (e.g. waiting for the baselines lock)."""
+        self._write_line(f"gpucert: {text}")
+        log.info(text)
+        self.run.notes.append(text)
+
+    def _write_outputs(self, status: str) -> dict | None:
+        """metrics.json, report.html and metrics.prom; None when the folder refused them. Then
+        metrics.json must not be left saying `running` (the last per-check write): the run
+        rewrites it as `failed-to-write` where the disk allows, or removes it."""
+        report_dir = self.run.options.report_dir
+        try:
+            self.run.write_metrics(status)
+            data = card.write(report_dir)
+            prometheus.write(report_dir, data)
+            return data
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            (report_dir / "report.html").unlink(missing_ok=True)  # a half-written card reads as a whole one
+            outcome = self.run.write_failed(reason)
+            self.write_error = f"the run's report could not be written in {report_dir}: {reason}; {outcome}"
+            log.error(self.write_error)
+            return None
 
     def _junit_run_properties(self, data: dict) -> None:
         """The run's verdict, profile and version as the JUnit file's suite properties (this hook
@@ -445,7 +502,7 @@ class RunHooks:
         for note in run.notes:
             tr.write_line(f"note: {note}")
         if run.options.update_baselines:
-            written = [c for c in run.baseline_changes if c.action != "unchanged"]
+            written = [c for c in run.baseline_changes if c.action not in ("unchanged", "refused")]
             tr.write_line(f"baselines in {run.store.dir}: {len(written)} change(s)")
             for change in written:
                 tr.write_line(f"  {change.family}: {change.line()}")
@@ -453,16 +510,24 @@ class RunHooks:
             if rests:  # between-run noise is estimated from 2 runs on; 1 run: thresholds.yaml's default
                 tr.write_line("baseline values rest on: " + ", ".join(
                     f"{rests[k]} metric(s) on {k} run{'s' if k > 1 else ''}" for k in sorted(rests)))
+            for line in refusal_lines(run.baseline_changes):
+                tr.write_line(line)
         budget = run.time_budget or {}
         if budget.get("budget_min"):
             skipped = len(budget.get("skipped") or [])
             tr.write_line(f"time budget {budget['budget_min']:g} min: the run took {budget['elapsed_s'] / 60:.1f} min"
                           + (f"; {skipped} check(s) skipped for it" if skipped else "")
                           + ("; the check in flight was interrupted" if budget.get("interrupted_at_s") else ""))
-        tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")
+        if self.write_error is None:
+            tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.progress.close_log()
+        release_report_dir(self.report_dir_lock)
+        self.report_dir_lock = None
+        if self.write_error is not None:  # last, so it is the line a person (or CI) reads
+            sys.stderr.write(f"ERROR: gpucert: {self.write_error}\n")
+            sys.stderr.flush()
 
 
 class _RedactingWriter:

@@ -9,9 +9,11 @@ measured is kept, marked incomplete; the engine is stopped by its fixture's tear
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +22,57 @@ from typing import Any
 from . import redaction
 
 LOG_NAME = "gpucert.log"
+LOCK_NAME = ".gpucert-run.lock"
 log = logging.getLogger("gpucert")
+
+
+class ReportDirError(ValueError):
+    """The report folder is taken by another run, or cannot be written: bad input, one line."""
+
+
+def claim_report_dir(report_dir: Path) -> int:
+    """Take the report folder for this run (an exclusive flock held until the process ends, or
+    `release_report_dir`): two runs writing one folder would interleave gpucert.log and overwrite
+    each other's metrics.json and card. A second run is refused, naming the holder's pid. The
+    pid is written and synced now, so a full disk stops the run before it measures anything it
+    could not keep."""
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(report_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise ReportDirError(f"report folder {report_dir} cannot be used: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ReportDirError(f"report folder {report_dir} is in use by another run (pid {holder}); "
+                             "give this run its own --report-dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise ReportDirError(f"report folder {report_dir} cannot be written: {exc.strerror or exc}") from None
+    return fd
+
+
+def release_report_dir(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+class _KeepGoingFileHandler(logging.FileHandler):
+    """gpucert.log on a disk that fills up: logging's default prints a traceback to stderr for
+    every record that fails; this keeps the first error (the run reports it once) and goes on."""
+
+    failure: str | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failure is None:
+            exc = sys.exc_info()[1]
+            self.failure = f"{LOG_NAME} could not be written: {getattr(exc, 'strerror', None) or exc}"
 
 
 def grace_s(budget_s: float) -> float:
@@ -98,7 +150,7 @@ class Progress:
         report_dir.mkdir(parents=True, exist_ok=True)
         path = report_dir / LOG_NAME
         if self._handler is None:
-            self._handler = logging.FileHandler(path, encoding="utf-8")
+            self._handler = _KeepGoingFileHandler(path, encoding="utf-8")
             self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             # by value, on the handler: a record of any gpucert logger, and its traceback, may
             # quote a server's answer with the key in it
@@ -108,8 +160,16 @@ class Progress:
                 log.setLevel(logging.INFO)
         return path
 
+    @property
+    def log_failure(self) -> str | None:
+        """Why gpucert.log is incomplete (a full disk), or None."""
+        return self._handler.failure if self._handler is not None else None
+
     def close_log(self) -> None:
         if self._handler is not None:
             log.removeHandler(self._handler)
-            self._handler.close()
+            try:
+                self._handler.close()
+            except OSError:  # the last flush on a full disk: already reported as log_failure
+                pass
             self._handler = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,43 @@ class Run:
         return None
 
     # ---- store: candidates every run, baselines in update mode --------------------------
-    def store_baselines(self) -> None:
-        """Write the candidate baseline next to the card; in update mode also merge into baselines/."""
+    def baseline_refusal(self, result: CheckResult) -> str:
+        """Why none of this check's numbers may become a baseline ('' if they may). Decided per
+        check: one failed metric (a dead endpoint's failed requests, an absolute limit broken)
+        says the others were measured on a sick node or a broken run — a 30 % error rate's
+        tok/s is not the node's tok/s — and a baseline from them would let the next sick run pass."""
+        if result.outcome == "interrupted":
+            return "the check was interrupted; what it measured is partial"
+        if result.body_raised:
+            return "the check raised before finishing"
+        if result.outcome == "pending":
+            return "the check did not finish: the session ended before its report"
+        if result.outcome in ("failed", "error"):
+            first = (result.message or "").strip().splitlines()[:1]
+            return f"the check {'failed' if result.outcome == 'failed' else 'errored'}" + (f": {first[0]}" if first else "")
+        verdict = self.check_verdict(result)
+        if verdict == "fail":
+            quarantined = [m.judgement.quarantined for m in result.metrics if m.judgement and m.judgement.quarantined]
+            return ("a quarantined failure is a known fault, not a baseline" + (f" ({quarantined[0]})" if quarantined else "")
+                    if quarantined else "the check's verdict is fail")
+        if verdict == "incomplete":
+            return "the check is incomplete"
+        return ""
+
+    def store_baselines(self, notify=None) -> None:
+        """Write the candidate baseline next to the card; in update mode also merge into baselines/.
+        Only checks that ran to a verdict other than fail or incomplete are stored (candidates
+        too: they are promoted by copying). The merge re-reads each family under the profile's
+        lock, so a concurrent run's update is merged, never overwritten; `notify` hears a wait."""
         by_family: dict[str, tuple[list, dict]] = {}
         for result in self.checks.values():
-            if result.body_raised:
+            if result.outcome == "skipped":
+                continue
+            refusal = self.baseline_refusal(result)
+            if refusal:
                 for metric in result.metrics:
                     self.baseline_changes.append(Change(result.family, metric.key, "refused", None, metric.value,
-                                                        "the check raised before finishing"))
+                                                        refusal))
                 continue
             metrics, artifacts = by_family.setdefault(result.family, ([], {}))
             # a skipped measurement has nothing to store; a drift metric is relative to the
@@ -167,16 +197,18 @@ class Run:
         if not by_family:
             return
         provenance = Provenance(snapshot_engine.digest(self.snapshot), git_revision(self.options.baselines_dir))
-        for family, (metrics, artifacts) in sorted(by_family.items()):
-            min_samples = {m.key: self._rule(m).min_samples for m in metrics}
-            existing = self.store.family(family) if self._store else empty_family(self.profile, family)
-            doc, changes = merge(existing, metrics, artifacts, provenance, min_samples)
-            doc = redaction.redact_obj(doc)  # an artifact (the configuration) may quote the endpoint
-            write_atomic(self.options.report_dir / "candidate-baselines" / self.profile / f"{family}.json", doc)
-            if self.options.update_baselines:
-                if any(c.action != "refused" for c in changes) or artifacts:
-                    write_atomic(self.store.path(family), doc)
-                self.baseline_changes.extend(changes)
+        store = self.store if self._store else None
+        with (store.locked(notify) if store is not None and self.options.update_baselines else nullcontext()):
+            for family, (metrics, artifacts) in sorted(by_family.items()):
+                min_samples = {m.key: self._rule(m).min_samples for m in metrics}
+                existing = store.reread(family) if store is not None else empty_family(self.profile, family)
+                doc, changes = merge(existing, metrics, artifacts, provenance, min_samples)
+                doc = redaction.redact_obj(doc)  # an artifact (the configuration) may quote the endpoint
+                write_atomic(self.options.report_dir / "candidate-baselines" / self.profile / f"{family}.json", doc)
+                if self.options.update_baselines:
+                    if any(c.action != "refused" for c in changes) or artifacts:
+                        write_atomic(store.path(family), doc)
+                    self.baseline_changes.extend(changes)
 
     # ---- report: the content of metrics.json (the card renders from it) -----------------
     def check_verdict(self, result: CheckResult) -> str:
@@ -253,8 +285,38 @@ class Run:
         """metrics.json is rewritten after every check, so a crash keeps what was measured. Redacted:
         request errors and notes may quote what a server echoed (the API key in a 401 body)."""
         path = self.options.report_dir / "metrics.json"
-        write_atomic(path, redaction.redact_obj(json_safe(self.to_dict(status))))
+        write_atomic(path, self.final_dict(status))
         return path
+
+    def final_dict(self, status: str, write_error: str | None = None) -> dict[str, Any]:
+        data = json_safe(self.to_dict(status))
+        if write_error:
+            data["write_error"] = write_error
+        # redacted: request errors and notes may quote what a server echoed (the key in a 401 body)
+        return redaction.redact_obj(data)
+
+    def write_failed(self, error: str) -> str:
+        """The final write failed (a full disk). metrics.json must not stay as the last per-check
+        write left it, saying `running`: write it whole with status `failed-to-write`; where there
+        is no room for the new file beside the old one, remove the old one first (it is stale)
+        and try again; failing that, leave none — no file is honest, a stale one is not.
+        Returns what became of it, for the run's error line."""
+        path = self.options.report_dir / "metrics.json"
+        self.notes.append(f"report not fully written: {error}")
+        doc = self.final_dict("failed-to-write", error)
+        for attempt in ("as it was", "after removing the stale one"):
+            if attempt != "as it was":
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    break
+            try:
+                write_atomic(path, doc)
+                return "metrics.json keeps the measurements with status failed-to-write"
+            except OSError:
+                continue
+        return ("metrics.json could not be written at all (none left behind)" if not path.exists()
+                else "metrics.json could not be rewritten")
 
 
 def json_safe(value: Any) -> Any:

@@ -123,14 +123,55 @@ class Thresholds:
         return None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what safe_load lets through silently or crashes on: a key given
+    twice in one mapping (YAML keeps the last, so a rule's first `max` would vanish unseen) and a
+    date that matches YAML's timestamp pattern but does not exist (2025-13-40, 2025-02-30: the
+    plain loader raises a bare ValueError from deep inside its constructor)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            # the keys written in this mapping; those a `<<: *anchor` merge brings in may be overridden
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base constructor says so with its mark
+                    break
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_timestamp(self, node):
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid date ({exc})", node.start_mark) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
+
+
 def load(path: str | Path) -> Thresholds:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ThresholdsError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ThresholdsError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                              f"{exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -157,11 +198,33 @@ def parse(data: Any, name: str = "thresholds.yaml") -> Thresholds:
     quarantine = [_quarantine(q, f"{name}: quarantine[{i}]") for i, q in enumerate(raw_q)]
     thresholds = Thresholds(name, defaults, rules, quarantine)
     # merged bands must still be ordered: a warn band wider than the failure band would never warn
+    _check_order(defaults, f"{name}: defaults")
     for i, rule in enumerate(rules):
         merged = {**defaults, **{k: v for k, v in rule.items() if k not in _MATCH_KEYS}}
         if merged.get("warn_rel", 0.02) > merged.get("rel_tol", 0.05):
             raise ThresholdsError(f"{name}: rules[{i}]: warn_rel {merged['warn_rel']} is wider than rel_tol {merged.get('rel_tol', 0.05)}")
+        _check_order(merged, f"{name}: rules[{i}]")
     return thresholds
+
+
+# (lower, upper, why): pairs of limits a rule (merged with the defaults) must keep in this order.
+# min above max passes nothing, warn_min above warn_max warns on everything; a warning limit
+# beyond its failure limit can never warn (a value past it has already failed): each is a typo
+# that would silently change every verdict it touches.
+_ORDERED_LIMITS = (
+    ("min", "max", "no value can pass"),
+    ("warn_min", "warn_max", "every value would warn"),
+    ("min", "warn_min", "the warning minimum is below the failure minimum, so it can never warn"),
+    ("warn_max", "max", "the warning maximum is above the failure maximum, so it can never warn"),
+    ("min_fraction_of_peak", "warn_fraction_of_peak",
+     "the warning fraction of peak is below the failing one, so it can never warn"),
+)
+
+
+def _check_order(merged: dict[str, Any], where: str) -> None:
+    for low, high, why in _ORDERED_LIMITS:
+        if merged.get(low) is not None and merged.get(high) is not None and merged[low] > merged[high]:
+            raise ThresholdsError(f"{where}: {low} {merged[low]:g} is above {high} {merged[high]:g}: {why}")
 
 
 def _reject_unknown(mapping: dict, allowed: set[str], where: str) -> None:

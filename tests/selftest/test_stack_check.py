@@ -74,11 +74,20 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     # the drifted run did not touch the baseline
     assert json.loads((baselines / PROFILE / "stack.json").read_text()) == stored
 
-    # an approved change: --update-baselines accepts the drift (warns), and the next run passes
-    accepted = pytest_stack(drifted, baselines, tmp_path / "r4", "--update-baselines")
-    assert accepted.returncode == 1  # the link that is down is still an absolute health failure
+    # --update-baselines on the degraded node: the drift is accepted (warns), but the link that is
+    # down is still an absolute health failure, and a failed check is never stored as the baseline
+    refused = pytest_stack(drifted, baselines, tmp_path / "r4", "--update-baselines")
+    assert refused.returncode == 1
+    assert "accepted by --update-baselines" in refused.stdout
+    assert "stack::health_critical: FAIL" in refused.stdout
+    assert "metrics not written: the check failed" in refused.stdout
+    assert json.loads((baselines / PROFILE / "stack.json").read_text()) == stored
+    # an approved change (the board swapped, the driver bumped, every link up): accepted and stored
+    swapped = edited_capture(tmp_path / "swap", {"nvidia-smi-nvlink-s.txt": DRIFT_EDITS["nvidia-smi-nvlink-s.txt"][1:],
+                                                 "nvidia-smi-q.txt": DRIFT_EDITS["nvidia-smi-q.txt"]})
+    accepted = pytest_stack(swapped, baselines, tmp_path / "r5", "--update-baselines")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert "accepted by --update-baselines" in accepted.stdout
-    assert "stack::health_critical: FAIL" in accepted.stdout
     new_uuid = json.loads((baselines / PROFILE / "stack.json").read_text())["artifacts"]["stack::snapshot"]["gpus"][1]["uuid"]
     assert new_uuid == expected[1]["new"]
 

@@ -83,3 +83,52 @@ def test_quarantine_matching_and_expiry():
     assert q is not None and q.reason == "vendor bug 12"
     assert th.quarantine_for("nccl", "busbw_gbps", {"op": "all_reduce"}) is None
     assert q.active(dt.date(2026, 12, 31)) and not q.active(dt.date(2027, 1, 1))
+
+
+# (id, what was planted, file bytes, the error's text): the bad files of item 4; each is also run
+# through a real pytest session in test_bad_input.py (one line, exit 4), where it is a fault row
+BAD_FILES = [
+    ("month-13", "a quarantine expiring 2025-13-40", b"quarantine:\n  - {check: a, reason: r, expires: 2025-13-40}\n",
+     "t.yaml: line 2: '2025-13-40' is not a valid date (month must be in 1..12)"),
+    ("feb-30", "a quarantine expiring 2025-02-30", b"quarantine:\n  - check: a\n    reason: r\n    expires: 2025-02-30\n",
+     "t.yaml: line 4: '2025-02-30' is not a valid date (day is out of range for month)"),
+    ("non-utf8", "a Latin-1 byte in a note", b"rules:\n  - check: a\n    note: caf\xe9\n",
+     "t.yaml: line 3: not UTF-8 text (byte 0xe9 at offset 33)"),
+    ("utf16", "the file saved as UTF-16", "rules: []\n".encode("utf-16"), "t.yaml: line 1: not UTF-8 text"),
+    ("dup-key-rule", "`max` given twice in one rule", b"rules:\n  - check: a\n    max: 1\n    max: 2\n",
+     "t.yaml: line 4: duplicate key 'max' (first given on line 3)"),
+    ("dup-key-top", "`rules` given twice at the top", b"rules: [{check: a, max: 1}]\nrules: []\n",
+     "t.yaml: line 2: duplicate key 'rules' (first given on line 1)"),
+    ("dup-key-flow", "`min` twice in a flow mapping", b"rules: [{check: a, min: 1, min: 2}]\n",
+     "t.yaml: line 1: duplicate key 'min'"),
+    ("min-above-max", "a rule with min 10 above max 5", b"rules: [{check: a, min: 10, max: 5}]\n",
+     "t.yaml: rules[0]: min 10 is above max 5: no value can pass"),
+    ("warn-min-above-warn-max", "warn_min 10 above warn_max 5", b"rules: [{check: a, warn_min: 10, warn_max: 5}]\n",
+     "t.yaml: rules[0]: warn_min 10 is above warn_max 5: every value would warn"),
+    ("warn-min-below-min", "warn_min 1 below min 5 (can never warn)", b"rules: [{check: a, min: 5, warn_min: 1}]\n",
+     "t.yaml: rules[0]: min 5 is above warn_min 1"),
+    ("warn-max-above-max", "warn_max 9 above max 5 (can never warn)", b"rules: [{check: a, max: 5, warn_max: 9}]\n",
+     "t.yaml: rules[0]: warn_max 9 is above max 5"),
+    ("defaults-contradict-rule", "defaults max 5, a rule min 10", b"defaults: {max: 5}\nrules: [{check: a, min: 10}]\n",
+     "t.yaml: rules[0]: min 10 is above max 5"),
+    ("peak-fractions", "warn_fraction_of_peak 0.5 below min_fraction_of_peak 0.7",
+     b"rules: [{check: a, min_fraction_of_peak: 0.7, warn_fraction_of_peak: 0.5}]\n",
+     "t.yaml: rules[0]: min_fraction_of_peak 0.7 is above warn_fraction_of_peak 0.5"),
+]
+
+
+@pytest.mark.parametrize("content, message", [pytest.param(c, m, id=i) for i, _, c, m in BAD_FILES])
+def test_bad_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ThresholdsError) as err:
+        load(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_merge_keys_may_override_and_equal_limits_are_fine(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("rules:\n - &x {check: b, max: 1, warn_max: 1, min: 1}\n - {<<: *x, max: 2}\n"
+                    "quarantine:\n  - {check: a, reason: r, expires: 2028-02-29}\n")
+    th = load(path)
+    assert th.rule_for("b", "m", {}).max == 2 and th.quarantine[0].expires == dt.date(2028, 2, 29)
