@@ -176,6 +176,7 @@ def test_capture_cut_inside_the_last_gpu_is_partial_and_fails(tmp_path, baseline
         assert finding["value"].startswith("nvidia-smi-q.txt: GPU 00000000:00:07.0 was cut short (no PCI, "
                                            "FB Memory Usage, Processes")
         assert "stack::health_critical: FAIL" in run.stdout
+        assert f"note: incomplete snapshot: {finding['value']}" in run.stdout
     # the partial snapshot did not become the baseline
     assert json.loads((baselined / PROFILE / "stack.json").read_text())["artifacts"] == json.loads(stored)["artifacts"]
 
@@ -290,3 +291,18 @@ def test_nvml_count_failure_is_not_a_gpu_less_node():
         "NVML initialised, then nvmlDeviceGetCount failed: GPU is lost, and nvidia-smi -q failed too "
         "(nvidia-smi -q exited 15: Unable to determine the device handle for GPU1: GPU is lost): the GPUs are unknown"]
     assert [f["severity"] for f in snapshot.health(live)] == ["critical"]
+
+
+def test_what_a_healthy_node_may_print_still_passes(tmp_path):
+    """The checks catch cut and foreign captures, not variety: a section only one GPU has (MIG
+    devices), a link kind a newer driver adds, a UTF-8 BOM."""
+    directory = capture_copy(tmp_path)
+    query = text(QUERY)
+    gpu1 = query.index(GPU1_SECTION)
+    plant(directory, QUERY, "\ufeff" + query[:gpu1].replace(
+        "    Processes  ", "    MIG Devices\n        MIG Device Count                           : 0\n    Processes  ", 1)
+        + query[gpu1:])
+    plant(directory, TOPO, text(TOPO).replace("NV18", "C2C"))
+    taken = snapshot.collect(from_dir=directory)
+    assert taken["incomplete"] == [] and len(taken["gpus"]) == 2
+    assert snapshot.profile_name(taken) == "2xH100-80GB-HBM3-C2C"

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from . import smi_query, smi_table, smi_topo
-from .profile import link_rank, natural_key
+from .profile import natural_key
 from .schema import SnapshotError
 from .values import to_int
 
@@ -24,6 +24,7 @@ from .values import to_int
 # a block without one of them was cut short.
 EVERY_GPU_HAS = ("PCI", "FB Memory Usage", "Processes")
 NUL = b"\0"
+_LINK_KIND = re.compile(r"^[A-Z][A-Z0-9]*$")
 _NVLINK_HEADER = re.compile(r"^GPU\s+(?P<index>\d+)\s*:.*?(?:\(UUID:\s*(?P<uuid>[^)\s]+)\))?\s*$")
 
 
@@ -72,15 +73,13 @@ def check_query(path: Path, raw: str) -> list[str]:
         for field in ("Product Name", "GPU UUID"):
             if not smi_query.lookup(node, field):
                 raise SnapshotError(f"{path}: GPU {bus} has no {field}: truncated or garbled")
-    # the sections a block lacks: the ones every GPU has, and the ones its siblings have
-    seen = {key for _, node in blocks for key in node}
+    # a block without a section every GPU has was cut short (a truncated file loses the last
+    # block's tail). Not compared with its siblings: MIG or a mixed node adds sections to some.
     problems = []
     for bus, node in blocks:
-        lacking = [key for key in EVERY_GPU_HAS if key not in node]
-        lacking += sorted(key for key in seen - set(node) if key not in lacking)
+        lacking = [key for key in EVERY_GPU_HAS if smi_query.lookup(node, key) is None]
         if lacking:
-            shown = ", ".join(lacking[:4]) + (f" and {len(lacking) - 4} more" if len(lacking) > 4 else "")
-            problems.append(f"{path.name}: GPU {bus} was cut short (no {shown} section): "
+            problems.append(f"{path.name}: GPU {bus} was cut short (no {', '.join(lacking)} section): "
                             "its fields from there on are unknown")
     return problems
 
@@ -108,7 +107,8 @@ def check_topology(path: Path, raw: str, gpu_count: int) -> None:
                                 f"{len(smi_topo.device_columns(raw))} cells (truncated?)")
         for column in columns:
             link = cells[column]
-            if (column == label) != (link == "X") or (column != label and link_rank(link) <= 0):
+            # a link kind a newer driver adds still passes (NV<n>, SYS, … all look like this)
+            if (column == label) != (link == "X") or not _LINK_KIND.match(link):
                 raise SnapshotError(f"{path}: {label}→{column} is {link!r}, not a link `topo -m` prints")
     if len(columns) != gpu_count:
         raise SnapshotError(f"{path}: shows {len(columns)} GPU(s), nvidia-smi-q.txt {gpu_count}: "

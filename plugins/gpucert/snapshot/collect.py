@@ -22,9 +22,10 @@ _WITHOUT = {
 
 
 def collect(from_dir: str | Path | None = None) -> dict:
-    if from_dir is not None:
-        return collect_captured(Path(from_dir))
-    return collect_live()
+    snapshot = collect_captured(Path(from_dir)) if from_dir is not None else collect_live()
+    # said where the run's notes are read too, not only as the stack check's health finding
+    snapshot["notes"].extend(f"incomplete snapshot: {problem}" for problem in snapshot["incomplete"])
+    return snapshot
 
 
 def _empty(source: str) -> dict:
