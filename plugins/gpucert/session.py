@@ -63,7 +63,7 @@ class Run:
         """Take the snapshot and open the baselines; raises on bad input before anything runs."""
         snap = self.snapshot
         derived = snapshot_engine.profile_name(snap)
-        self.profile = self.options.profile or derived
+        self.profile = self.options.profile or self._host_profile(derived)
         if self.options.profile and self.options.profile != derived:
             self.notes.append(f"profile set to {self.options.profile} by --profile; the snapshot says {derived}")
         self._store = BaselineStore(self.options.baselines_dir, self.profile)
@@ -79,6 +79,24 @@ class Run:
                 self.notes.append(f"history not read: {exc}")
             self.past_runs = history.past_values(self.history)
         self.prepared = True
+
+    def _host_profile(self, derived: str) -> str:
+        """The derived profile, unless it has no baselines and another profile's stack baseline
+        is this host: then that one, so a node that lost a GPU fails its drift instead of
+        starting a fresh profile where nothing is compared."""
+        found = snapshot_engine.host_profile(self.options.baselines_dir, self.snapshot, derived)
+        if found is None:
+            return derived
+        profile, why = found
+        if self.options.update_baselines:  # an approved hardware change starts its own profile
+            self.notes.append(f"this host's earlier baselines are under profile {profile} ({why}); "
+                              f"--update-baselines writes the snapshot's profile {derived}")
+            return derived
+        self.profile_source = "host's baselines"
+        self.notes.append(f"the snapshot says profile {derived}, which has no baselines, but this host's are under "
+                          f"{profile} ({why}): judged against {profile}, where the stack drift shows what changed "
+                          f"(--profile {derived} starts the new profile)")
+        return profile
 
     @property
     def snapshot(self) -> dict[str, Any]:

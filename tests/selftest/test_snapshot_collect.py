@@ -52,16 +52,16 @@ def test_captured_host_files_are_used(tmp_path):
                     "cpu_model": None, "cpu_count": None, "memory_total_mib": 2063925}
 
 
-def test_missing_file_leaves_its_part_null_with_a_note(tmp_path):
+def test_missing_optional_file_leaves_its_part_null_with_a_note(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "node")
-    (tmp_path / "node" / "nvidia-smi-topo-m.txt").unlink()
     (tmp_path / "node" / "nvidia-smi-nvlink-s.txt").unlink()
+    (tmp_path / "node" / "nvidia-smi.txt").unlink()
     taken = snapshot.collect(from_dir=tmp_path / "node")
-    assert taken["topology"] is None
     assert all(gpu["nvlink"] is None for gpu in taken["gpus"])
-    assert "nvidia-smi-topo-m.txt not captured: topology skipped" in taken["notes"]
     assert "nvidia-smi-nvlink-s.txt not captured: NVLink status skipped" in taken["notes"]
-    assert snapshot.profile_name(taken) == "2xH100-80GB-HBM3"
+    assert taken["driver"]["version"] == "580.159.04"  # -q names it without the banner
+    assert snapshot.profile_name(taken) == "2xH100-80GB-HBM3-NV18"  # the profile is unchanged
+    assert taken["incomplete"] == []
 
 
 def test_empty_nvlink_output_means_no_links_not_missing(tmp_path):
@@ -73,12 +73,11 @@ def test_empty_nvlink_output_means_no_links_not_missing(tmp_path):
     assert not any("nvlink" in note for note in taken["notes"])
 
 
-def test_only_the_banner_gives_the_driver_and_no_gpu_details(tmp_path):
+def test_only_the_banner_is_an_error_naming_the_missing_query(tmp_path):
+    # without -q the GPUs are unknown: the profile would become "no-gpu" and nothing be compared
     (tmp_path / "nvidia-smi.txt").write_text((FIXTURE / "nvidia-smi.txt").read_text())
-    taken = snapshot.collect(from_dir=tmp_path)
-    assert taken["driver"]["version"] == "580.159.04"
-    assert taken["gpus"] is None
-    assert "nvidia-smi-q.txt not captured: GPU details skipped" in taken["notes"]
+    with pytest.raises(SnapshotError, match=r"nvidia-smi-q.txt: missing \(the GPUs, and so the profile"):
+        snapshot.collect(from_dir=tmp_path)
 
 
 def test_empty_or_missing_directory_is_a_clear_error(tmp_path):

@@ -13,6 +13,9 @@ Public API (the plugin, the CLI and the stack check rely on these names):
     stack_view(snapshot) -> dict          the snapshot less its volatile readings (what baselines keep)
     health(snapshot) -> list[dict]        absolute findings of one snapshot, no baseline needed:
                                           {"path", "value", "expected", "severity", "reason"}
+    host_profile(baselines_dir, snapshot, derived) -> (profile, why) | None
+                                          the baselined profile that is this host, when the
+                                          derived one has no baselines (identity.py)
 
 Also: SnapshotError (bad input: raised by collect(from_dir) and diff), explain(old, new) (diff
 with each rule's reason), RULES (the severity policy), SEVERITIES.
@@ -21,9 +24,11 @@ with each rule's reason), RULES (the severity policy), SEVERITIES.
 from .collect import collect
 from .compare import RULES, SEVERITIES, another_node, counts, diff, digest, explain, stack_view
 from .health import health
+from .identity import host_profile
 from .profile import profile_name
 from .schema import SCHEMA_VERSION, SnapshotError
 from .summary import summary
 
 __all__ = ["collect", "digest", "profile_name", "diff", "summary", "health", "explain", "RULES",
-           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError", "stack_view", "another_node", "counts"]
+           "SEVERITIES", "SCHEMA_VERSION", "SnapshotError", "stack_view", "another_node", "counts",
+           "host_profile"]

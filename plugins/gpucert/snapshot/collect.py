@@ -1,12 +1,14 @@
 """Assemble a snapshot: live (NVML, then nvidia-smi where NVML lacks a field) or from captured
-nvidia-smi outputs. Every source that is missing leaves its part null and says so in `notes`."""
+nvidia-smi outputs. An optional source that is missing leaves its part null and says so in
+`notes`; a capture that would change the profile without a word (capture.py) is a SnapshotError,
+and what was read only in part is listed in `incomplete`, which fails the stack's health."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import host, nvml, smi, smi_nvlink, smi_query, smi_table, smi_topo, software
+from . import capture, host, nvml, smi, smi_nvlink, smi_query, smi_table, smi_topo, software
 from .schema import (CAPTURE_FILES, HOST_FILES, NVLINK_FILE, QUERY_FILE, SCHEMA_VERSION,
                      TABLE_FILE, TOPO_FILE, SnapshotError)
 
@@ -20,9 +22,10 @@ _WITHOUT = {
 
 
 def collect(from_dir: str | Path | None = None) -> dict:
-    if from_dir is not None:
-        return collect_captured(Path(from_dir))
-    return collect_live()
+    snapshot = collect_captured(Path(from_dir)) if from_dir is not None else collect_live()
+    # said where the run's notes are read too, not only as the stack check's health finding
+    snapshot["notes"].extend(f"incomplete snapshot: {problem}" for problem in snapshot["incomplete"])
+    return snapshot
 
 
 def _empty(source: str) -> dict:
@@ -32,6 +35,7 @@ def _empty(source: str) -> dict:
         "source": source,
         "gpu_found": False,
         "notes": [],
+        "incomplete": [],  # what could not be read in full: each one fails health()
         "host": None,
         "driver": {"version": None, "cuda_driver_version": None},
         "software": None,
@@ -44,21 +48,44 @@ def collect_captured(directory: Path) -> dict:
     if not directory.is_dir():
         raise SnapshotError(f"{directory}: not a directory")
     # An empty file is a capture too: `nvidia-smi nvlink -s` prints nothing without NVLink.
-    texts = {name: _read(directory / name) for name in CAPTURE_FILES}
+    texts = {name: capture.read(directory / name) for name in CAPTURE_FILES}
     if all(content is None for content in texts.values()):
         raise SnapshotError(f"{directory}: no captured nvidia-smi output "
                             f"(expected any of {', '.join(CAPTURE_FILES)})")
+    incomplete = _check_captured(directory, texts)
     snapshot = _empty(f"captured:{directory.resolve().name}")
     notes = snapshot["notes"]
     for name, content in texts.items():
-        if content is None and not (name == TABLE_FILE and texts[QUERY_FILE] is not None):
+        if content is None and name != TABLE_FILE:  # -q names the driver without the banner
             notes.append(f"{name} not captured: {_WITHOUT[name]}")
     _fill_from_smi(snapshot, texts)
+    snapshot["incomplete"] = incomplete
     snapshot["host"] = host.captured(directory)
     if snapshot["host"] is None:
         notes.append(f"host not captured ({', '.join(HOST_FILES)} absent): host is null")
     notes.append("software versions are not part of a capture: software is null")
     return snapshot
+
+
+def _check_captured(directory: Path, texts: dict) -> list[str]:
+    """Raise for a capture that is wrong (file named, what is wrong); return what is partial."""
+    query = texts[QUERY_FILE]
+    if query is None:
+        raise SnapshotError(f"{directory / QUERY_FILE}: missing (the GPUs, and so the profile, come from "
+                            f"it: capture `nvidia-smi -q > {QUERY_FILE}`)")
+    incomplete = capture.check_query(directory / QUERY_FILE, query)
+    parsed = smi_query.parse(query)
+    topo = texts[TOPO_FILE]
+    if topo is not None:
+        capture.check_topology(directory / TOPO_FILE, topo, len(parsed["gpus"]))
+    elif len(parsed["gpus"]) > 1:
+        raise SnapshotError(f"{directory / TOPO_FILE}: missing (with {len(parsed['gpus'])} GPUs the profile's "
+                            f"interconnect comes from it: capture `nvidia-smi topo -m > {TOPO_FILE}`)")
+    if texts[NVLINK_FILE] is not None:
+        capture.check_nvlink(directory / NVLINK_FILE, texts[NVLINK_FILE], parsed["gpus"])
+    if texts[TABLE_FILE] is not None:
+        capture.check_table(directory / TABLE_FILE, texts[TABLE_FILE])
+    return incomplete
 
 
 def _fill_from_smi(snapshot: dict, texts: dict) -> None:
@@ -93,12 +120,14 @@ def collect_live(pynvml_module=None, smi_runner=smi.run) -> dict:
     try:
         reading = nvml.read(pynvml_module if pynvml_module is not None else nvml.import_pynvml())
     except nvml.NvmlUnavailable as err:
-        _live_without_nvml(snapshot, session, nvml_reason=str(err))
+        _live_without_nvml(snapshot, session, nvml_reason=str(err),
+                           broken=isinstance(err, nvml.NvmlBroken))
         return snapshot
     snapshot["driver"] = reading["driver"]
     snapshot["gpus"] = reading["gpus"]
     snapshot["gpu_found"] = bool(reading["gpus"])
     notes.extend(f"NVML: {problem}" for problem in reading["problems"])
+    snapshot["incomplete"].extend(f"NVML: {problem}" for problem in reading["incomplete"])
     if not reading["gpus"]:
         notes.append("NVML works but reports no GPUs")
         return snapshot
@@ -111,12 +140,17 @@ def collect_live(pynvml_module=None, smi_runner=smi.run) -> dict:
     return snapshot
 
 
-def _live_without_nvml(snapshot: dict, session: smi.Session, nvml_reason: str) -> None:
+def _live_without_nvml(snapshot: dict, session: smi.Session, nvml_reason: str, broken: bool = False) -> None:
+    """`broken`: NVML started, then failed; a driver that is there but cannot list its GPUs is
+    not a GPU-less machine, so unless nvidia-smi lists them the snapshot is incomplete."""
     notes = snapshot["notes"]
     query = session.get(smi.QUERY)
     if query is None:
         notes.append(f"no NVIDIA driver found (NVML: {nvml_reason}; {session.failures[-1]}); "
                      "GPU fields skipped")
+        if broken:
+            snapshot["incomplete"].append(f"{nvml_reason}, and nvidia-smi -q failed too "
+                                          f"({session.failures[-1]}): the GPUs are unknown")
         return
     notes.append(f"NVML unavailable ({nvml_reason}): GPU fields read from nvidia-smi -q")
     texts = {
@@ -124,7 +158,23 @@ def _live_without_nvml(snapshot: dict, session: smi.Session, nvml_reason: str) -
         TOPO_FILE: _run(session, smi.TOPOLOGY, "topology skipped", notes),
         NVLINK_FILE: _run(session, smi.NVLINK_STATUS, "NVLink status skipped", notes),
     }
+    snapshot["incomplete"].extend(_check_live(texts))
     _fill_from_smi(snapshot, texts)
+
+
+def _check_live(texts: dict) -> list[str]:
+    """The capture checks on nvidia-smi's live output: here a wrong output is not bad input but
+    a node that could not be read in full, so each problem is kept, not raised."""
+    try:
+        problems = capture.check_query(Path("nvidia-smi -q"), texts[QUERY_FILE])
+        gpus = smi_query.parse(texts[QUERY_FILE])["gpus"]
+        if texts[TOPO_FILE] is not None:
+            capture.check_topology(Path("nvidia-smi topo -m"), texts[TOPO_FILE], len(gpus))
+        if texts[NVLINK_FILE] is not None:
+            capture.check_nvlink(Path("nvidia-smi nvlink -s"), texts[NVLINK_FILE], gpus)
+    except SnapshotError as err:
+        return [str(err)]
+    return problems
 
 
 def _run(session: smi.Session, args: tuple[str, ...], consequence: str, notes: list) -> str | None:
@@ -148,10 +198,3 @@ def _fill_link_speeds(gpus: list[dict], links_by_gpu: dict[int, list[dict]]) -> 
         for link in gpu["nvlink"] or []:
             if link["active"] and link["speed_gbps"] is None:
                 link["speed_gbps"] = speeds.get(link["link"])
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:  # absent or unreadable: that part of the snapshot is null, with a note
-        return None

@@ -20,7 +20,7 @@ CRITICAL, WARNING, INFO = "critical", "warning", "info"
 SEVERITIES = (CRITICAL, WARNING, INFO)
 
 # Moment-to-moment state and bookkeeping: in neither the digest nor the diff.
-_NOT_STACK = ("taken_at", "source", "notes", "gpus[].volatile")
+_NOT_STACK = ("taken_at", "source", "notes", "incomplete", "gpus[].volatile")
 # The digest names the node's stack: also leave out what flips with load (clock-event reasons)
 # and the version of the tool that took the snapshot.
 NOT_IN_DIGEST = _NOT_STACK + ("gpus[].throttle_reasons", "software.gpucert")

@@ -69,7 +69,10 @@ def _memory_errors(prefix: str, gpu: dict) -> list[dict]:
 
 def health(snapshot: dict) -> list[dict]:
     """Findings {path, value, expected, severity, reason} of the snapshot alone, critical first."""
-    findings: list[dict] = []
+    # a stack read only in part is not certified: what could not be read may be what is broken
+    findings = [_finding("incomplete", problem, "read in full", CRITICAL,
+                         "part of the stack could not be read, so nothing about it is certified")
+                for problem in snapshot.get("incomplete") or []]
     for i, gpu in enumerate(snapshot.get("gpus") or []):
         prefix = f"gpus[{i}]"
         findings += _nvlink(prefix, gpu.get("nvlink") or [])

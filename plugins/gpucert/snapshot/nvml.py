@@ -15,6 +15,7 @@ from .schema import ecc_counts, empty_gpu, nvlink_entry
 ERROR_INVALID_ARGUMENT = 2
 ERROR_NOT_SUPPORTED = 3
 ERROR_FUNCTION_NOT_FOUND = 13   # driver older than the binding
+ERROR_GPU_IS_LOST = 15          # the GPU fell off the bus (or was reset) while it was read
 CLOCK_GRAPHICS, CLOCK_SM, CLOCK_MEM = 0, 1, 2
 TEMPERATURE_GPU = 0
 MEMORY_ERROR_CORRECTED, MEMORY_ERROR_UNCORRECTED = 0, 1
@@ -48,9 +49,16 @@ class NvmlUnavailable(RuntimeError):
     """NVML could not be loaded or initialised (no driver, no library, binding missing)."""
 
 
+class NvmlBroken(NvmlUnavailable):
+    """NVML initialised, then could not say how many GPUs there are: a driver in trouble, not a
+    machine without GPUs."""
+
+
 def read(pynvml_module) -> dict:
-    """{"driver": {...}, "gpus": [...], "problems": [...]} — init, read every GPU, shut down.
-    `problems` lists calls that failed for a reason other than "not supported"."""
+    """{"driver": {...}, "gpus": [...], "problems": [...], "incomplete": [...]} — init, read
+    every GPU, shut down. `problems` lists calls that failed for a reason other than "not
+    supported"; `incomplete` what makes the reading partial: a GPU whose handle or identity
+    could not be read, a GPU lost mid-read. A failing GPU count raises NvmlBroken."""
     nv = pynvml_module
     try:
         nv.nvmlInit()
@@ -58,8 +66,10 @@ def read(pynvml_module) -> dict:
         raise NvmlUnavailable(str(err)) from err
     try:
         reader = _Reader(nv)
-        return {"driver": read_driver(reader), "gpus": read_gpus(reader),
-                "problems": reader.problems}
+        driver = read_driver(reader)
+        gpus = read_gpus(reader)
+        return {"driver": driver, "gpus": gpus, "problems": reader.problems,
+                "incomplete": reader.incomplete}
     finally:
         try:
             nv.nvmlShutdown()
@@ -82,19 +92,36 @@ class _Reader:
     def __init__(self, nv):
         self.nv = nv
         self.problems: list[str] = []
+        self.incomplete: list[str] = []
+        self._partial: set[str] = set()  # the GPUs ("GPU1 ") already listed in `incomplete`
 
     def call(self, function: str, *args, where: str = ""):
+        value, _ = self.attempt(function, *args, where=where)
+        return value
+
+    def attempt(self, function: str, *args, where: str = ""):
+        """(result, None) or (None, the NVMLError); a failure is noted as in call()."""
         fn = getattr(self.nv, function, None)
         if fn is None:  # an older binding without this function
-            return None
+            return None, None
         try:
-            return fn(*args)
+            return fn(*args), None
         except self.nv.NVMLError as err:
-            if getattr(err, "value", None) not in _QUIET:
+            code = getattr(err, "value", None)
+            if code not in _QUIET:
                 problem = f"{where}{function}: {err}"
                 if problem not in self.problems:
                     self.problems.append(problem)
-            return None
+            if code == ERROR_GPU_IS_LOST:
+                # every later field of this GPU is unknown: the reading is partial, not the node's
+                self.partial(where, f"{where}{function}: {err}: the GPU was lost while it was read")
+            return None, err
+
+    def partial(self, where: str, text: str) -> None:
+        """List a GPU whose reading is partial, once (its first cause)."""
+        if where not in self._partial:
+            self._partial.add(where)
+            self.incomplete.append(text)
 
     def error_of(self, function: str, *args):
         """(result, NVML error code or None) for calls whose error is information."""
@@ -117,16 +144,27 @@ def read_driver(reader: _Reader) -> dict:
 
 
 def read_gpus(reader: _Reader) -> list[dict]:
-    count = reader.call("nvmlDeviceGetCount") or 0
-    return [_gpu(reader, index) for index in range(count)]
+    count, err = reader.attempt("nvmlDeviceGetCount")
+    if err is not None:
+        # 0 GPUs here would make a node whose driver is in trouble look like a GPU-less one
+        raise NvmlBroken(f"NVML initialised, then nvmlDeviceGetCount failed: {err}")
+    gpus = [_gpu(reader, index) for index in range(count or 0)]
+    for gpu in gpus:
+        unread = [field for field in ("name", "uuid") if gpu[field] is None]
+        if unread:  # every GPU has both: without them the profile and the drift are guesses
+            where = f"GPU{gpu['index']} "
+            reader.partial(where, f"{where}{' and '.join(unread)} unreadable: which GPU this is, is unknown")
+    return gpus
 
 
 def _gpu(reader: _Reader, index: int) -> dict:
     gpu = empty_gpu(index)
-    handle = reader.call("nvmlDeviceGetHandleByIndex", index)
-    if handle is None:
-        return gpu
     where = f"GPU{index} "
+    handle, err = reader.attempt("nvmlDeviceGetHandleByIndex", index, where=where)
+    if handle is None:
+        reader.partial(where, f"{where}nvmlDeviceGetHandleByIndex: {err or 'no handle'}: "
+                              "every field of this GPU is unknown")
+        return gpu
 
     def call(function, *args):
         return reader.call(function, handle, *args, where=where)

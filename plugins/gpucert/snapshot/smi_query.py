@@ -86,8 +86,7 @@ def first(node, *paths: tuple[str, ...]):
 def parse(raw: str) -> dict:
     """{"driver": {"version", "cuda_driver_version"}, "gpus": [...]} from `nvidia-smi -q`."""
     tree = parse_tree(raw)
-    gpu_nodes = [(match.group("bus"), node) for key, node in tree.items()
-                 if isinstance(node, dict) and (match := _GPU_HEADER.match(key))]
+    gpu_nodes = gpu_blocks(tree)
     return {
         "driver": {
             "version": text(lookup(tree, "Driver Version")),
@@ -95,6 +94,12 @@ def parse(raw: str) -> dict:
         },
         "gpus": [_gpu(index, bus_id, node) for index, (bus_id, node) in enumerate(gpu_nodes)],
     }
+
+
+def gpu_blocks(tree: dict) -> list[tuple[str, dict]]:
+    """(PCI bus id, section) of each "GPU 0000:..." section, in the file's order."""
+    return [(match.group("bus"), node) for key, node in tree.items()
+            if isinstance(node, dict) and (match := _GPU_HEADER.match(key))]
 
 
 def _gpu(index: int, bus_id: str, node: dict) -> dict:

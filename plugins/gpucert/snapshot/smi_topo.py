@@ -45,6 +45,13 @@ def parse(raw: str) -> dict:
     return result
 
 
+def device_columns(raw: str) -> list[str]:
+    """The device column names of the header (GPUs and NICs); [] without a header."""
+    lines = strip_ansi(raw).splitlines()
+    header = next((line for line in lines if "Affinity" in line), None)
+    return _header_columns(header)[0] if header is not None else []
+
+
 def _header_columns(header: str) -> tuple[list[str], list[str]]:
     """Device column names (everything before "CPU Affinity") and attribute column names."""
     attribute_start = header.find("CPU Affinity")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,11 @@ POLL_S = 0.05
 TERM_GRACE_S = 5.0  # SIGTERM → SIGKILL
 EXIT_GRACE_S = 30.0  # after rank 0 is done, time for the others to leave destroy_process_group
 BACKENDS = ("nccl", "gloo")
+SOCKET_IFNAME_ENV = "GPUCERT_SOCKET_IFNAME"  # the interface of the ranks' sockets; default lo
+LOOPBACK_IFNAME = "lo"
+_IFNAME_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+# a TCP rendezvous the caller's environment could ask for; the ranks use a FileStore instead
+_RENDEZVOUS_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE")
 
 
 class SweepError(ValueError):
@@ -139,10 +143,13 @@ def run(config: SweepConfig) -> SweepResult:
         config_file = folder / "config.json"
         config_file.write_text(json.dumps({
             **asdict(config), "plan": planned,
+            # the rendezvous: a FileStore in this private (0700) folder, so no TCP listener at all
+            "rendezvous": str(folder / "rendezvous"),
             # backstop for a rank whose parent is gone; the parent's own timeouts come first
             "pg_timeout_s": max(config.startup_timeout_s, config.stall_timeout_s) + 30}))
         watch = _Watch(folder, config.nproc)
-        procs = _launch(config, config_file)
+        env, env_notes = rank_environment(dict(os.environ))
+        procs = _launch(config, config_file, env)
         try:
             stop = _monitor(config, procs, watch, started)
         finally:
@@ -151,25 +158,34 @@ def run(config: SweepConfig) -> SweepResult:
         watch.poll()  # a row written while the ranks were being stopped still counts
         measured = {(r["op"], r["bytes"]): r for r in watch.rows}
         result = SweepResult(config, _complete(planned, measured, config.dtype, stop), stop.status,
-                             stop.error, [watch.info.get(r, {}) for r in range(config.nproc)], stop.notes)
+                             stop.error, [watch.info.get(r, {}) for r in range(config.nproc)],
+                             env_notes + stop.notes)
     result.wall_s = time.monotonic() - started
     return result
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def rank_environment(inherited: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The ranks' environment and the notes it is worth: every socket they open stays on loopback.
 
-
-def _launch(config: SweepConfig, config_file: Path) -> list[subprocess.Popen]:
-    env = dict(os.environ)
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(config.nproc),
-               LOCAL_WORLD_SIZE=str(config.nproc))
+    Every rank runs on this host, so nothing needs to be reachable from another machine: the
+    rendezvous is a FileStore in the sweep's private folder (worker.py; no TCPStore, which
+    listens on all interfaces whatever MASTER_ADDR says), and gloo's and NCCL's own transport
+    sockets are pinned to `lo`. An inherited GLOO_/NCCL_SOCKET_IFNAME (cluster images often set
+    one for eth0/ib0) is replaced, not kept, since it would open listeners on that interface;
+    GPUCERT_SOCKET_IFNAME is the one override (for later multi-node work)."""
+    env = {k: v for k, v in inherited.items() if k not in _RENDEZVOUS_VARIABLES}
+    ifname = inherited.get(SOCKET_IFNAME_ENV) or LOOPBACK_IFNAME
+    notes = [f"{name}={inherited[name]} in the environment ignored: the ranks' sockets use {ifname} "
+             f"(set {SOCKET_IFNAME_ENV} to choose another interface)"
+             for name in _IFNAME_VARIABLES if inherited.get(name) not in (None, ifname)]
+    env.update({name: ifname for name in _IFNAME_VARIABLES})
     env.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast off unless the caller chose
     env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: ranks must not fight over the cores
-    if config.backend == "gloo" and sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every rank is on this host
+    return env, notes
+
+
+def _launch(config: SweepConfig, config_file: Path, env: dict[str, str]) -> list[subprocess.Popen]:
+    env = {**env, "WORLD_SIZE": str(config.nproc), "LOCAL_WORLD_SIZE": str(config.nproc)}
     procs = []
     for rank in range(config.nproc):
         log = (config_file.parent / f"rank{rank}.log").open("wb")

@@ -1,7 +1,9 @@
 """One rank of the sweep: `python -m gpucert.physics.nccl.worker CONFIG.json RANK`.
 
-sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), with the torchrun
-environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK). The rank writes its progress
+sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), with RANK,
+WORLD_SIZE and LOCAL_RANK set, and the sockets of gloo/NCCL pinned to loopback; the ranks meet
+through a FileStore (the config's `rendezvous` file), not torch's TCPStore, which would listen on
+every interface (sweep.rank_environment says why). The rank writes its progress
 as JSON lines to rank<R>.jsonl beside the config: `ready` once initialized, `start` before each
 size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
 traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
@@ -54,22 +56,25 @@ class Events:
         self._file.flush()
 
 
-def init(backend: str, rank: int, nranks: int, timeout_s: float) -> tuple[str, dict]:
-    """Join the process group; returns the device string and what the rank runs on."""
+def init(backend: str, rank: int, nranks: int, timeout_s: float, rendezvous: str) -> tuple[str, dict]:
+    """Join the process group through the FileStore at `rendezvous`; returns the device string
+    and what the rank runs on."""
     timeout = timedelta(seconds=timeout_s)
+    init_method = Path(rendezvous).as_uri()
     info = {"torch": torch.__version__, "host": socket.gethostname(), "pid": os.getpid()}
     if backend == "nccl":
         torch.cuda.set_device(rank)
         device = f"cuda:{rank}"
         # device_id makes the communicator initialize here (eagerly), not inside the first timed op
-        dist.init_process_group("nccl", rank=rank, world_size=nranks, timeout=timeout,
-                                device_id=torch.device(device))
+        dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=nranks,
+                                timeout=timeout, device_id=torch.device(device))
         info.update(device=torch.cuda.get_device_name(rank), cuda=torch.version.cuda,
                     nccl=_nccl_version(),
                     nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE"))
     else:
         device = "cpu"
-        dist.init_process_group("gloo", rank=rank, world_size=nranks, timeout=timeout)
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=nranks,
+                                timeout=timeout)
     dist.barrier()
     return device, info
 
@@ -169,7 +174,8 @@ def main(argv: list[str]) -> int:
     where = "startup"
     try:
         active = faults.from_env()
-        device, info = init(config["backend"], rank, nranks, config["pg_timeout_s"])
+        device, info = init(config["backend"], rank, nranks, config["pg_timeout_s"],
+                            config["rendezvous"])
         dtype = DTYPES[config["dtype"]]
         elements = max((nbytes for _, _, nbytes in config["plan"]), default=0) // element_size(config["dtype"])
         # allocated once for the largest size; every size is a slice of these
