@@ -41,6 +41,11 @@ DEADLINE_START_S = 60.0
 DEADLINE_TTFT_S = 60.0
 DEADLINE_PER_TOKEN_S = 0.5
 DEADLINE_ERROR = "deadline"
+# a request is not sent with less than this left before the deadline: it could not complete, and
+# the timers that end the requests in flight at the deadline fire up to 1 ms early (uvloop), so
+# the requests waiting behind them would otherwise be sent into the last instant and fail as
+# "in flight" or "not sent" by chance
+DEADLINE_SLACK_S = 0.010
 
 
 @dataclass
@@ -317,7 +322,7 @@ async def send_request(client: StreamingClient, config: LoadConfig, headers: dic
     timeout, by_deadline = config.request_timeout_s, False
     if deadline is not None:
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= DEADLINE_SLACK_S:
             record.error = not_sent_error(config)
             return record
         timeout, by_deadline = min(timeout, left), left < timeout
@@ -486,7 +491,8 @@ class LoadGenerator:
             if ramp_up_s:
                 await asyncio.sleep(index * ramp_up_s / workers)
             while (count is None or issued < count) and (
-                    deadline is None or time.monotonic() < deadline) and time.monotonic() < self._deadline:
+                    deadline is None or time.monotonic() < deadline) and (
+                    time.monotonic() < self._deadline - DEADLINE_SLACK_S):
                 issued += 1
                 record, body = self._record(time.monotonic(), warmup)
                 done.append(await send_request(session, self.config, self.headers, body, record,
