@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from gpucert.serving.loadgen import LoadConfig, default_deadline_s
 from misbehaving_server import END, HEADERS, STALL, chunk, serving, sse, stream, text_chunk, usage
 from emulators import emulator_process
 
@@ -191,7 +190,7 @@ def test_itl_keeps_the_gap_of_a_second_chunk_that_arrived_with_the_first():
     for i in range(2, 6):
         script += [0.03, two_ids(i)]
     script += [chunk(sse(usage(12))), END]
-    from gpucert.serving.loadgen import LoadConfig, run_load
+    from gpucert.serving.loadgen import LoadConfig, run_load  # here: the module imports with any loadgen
     from gpucert.serving.datasets import Prompt
     from gpucert.serving.summary import itl_gaps_s, summarize
     with serving(lambda body: script) as server:
@@ -246,6 +245,7 @@ def test_a_server_that_never_answers_ends_at_the_deadline(script, args, in_fligh
 def test_the_deadline_comes_from_the_load():
     """Without a deadline given, a run gets one from its load (README "Inference checks"):
     60 s + waves × (60 s + 0.5 s × the longest output)."""
+    from gpucert.serving.loadgen import LoadConfig, default_deadline_s
     fixed = LoadConfig(base_url="http://x/v1", model="m", concurrency=16, num_requests=64, warmup_requests=2)
     assert default_deadline_s(fixed, 256) == 60 + (1 + 4) * (60 + 128)
     rate = LoadConfig(base_url="http://x/v1", model="m", request_rate=10.0, num_requests=100)
