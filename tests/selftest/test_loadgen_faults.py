@@ -219,6 +219,9 @@ def test_itl_keeps_the_gap_of_a_second_chunk_that_arrived_with_the_first():
           "failed at ~2 s; JSON printed", "stall-mid-stream",
           [HEADERS, chunk(sse(text_chunk(0))), chunk(sse(text_chunk(1))), STALL],
           ("--concurrency", "2", "--num-requests", "4"), 2, 2),
+    fault("time", "the server streams tokens forever (one every 10 ms, past any max_tokens)", "--deadline 2: the "
+          "endless stream fails in flight at ~2 s, the 2 unsent are counted failed; JSON printed", "endless-stream",
+          None, ("--concurrency", "1", "--num-requests", "3"), 1, 2),
     fault("time", "a never-answering server under a request rate (20/s, 10 requests) with a 5-stream cap",
           "--deadline 2: the 5 in flight fail at the deadline and the 5 held by the cap are counted unsent; "
           "JSON printed", "rate-capped", [STALL],
@@ -228,7 +231,7 @@ def test_itl_keeps_the_gap_of_a_second_chunk_that_arrived_with_the_first():
           [HEADERS, STALL], ("--concurrency", "2", "--num-requests", "4", "--workers", "2"), 2, 2),
 ])
 def test_a_server_that_never_answers_ends_at_the_deadline(script, args, in_flight, unsent):
-    with serving(lambda body: script) as server:
+    with serving(lambda body: script or endless()) as server:
         started = time.monotonic()
         done, result = loadgen(server.v1_url, *args, "--token-ids", "--deadline", "2", "--timeout", "600")
         took = time.monotonic() - started
@@ -240,6 +243,16 @@ def test_a_server_that_never_answers_ends_at_the_deadline(script, args, in_fligh
     assert result["errors"] == {k: v for k, v in {
         "deadline: the run's 2 s deadline ended it in flight": in_flight,
         "deadline: not sent, the run's 2 s deadline had passed": unsent}.items() if v}
+
+
+def endless():
+    """A stream that never ends: a token every 10 ms."""
+    yield HEADERS
+    i = 0
+    while True:
+        yield chunk(sse(text_chunk(i)))
+        yield 0.01
+        i += 1
 
 
 def test_the_deadline_comes_from_the_load():
@@ -286,7 +299,8 @@ LEVEL_OPTS = ("--load-opt", "concurrency=2", "--load-opt", "output_len=4", "--lo
           "reason; the level runs 1 repeat, not 3; the run finishes with metrics.json and the card", "no-headers",
           [STALL]),
     fault("time", "pytest -m inference against a server that sends headers and stalls, level_timeout_s=3, "
-          "repeats=3", "as above: failed at the deadline, 1 repeat, metrics.json and the card written",
+          "repeats=3", "each check ends at its 3 s deadline as failed_requests > 0 with the reason; the level runs 1 "
+          "repeat, not 3; the run finishes with metrics.json and the card",
           "headers-then-stall", [HEADERS, STALL]),
 ])
 def test_a_stalled_server_cannot_hold_a_level(tmp_path, script):
