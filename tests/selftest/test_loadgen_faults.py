@@ -85,6 +85,9 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
           "payload, not JSON — no RecursionError", "nested-100k", sse(DEEP), "not JSON"),
     fault("loadgen", "bytes that are not UTF-8 in a payload", "a failed request: bad SSE payload, not JSON",
           "not-utf8", b"data: {\"choices\": \"\xff\xfe\"}\n\n", "not JSON"),
+    fault("loadgen", "an SSE event that never ends: 9 MiB of `data: aaa…` without a blank line", "a failed request: "
+          "an SSE event past 8 MiB; the client's memory stays bounded", "endless-event",
+          b"data: " + b"a" * (9 * 2**20), "an SSE event past 8 MiB without its end"),
 ])
 def test_a_payload_of_the_wrong_shape_is_a_measured_failure(payload, reason):
     done, result = one_request(_with(payload))

@@ -32,6 +32,8 @@ ENDPOINT_PATHS = {"completions": "/completions", "chat": "/chat/completions"}
 LAG_PROBE_INTERVAL_S = 0.010
 MIN_CPU_WALL_S = 0.5
 ERROR_TEXT_LIMIT = 300
+# one SSE event of an OpenAI stream is a few hundred bytes (a few kB with logprobs)
+MAX_EVENT_BYTES = 8 * 2**20
 # usage counts past these are not counts but a broken server (ABSURD_FACTOR: × the max_tokens asked)
 ABSURD_TOKENS = 10_000_000
 ABSURD_FACTOR = 10
@@ -141,6 +143,8 @@ class SSEParser:
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         *events, self._buffer = (self._buffer + data if self._buffer else data).split(b"\n\n")
+        if len(self._buffer) > MAX_EVENT_BYTES:  # a server that never ends its event would fill memory
+            raise BadPayload(f"an SSE event past {MAX_EVENT_BYTES // 2**20} MiB without its end")
         payloads = []
         for event in events:
             if event.startswith(b"data: ") and b"\n" not in event:
