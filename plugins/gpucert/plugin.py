@@ -3,10 +3,13 @@ purpose — the work is in session.Run (collect, judge, store) and report.card (
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -266,6 +269,27 @@ def gpucert(request: pytest.FixtureRequest) -> CheckRecorder:
 
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT off while a check that ran is recorded (a Ctrl-C there would leave it judged
+    by nobody and shown as never run); yields `pending()`: whether one arrived meanwhile. A held
+    SIGINT is delivered as the block ends. Only the main thread can hold it; elsewhere (and where
+    signals cannot be masked) this is a no-op that never reports one pending."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield lambda: False
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield lambda: signal.SIGINT in signal.sigpending()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _mark_interrupted(result: CheckResult) -> None:
+    result.outcome = "interrupted"
+    result.message = "interrupted mid-check; what it measured before the stop is kept"
+
+
 def _publish(item: pytest.Item, result: CheckResult) -> None:
     """Metrics ride on the test's user_properties, so --junitxml (and xdist) carry them: the value
     (left out when nothing finite was measured: a reader parses it as a number), unit, verdict,
@@ -368,23 +392,35 @@ class RunHooks:
         try:
             outcome = yield
         except BaseException as exc:
+            # a Ctrl-C while the monitor's window is read (a second one, after the first stopped
+            # the body) must not drop what the check measured: the check is recorded, then the
+            # stop goes on
+            stopped = isinstance(exc, KeyboardInterrupt)
             if monitored:
-                monitor.end(result, CheckRecorder(self.run, result))
+                stopped = self._end_monitor(monitor, result) or stopped
             if result is not None:
-                # metrics recorded before the failure stay on the card with their verdicts
-                result.body_raised = not isinstance(exc, pytest.skip.Exception)
-                if isinstance(exc, KeyboardInterrupt):  # pytest writes no report for this check
-                    result.outcome = "interrupted"
-                    result.message = "interrupted mid-check; what it measured before the stop is kept"
-                self.run.judge_check(result)
-                _publish(item, result)
+                with _sigint_deferred() as sigint_pending:
+                    # metrics recorded before the failure stay on the card with their verdicts
+                    result.body_raised = not isinstance(exc, pytest.skip.Exception)
+                    if stopped or sigint_pending():  # pytest writes no report for this check
+                        _mark_interrupted(result)
+                    self.run.judge_check(result)
+                    _publish(item, result)
+            if stopped and not isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
             raise
         if result is None:
             return outcome
-        if monitored:
-            monitor.end(result, CheckRecorder(self.run, result))
-        self.run.judge_check(result)
-        _publish(item, result)
+        stopped = monitored and self._end_monitor(monitor, result)
+        with _sigint_deferred() as sigint_pending:
+            stopped = stopped or sigint_pending()
+            if stopped:  # the body finished: its metrics stand, but the session stopped inside the check
+                result.body_raised = True
+                _mark_interrupted(result)
+            self.run.judge_check(result)
+            _publish(item, result)
+        if stopped:
+            raise KeyboardInterrupt
         for metric in result.metrics:
             j = metric.judgement
             if j and (j.verdict == "warn" or j.quarantined):
@@ -394,6 +430,18 @@ class RunHooks:
             # the check owning the metric fails, with one readable line per metric
             pytest.fail("\n".join(failing), pytrace=False)
         return outcome
+
+    def _end_monitor(self, monitor: SessionMonitor, result: CheckResult) -> bool:
+        """Record the check's monitor window; True when a Ctrl-C stopped that (the window is then
+        lost, with a finding saying so — the check's own metrics are not)."""
+        recorder = CheckRecorder(self.run, result)
+        try:
+            monitor.end(result, recorder)
+        except KeyboardInterrupt:
+            with _sigint_deferred():
+                recorder.finding("monitor", notice="monitor window not recorded: the session was stopped while it was read")
+            return True
+        return False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         result = self.run.checks.get(report.nodeid)

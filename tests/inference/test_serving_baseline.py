@@ -34,11 +34,31 @@ def _record(gpucert, name, per_repeat, *, unit, direction, samples=None, note=No
 
 def test_serving_baseline(gpucert, serving, concurrency):
     runs = []
-    for repeat in range(serving.load.repeats):
-        if serving.crashed():
-            pytest.fail(f"the engine is down before this level (repeat {repeat + 1}): {serving.crashed()}",
-                        pytrace=False)
-        runs.append(run_level(serving, concurrency, serving.load.requests_at(concurrency), repeat=repeat))
+    try:
+        for repeat in range(serving.load.repeats):
+            if serving.crashed():
+                pytest.fail(f"the engine is down before this level (repeat {repeat + 1}): {serving.crashed()}",
+                            pytrace=False)
+            runs.append(run_level(serving, concurrency, serving.load.requests_at(concurrency), repeat=repeat))
+            if runs[-1].deadline_passed:  # a server that stalls would stall every repeat: one deadline is enough
+                gpucert.finding("deadline", notice=f"the level's {runs[-1].deadline_s:g} s deadline ended repeat "
+                                                   f"{repeat + 1} of {serving.load.repeats}; its requests in flight "
+                                                   "failed, the repeats after it were not run")
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C (or the budget's stop) inside the level: the repeats that finished are recorded,
+        # then the stop goes on and the plugin marks the check incomplete
+        if runs:
+            _record_level(gpucert, serving, runs)
+        raise
+    summary = _record_level(gpucert, serving, runs)
+    crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)
+    if crashed:
+        pytest.fail(f"the engine died during this level ({summary.completed} of {summary.completed + summary.failed} "
+                    f"requests completed, kept on the card): {crashed}", pytrace=False)
+
+
+def _record_level(gpucert, serving, runs):
     records = [r for run in runs for r in run.measured]
     summary = summarize(records, serving.load.slo)  # failures, token counts, SLO attainment: all requests
     per = [summarize(run.measured, serving.load.slo) for run in runs] if len(runs) > 1 else [summary]
@@ -47,7 +67,9 @@ def test_serving_baseline(gpucert, serving, concurrency):
     gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",
                    note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
     wrong = token_count_mismatches(records, exact=serving.load.ignore_eos)
-    gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower")
+    gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower",
+                   note="; ".join(sorted({r.token_count_mismatch or f"{r.output_tokens} tokens, asked "
+                                          f"{r.requested_output_tokens}" for r in wrong}))[:500] or None)
     if ok:
         # rates over each repeat's own window (pooled, the pause between repeats would count)
         _record(gpucert, "output_tok_s", [s.output_tokens_per_s for s in per], unit="tok/s", direction="higher")
@@ -85,8 +107,4 @@ def test_serving_baseline(gpucert, serving, concurrency):
         gpucert.record("client_loop_lag_ms_p99", max(lags), unit="ms", direction="lower",
                        note="the load generator's own event-loop lag (worst repeat): high means the client, "
                             "not the server, limits")
-
-    crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)
-    if crashed:
-        pytest.fail(f"the engine died during this level ({summary.completed} of {len(records)} requests "
-                    f"completed, kept on the card): {crashed}", pytrace=False)
+    return summary

@@ -34,8 +34,10 @@ def test_vllm_sanity(gpucert, serving, gpucert_note):
     # every completed request got exactly what it asked for, by the server's own count
     wrong = token_count_mismatches(records, exact=serving.load.ignore_eos)
     gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower",
-                   note="; ".join(f"request {r.request_id}: {r.output_tokens} tokens ({r.output_tokens_source}), "
-                                  f"asked {r.requested_output_tokens}" for r in wrong)[:500] or None)
+                   note="; ".join(f"request {r.request_id}: " + (r.token_count_mismatch or
+                                                                  f"{r.output_tokens} tokens ({r.output_tokens_source}), "
+                                                                  f"asked {r.requested_output_tokens}")
+                                  for r in wrong)[:500] or None)
     if summary.completed:
         gpucert.record("ttft_ms", summary.ttft_ms["p50"], unit="ms", direction="lower",
                        samples=[(r.first_token_at - r.sent_at) * 1e3 for r in records if r.ok])

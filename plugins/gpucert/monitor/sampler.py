@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import pickle
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -102,6 +103,8 @@ class _Sampler:
         try:
             return self.command(self.conn.recv())
         except (EOFError, OSError):  # the parent died without a word: flush and end
+            return True
+        except (pickle.UnpicklingError, ValueError):  # a command the parent's Ctrl-C cut off: the same
             return True
 
     def command(self, message) -> bool:
@@ -206,6 +209,7 @@ class Monitor:
         self._reader = store.Reader(config.out_path)
         ctx = multiprocessing.get_context("spawn")  # no fork of a parent holding CUDA or threads
         self._conn, child = ctx.Pipe()
+        self._desynced = False  # a command was cut off half-way (see _ask)
         self._proc = ctx.Process(target=_sample, args=(config, child), name="gpucert-monitor", daemon=True)
 
     @property
@@ -224,16 +228,28 @@ class Monitor:
         return self._proc.is_alive()
 
     def _ask(self, command: str, argument: Any = None, answer: str | None = None, timeout_s: float = 10.0) -> Any:
-        if not self.alive():
+        if not self.alive() or self._desynced:
             return None
-        self._conn.send((command, argument))
-        if answer is None:
-            return None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._conn.poll(max(0.0, deadline - time.monotonic())):
-            kind, payload = self._conn.recv()
-            if kind == answer:
-                return payload
+        transferring = True
+        try:
+            self._conn.send((command, argument))
+            transferring = False
+            if answer is None:
+                return None
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self._conn.poll(max(0.0, deadline - time.monotonic())):
+                transferring = True
+                kind, payload = self._conn.recv()
+                transferring = False
+                if kind == answer:
+                    return payload
+        except BaseException:
+            # a Ctrl-C inside a send or a receive may leave half a message in the pipe: nothing
+            # read from it after that could be trusted (stop() then waits for the process alone).
+            # One while waiting for the answer leaves the pipe whole.
+            if transferring:
+                self._desynced = True
+            raise
         return None
 
     def attach_vllm(self, metrics_url: str) -> None:
@@ -257,17 +273,19 @@ class Monitor:
         return meta, {name: values[keep] for name, values in columns.items()}
 
     def stop(self, timeout_s: float = 10.0) -> dict:
+        """Stop the sampler (it flushes what it holds first) and return its final figures. A pipe
+        left half-read by a Ctrl-C, or one that breaks, gives no figures, never an error: the
+        samples are on disk either way."""
         if self._proc.is_alive():
-            self._conn.send(("stop", None))
-            if self._conn.poll(timeout_s):
-                try:
-                    while True:
-                        kind, payload = self._conn.recv()
-                        if kind == "stopped":
-                            self.final = payload
-                            break
-                except EOFError:
-                    pass
+            try:
+                self._conn.send(("stop", None))
+                while not self._desynced and self._conn.poll(timeout_s):
+                    kind, payload = self._conn.recv()
+                    if kind == "stopped":
+                        self.final = payload
+                        break
+            except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+                pass
             self._proc.join(timeout_s)
             if self._proc.is_alive():
                 self._proc.terminate()

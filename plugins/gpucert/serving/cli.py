@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError("must be > 0 s")
+    return value
+
+
 def _workers(text: str) -> int | str:
     if text == "auto":
         return text
@@ -76,6 +83,9 @@ def register(subparsers) -> None:
     load.add_argument("--slo", action="append", default=[], metavar="NAME=MS",
                       help="goodput SLO, e.g. ttft_ms=500 (repeatable)")
     load.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
+    load.add_argument("--deadline", type=_positive_float, default=None, metavar="S",
+                      help="end the whole run after S s: requests in flight fail, unsent ones are "
+                           "recorded as not sent (default: from the load, see README)")
     load.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                       help="client processes to spread the streams over (auto: one per "
                            "1000 streams, at most cpu_count - 1)")
@@ -134,7 +144,7 @@ def load_result(args) -> tuple[dict, int]:
             burstiness=args.burstiness, num_requests=args.num_requests,
             duration_s=args.duration, warmup_requests=args.warmup, seed=args.seed,
             ramp_up_s=args.ramp_up, return_token_ids=args.token_ids, extra_body=args.extra_body,
-            api_key_env=args.api_key_env, request_timeout_s=args.timeout)
+            api_key_env=args.api_key_env, request_timeout_s=args.timeout, deadline_s=args.deadline)
         slos = _slos(args.slo)
         summarize([], slos)  # validates the SLO names before any request is sent
         prompts = datasets.for_load(args.dataset, count, input_len=args.input_len, output_len=args.output_len,
@@ -147,7 +157,8 @@ def load_result(args) -> tuple[dict, int]:
     measured = run.measured
     summary = summarize(measured, slos)
     result = {
-        "summary": summary.to_dict(),
+        # deadline_passed: the run's deadline ended it (requests in flight failed, unsent ones counted)
+        "summary": {**summary.to_dict(), "deadline_passed": run.deadline_passed},
         "client": {**client_check(run), "workers": worker_figures(run, config)},
         "errors": error_breakdown(measured),
         "config": {"base_url": redaction.display_url(args.base_url), "model": args.model, "endpoint": args.endpoint,
@@ -160,7 +171,7 @@ def load_result(args) -> tuple[dict, int]:
                    "output_len": args.output_len, "token_ids": args.token_ids, "dataset": args.dataset,
                    "dataset_path": args.dataset_path, "range_ratio": args.range_ratio,
                    "warmup": args.warmup, "ramp_up_s": args.ramp_up, "seed": args.seed,
-                   "workers": workers},
+                   "workers": workers, "deadline_s": run.deadline_s},
     }
     return result, summary.failed
 
@@ -175,6 +186,11 @@ def _print_text(result: dict) -> None:
         if d["mean"] is not None:
             print(f"{name:8s} mean {d['mean']:9.2f}  p50 {d['p50']:9.2f}  p90 {d['p90']:9.2f}  "
                   f"p99 {d['p99']:9.2f}")
+    if s["token_count_mismatches"]:
+        print(f"token count mismatches {s['token_count_mismatches']}: "
+              + "; ".join(s["token_count_mismatch_reasons"]))
+    if s["deadline_passed"]:
+        print(f"the run's deadline ({result['config']['deadline_s']:g} s) ended it")
     for notice in result["client"]["notices"]:
         print(f"client may be the bottleneck: {notice}")
     for error, n in result["errors"].items():

@@ -34,6 +34,22 @@ ENDPOINT_PATHS = {"completions": "/completions", "chat": "/chat/completions"}
 LAG_PROBE_INTERVAL_S = 0.010
 MIN_CPU_WALL_S = 0.5
 ERROR_TEXT_LIMIT = 300
+# one SSE event of an OpenAI stream is a few hundred bytes (a few kB with logprobs)
+MAX_EVENT_BYTES = 8 * 2**20
+# usage counts past these are not counts but a broken server (ABSURD_FACTOR: × the max_tokens asked)
+ABSURD_TOKENS = 10_000_000
+ABSURD_FACTOR = 10
+# a run's default deadline (default_deadline_s): start-up, then per wave of requests a TTFT
+# allowance and a per-token bound
+DEADLINE_START_S = 60.0
+DEADLINE_TTFT_S = 60.0
+DEADLINE_PER_TOKEN_S = 0.5
+DEADLINE_ERROR = "deadline"
+# a request is not sent with less than this left before the deadline: it could not complete, and
+# the timers that end the requests in flight at the deadline fire up to 1 ms early (uvloop), so
+# the requests waiting behind them would otherwise be sent into the last instant and fail as
+# "in flight" or "not sent" by chance
+DEADLINE_SLACK_S = 0.010
 
 
 @dataclass
@@ -59,6 +75,9 @@ class LoadConfig:
     api_key_env: str | None = None  # name of the variable holding the key, never the key
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 10.0
+    # the whole run (warm-up and measured) ends this many seconds after it starts: requests in
+    # flight then fail, unsent ones are recorded as not sent. None: default_deadline_s of the load
+    deadline_s: float | None = None
 
     def __post_init__(self):
         if self.endpoint not in ENDPOINT_PATHS:
@@ -82,6 +101,8 @@ class LoadConfig:
             raise ValueError("num_requests must be >= 1")
         if self.warmup_requests < 0:
             raise ValueError("warmup_requests must be >= 0")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError("the run's deadline must be > 0 s")
 
     @property
     def url(self) -> str:
@@ -134,6 +155,8 @@ class SSEParser:
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         *events, self._buffer = (self._buffer + data if self._buffer else data).split(b"\n\n")
+        if len(self._buffer) > MAX_EVENT_BYTES:  # a server that never ends its event would fill memory
+            raise BadPayload(f"an SSE event past {MAX_EVENT_BYTES // 2**20} MiB without its end")
         payloads = []
         for event in events:
             if event.startswith(b"data: ") and b"\n" not in event:
@@ -161,40 +184,143 @@ class StreamError(Exception):
     """The server reported an error inside an otherwise successful stream."""
 
 
-def _apply_event(record: RequestRecord, payload: dict, arrived: float, chat: bool,
-                 streamed_ids: list[int]) -> None:
-    """Fold one SSE payload into the record. TTFT counts the first *content* (text or token
-    ids): vLLM's role-only first chat chunk is not a token."""
-    if "error" in payload:
-        error = payload["error"]
-        raise StreamError(error.get("message", str(error)) if isinstance(error, dict)
-                          else str(error))
-    if payload.get("usage"):
-        usage = payload["usage"]
-        if usage.get("completion_tokens") is not None:
-            record.output_tokens = int(usage["completion_tokens"])
-            record.output_tokens_source = "usage"
-        if usage.get("prompt_tokens") is not None:
-            record.prompt_tokens = int(usage["prompt_tokens"])
-    for choice in payload.get("choices") or ():
-        text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-        token_ids = choice.get("token_ids") or []
+class BadPayload(ValueError):
+    """A well-formed SSE event whose payload is not what an OpenAI-compatible stream sends: not
+    JSON, or JSON of another shape (a scalar, `choices` not a list, `token_ids` not integers,
+    a usage count that is no count)."""
+
+
+def _json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise BadPayload(f"not JSON: {err}") from None
+
+
+def _brief(value) -> str:
+    """A server's value in an error text, cut short (the text reaches the card)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def usage_count(usage: dict, key: str, asked: int | None) -> int | None:
+    """A token count from `usage`, or None when absent. Anything that is no count — a bool, a
+    string, a fraction, a negative number, more than ABSURD_TOKENS or ABSURD_FACTOR × the
+    max_tokens asked — raises BadPayload: a server that reports it is broken, and the request is
+    a measured failure with that reason (METRICS.md, "Token counts")."""
+    value = usage.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadPayload(f"usage.{key} is not a number: {_brief(value)}")
+    limit = ABSURD_TOKENS if asked is None else min(ABSURD_TOKENS, ABSURD_FACTOR * asked)
+    if not 0 <= value <= limit:  # NaN fails this too
+        raise BadPayload(f"usage.{key} {_brief(value)} is not a plausible count (0 … {limit})")
+    if isinstance(value, float):
+        raise BadPayload(f"usage.{key} is not an integer: {_brief(value)}")
+    return value
+
+
+@dataclass
+class _StreamCount:
+    """What a request's stream showed beyond its record: the token ids it carried."""
+
+    ids: int = 0
+    saw_ids: bool = False  # some chunk carried a token_ids list: the streamed count is exact
+
+
+def _apply_event(record: RequestRecord, payload, arrived: float, chat: bool, count: _StreamCount) -> None:
+    """Fold one SSE payload into the record, checking its shape as it goes (BadPayload names
+    what was wrong). TTFT counts the first *content* (text or token ids): vLLM's role-only
+    first chat chunk is not a token."""
+    if not isinstance(payload, dict):
+        raise BadPayload(f"expected a JSON object, got {type(payload).__name__} {_brief(payload)}")
+    error = payload.get("error")
+    if error is not None:
+        raise StreamError(str(error.get("message", error)) if isinstance(error, dict) else str(error))
+    usage = payload.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise BadPayload(f"usage is {type(usage).__name__}, not an object")
+        claimed = usage_count(usage, "completion_tokens", record.requested_output_tokens)
+        if claimed is not None:
+            record.claimed_output_tokens = claimed
+        prompt_tokens = usage_count(usage, "prompt_tokens", None)
+        if prompt_tokens is not None:
+            record.prompt_tokens = prompt_tokens
+    choices = payload.get("choices")
+    if choices is None:
+        return
+    if not isinstance(choices, list):
+        raise BadPayload(f"choices is {type(choices).__name__}, not a list")
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise BadPayload(f"a choice is {type(choice).__name__} {_brief(choice)}, not an object")
+        if chat:
+            delta = choice.get("delta")
+            if delta is not None and not isinstance(delta, dict):
+                raise BadPayload(f"delta is {type(delta).__name__}, not an object")
+            text = (delta or {}).get("content")
+        else:
+            text = choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise BadPayload(f"the streamed text is {type(text).__name__}, not a string")
+        token_ids = choice.get("token_ids")
+        if token_ids is not None:
+            if not isinstance(token_ids, list) or not all(type(t) is int for t in token_ids):
+                raise BadPayload(f"token_ids is not a list of integers: {_brief(token_ids)}")
+            count.saw_ids = True
         if not text and not token_ids:
             continue
+        tokens = max(1, len(token_ids or ()))
         if record.first_token_at is None:
             record.first_token_at = arrived
+            record.first_chunk_tokens = tokens
         # k token ids → k arrivals at this chunk's time; without ids a chunk counts as one
-        # arrival (ITL then is per chunk; output tokens still come from usage)
-        record.token_times.extend([arrived] * max(1, len(token_ids)))
-        streamed_ids.extend(token_ids)
+        # arrival (ITL then is per chunk)
+        record.token_times.extend([arrived] * tokens)
+        record.content_chunks += 1
+        count.ids += len(token_ids or ())
+
+
+def settle_token_count(record: RequestRecord, count: _StreamCount, exact: bool) -> None:
+    """The served output tokens of a completed stream and whether to trust them (METRICS.md,
+    "Token counts"). Streamed token ids are the exact count; usage that disagrees is flagged and
+    never counted. Without ids, every content chunk carried at least one new token, so usage is
+    taken when it is at least the chunks streamed and at most what was asked; otherwise it is
+    flagged and the chunks (a lower bound) count. `exact` (ignore_eos): the count must equal
+    max_tokens; else it must not exceed it."""
+    claimed, chunks, asked = record.claimed_output_tokens, record.content_chunks, record.requested_output_tokens
+    problems = []
+    if count.saw_ids:
+        record.output_tokens = count.ids
+        # usage and ids agree: either is the source; the ids are what was checked
+        record.output_tokens_source = "usage" if claimed == count.ids else "token_ids"
+        if claimed is not None and claimed != count.ids:
+            problems.append(f"usage claims {claimed} tokens, {count.ids} token ids streamed")
+    elif claimed is not None:
+        if claimed < chunks:
+            problems.append(f"usage claims {claimed} tokens, fewer than the {chunks} content chunks streamed")
+        elif asked is not None and claimed > asked:
+            problems.append(f"usage claims {claimed} tokens, more than the {asked} asked "
+                            f"({chunks} content chunks streamed)")
+        record.output_tokens, record.output_tokens_source = (chunks, "chunks") if problems else (claimed, "usage")
+    if record.output_tokens is None:
+        problems.append("no token count: the server sent neither usage nor token ids")
+    elif not problems and asked is not None and (record.output_tokens != asked if exact
+                                                 else record.output_tokens > asked):
+        problems.append(f"{record.output_tokens} tokens ({record.output_tokens_source}), asked {asked}")
+    record.token_count_mismatch = "; ".join(problems) or None
 
 
 async def send_request(client: StreamingClient, config: LoadConfig, headers: dict,
-                       body: bytes, record: RequestRecord) -> RequestRecord:
+                       body: bytes, record: RequestRecord, deadline: float | None = None) -> RequestRecord:
     """Send one streaming request and fill `record`; errors end up in the record, not raised.
-    The body's pieces are parsed as they arrive, in the read's own callback (http_stream.py)."""
+    The body's pieces are parsed as they arrive, in the read's own callback (http_stream.py).
+    `deadline` (time.monotonic()): the run's end; the request fails there if still in flight,
+    and is not sent at all past it."""
     chat = config.endpoint == "chat"
-    parser, streamed_ids = SSEParser(), []
+    parser, count = SSEParser(), _StreamCount()
     done = False
     if record.x_request_id:
         headers = {**headers, "X-Request-Id": record.x_request_id}
@@ -207,12 +333,18 @@ async def send_request(client: StreamingClient, config: LoadConfig, headers: dic
             if raw.strip() == b"[DONE]":
                 done = True
                 return
-            _apply_event(record, json.loads(raw), arrived, chat, streamed_ids)
+            _apply_event(record, _json(raw), arrived, chat, count)
 
+    timeout, by_deadline = config.request_timeout_s, False
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= DEADLINE_SLACK_S:
+            record.error = not_sent_error(config)
+            return record
+        timeout, by_deadline = min(timeout, left), left < timeout
     record.sent_at = time.monotonic()
     try:
-        status, error_body = await asyncio.wait_for(client.post(config.url, body, headers, on_body),
-                                                    config.request_timeout_s)
+        status, error_body = await asyncio.wait_for(client.post(config.url, body, headers, on_body), timeout)
         record.http_status = status
         if status != 200:
             text = error_body.decode("utf-8", "replace")[:ERROR_TEXT_LIMIT]
@@ -221,24 +353,59 @@ async def send_request(client: StreamingClient, config: LoadConfig, headers: dic
         if not done:
             for raw in parser.close():
                 if raw.strip() != b"[DONE]":
-                    _apply_event(record, json.loads(raw), time.monotonic(), chat, streamed_ids)
-        if record.output_tokens is None and streamed_ids:
-            record.output_tokens, record.output_tokens_source = len(streamed_ids), "token_ids"
+                    _apply_event(record, _json(raw), time.monotonic(), chat, count)
         if record.first_token_at is None:
             record.error = "stream ended without content"
         else:
+            settle_token_count(record, count, exact=config.ignore_eos)
             record.status = "ok"
     except StreamError as err:
         record.error = f"stream error: {err}"[:ERROR_TEXT_LIMIT]
-    except json.JSONDecodeError as err:
-        record.error = f"bad SSE payload: {err}"
+    except BadPayload as err:
+        record.error = f"bad SSE payload: {err}"[:ERROR_TEXT_LIMIT]
     except asyncio.TimeoutError:
-        record.error = f"timeout after {config.request_timeout_s:g} s"
+        record.error = (f"{DEADLINE_ERROR}: the run's {config_deadline_text(config)} ended it in flight"
+                        if by_deadline else f"timeout after {config.request_timeout_s:g} s")
     except (OSError, httptools.HttpParserError) as err:  # refused, reset, closed early, bad HTTP
         record.error = f"{type(err).__name__}: {err}"[:ERROR_TEXT_LIMIT]
     finally:
         record.ended_at = time.monotonic()
     return record
+
+
+def config_deadline_text(config: LoadConfig) -> str:
+    return f"{config.deadline_s:g} s deadline" if config.deadline_s is not None else "deadline"
+
+
+def not_sent_error(config: LoadConfig) -> str:
+    return f"{DEADLINE_ERROR}: not sent, the run's {config_deadline_text(config)} had passed"
+
+
+def default_deadline_s(config: LoadConfig, max_output_tokens: int | None) -> float:
+    """A run's deadline from its load, when none is given (README "Inference checks", METRICS.md
+    "Deadlines"): DEADLINE_START_S, plus the time the load takes to send (its duration, or its
+    requests at its rate, or its ramp-up), plus for every wave of requests — the requests one
+    concurrency's worth of streams carries one after another — DEADLINE_TTFT_S and
+    DEADLINE_PER_TOKEN_S per output token of the longest output asked. Generous against any
+    server that answers (5-10× vLLM's slowest TPOT at thousands of streams), finite against one
+    that never does."""
+    tokens = max_output_tokens or 1
+    requests, warmup = config.num_requests, config.warmup_requests
+    cap = config.concurrency
+
+    def waves(count: int | None) -> int:
+        if count is None:  # duration-bound: the streams in flight when it ends finish after it
+            return 1
+        return math.ceil(count / cap) if cap else 1
+
+    if config.request_rate is None:
+        sending = (config.duration_s or 0.0) + config.ramp_up_s
+    elif config.duration_s is not None:
+        sending = config.duration_s
+    else:
+        sending = requests / config.request_rate if math.isfinite(config.request_rate) else 0.0
+    warmup_waves = waves(warmup) if warmup else 0
+    return DEADLINE_START_S + sending + (warmup_waves + waves(requests)) * (DEADLINE_TTFT_S + tokens * DEADLINE_PER_TOKEN_S)
 
 
 def arrival_offsets(count: int, rate: float, burstiness: float, seed: int) -> np.ndarray:
@@ -288,6 +455,9 @@ class LoadGenerator:
 
     async def run(self) -> RunRecords:
         cfg = self.config
+        deadline_s = cfg.deadline_s if cfg.deadline_s is not None else default_deadline_s(
+            cfg, max((p.output_tokens or 0) for p in self.prompts))
+        self._deadline = time.monotonic() + deadline_s
         # no pool limit: the mode decides how many requests are in flight
         async with StreamingClient(connect_timeout_s=cfg.connect_timeout_s) as session:
             records: list[RequestRecord] = []
@@ -311,13 +481,24 @@ class LoadGenerator:
             wall = time.monotonic() - started
             # too short a run gives a meaningless CPU fraction (start-up dominates it)
             cpu = (time.process_time() - cpu_before) / wall if wall >= MIN_CPU_WALL_S else None
+        passed = any(r.error and r.error.startswith(DEADLINE_ERROR) for r in records)
         return RunRecords(records=records, started_monotonic=started, started_wall=started_wall,
-                          loop_lag_s=probe.samples, cpu_fraction=cpu)
+                          loop_lag_s=probe.samples, cpu_fraction=cpu, deadline_s=deadline_s,
+                          deadline_passed=passed)
+
+    def _unsent(self, count: int, warmup: bool) -> list[RequestRecord]:
+        """Requests the deadline left unsent: failed records, so the counts stay honest."""
+        records = []
+        for _ in range(count):
+            record, _ = self._record(time.monotonic(), warmup)
+            record.error = not_sent_error(self.config)
+            records.append(record)
+        return records
 
     async def _concurrent(self, session, count: int | None, duration_s: float | None,
                           workers: int, warmup: bool, ramp_up_s: float = 0.0) -> list[RequestRecord]:
         """`workers` loops, each sending its next request as soon as its last one ends; loop i
-        starts i × ramp_up_s / workers after the first."""
+        starts i × ramp_up_s / workers after the first. None is sent past the run's deadline."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         issued, done = 0, []
 
@@ -326,12 +507,16 @@ class LoadGenerator:
             if ramp_up_s:
                 await asyncio.sleep(index * ramp_up_s / workers)
             while (count is None or issued < count) and (
-                    deadline is None or time.monotonic() < deadline):
+                    deadline is None or time.monotonic() < deadline) and (
+                    time.monotonic() < self._deadline - DEADLINE_SLACK_S):
                 issued += 1
                 record, body = self._record(time.monotonic(), warmup)
-                done.append(await send_request(session, self.config, self.headers, body, record))
+                done.append(await send_request(session, self.config, self.headers, body, record,
+                                               deadline=self._deadline))
 
         await asyncio.gather(*(worker(i) for i in range(workers)))
+        if count is not None and issued < count:
+            done += self._unsent(count - issued, warmup)
         return done
 
     async def _at_rate(self, session) -> list[RequestRecord]:
@@ -349,21 +534,26 @@ class LoadGenerator:
 
         async def one(record: RequestRecord, body: bytes) -> RequestRecord:
             if gate is None:
-                return await send_request(session, cfg, self.headers, body, record)
+                return await send_request(session, cfg, self.headers, body, record, deadline=self._deadline)
             async with gate:
-                return await send_request(session, cfg, self.headers, body, record)
+                return await send_request(session, cfg, self.headers, body, record, deadline=self._deadline)
 
         for offset in offsets:
             if cfg.duration_s is not None and offset >= cfg.duration_s:
                 break
             scheduled = start + float(offset)
+            if scheduled >= self._deadline:
+                break
             delay = scheduled - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             while time.monotonic() < scheduled:  # uvloop's timers may fire up to 1 ms early
                 await asyncio.sleep(0)
             tasks.append(asyncio.create_task(one(*self._record(scheduled, warmup=False))))
-        return list(await asyncio.gather(*tasks))
+        records = list(await asyncio.gather(*tasks))
+        if cfg.num_requests is not None and len(records) < cfg.num_requests:
+            records += self._unsent(cfg.num_requests - len(records), warmup=False)
+        return records
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_connections
 
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, run_load
+from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, default_deadline_s, run_load
 from gpucert.serving.records import RequestRecord, RunRecords
 
 # Streams one client process is given before `auto` adds another. The one-process reach runs
@@ -42,6 +42,9 @@ from gpucert.serving.records import RequestRecord, RunRecords
 # streams on; 1,000 keeps each loop well inside the range where it measured > 40k tok/s.
 STREAMS_PER_PROCESS = 1000
 READY_TIMEOUT_S = 120.0  # spawn + import of one worker; generous for a loaded box
+# past the run's deadline a worker has this long to send its records before it is killed (its
+# share then counts as failed): pickling a large share and a loaded box
+RESULT_GRACE_S = 60.0
 
 
 @dataclass
@@ -158,7 +161,10 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
         raise ValueError("no prompts")
     if workers == 1:
         return run_load(config, prompts)
-    configs = split_config(config, workers)
+    # one deadline for every share (each worker's own default would be of its smaller share)
+    deadline_s = config.deadline_s if config.deadline_s is not None else default_deadline_s(
+        config, max((p.output_tokens or 0) for p in prompts))
+    configs = [replace(cfg, deadline_s=deadline_s) for cfg in split_config(config, workers)]
     shares = split_prompts(prompts, workers)
     config.headers()  # a missing key variable is a usage error here, not N failed workers
     ctx = multiprocessing.get_context("spawn")
@@ -194,10 +200,19 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
                     conn.send("go")
                 except OSError:
                     results[i] = WorkerFailure(_exit_text(processes[i]))
-        # 2. collect as they finish (read before join: a large pickle fills the pipe)
+        # 2. collect as they finish (read before join: a large pickle fills the pipe); a worker
+        # whose loop hangs past the deadline cannot hold the run: it is killed, its share failed
         pending = {conn: i for i, conn in enumerate(conns) if results[i] is None}
+        give_up = time.monotonic() + deadline_s + RESULT_GRACE_S
         while pending:
-            for conn in wait_connections(list(pending)):
+            ready = wait_connections(list(pending), timeout=max(0.0, give_up - time.monotonic()))
+            if not ready:
+                for conn, i in pending.items():
+                    processes[i].kill()
+                    results[i] = WorkerFailure(f"no result {deadline_s + RESULT_GRACE_S:g} s after the start "
+                                               f"(the run's {deadline_s:g} s deadline + {RESULT_GRACE_S:g} s)")
+                break
+            for conn in ready:
                 i = pending.pop(conn)
                 try:
                     kind, payload = conn.recv()
@@ -277,9 +292,12 @@ def merge_runs(results: list[RunRecords | WorkerFailure], configs: list[LoadConf
         figures.append(_figures(index, run, share, config, error))
     started_monotonic, started_wall = min(starts) if starts else (fallback_monotonic,
                                                                   fallback_wall)
+    runs = [result for result in results if isinstance(result, RunRecords)]
     return SpreadRunRecords(records=records, started_monotonic=started_monotonic,
                             started_wall=started_wall, loop_lag_s=lag,
-                            cpu_fraction=max(cpus) if cpus else None, workers=figures)
+                            cpu_fraction=max(cpus) if cpus else None, workers=figures,
+                            deadline_s=configs[0].deadline_s if configs else None,
+                            deadline_passed=any(run.deadline_passed for run in runs))
 
 
 def worker_figures(run: RunRecords, config: LoadConfig) -> list[dict]:

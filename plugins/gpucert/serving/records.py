@@ -20,9 +20,19 @@ class RequestRecord:
     sent_at: float | None = None
     first_token_at: float | None = None  # first streamed *content* (text or token ids)
     token_times: list[float] = field(default_factory=list)
+    # entries of `token_times` the first content chunk put there: its tokens are TTFT's, not
+    # gaps. Kept explicitly because two chunks that arrive in one read share a timestamp
+    first_chunk_tokens: int = 0
+    content_chunks: int = 0  # streamed chunks that carried text or token ids
     ended_at: float | None = None
-    output_tokens: int | None = None  # from usage or streamed token_ids; None when neither came
-    output_tokens_source: Literal["usage", "token_ids", "none"] = "none"
+    # what counts as served: the streamed token ids, else the server's usage where the stream
+    # bears it out (METRICS.md, "Token counts"); None when neither came
+    output_tokens: int | None = None
+    output_tokens_source: Literal["usage", "token_ids", "chunks", "none"] = "none"
+    claimed_output_tokens: int | None = None  # usage.completion_tokens as the server sent it
+    # why this request's token count is not to be trusted (usage against the stream, or against
+    # what it asked for); None when it is
+    token_count_mismatch: str | None = None
     requested_output_tokens: int | None = None  # the request's max_tokens
     status: Status = "error"
     http_status: int | None = None
@@ -58,6 +68,8 @@ class RunRecords:
     started_wall: float  # time.time() at the same instant, for wall-clock alignment
     loop_lag_s: list[float] = field(default_factory=list)  # event-loop oversleep samples
     cpu_fraction: float | None = None  # client process CPU time / wall time
+    deadline_s: float | None = None  # the run's deadline (loadgen.default_deadline_s unless given)
+    deadline_passed: bool = False  # it ended the run: requests in flight or unsent then failed
 
     @property
     def measured(self) -> list[RequestRecord]:

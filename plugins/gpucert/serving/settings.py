@@ -39,6 +39,10 @@ class LoadSettings:
     # per-request SLOs in ms (ttft_ms, tpot_ms, e2e_ms): goodput and SLO attainment per level
     slo: dict = field(default_factory=dict)
     request_timeout_s: float = 900.0
+    # each level (each repeat) ends this many s after it starts, failing what is still in flight;
+    # 0: from the level's load (loadgen.default_deadline_s), so a server that never answers
+    # cannot hold a check forever
+    level_timeout_s: float = 0.0
     # client processes: "auto" spreads past one process's limit (loadgen_workers), or a count
     client_workers: str = "auto"
     # seconds over which each level's streams start (0: all at once, as `vllm bench serve`)
@@ -59,7 +63,7 @@ class LoadSettings:
 
 _FIELDS = {f.name: f for f in fields(LoadSettings)}
 # numbers that may be 0 (every other number must be > 0)
-_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s", "range_ratio")
+_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s", "range_ratio", "level_timeout_s")
 
 
 def _coerce(key: str, value: Any) -> Any:

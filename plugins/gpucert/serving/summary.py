@@ -98,11 +98,14 @@ def measured_window(records: list[RequestRecord]) -> tuple[float, float] | None:
 def itl_gaps_s(record: RequestRecord) -> list[float]:
     """Per-token gaps after the first chunk. `token_times` repeats a chunk's arrival once per
     token it carried, so consecutive differences give [gap, 0, …, 0] per chunk; the first
-    chunk's own tokens are TTFT's, not gaps, and are skipped."""
+    chunk's own tokens (`first_chunk_tokens`) are TTFT's, not gaps, and are skipped. (Found by
+    count, not as the leading run of equal times: two chunks that arrive in one read share a
+    time, and the second one's gap — a 0 — is a gap all the same.)"""
     times = record.token_times
-    first = 0
-    while first < len(times) and times[first] == times[0]:
-        first += 1
+    first = record.first_chunk_tokens
+    if not first:  # a record kept before the count was: the leading run of equal times
+        while first < len(times) and times[first] == times[0]:
+            first += 1
     if first >= len(times):
         return []
     return list(np.diff(np.asarray(times[first - 1:], dtype=float)))
@@ -135,6 +138,10 @@ class Summary:
     total_output_tokens: int
     total_prompt_tokens: int
     requests_without_token_count: int  # ok requests whose server sent neither usage nor token_ids
+    # ok requests whose token count is not to be trusted (RequestRecord.token_count_mismatch:
+    # usage against the stream, or against what was asked), with the reasons and their counts
+    token_count_mismatches: int
+    token_count_mismatch_reasons: dict
     peak_output_tokens_per_s: float | None  # the busiest 1 s bin of streamed tokens (as vllm bench serve)
     peak_in_flight: int  # most requests between send and end at one moment
     goodput_requests_per_s: float | None
@@ -179,6 +186,9 @@ def summarize(records: list[RequestRecord], slos: dict[str, float] | None = None
         total_output_tokens=output_tokens,
         total_prompt_tokens=prompt_tokens,
         requests_without_token_count=sum(1 for r in ok if r.output_tokens is None),
+        token_count_mismatches=sum(1 for r in ok if r.token_count_mismatch),
+        token_count_mismatch_reasons=dict(Counter(r.token_count_mismatch for r in ok
+                                                  if r.token_count_mismatch).most_common(10)),
         peak_output_tokens_per_s=max(throughput_series(ok)[1], default=None),
         peak_in_flight=peak_in_flight(records),
         goodput_requests_per_s=rate(meeting) if slos else None,
@@ -198,8 +208,10 @@ def token_count_wrong(got: int | None, asked: int | None, exact: bool) -> bool:
 
 
 def token_count_mismatches(records: list[RequestRecord], exact: bool) -> list[RequestRecord]:
-    """Completed requests whose output-token count is wrong (`token_count_wrong`)."""
-    return [r for r in records if r.ok and token_count_wrong(r.output_tokens, r.requested_output_tokens, exact)]
+    """Completed requests whose output-token count is wrong: flagged by the load generator
+    (usage against what was streamed, `RequestRecord.token_count_mismatch`) or `token_count_wrong`."""
+    return [r for r in records if r.ok and (r.token_count_mismatch or
+                                            token_count_wrong(r.output_tokens, r.requested_output_tokens, exact))]
 
 
 def error_breakdown(records: list[RequestRecord]) -> dict[str, int]:
