@@ -6,7 +6,7 @@
 #   run-rerun.sh certify NAME    make certify against those baselines (a plain rerun)
 #   run-rerun.sh planted NAME    make certify while a second process runs bf16 GEMMs on the same GPU
 #                                (a slower node; clocks and power limits untouched)
-# Baselines go to baselines/ of this checkout (the profile's folder comes back in $OUT as NAME.tgz,
+# Baselines go to $BASELINES_DIR (/tmp/gpucert-baselines; the profile's folder comes back in $OUT as NAME.tgz,
 # with the card, metrics.json.gz and the logs). TP is the node's GPU count (1 on the lent H200).
 set -uo pipefail
 [[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
@@ -15,7 +15,9 @@ mode=$1; name=$2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 || { tail -3 /tmp/pip.log; exit 3; }
 gpus=$(nvidia-smi -L | wc -l)
-args="-p no:cacheprovider --engine-opt tensor_parallel_size=$gpus"
+# outside the checkout: a later device call re-lays the working tree
+baselines=${BASELINES_DIR:-/tmp/gpucert-baselines}
+args="-p no:cacheprovider --engine-opt tensor_parallel_size=$gpus --baselines-dir $baselines"
 report=reports/$name; rm -rf "$report"
 hog=
 if [[ $mode == planted ]]; then
@@ -33,11 +35,11 @@ PY
 fi
 start=$(date +%s)
 case $mode in
-  update) make update-baselines PYTHON=python3 ARGS="$args --report-dir $report" > /tmp/$name.log 2>&1 ;;
-  certify|planted) make certify PYTHON=python3 ARGS="$args" > /tmp/$name.log 2>&1; rm -rf "$report"; mv reports/latest "$report" ;;
+  update) make update-baselines PYTHON=python3 ARGS="$args --report-dir $report" > /tmp/$name.log 2>&1; rc=$? ;;
+  certify|planted) make certify PYTHON=python3 ARGS="$args" > /tmp/$name.log 2>&1; rc=$?
+                   rm -rf "$report"; mv reports/latest "$report" ;;
   *) echo "usage: run-rerun.sh update|certify|planted NAME"; exit 2 ;;
 esac
-rc=$?
 [[ -n $hog ]] && kill "$hog" 2>/dev/null
 echo "$name ($mode): exit $rc in $(( $(date +%s) - start )) s"
 grep -E "^gpucert|^(FAILED|ERROR)" /tmp/$name.log | cut -c1-220 | tail -25
@@ -46,5 +48,6 @@ python3 docs/evidence/issue-13-rerun/summarize.py "$report/metrics.json" | tee "
 profile=$(python3 -c "import json;print(json.load(open('$report/metrics.json'))['profile'])")
 gzip -f "$report/metrics.json" "$report"/engine/*.log 2>/dev/null
 rm -rf "$report"/engine/models "$report"/offline/models "$report/offline/offline-config.json"
-tar czf "$OUT/$name.tgz" "$report" "baselines/$profile"
+mkdir -p "$report/baselines" && cp -r "$baselines/$profile" "$report/baselines/"
+tar czf "$OUT/$name.tgz" "$report"
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /'
