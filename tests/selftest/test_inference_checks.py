@@ -13,6 +13,9 @@ import pytest
 import cpu_server
 
 REPO = Path(__file__).resolve().parents[2]
+# thresholds.yaml's informational warnings about the box rather than the engine: the sampler late
+# (monitor jitter p99 > 5 ms) or the client's loop lagging, as a CPU hog on both cores makes them
+LOAD_WARNINGS = {"monitor_jitter_ms_p99", "client_loop_lag_ms_p99"}
 
 
 def pytest_inference(tmp_path, *args, env=None):
@@ -84,7 +87,10 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
     checks = by_check(metrics)
     sanity, first, second = (checks[k] for k in ("vllm_sanity", "serving_baseline[concurrency=1]",
                                                  "serving_baseline[concurrency=2]"))
-    assert sanity["_check"]["verdict"] == "new"  # 4 requests, all served
+    # 4 requests, all served: new (no baseline), or warn where only what a busy box adds warned
+    warned = {name for name, metric in sanity.items() if name != "_check" and metric.get("verdict") == "warn"}
+    assert sanity["failed_requests"]["value"] == 0 and warned <= LOAD_WARNINGS, warned
+    assert sanity["_check"]["verdict"] == ("warn" if warned else "new")
     # the level during which the server died: what completed is on the card, the check failed with
     # the reason and the engine log's path
     assert first["failed_requests"]["value"] == 1 and first["failed_requests"]["verdict"] == "fail"
@@ -110,10 +116,12 @@ def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
                 "runpy.run_module('gpucert.cli', run_name='__main__')\n")
     run, metrics = pytest_inference(
         tmp_path, "-k", "sanity or serving_baseline", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
-        "--load-opt", "concurrency=2", "--load-opt", 'slo={"ttft_ms": 1000, "tpot_ms": 0.5}',
+        "--load-opt", "concurrency=2", "--load-opt", 'slo={"ttft_ms": 1, "tpot_ms": 1000}',
         env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", stand_in, "{port}"])})
     assert run.returncode == 0, run.stdout[-3000:]
-    # the emulator's TPOT is its 1 ms ITL: no request meets TPOT ≤ 0.5 ms
+    # the emulator never sends a first token before its 2 ms TTFT: no request meets TTFT ≤ 1 ms.
+    # (Not a TPOT SLO under its 1 ms ITL: an emulator behind schedule on a busy box sends the
+    # late chunks in one burst, and 12.5 % of requests met TPOT ≤ 0.5 ms under a CPU hog.)
     level = by_check(metrics)["serving_baseline[concurrency=2]"]
     assert level["slo_attainment_pct"]["value"] == 0 and level["goodput_requests_per_s"]["value"] == 0
     sanity = by_check(metrics)["vllm_sanity"]

@@ -1,12 +1,13 @@
 """`run_load_spread`: one load over several client processes, merged (serving/loadgen_workers.py).
 
 The in-process `EmulatorServer` cannot be shared with spawned workers, so the emulator runs as
-its own process here (the oracle tests keep the in-process one and its 1 ms bound)."""
+its own process here (the oracle tests keep the in-process one at one stream)."""
 
 from __future__ import annotations
 
 import json
 import math
+import urllib.request
 
 import pytest
 
@@ -20,17 +21,18 @@ from gpucert.serving.records import RequestRecord, RunRecords
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
 from emulators import emulator_process
+from timing_oracle import timing_faults
 
 TTFT_MS, ITL_MS, OUTPUT = 20.0, 2.0, 16
-# Looser than the oracle's 1 ms: here the emulator, two client workers and pytest are three
-# processes on a 2-core box, and all 8 streams of each worker start in the same instant, so
-# scheduler hand-offs between processes (absent in the one-process oracle) land on the samples.
-TOLERANCE_MS = 5.0
+# The oracle's 1 ms: the emulator, two client workers and pytest are three processes on a 2-core
+# box, so scheduler hand-offs land on some samples; judged against the emulator's own send stamps
+# (timing_oracle.py) they cannot fail it, a worker's timing error can.
+TOLERANCE_MS = 1.0
 
 
 @pytest.fixture(scope="module")
 def emulator_url():
-    with emulator_process("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS)) as emulator:
+    with emulator_process("--ttft-ms", str(TTFT_MS), "--itl-ms", str(ITL_MS), "--record-timings") as emulator:
         yield emulator.v1_url
 
 
@@ -140,8 +142,13 @@ def test_two_workers_measure_the_emulator(emulator_url):
                and len(r.token_times) == OUTPUT for r in measured)
     s = summarize(measured)
     assert s.completed == 32 and s.failed == 0
-    assert TTFT_MS <= s.ttft_ms["p50"] <= TTFT_MS + TOLERANCE_MS
-    assert s.tpot_ms["mean"] == pytest.approx(ITL_MS, abs=TOLERANCE_MS)
+    assert s.ttft_ms["min"] >= TTFT_MS
+    # the workers' stamps against the emulator's own (timing_oracle.py): three processes on a
+    # busy 2-core box delay some reads by tens of ms (seen: TTFT p50 38.7 ms for 20 under a CPU
+    # hog), which the server's stamps take out; a worker's clock or stamping error they do not
+    with urllib.request.urlopen(emulator_url.removesuffix("/v1") + "/emulator/timings", timeout=30) as answer:
+        timings = json.load(answer)
+    assert not timing_faults(measured, timings, 1, s, TOLERANCE_MS)
     assert [w["requests"] for w in run.workers] == [16, 16]
     assert [w["concurrency"] for w in run.workers] == [4, 4]
     # one clock: every record lies after the merged start

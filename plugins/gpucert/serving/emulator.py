@@ -42,9 +42,9 @@ class EmulatorConfig:
     # the process dies (exit status 70, no goodbye) when this many requests have arrived: a server
     # that crashes mid-run, for the lifecycle self-tests
     exit_after: int | None = None
-    # keep, per X-Request-Id, the handler's start and the moment each content chunk was handed to
-    # the socket (GET /emulator/timings): what the server really did, against which the client's
-    # own timestamps are checked, whatever the box's load made of the configured schedule
+    # keep, per X-Request-Id, the handler's start and the moment just before each content chunk
+    # was handed to the socket (GET /emulator/timings): what the server really did, against which
+    # the client's own timestamps are checked, whatever the box's load made of the configured schedule
     record_timings: bool = False
 
     def __post_init__(self):
@@ -189,8 +189,12 @@ class Emulator:
                 choice["text"] = text
             if want_ids:
                 choice["token_ids"] = [FAKE_TOKEN_BASE + (first + j) % 1000 for j in range(count)]
-            await response.write(_sse({**base, "choices": [choice]}))
+            # stamped just before the chunk goes to the socket: a lower bound on its send, so no
+            # correct client can have read it earlier. A stamp after the write lands after the
+            # client's read whenever this process is preempted in between (seen under a CPU hog:
+            # client arrivals 18 ms "before" such a stamp)
             writes.append(time.monotonic())
+            await response.write(_sse({**base, "choices": [choice]}))
         if want_usage:
             await response.write(_sse({**base, "choices": [], "usage": usage}))
         if self.config.send_done:
