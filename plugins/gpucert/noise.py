@@ -265,28 +265,48 @@ def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs"
 def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: float,
                        baseline_ci: tuple[float, float] | None,
                        between: RunNoise | None = None) -> tuple[float, float] | None:
-    """The 95 % interval of (value − baseline) / |baseline| in %, from the two values' own
-    intervals and the between-run noise: independent parts, their 95 % half-widths added in
-    quadrature (exact for normal parts, conservative for t ones), each side kept asymmetric. On
-    the log scale of the ratio value / baseline where both are positive — run-to-run noise is
-    multiplicative, and its σ is estimated on ln(value) — else linearly. None when nothing gives
-    an interval or the baseline is 0."""
+    """The 95 % interval of (value − baseline) / |baseline| in %. On the log scale of the ratio
+    value / baseline where both are positive (run-to-run noise is multiplicative, and its σ is
+    estimated on ln(value)), else linearly; each side kept asymmetric. None when nothing gives an
+    interval or the baseline is 0.
+
+    Without between-run noise the two values' own intervals are independent parts: their 95 %
+    half-widths add in quadrature. With it, they are not added to it: the spread of separate
+    runs' values already holds each run's own within-run noise (a run's value is its repeats'
+    mean), so adding both would count that noise twice and let real regressions pass as noise.
+    This run's side is then the larger of its own interval and one run's between-run prediction
+    (an unusually noisy run widens it); the baseline's side is its share of the between-run
+    noise (σ·√share: the median of its runs), or, while it rests on one run, the larger of that
+    and the run's own interval."""
     if not baseline or (ci is None and baseline_ci is None and between is None):
         return None
     v_lo, v_hi = ci if ci is not None else (value, value)
     b_lo, b_hi = baseline_ci if baseline_ci is not None else (baseline, baseline)
-    run = between.log_half_width if between is not None else 0.0
+    if between is not None:
+        run = between.quantile * between.rel_sd
+        base = run * math.sqrt(between.baseline_share)
+        own_base = between.baseline_runs <= 1  # one run: its interval is all the baseline knows of itself
+
+        def parts(new: float, old: float) -> float:
+            return math.hypot(max(new, run), max(old, base) if own_base else base)
+    else:
+        def parts(new: float, old: float) -> float:
+            return math.hypot(new, old)
     if min(value, baseline, v_lo, b_lo) > 0:
         centre = math.log(value / baseline)
         # the lowest plausible ratio: value at its low end against the baseline at its high end
-        down = math.sqrt(math.log(value / v_lo) ** 2 + math.log(b_hi / baseline) ** 2 + run ** 2)
-        up = math.sqrt(math.log(v_hi / value) ** 2 + math.log(baseline / b_lo) ** 2 + run ** 2)
+        down = parts(math.log(value / v_lo), math.log(b_hi / baseline))
+        up = parts(math.log(v_hi / value), math.log(baseline / b_lo))
         return (math.expm1(centre - down) * 100, math.expm1(centre + up) * 100)
     delta = value - baseline
-    extra = math.expm1(run) * abs(baseline)  # linear: the log half-width's upper side, the wider
-    down = math.sqrt(max(value - v_lo, 0.0) ** 2 + max(b_hi - baseline, 0.0) ** 2 + extra ** 2)
-    up = math.sqrt(max(v_hi - value, 0.0) ** 2 + max(baseline - b_lo, 0.0) ** 2 + extra ** 2)
-    return ((delta - down) / abs(baseline) * 100, (delta + up) / abs(baseline) * 100)
+    scale = abs(baseline)
+    # linear: relative parts, the log half-widths' upper sides (the wider) for the between-run ones
+    if between is not None:
+        run = math.expm1(between.quantile * between.rel_sd)
+        base = math.expm1(between.quantile * between.rel_sd * math.sqrt(between.baseline_share))
+    down = parts(max(value - v_lo, 0.0) / scale, max(b_hi - baseline, 0.0) / scale) * scale
+    up = parts(max(v_hi - value, 0.0) / scale, max(baseline - b_lo, 0.0) / scale) * scale
+    return ((delta - down) / scale * 100, (delta + up) / scale * 100)
 
 
 def widest(*intervals: tuple[float, float] | None) -> tuple[float, float] | None:

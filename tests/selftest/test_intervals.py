@@ -128,3 +128,46 @@ def test_between_run_interval_estimated_from_pooled_runs_covers_unchanged_reruns
     assert between.df == levels * (k - 1) and "estimated from 15 runs" in between.source
     coverage = float(np.mean(inside))
     assert coverage >= 0.95 - 0.01 and abs(coverage - 0.95) <= 0.02
+
+
+def _level_runs(rng, truth, sigma_between, sigma_within, repeats=3):
+    """One run of each level: an engine start's own level (between-run) times its repeats'
+    noise; the run's value is the repeats' mean, with the t interval a metric's `ci` has."""
+    values, cis = [], []
+    for level in truth:
+        shift = level * math.exp(rng.normal(0, sigma_between))
+        reps = shift * np.exp(rng.normal(0, sigma_within, repeats))
+        found = noise.confidence(reps.tolist(), "mean")
+        values.append(found.centre)
+        cis.append(found.bounds)
+    return values, cis
+
+
+@pytest.mark.fault("statistics", "plain reruns of an unchanged node whose levels are means of 3 noisy repeats "
+                   "(σ 10 % within a run, 8 % between engine starts), baseline of 2 runs pooled over 5 levels",
+                   "the change interval holds no change in >= 94% of reruns, and a planted 40% slowdown is "
+                   "caught at least as often as before (no noise counted twice)")
+def test_a_runs_own_noise_is_not_counted_twice():
+    rng = np.random.default_rng(SEED + 2)
+    truth = [400.0, 5000.0, 15000.0, 30000.0, 25000.0]
+    plain, caught, caught_twice = [], [], []
+    for _ in range(1000):
+        runs = [_level_runs(rng, truth, 0.08, 0.10) for _ in range(2)]
+        groups = [[runs[0][0][i], runs[1][0][i]] for i in range(len(truth))]
+        base_ci = runs[1][1][2]
+        base = float(np.median(groups[2]))
+        between = noise.run_noise(groups, 0.12, baseline_runs=2)
+        scaled = (base_ci[0] * base / runs[1][0][2], base_ci[1] * base / runs[1][0][2])  # as merge() stores it
+        new, new_ci = _level_runs(rng, truth, 0.08, 0.10)
+        lo, hi = noise.delta_interval_pct(new[2], new_ci[2], base, scaled, between)
+        plain.append(lo <= 0 <= hi)
+        slow = new[2] * 0.6
+        slow_ci = (new_ci[2][0] * 0.6, new_ci[2][1] * 0.6)
+        lo, hi = noise.delta_interval_pct(slow, slow_ci, base, scaled, between)
+        caught.append(hi < 0)
+        # the same three parts added in quadrature (the within-run noise twice)
+        run = between.log_half_width
+        up = math.sqrt(math.log(slow_ci[1] / slow) ** 2 + math.log(base / scaled[0]) ** 2 + run ** 2)
+        caught_twice.append(math.expm1(math.log(slow / base) + up) < 0)
+    assert np.mean(plain) >= 0.94, np.mean(plain)
+    assert np.mean(caught) >= np.mean(caught_twice) and np.mean(caught) >= 0.6, (np.mean(caught), np.mean(caught_twice))
