@@ -50,8 +50,9 @@ def lateness_s(records, timings: dict, k: int) -> dict[str, np.ndarray]:
 def server_tpot_itl_ms(records, timings: dict, k: int) -> dict[str, tuple[float, float]]:
     """TPOT and ITL means (ms) from the server's own send times, computed here (independently of
     summary.py), each with how far the client's mean may stray from it by lateness alone (ms):
-    TPOT = (last send − first send)/(tokens − 1) per request; ITL gaps start after the client's
-    first read (its tokens are TTFT's), timed as the server sent those reads. The client's mean
+    TPOT = (last send − first send)/(tokens − 1) per request; ITL gaps start after the first chunk
+    (its tokens are TTFT's; a second chunk that came in the same read keeps its gap, of 0), timed
+    as the server sent the chunks. The client's mean
     differs from the server's by its lateness at each request's last read less that at its first,
     averaged over the requests; that average of random lateness has a standard error, and 3 of them
     is what a busy box may add (a client error moves the mean for every request alike).
@@ -63,8 +64,8 @@ def server_tpot_itl_ms(records, timings: dict, k: int) -> dict[str, tuple[float,
         tokens = r.requested_output_tokens  # what the emulator sends
         tpots.append((writes[-1] - writes[0]) / (tokens - 1))
         tpot_noise.append(((r.token_times[-1] - writes[-1]) - (r.first_token_at - writes[0])) / (tokens - 1))
-        itl_sum += groups[-1][1] - groups[0][1]
-        itl_count += len(r.token_times) - groups[0][2]
+        itl_sum += groups[-1][1] - writes[0]
+        itl_count += len(r.token_times) - (getattr(r, "first_chunk_tokens", None) or k)
         itl_noise.append((groups[-1][0] - groups[-1][1]) - (groups[0][0] - groups[0][1]))
     n = len(records)
     tpot_allowed = 3 * float(np.std(tpot_noise)) / np.sqrt(n)
