@@ -102,6 +102,13 @@ class Progress:
         """The clock starts with the first check (after collection and the stack snapshot)."""
         self.started = time.monotonic()
         if self.budget_s is not None and self._timer is None:
+            # the budget stops the check in flight with SIGINT; a run started as a background job
+            # of a shell without job control (`make certify &` in a script, nohup) has SIGINT
+            # ignored, and the budget would then never stop anything: take it back (runs in
+            # pytest's main thread, at the start of the first check)
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                log.info("SIGINT was ignored (a background job): restored, so the time budget can stop a check")
             self._timer = threading.Timer(max(self.budget_s + grace_s(self.budget_s) - self.elapsed_s(), 0.0),
                                           self._interrupt)
             self._timer.daemon = True

@@ -137,10 +137,21 @@ def test_b(gpucert):
     assert "--time-budget-min must be a positive number" in bad.stderr.str()
 
 
-def test_a_check_running_past_budget_and_grace_is_interrupted_and_kept(pytester):
-    pytester.makeconftest('''
+@pytest.mark.parametrize("launched", [
+    "foreground",
+    pytest.param("background", marks=pytest.mark.fault(
+        "time", "make certify started as a background job of a shell without job control (SIGINT ignored), "
+        "a check running past its time budget", "SIGINT restored at the first check: the check is interrupted at "
+        "the budget and kept as incomplete")),
+])
+def test_a_check_running_past_budget_and_grace_is_interrupted_and_kept(pytester, launched):
+    # "background": the process starts with SIGINT ignored, as `make certify &` from a script does
+    ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)" if launched == "background" else ""
+    pytester.makeconftest(f'''
+import signal
 import gpucert.progress
 gpucert.progress.grace_s = lambda budget_s: 0.5  # minutes in use; half a second here
+{ignore}
 ''')
     pytester.makepyfile(test_long='''
 import time, pytest
