@@ -282,9 +282,14 @@ def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: f
         return None
     v_lo, v_hi = ci if ci is not None else (value, value)
     b_lo, b_hi = baseline_ci if baseline_ci is not None else (baseline, baseline)
+    positive = min(value, baseline, v_lo, b_lo) > 0
     if between is not None:
+        # one run's between-run prediction and the baseline's share of it: log half-widths, or on
+        # the linear scale their upper (the wider) side as a fraction of the baseline
         run = between.quantile * between.rel_sd
         base = run * math.sqrt(between.baseline_share)
+        if not positive:
+            run, base = math.expm1(run), math.expm1(base)
         own_base = between.baseline_runs <= 1  # one run: its interval is all the baseline knows of itself
 
         def parts(new: float, old: float) -> float:
@@ -292,7 +297,7 @@ def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: f
     else:
         def parts(new: float, old: float) -> float:
             return math.hypot(new, old)
-    if min(value, baseline, v_lo, b_lo) > 0:
+    if positive:
         centre = math.log(value / baseline)
         # the lowest plausible ratio: value at its low end against the baseline at its high end
         down = parts(math.log(value / v_lo), math.log(b_hi / baseline))
@@ -300,10 +305,6 @@ def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: f
         return (math.expm1(centre - down) * 100, math.expm1(centre + up) * 100)
     delta = value - baseline
     scale = abs(baseline)
-    # linear: relative parts, the log half-widths' upper sides (the wider) for the between-run ones
-    if between is not None:
-        run = math.expm1(between.quantile * between.rel_sd)
-        base = math.expm1(between.quantile * between.rel_sd * math.sqrt(between.baseline_share))
     down = parts(max(value - v_lo, 0.0) / scale, max(b_hi - baseline, 0.0) / scale) * scale
     up = parts(max(v_hi - value, 0.0) / scale, max(baseline - b_lo, 0.0) / scale) * scale
     return ((delta - down) / scale * 100, (delta + up) / scale * 100)
