@@ -6,6 +6,8 @@
 #   device-bg.sh stop NAME            SIGTERM CMD's whole process group (a pytest or script running vLLM
 #                                     then stops its engine: SIGTERM is Ctrl-C to it); never `pkill -f`
 #                                     a pattern the calling command line contains (it kills that shell)
+#   (every device call re-lays the working tree first: a step that is collecting tests while the
+#   next call begins can lose a file for a moment; start the follow-up call ≥ 15 s after a step starts)
 #   device-bg.sh wait NAME SECONDS    wait up to SECONDS (less once files are ready); print the log's
 #                                     tail; move finished files to this call's $OUT; DONE when all is
 set -uo pipefail

@@ -114,15 +114,16 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: 
 
 
 def run_noise_for(rule: Rule, baseline: dict, noise_groups: list[list[float]] | None,
-                  past_runs: list[float] | None) -> noise.RunNoise | None:
+                  past_runs: list[float] | None, unit: str | None = None) -> noise.RunNoise | None:
     """The between-run noise a change from `baseline` is held against: estimated from
     `noise_groups` (the session pools the runs of every level of this check and metric) or else
     from this entry's own runs and its history, the rule's `run_noise_rel` where they are fewer
-    than two."""
+    than two. A percentage's groups pinned at 100 are left out of the estimate."""
     runs = runs_of(baseline)
     if noise_groups is None:
         noise_groups = [[r["value"] for r in runs], list(past_runs or [])]
-    return noise.run_noise(noise_groups, rule.run_noise_rel, max(len(runs), 1))
+    return noise.run_noise(noise_groups, rule.run_noise_rel, max(len(runs), 1),
+                           ceiling=100.0 if unit == "%" else None)
 
 
 def _work_differs(rule: Rule, work_change_pct: float | None) -> str:
@@ -184,7 +185,7 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     else:
         base_ci = baseline.get("ci")
         base_ci = (float(base_ci[0]), float(base_ci[1])) if isinstance(base_ci, (list, tuple)) and len(base_ci) == 2 else None
-        between = run_noise_for(rule, baseline, noise_groups, past_runs)
+        between = run_noise_for(rule, baseline, noise_groups, past_runs, metric.unit)
         verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
             metric, rule, float(base_value), base_ci, between)
         changed = verdict == "fail" or suggested

@@ -235,22 +235,29 @@ class RunNoise:
         return f"between-run σ {self.rel_sd:.1%} ({self.source})"
 
 
-def _log_groups(groups) -> list[np.ndarray]:
+def _log_groups(groups, ceiling: float | None = None) -> list[np.ndarray]:
     out = []
     for values in groups:
         data = _finite(values or [])
+        if ceiling is not None and data.size and (data == ceiling).all():
+            continue  # pinned at the top of its range: no spread to show, not a small one
         if data.size >= 2 and (data > 0).all():
             out.append(np.log(data))
     return out
 
 
-def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs") -> RunNoise | None:
+def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs",
+              ceiling: float | None = None) -> RunNoise | None:
     """The between-run noise from `groups`: each a list of one metric's values in separate runs
     (a baseline entry's runs; its passing nights in the history), pooled: the within-group sum of
     squared deviations of ln(value) over Σ (k − 1) degrees of freedom (the levels of one check and
     metric share one relative spread). No group of two or more: the documented default
-    `default_rel` (None when that is 0: the metric is not subject to between-run noise)."""
-    logs = _log_groups(groups)
+    `default_rel` (None when that is 0: the metric is not subject to between-run noise).
+
+    A group whose every value sits at a bound of the metric's range — 0 (no logarithm), or
+    `ceiling` (100 for a percentage) — is left out: 100 % SLO attainment in every run has no
+    spread to show, not a spread of 0 (a level pinned there falls back on the default)."""
+    logs = _log_groups(groups, ceiling)
     df = sum(g.size - 1 for g in logs)
     if df >= 1:
         ss = sum(float(((g - g.mean()) ** 2).sum()) for g in logs)

@@ -218,7 +218,7 @@ def test_repeats_make_each_level_the_mean_of_its_runs_with_an_interval(tmp_path)
              "GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_GENERATE_S": "0.05"})
     assert run.returncode == 0, run.stdout[-3000:]
     level = by_check(metrics)["serving_baseline[concurrency=2]"]
-    for name in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50"):
+    for name in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "slo_attainment_pct", "goodput_requests_per_s"):
         m = level[name]
         assert m["sample_count"] == 3 and m["stat"] == "mean" and m["note"].startswith("mean of 3 repeats")
         assert sum(m["samples"]) / 3 == pytest.approx(m["value"]) and m["ci"][0] <= m["value"] <= m["ci"][1]

@@ -4,7 +4,8 @@ import gzip
 import json
 import sys
 
-METRICS = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "energy_j_per_output_token", "gpu_power_mean_w")
+METRICS = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "slo_attainment_pct", "energy_j_per_output_token",
+           "gpu_power_mean_w")
 runs = {name: json.load(gzip.open(f"{name}/metrics.json.gz")) for name in sys.argv[1:]}
 last = sys.argv[-1]
 
