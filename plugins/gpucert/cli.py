@@ -13,6 +13,7 @@ from gpucert import __version__, redaction
 # One module per subcommand; add "gpucert.physics.cli", "gpucert.serving.cli", ... here.
 COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli", "gpucert.monitor.cli")
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 class CommandError(Exception):
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         # redacted: a command's error may quote a server's answer or a URL with its password
         print(f"gpucert: error: {redaction.redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # a Ctrl-C the command did not turn into a result of its own (one that lands while a
+        # sampler or a server is still starting): one line and the shell's exit status for SIGINT
+        print("gpucert: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -43,7 +43,13 @@ def _elapsed():
 
 
 def nvmlInit():
-    pass
+    # a driver whose init takes seconds (FAKE_NVML_INIT_S), announced by writing this process's pid
+    # to FAKE_NVML_INIT_MARKER first: a test can then Ctrl-C while the sampler is still starting
+    marker = os.environ.get("FAKE_NVML_INIT_MARKER")
+    if marker:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+    time.sleep(float(os.environ.get("FAKE_NVML_INIT_S", "0")))
 
 
 def nvmlShutdown():

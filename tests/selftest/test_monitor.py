@@ -391,6 +391,29 @@ def test_ctrl_c_stops_the_monitor_command_with_what_it_sampled(tmp_path):
     assert result["samples"] >= 5 and result["duration_s"] < 10
 
 
+@pytest.mark.fault("time", "Ctrl-C to `gpucert monitor` while its sampler is still starting (a driver init "
+                   "that takes 30 s; a real SIGINT to the process group)",
+                   "one line 'gpucert: interrupted', exit 130, no traceback; the half-started sampler is gone")
+def test_ctrl_c_while_the_sampler_starts_is_one_line(tmp_path):
+    import signal
+    marker = tmp_path / "init.pid"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(fake_pynvml.__file__),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "GPUCERT_NVML_MODULE": "fake_pynvml", "FAKE_NVML_INIT_S": "30", "FAKE_NVML_INIT_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "gpucert.cli", "monitor", "--duration", "30", "--interval-ms", "50",
+                             "--out", str(tmp_path / "m.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    sampler = int(marker.read_text())
+    assert sampler != proc.pid  # the sampler's own process is inside the driver's init
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err, out) == (130, "gpucert: interrupted\n", "")
+    assert wait_gone(sampler), "the half-started sampler outlived the command"
+
+
 def test_a_server_without_metrics_is_asked_once(tmp_path):
     """An OpenAI-compatible server that is not vLLM answers /metrics 404: the monitor notes it and
     stops polling (10 requests a second at a server under test would be load of our own) — after

@@ -110,13 +110,17 @@ def test_a_planted_regression_still_fails(node):
 OVERLOADED = {"64": [76.0, 77.5, 78.25]}
 
 
+def _baseline_of_an_overloaded_level(node):
+    node("--update-baselines", slo=OVERLOADED)
+    node("--update-baselines", slo={"64": [80.0, 81.0, 82.3]})  # another engine start
+
+
 @pytest.mark.fault("statistics", "SLO attainment of an overloaded level 77 % and 81 % in the baseline's two runs, "
                    "58 % on a plain rerun, the light levels at 100 % in every run",
                    "warn 'within run-to-run noise' from that level's own runs (1 df), not the ~0 spread pooled "
                    "from the levels pinned at 100 %; exit 0")
 def test_an_overloaded_levels_slo_attainment_is_judged_by_its_own_spread(node):
-    node("--update-baselines", slo=OVERLOADED)
-    node("--update-baselines", slo={"64": [80.0, 81.0, 82.3]})
+    _baseline_of_an_overloaded_level(node)
     rerun = node(slo={"64": [57.0, 58.0, 59.0]})
     j = verdict(rerun, 64, "slo_attainment_pct")
     assert j["verdict"] == "warn" and j["within_noise"], j["reason"]
@@ -132,8 +136,7 @@ def test_an_overloaded_levels_slo_attainment_is_judged_by_its_own_spread(node):
                    "fail: a level pinned at 100 % has no spread of its own, so the documented default "
                    "(run_noise_rel 0.03) judges it; exit 1")
 def test_a_light_level_losing_its_slo_attainment_still_fails(node):
-    node("--update-baselines", slo=OVERLOADED)
-    node("--update-baselines", slo={"64": [80.0, 81.0, 82.3]})
+    _baseline_of_an_overloaded_level(node)
     rerun = node(slo={"16": [79.0, 80.0, 81.0], "64": [76.0, 77.5, 78.25]})
     j = verdict(rerun, 16, "slo_attainment_pct")
     assert j["verdict"] == "fail" and not j["within_noise"], j["reason"]

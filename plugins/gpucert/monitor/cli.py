@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from gpucert import redaction
 
 from . import summary as summary_engine
+from .attach import NVML_MODULE_HOOK
 from .sampler import Monitor, MonitorConfig
 
 
@@ -34,7 +36,8 @@ def run_monitor(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpucert-monitor-")) / "monitor.npz"
     try:
         config = MonitorConfig(str(out), interval_s=args.interval_ms / 1e3, vllm_metrics_url=args.vllm_metrics,
-                               counter_interval_s=args.counter_interval_ms / 1e3)
+                               counter_interval_s=args.counter_interval_ms / 1e3,
+                               nvml_module=os.environ.get(NVML_MODULE_HOOK, "pynvml"))
     except ValueError as err:
         raise CommandError(str(err)) from None
     if out.exists() and out.is_dir():

@@ -218,7 +218,15 @@ class Monitor:
 
     def start(self, timeout_s: float = 60.0) -> "Monitor":
         self._proc.start()
-        if not self._conn.poll(timeout_s):
+        try:
+            ready = self._conn.poll(timeout_s)
+        except BaseException:
+            # Ctrl-C while the sampler is still starting (a driver's init can take seconds):
+            # no half-started sampler is left behind, and the caller decides what to say
+            self._proc.terminate()
+            self._proc.join(10)
+            raise
+        if not ready:
             self._proc.terminate()
             raise RuntimeError(f"the monitor did not start within {timeout_s:g} s")
         _, self.meta = self._conn.recv()
