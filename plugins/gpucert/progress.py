@@ -26,6 +26,17 @@ LOCK_NAME = ".gpucert-run.lock"
 log = logging.getLogger("gpucert")
 
 
+def take_back_sigint() -> bool:
+    """Python's Ctrl-C handler where SIGINT was ignored (True then). A shell without job control
+    starts a background job (`make certify &` in a script, nohup) with SIGINT ignored, and an
+    ignored signal stays ignored across exec; a handler, unlike SIG_IGN, resets on exec, so the
+    processes started after this get the default again. Main thread only."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return False
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 class ReportDirError(ValueError):
     """The report folder is taken by another run, or cannot be written: bad input, one line."""
 
@@ -102,12 +113,9 @@ class Progress:
         """The clock starts with the first check (after collection and the stack snapshot)."""
         self.started = time.monotonic()
         if self.budget_s is not None and self._timer is None:
-            # the budget stops the check in flight with SIGINT; a run started as a background job
-            # of a shell without job control (`make certify &` in a script, nohup) has SIGINT
-            # ignored, and the budget would then never stop anything: take it back (runs in
-            # pytest's main thread, at the start of the first check)
-            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+            # the budget stops the check in flight with SIGINT: in a background job, where it is
+            # ignored, the budget would never stop anything (pytest's main thread, first check)
+            if take_back_sigint():
                 log.info("SIGINT was ignored (a background job): restored, so the time budget can stop a check")
             self._timer = threading.Timer(max(self.budget_s + grace_s(self.budget_s) - self.elapsed_s(), 0.0),
                                           self._interrupt)

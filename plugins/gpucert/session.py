@@ -131,22 +131,20 @@ class Run:
                 work_change_pct=self._work_change_pct(result, metric, rule),
             )
 
-    def _noise_groups(self, metric: Metric, rule: Rule) -> list[list[float]]:
+    def _noise_groups(self, metric: Metric, rule: Rule) -> list[list[float]] | None:
         """The values of separate runs that estimate this metric's between-run noise: the baseline
         runs and the history's passing nights of every entry of the same check and metric that
         thresholds.yaml gives the same rule (a check's levels, which share one relative spread;
         not nccl's latency-bound sizes with its bandwidth-bound ones).
 
-        A percentage is the exception: its own entry's runs and history only. How far a bounded
-        share moves depends on where in its range it sits — SLO attainment is 100 % in every run
-        at the light levels and swings 54–81 % between engine starts at an overloaded one (H200,
-        session 8) — so one spread pooled over the levels is too narrow for the one and too wide
-        for the others (a light level's fall from 100 % to 80 % would pass as noise)."""
-        metrics = self.store.family(metric.family)["metrics"]
+        A percentage is the exception — None: the judge takes its own entry's runs and history
+        (judge.run_noise_for). How far a bounded share moves depends on where in its range it sits
+        — SLO attainment is 100 % in every run at the light levels and swings 54–81 % between
+        engine starts at an overloaded one (H200, session 8) — so one spread pooled over the
+        levels is too narrow for the one and too wide for the others (a light level's fall from
+        100 % to 80 % would pass as noise)."""
         if metric.unit == "%":
-            own = metrics.get(metric.key)
-            return [[run["value"] for run in runs_of(own)] if own else [],
-                    list(self.past_runs.get(metric.key) or [])]
+            return None
         cache = self._noise_index
         if metric.family not in cache:
             index: dict[tuple, list[str]] = {}
@@ -156,6 +154,7 @@ class Run:
                     entry_rule = self.options.thresholds.rule_for(check, name, entry.get("params") or {})
                     index.setdefault((check, name, entry_rule), []).append(key)
             cache[metric.family] = index
+        metrics = self.store.family(metric.family)["metrics"]
         groups = []
         for key in cache[metric.family].get((metric.check, metric.metric, rule), []):
             groups.append([run["value"] for run in runs_of(metrics[key])])

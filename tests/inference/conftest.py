@@ -29,7 +29,7 @@ from gpucert.serving import vllm_log
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
 from gpucert.serving.vllm_config import default_config
-from gpucert.monitor.attach import NVML_MODULE_HOOK
+from gpucert.monitor.attach import nvml_module as nvml_binding
 from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
                                          memory_released)
 
@@ -163,7 +163,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
         if missing:
             pytest.skip(missing)
     server = VllmServer(engine, gpucert_report_dir / "engine", command=command)
-    nvml_module = os.environ.get(NVML_MODULE_HOOK, "pynvml")
+    nvml_module = nvml_binding()
     memory_before = gpu_memory_used_mib(nvml_module)
     try:
         server.start()

@@ -12,10 +12,11 @@ one whose test was skipped is UNCLEAR (nothing was shown either way).
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import pytest
+
+from gpucert.progress import take_back_sigint
 
 _ROWS = pytest.StashKey[list]()
 
@@ -26,13 +27,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # A shell without job control starts a background job (`make test &`, a CI step run with
-    # `&`) with SIGINT ignored, and an ignored signal stays ignored across exec: every process the
-    # self-tests start would then shrug off the real Ctrl-C that the interrupt self-tests send, and
-    # they would fail for the launcher's sake. A handler (unlike SIG_IGN) resets to the default on
-    # exec, so restoring Python's own here gives the children theirs.
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # launched as a background job (`make test &`), every process the self-tests start would
+    # inherit an ignored SIGINT and shrug off the real Ctrl-C the interrupt self-tests send
+    take_back_sigint()
     config.addinivalue_line("markers", "fault(area, planted, ending): this self-test plants a fault for real "
                                        "and asserts how it ends (one row of the fault table)")
     config.stash[_ROWS] = []

@@ -19,6 +19,11 @@ from .sampler import Monitor, MonitorConfig, clock_offset
 
 # self-tests name a fake NVML binding here (NVML cannot exist without a GPU); never set in use
 NVML_MODULE_HOOK = "GPUCERT_NVML_MODULE"
+
+
+def nvml_module() -> str:
+    """The NVML binding to import: pynvml, or the fake a self-test names in NVML_MODULE_HOOK."""
+    return os.environ.get(NVML_MODULE_HOOK, "pynvml")
 MODES = ("inference", "all", "off")
 
 
@@ -28,7 +33,7 @@ class SessionMonitor:
             raise ValueError(f"--monitor must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.config = MonitorConfig(str(report_dir / "monitor" / "session.npz"), interval_s=interval_ms / 1e3,
-                                    nvml_module=os.environ.get(NVML_MODULE_HOOK, "pynvml"))
+                                    nvml_module=nvml_module())
         self.report_dir = report_dir
         self.monitor: Monitor | None = None
         self.error: str | None = None

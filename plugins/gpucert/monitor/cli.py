@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from gpucert import redaction
 
 from . import summary as summary_engine
-from .attach import NVML_MODULE_HOOK
+from .attach import nvml_module
 from .sampler import Monitor, MonitorConfig
 
 
@@ -37,7 +36,7 @@ def run_monitor(args) -> int:
     try:
         config = MonitorConfig(str(out), interval_s=args.interval_ms / 1e3, vllm_metrics_url=args.vllm_metrics,
                                counter_interval_s=args.counter_interval_ms / 1e3,
-                               nvml_module=os.environ.get(NVML_MODULE_HOOK, "pynvml"))
+                               nvml_module=nvml_module())
     except ValueError as err:
         raise CommandError(str(err)) from None
     if out.exists() and out.is_dir():
