@@ -2,6 +2,7 @@
 committed baselines, from the raw samples metrics.json keeps: how the session-5 preview runs come
 out now.  python docs/evidence/issue-6-certify/rejudge.py METRICS_JSON [BASELINES_DIR]"""
 
+import gzip
 import json
 import sys
 from collections import Counter
@@ -13,7 +14,8 @@ from gpucert.metrics import Metric
 from gpucert.thresholds import load
 
 root = Path(__file__).resolve().parents[3]
-data = json.loads(Path(sys.argv[1]).read_text())
+path = Path(sys.argv[1])  # metrics.json, or metrics.json.gz as kept here
+data = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
 store = BaselineStore(sys.argv[2] if len(sys.argv) > 2 else root / "baselines", data["profile"])
 rules = load(root / "thresholds.yaml")
 before, after, moved = Counter(), Counter(), []
