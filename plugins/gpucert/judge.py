@@ -113,17 +113,17 @@ def _against_baseline(metric: Metric, rule: Rule, baseline: float, baseline_ci: 
     return "pass", f"{change}: within tolerance", delta_pct, False, threshold, ci, False
 
 
-def run_noise_for(rule: Rule, baseline: dict, noise_groups: list[list[float]] | None,
+def run_noise_for(rule: Rule, baseline: dict, noise_siblings: list[list[list[float]]] | None,
                   past_runs: list[float] | None, unit: str | None = None) -> noise.RunNoise | None:
-    """The between-run noise a change from `baseline` is held against: estimated from
-    `noise_groups` (the session pools the runs of every level of this check and metric) or else
-    from this entry's own runs and its history, the rule's `run_noise_rel` where they are fewer
-    than two. A percentage's groups pinned at 100 are left out of the estimate."""
+    """The between-run noise a change from `baseline` is held against: estimated from this entry's
+    own runs and its history, pooled with `noise_siblings` (the session's other levels of this
+    check and metric: each one's runs and history) where their spreads agree (noise.run_noise);
+    the rule's `run_noise_rel` where no group has two runs. A percentage's groups pinned at 100
+    are left out of the estimate."""
     runs = runs_of(baseline)
-    if noise_groups is None:
-        noise_groups = [[r["value"] for r in runs], list(past_runs or [])]
-    return noise.run_noise(noise_groups, rule.run_noise_rel, max(len(runs), 1),
-                           ceiling=100.0 if unit == "%" else None)
+    return noise.run_noise([[r["value"] for r in runs], list(past_runs or [])], rule.run_noise_rel,
+                           max(len(runs), 1), ceiling=100.0 if unit == "%" else None,
+                           siblings=noise_siblings or ())
 
 
 def _work_differs(rule: Rule, work_change_pct: float | None) -> str:
@@ -144,10 +144,10 @@ def _work_differs(rule: Rule, work_change_pct: float | None) -> str:
 def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline: str = "new",
           quarantine: Quarantine | None = None, today: dt.date | None = None,
           update_mode: bool = False, past_runs: list[float] | None = None,
-          noise_groups: list[list[float]] | None = None, work_change_pct: float | None = None) -> Judgement:
+          noise_siblings: list[list[list[float]]] | None = None, work_change_pct: float | None = None) -> Judgement:
     """The verdict of one metric. `baseline` is the stored entry (value, spread, runs, …) or None;
-    `past_runs`: this metric's values in the nightly history's passing runs; `noise_groups`: the
-    runs of every level of this check and metric (pooled between-run noise); `work_change_pct`: the
+    `past_runs`: this metric's values in the nightly history's passing runs; `noise_siblings`: the
+    runs of the other levels of this check and metric (pooled between-run noise); `work_change_pct`: the
     change of the check's work rate (`same_work` rules) from its baseline."""
     today = today or dt.date.today()
     if metric.status == "skipped":
@@ -185,7 +185,7 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     else:
         base_ci = baseline.get("ci")
         base_ci = (float(base_ci[0]), float(base_ci[1])) if isinstance(base_ci, (list, tuple)) and len(base_ci) == 2 else None
-        between = run_noise_for(rule, baseline, noise_groups, past_runs, metric.unit)
+        between = run_noise_for(rule, baseline, noise_siblings, past_runs, metric.unit)
         verdict, why, delta_pct, suggested, text, delta_ci, within_noise = _against_baseline(
             metric, rule, float(base_value), base_ci, between)
         changed = verdict == "fail" or suggested

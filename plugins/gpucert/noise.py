@@ -18,8 +18,9 @@ so that its stated coverage holds at the sample size (docs/METRICS.md says why e
 Between runs (engine starts, reboots, clocks) a value moves by more than its own samples show.
 `RunNoise` is that spread: the relative standard deviation of one run's value, estimated from the
 values of separate runs (a baseline's `runs`, the nightly history's passing nights), pooled over
-the levels of one check and metric, or, with no two runs to estimate it from, the rule's
-documented default (`run_noise_rel` in thresholds.yaml).
+the levels of one check and metric unless a level's own spread is shown to be wider (F test), or,
+with no two runs to estimate it from, the rule's documented default (`run_noise_rel` in
+thresholds.yaml).
 
 Deterministic: no resampling, so the same samples give the same interval on every machine.
 """
@@ -246,24 +247,63 @@ def _log_groups(groups, ceiling: float | None = None) -> list[np.ndarray]:
     return out
 
 
+# a sibling whose spread is beyond this one-sided F test's level is not pooled with the others
+HETEROGENEITY_ALPHA = 0.05
+
+
+def _spread(logs: list[np.ndarray]) -> np.ndarray:
+    """[within-group sum of squares of ln(value), its degrees of freedom, runs, groups]: entries
+    pool by adding these."""
+    return np.array([sum(float(((g - g.mean()) ** 2).sum()) for g in logs), sum(g.size - 1 for g in logs),
+                     sum(g.size for g in logs), len(logs)], dtype=float)
+
+
+def _outlier_p(entry: np.ndarray, rest: np.ndarray) -> float | None:
+    """One-sided F test p-value that `entry`'s spread exceeds that of `rest` pooled; None where
+    either has no degree of freedom or the rest has no spread to compare against."""
+    (ss, df), (ss_rest, df_rest) = entry[:2], rest[:2]
+    if df < 1 or df_rest < 1 or ss_rest <= 0:
+        return None
+    return float(sps.f.sf((ss / df) / (ss_rest / df_rest), df, df_rest))
+
+
 def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs",
-              ceiling: float | None = None) -> RunNoise | None:
-    """The between-run noise from `groups`: each a list of one metric's values in separate runs
-    (a baseline entry's runs; its passing nights in the history), pooled: the within-group sum of
-    squared deviations of ln(value) over Σ (k − 1) degrees of freedom (the levels of one check and
-    metric share one relative spread). No group of two or more: the documented default
-    `default_rel` (None when that is 0: the metric is not subject to between-run noise).
+              ceiling: float | None = None, siblings=()) -> RunNoise | None:
+    """The between-run noise of one entry: `groups` are its own lists of one metric's values in
+    separate runs (its baseline runs; its passing nights in the history), `siblings` each other
+    entry's groups that thresholds.yaml gives the same rule (a check's other levels, which are
+    taken to share one relative spread). Estimated pooled: the within-group sum of squared
+    deviations of ln(value) over Σ (k − 1) degrees of freedom. No group of two or more: the
+    documented default `default_rel` (None when that is 0: not subject to between-run noise).
+
+    Pooling assumes the entries' spreads are one. Where this entry's own spread is beyond the
+    others' (a one-sided F test of its variance against theirs pooled, p < HETEROGENEITY_ALPHA) it
+    is not pooled: it takes its own runs alone, with their degrees of freedom (a wide t quantile
+    while they are few, narrowing as the history adds nights). TTFT p99 at an overloaded level
+    moved 0.40 in ln between engine starts while the lighter levels moved 0.08–0.14 (H200,
+    session 9): pooled, their spread hid its own and a plain rerun failed at +88 %. The siblings
+    are not screened the same way: with one or two runs each, leaving out the widest of many
+    small samples would bias the pool low and fail plain reruns (a wide sibling only widens the
+    others' intervals: conservative).
 
     A group whose every value sits at a bound of the metric's range — 0 (no logarithm), or
     `ceiling` (100 for a percentage) — is left out: 100 % SLO attainment in every run has no
     spread to show, not a spread of 0 (a level pinned there falls back on the default)."""
-    logs = _log_groups(groups, ceiling)
-    df = sum(g.size - 1 for g in logs)
-    if df >= 1:
-        ss = sum(float(((g - g.mean()) ** 2).sum()) for g in logs)
-        runs = sum(g.size for g in logs)
-        return RunNoise(math.sqrt(ss / df), df, baseline_runs,
-                        f"estimated from {runs} {what} in {len(logs)} group(s), {df} df")
+    own = _spread(_log_groups(groups, ceiling))
+    rest = sum((_spread(_log_groups(entry, ceiling)) for entry in siblings), np.zeros(4))
+
+    def estimate(part: np.ndarray, note: str = "") -> RunNoise:
+        ss, df, runs, count = part
+        return RunNoise(math.sqrt(ss / df), int(df), baseline_runs,
+                        f"estimated from {int(runs)} {what} in {int(count)} group(s), {int(df)} df{note}")
+
+    own_p = _outlier_p(own, rest)
+    if own_p is not None and own_p < HETEROGENEITY_ALPHA:
+        ratio = (own[0] / own[1]) / (rest[0] / rest[1])
+        return estimate(own, f", this entry's own: its variance {ratio:.1f}x its siblings' "
+                             f"(F test p={own_p:.3f}), not pooled with theirs")
+    if own[1] + rest[1] >= 1:
+        return estimate(own + rest)
     if default_rel > 0:
         return RunNoise(default_rel, None, baseline_runs, "default run_noise_rel of thresholds.yaml")
     return None

@@ -127,22 +127,23 @@ class Run:
                 today=self.options.today,
                 update_mode=self.options.update_baselines,
                 past_runs=self.past_runs.get(metric.key),
-                noise_groups=self._noise_groups(metric, rule),
+                noise_siblings=self._noise_siblings(metric, rule),
                 work_change_pct=self._work_change_pct(result, metric, rule),
             )
 
-    def _noise_groups(self, metric: Metric, rule: Rule) -> list[list[float]] | None:
-        """The values of separate runs that estimate this metric's between-run noise: the baseline
-        runs and the history's passing nights of every entry of the same check and metric that
-        thresholds.yaml gives the same rule (a check's levels, which share one relative spread;
-        not nccl's latency-bound sizes with its bandwidth-bound ones).
+    def _noise_siblings(self, metric: Metric, rule: Rule) -> list[list[list[float]]] | None:
+        """The other entries whose runs this metric's between-run noise is pooled with: each entry
+        of the same check and metric that thresholds.yaml gives the same rule (a check's levels,
+        which share one relative spread; not nccl's latency-bound sizes with its bandwidth-bound
+        ones), as [its baseline runs, its history's passing nights]. noise.run_noise leaves out an
+        entry whose spread is beyond the others'.
 
         A percentage is the exception — None: the judge takes its own entry's runs and history
-        (judge.run_noise_for). How far a bounded share moves depends on where in its range it sits
-        — SLO attainment is 100 % in every run at the light levels and swings 54–81 % between
-        engine starts at an overloaded one (H200, session 8) — so one spread pooled over the
-        levels is too narrow for the one and too wide for the others (a light level's fall from
-        100 % to 80 % would pass as noise)."""
+        alone. How far a bounded share moves depends on where in its range it sits — SLO
+        attainment is 100 % in every run at the light levels and swings 54–81 % between engine
+        starts at an overloaded one (H200, session 8) — so one spread pooled over the levels is
+        too narrow for the one and too wide for the others (a light level's fall from 100 % to
+        80 % would pass as noise)."""
         if metric.unit == "%":
             return None
         cache = self._noise_index
@@ -155,13 +156,8 @@ class Run:
                     index.setdefault((check, name, entry_rule), []).append(key)
             cache[metric.family] = index
         metrics = self.store.family(metric.family)["metrics"]
-        groups = []
-        for key in cache[metric.family].get((metric.check, metric.metric, rule), []):
-            groups.append([run["value"] for run in runs_of(metrics[key])])
-            groups.append(list(self.past_runs.get(key) or []))
-        if metric.key not in metrics:  # no baseline entry yet: its own history still counts
-            groups.append(list(self.past_runs.get(metric.key) or []))
-        return groups
+        return [[[run["value"] for run in runs_of(metrics[key])], list(self.past_runs.get(key) or [])]
+                for key in cache[metric.family].get((metric.check, metric.metric, rule), []) if key != metric.key]
 
     def _work_change_pct(self, result: CheckResult, metric: Metric, rule: Rule) -> float | None:
         """For a `same_work` rule: the % change of the check's work metric (same parameters) from

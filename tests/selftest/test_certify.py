@@ -36,3 +36,20 @@ def test_make_certify_without_a_gpu_runs_what_it_can_and_says_why_the_rest_did_n
     log = (report / "gpucert.log").read_text()
     assert "run complete: verdict" in log and "stack:" in log
     assert "gpucert_run_verdict" in (report / "metrics.prom").read_text()
+
+
+@pytest.mark.fault("bad input", "make certify ARGS='--baselines-dir /abs/existing/dir' (the value as a separate word: "
+                   "pytest takes it for a test path and moves its rootdir there, dropping pyproject.toml's settings)",
+                   "ERROR: gpucert: one line naming the fix (--baselines-dir=/abs/path), exit 4; the '=' form runs")
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_a_path_option_that_moves_pytests_rootdir_is_one_line(tmp_path):
+    def certify(args):
+        return subprocess.run(["make", "-s", "certify", f"PYTHON={sys.executable}", f"ARGS={args} --collect-only -q"],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    moved = certify(f"--baselines-dir {tmp_path}")
+    lines = [line for line in (moved.stdout + moved.stderr).splitlines() if "gpucert:" in line]
+    assert moved.returncode != 0 and "Traceback" not in moved.stdout + moved.stderr
+    assert len(lines) == 1 and lines[0].startswith("ERROR: gpucert: pytest did not read") and "--baselines-dir=" in lines[0]
+    assert "Error 4" in moved.stderr  # make reports pytest's usage-error exit
+    kept = certify(f"--baselines-dir={tmp_path}")
+    assert kept.returncode == 0 and "tests collected" in kept.stdout, kept.stdout[-2000:] + kept.stderr[-1000:]

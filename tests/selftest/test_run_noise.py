@@ -25,7 +25,7 @@ def test_level(gpucert, concurrency):
     base = {1: 90.0, 16: 1300.0, 64: 4100.0}[concurrency] * load["speed"] * load["level"][str(concurrency)]
     repeats = [base * f for f in (0.99, 1.0, 1.01)]
     gpucert.record("output_tok_s", sum(repeats) / 3, unit="tok/s", direction="higher", samples=repeats, stat="mean")
-    tpot = [12.0 * load["tpot"] * f for f in (0.99, 1.0, 1.01)]
+    tpot = [12.0 * load["tpot"] * load["tpot_level"].get(str(concurrency), 1.0) * f for f in (0.99, 1.0, 1.01)]
     gpucert.record("tpot_ms_p99", sum(tpot) / 3, unit="ms", direction="lower", samples=tpot, stat="mean")
     gpucert.record("gpu_power_mean_w", 400.0 * load["power"], unit="W", direction="lower")
     slo = load["slo"].get(str(concurrency), [100.0, 100.0, 100.0])  # the light levels meet every SLO
@@ -42,10 +42,11 @@ def node(pytester):
     # the shipped rules, copied in: an absolute path among the arguments would move pytest's rootdir
     pytester.path.joinpath("thresholds.yaml").write_text(THRESHOLDS.read_text())
 
-    def run(*args, speed=1.0, tpot=1.0, power=1.0, level=None, slo=None):
+    def run(*args, speed=1.0, tpot=1.0, power=1.0, level=None, slo=None, tpot_level=None):
         level = {"1": 1.0, "16": 1.0, "64": 1.0, **(level or {})}
         pytester.path.joinpath("load.json").write_text(json.dumps({"speed": speed, "tpot": tpot, "power": power,
-                                                                   "level": level, "slo": slo or {}}))
+                                                                   "level": level, "slo": slo or {},
+                                                                   "tpot_level": tpot_level or {}}))
         report_dir = pytester.path / f"report-{len(list(pytester.path.glob('report-*')))}"
         result = pytester.runpytest("-p", "no:cacheprovider", "--profile", "toy-node", "--report-dir", str(report_dir),
                                     *args)
@@ -142,6 +143,23 @@ def test_a_light_level_losing_its_slo_attainment_still_fails(node):
     assert j["verdict"] == "fail" and not j["within_noise"], j["reason"]
     assert "default run_noise_rel" in j["reason"]
     assert verdict(rerun, 64, "slo_attainment_pct")["verdict"] == "pass"
+    assert rerun.ret == 1
+
+
+@pytest.mark.fault("statistics", "TPOT p99 of one level 35 % apart in the baseline's two runs, its siblings 2 % "
+                   "apart; a plain rerun at +87 % there, and a light level at 2x",
+                   "the noisy level warns within its own spread (F test: not pooled with the others'), the "
+                   "light level's 2x still fails; exit 1")
+def test_a_level_noisier_than_its_siblings_is_judged_by_its_own_spread(node):
+    node("--update-baselines")
+    node("--update-baselines", tpot_level={"1": 1.02, "16": 0.98, "64": 1.35})  # another engine start
+    rerun = node(tpot_level={"1": 2.0, "64": 2.2})
+    noisy = verdict(rerun, 64, "tpot_ms_p99")
+    assert noisy["verdict"] == "warn" and noisy["within_noise"] and noisy["delta_pct"] > 80, noisy["reason"]
+    assert "this entry's own" in noisy["reason"] and "not pooled with theirs" in noisy["reason"]
+    light = verdict(rerun, 1, "tpot_ms_p99")
+    assert light["verdict"] == "fail" and not light["within_noise"], light["reason"]
+    assert "in 3 group(s), 3 df" in light["reason"]  # its spread pooled with both siblings'
     assert rerun.ret == 1
 
 

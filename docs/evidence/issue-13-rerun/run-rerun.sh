@@ -17,7 +17,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1
 gpus=$(nvidia-smi -L | wc -l)
 # outside the checkout: a later device call re-lays the working tree
 baselines=${BASELINES_DIR:-/tmp/gpucert-baselines}
-args="-p no:cacheprovider --engine-opt tensor_parallel_size=$gpus --baselines-dir $baselines"
+args="-p no:cacheprovider --engine-opt tensor_parallel_size=$gpus --baselines-dir=$baselines"
 report=reports/$name; rm -rf "$report"
 hog=
 if [[ $mode == planted ]]; then
