@@ -1,22 +1,46 @@
 # gpucert: the main job is `make certify`; the suite's own tests are `make test`.
-PYTHON ?= python3
-PYTEST ?= $(PYTHON) -m pytest
+# Each target first creates or refreshes the project's virtualenv (tools/setup_venv.py: over the
+# node's own CUDA PyTorch and vLLM where this Python has them, else with the CPU build of
+# PyTorch). `make certify PYTHON=/path/to/python` uses that environment as it is instead.
+VENV ?= .venv
+BOOTSTRAP_PYTHON ?= python3
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(VENV)/bin/python
+SETUP_NODE = $(BOOTSTRAP_PYTHON) tools/setup_venv.py --venv $(VENV)
+SETUP_SELFTEST = $(BOOTSTRAP_PYTHON) tools/setup_venv.py --venv $(VENV) --selftest
+else
+SETUP_NODE = @true
+SETUP_SELFTEST = @true
+endif
+# -c: pytest reads pyproject.toml whatever paths ARGS hold (an absolute folder given as a separate
+# word would otherwise move its rootdir there and drop the settings)
+PYTEST ?= $(PYTHON) -m pytest -c pyproject.toml
 # extra pytest arguments, e.g. make hardware ARGS="--snapshot-from captured/"
 ARGS ?=
+# the node's checks; the self-tests (tests/selftest) are not collected with them, so a broken
+# self-test can never stop a certification
+CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly clean
+.PHONY: test hardware inference certify update-baselines nightly clean setup
 
 ## the suite's self-tests (CPU, no GPU needed; what CI runs)
 test:
+	$(SETUP_SELFTEST)
 	$(PYTEST) tests/selftest -q $(ARGS)
+
+## create or refresh the virtualenv alone (every target below does it first)
+setup:
+	$(SETUP_NODE)
 
 ## hardware checks before handover: stack drift, then (as they land) GEMM, memory, P2P, NCCL
 hardware:
-	$(PYTEST) -m hardware $(ARGS)
+	$(SETUP_NODE)
+	$(PYTEST) $(CHECKS) -m hardware $(ARGS)
 
 ## inference checks: a real vLLM under load
 inference:
-	$(PYTEST) -m inference $(ARGS)
+	$(SETUP_NODE)
+	$(PYTEST) $(CHECKS) -m inference $(ARGS)
 
 # the certification's load: five levels, each measured three times (noise-aware verdicts), so
 # hardware + offline + serving fit the budget on 2x H100/H200 (the full 1 … 4,096 sweep of
@@ -26,18 +50,21 @@ CERTIFY_OPTS ?= --load-opt concurrency=1,16,64,256,1024 --load-opt requests_per_
 
 ## the handover certification: hardware and inference checks, card under reports/latest/
 certify:
-	$(PYTEST) -m "hardware or inference" --report-dir reports/latest --time-budget-min $(CERTIFY_BUDGET_MIN) \
+	$(SETUP_NODE)
+	$(PYTEST) $(CHECKS) -m "hardware or inference" --certify --report-dir reports/latest --time-budget-min $(CERTIFY_BUDGET_MIN) \
 	  $(CERTIFY_OPTS) $(ARGS)
 
 ## nightly regression (CI: ci/gpucert-nightly.yml): the certification against the committed
 ## baselines, a metric without one fails, the run's record goes to history/ (the card's trends)
 nightly:
-	$(PYTEST) -m "hardware or inference" --missing-baseline=fail --history-dir history --report-dir reports/nightly \
+	$(SETUP_NODE)
+	$(PYTEST) $(CHECKS) -m "hardware or inference" --certify --missing-baseline=fail --history-dir history --report-dir reports/nightly \
 	  --time-budget-min $(CERTIFY_BUDGET_MIN) --junitxml reports/nightly/junit.xml $(CERTIFY_OPTS) $(ARGS)
 
 ## after an approved upgrade: merge this run's measurements into baselines/ (review the git diff)
 update-baselines:
-	$(PYTEST) -m "hardware or inference" --update-baselines $(CERTIFY_OPTS) $(ARGS)
+	$(SETUP_NODE)
+	$(PYTEST) $(CHECKS) -m "hardware or inference" --update-baselines $(CERTIFY_OPTS) $(ARGS)
 
 clean:
 	rm -rf reports .pytest_cache

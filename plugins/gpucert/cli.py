@@ -20,8 +20,36 @@ class CommandError(Exception):
     """Bad input a command reports as `gpucert: error: <message>` (exit 2), never a traceback."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """`--help` states every option's default, so nobody has to read the source for it. A help
+    text that already says its default (or says the option is required) is left as written — a
+    default of None needs words ("every visible GPU"), never "(default: None)"; otherwise the
+    default is appended: flags as off/on, numbers as %g. An option whose default is None and
+    whose help does not explain it is caught by the self-test (test_cli_help.py)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        lowered = text.lower()
+        if "default" in lowered or "required" in lowered or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None or action.default == []:
+            return text
+        value = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+        return f"{text} (default: {value.replace('%', '%%')})"  # the help is %-expanded after this
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse prints the usage block before its error; the suite promises one line."""
+    """argparse prints the usage block before its error; the suite promises one line. Every
+    subcommand's parser is one of these (argparse makes subparsers of the parent's class), so
+    each gets the formatter that shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise CommandError(message)

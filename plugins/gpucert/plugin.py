@@ -19,9 +19,9 @@ from _pytest import junitxml  # its stash key: suite-level properties of --junit
 
 from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
-from . import history, redaction
+from . import certification, history, redaction
 from .monitor.attach import SessionMonitor
-from .progress import Progress, claim_report_dir, log, release_report_dir
+from .progress import Progress, claim_report_dir, duration_text, log, release_report_dir
 from .recorder import CheckRecorder, CheckResult
 from .report import card, prometheus
 from .session import Run, RunOptions
@@ -48,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gpucert", "gpucert certification")
     group.addoption("--update-baselines", action="store_true", default=False,
                     help="merge this run's measured metrics into the profile's baselines (review with git diff)")
+    group.addoption("--certify", action="store_true", default=False,
+                    help="exit non-zero when the node is not certified — also when checks it needs could not "
+                         "run here (exit 6; pytest's own codes otherwise); make certify and make nightly set it")
     group.addoption("--baselines-dir", default=None, metavar="DIR",
                     help="folder of baselines, one subfolder per profile (default: baselines/)")
     group.addoption("--profile", default=None, metavar="NAME",
@@ -347,11 +350,17 @@ class RunHooks:
         self.report_dir_lock: int | None = None
         self.metrics_write_failed = False  # a mid-run metrics.json write failed (reported once)
         self.write_error: str | None = None  # the final outputs could not be written: the run's error line
+        self.verdict_line: str | None = None  # the certification in words: the terminal's last line
 
     def _write_line(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.ensure_newline()
+            # under -q the progress dots run on without a file name, which ensure_newline() does
+            # not see: end their line first, so this one stands on its own
+            writer = getattr(reporter, "_tw", None)
+            if writer is not None and getattr(writer, "width_of_current_line", 0):
+                writer.line()
             reporter.write_line(redaction.redact(text), bold=True)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
@@ -474,6 +483,7 @@ class RunHooks:
             return  # no check was selected, or bad input stopped the run before it measured anything
         status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
         self.run.time_budget = self.progress.stop()
+        self.run.finish()
         monitor = self.config.stash.get(MONITOR_KEY, None)
         if monitor is not None:
             self.run.monitor = monitor.stop()
@@ -502,8 +512,13 @@ class RunHooks:
                 self.run.notes.append(f"history record not written: {exc}")
                 if self.write_error is None and self._write_outputs(status) is None:
                     session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        verdict = data.get("certification") or certification.decide(data)
+        self.verdict_line = f"gpucert: {verdict['line']}"
+        if self.config.option.certify:
+            session.exitstatus = certification.exit_status(int(session.exitstatus), verdict)
         log.info("run %s: verdict %s; card %s", data.get("status"), data["verdict"],
                  self.run.options.report_dir / "report.html")
+        log.info("%s (exit %s)", verdict["line"], int(session.exitstatus))
 
     def _notify(self, text: str) -> None:
         """A line the person watching must see now (e.g. waiting for the baselines lock)."""
@@ -561,11 +576,14 @@ class RunHooks:
             for line in refusal_lines(run.baseline_changes):
                 tr.write_line(line)
         budget = run.time_budget or {}
+        took = f"the run took {duration_text(run.duration_s)}"
         if budget.get("budget_min"):
             skipped = len(budget.get("skipped") or [])
-            tr.write_line(f"time budget {budget['budget_min']:g} min: the run took {budget['elapsed_s'] / 60:.1f} min"
-                          + (f"; {skipped} check(s) skipped for it" if skipped else "")
-                          + ("; the check in flight was interrupted" if budget.get("interrupted_at_s") else ""))
+            took += (f" (time budget {budget['budget_min']:g} min, counted from the first check: "
+                     f"{duration_text(budget['elapsed_s'])} of it used"
+                     + (f"; {skipped} check(s) skipped for it" if skipped else "")
+                     + ("; the check in flight was interrupted" if budget.get("interrupted_at_s") else "") + ")")
+        tr.write_line(took)
         if self.write_error is None:
             tr.write_line(f"report card: {run.options.report_dir / 'report.html'}")
 
@@ -573,6 +591,9 @@ class RunHooks:
         self.progress.close_log()
         release_report_dir(self.report_dir_lock)
         self.report_dir_lock = None
+        if self.verdict_line is not None:  # after pytest's own summary: the line a person reads
+            sys.stdout.write(redaction.redact(self.verdict_line) + "\n")
+            sys.stdout.flush()
         if self.write_error is not None:  # last, so it is the line a person (or CI) reads
             sys.stderr.write(f"ERROR: gpucert: {self.write_error}\n")
             sys.stderr.flush()

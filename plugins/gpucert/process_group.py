@@ -1,7 +1,8 @@
 """Ending what gpucert started. Every engine it starts runs in a session of its own
 (`start_new_session=True`): its process group is the child and all it started — vLLM's workers,
 an NCCL rank's helpers, Chromium's renderers. Ending the group, not the child, is what gives the
-GPUs back; one set of helpers for the server, the NCCL ranks, the offline worker and the browser."""
+GPUs back; one set of helpers for the server, the NCCL ranks, the offline worker and the self-tests'
+browser (tests/selftest/browser.py)."""
 
 from __future__ import annotations
 

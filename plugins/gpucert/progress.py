@@ -92,9 +92,15 @@ def grace_s(budget_s: float) -> float:
     return max(60.0, 0.1 * budget_s)
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 60}:{seconds % 60:02d}"
+def duration_text(seconds: float | None) -> str:
+    """A duration as every gpucert output writes it (terminal, card, log): "5.2 s", "4 min 05 s"."""
+    if seconds is None:
+        return "—"
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(round(seconds))
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 class Progress:
@@ -131,7 +137,7 @@ class Progress:
     def skip_reason(self, check_id: str) -> str:
         self.skipped.append(check_id)
         return (f"time budget: {self.budget_s / 60:g} min spent before this check "
-                f"({_clock(self.elapsed_s())} elapsed); raise --time-budget-min to run it")
+                f"({duration_text(self.elapsed_s())} elapsed); raise --time-budget-min to run it")
 
     def _interrupt(self) -> None:
         """The main thread gets SIGINT: pytest stops as after Ctrl-C and still writes the card."""
@@ -154,8 +160,8 @@ class Progress:
         if family == self.family:
             return
         self.family = family
-        left = f", {_clock(self.budget_s - self.elapsed_s())} of the budget left" if self.budget_s else ""
-        line = f"gpucert ▸ {family}: {checks} check(s) · {_clock(self.elapsed_s())} elapsed{left}"
+        left = f", {duration_text(self.budget_s - self.elapsed_s())} of the budget left" if self.budget_s else ""
+        line = f"gpucert ▸ {family}: {checks} check(s) · {duration_text(self.elapsed_s())} elapsed{left}"
         self.write_line(line)
         log.info(line.removeprefix("gpucert ▸ "))
 

@@ -47,7 +47,7 @@ class CheckResult:
 class CheckRecorder:
     """The `gpucert` fixture: record metrics, findings and baseline artifacts of one check."""
 
-    def __init__(self, run: "Run", result: CheckResult):
+    def __init__(self, run: Run, result: CheckResult):
         self._run = run
         self._result = result
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, history, redaction, snapshot as snapshot_engine
+from . import __version__, certification, history, redaction, snapshot as snapshot_engine
 from .baselines import BaselineStore, Change, Provenance, empty_family, git_revision, merge, runs_of, write_atomic
 from .judge import judge
 from .metrics import VERDICTS, Metric, worst
@@ -41,6 +42,8 @@ class Run:
     def __init__(self, options: RunOptions):
         self.options = options
         self.started_at = _now()
+        self._started = time.monotonic()
+        self.duration_s: float | None = None  # set once, when the run ends: every output shows this figure
         self.checks: dict[str, CheckResult] = {}
         self.baseline_changes: list[Change] = []
         self.notes: list[str] = []
@@ -265,12 +268,14 @@ class Run:
         check_counts = Counter(c["verdict"] for c in checks)
         metric_counts = Counter(m.get("verdict") or "pending" for c in checks for m in c["metrics"])
         snap = self._snapshot or {}
-        return {
+        data = {
             "schema_version": METRICS_SCHEMA_VERSION,
             "gpucert_version": __version__,
             "status": status,
             "started_at": self.started_at,
             "finished_at": _now() if status != "running" else None,
+            # wall time from the session's start (configure) to its end: the terminal and card show it
+            "duration_s": self.duration_s if self.duration_s is not None else round(time.monotonic() - self._started, 1),
             "profile": self.profile,
             "profile_source": self.profile_source,
             "git_revision": self.git_revision,
@@ -296,6 +301,13 @@ class Run:
             "trends": self.trends,
             "time_budget": self.time_budget,
         }
+        data["certification"] = certification.decide(data)
+        return data
+
+    def finish(self) -> None:
+        """The run's duration, fixed as it ends: metrics.json, the card and the terminal all read it."""
+        if self.duration_s is None:
+            self.duration_s = round(time.monotonic() - self._started, 1)
 
     @property
     def git_revision(self) -> str | None:

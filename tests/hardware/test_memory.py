@@ -9,6 +9,7 @@ the reason.
 
 import pytest
 
+from gpucert import gpus
 from gpucert.physics import datasheet
 from gpucert.physics import memory as engine
 from gpucert.physics.core import measure
@@ -19,19 +20,10 @@ DEVICE_TIMING = {"warmup": 3, "reps": 20, "max_time_s": 10.0}
 HOST_TIMING = {"warmup": 2, "reps": 10, "max_time_s": 10.0}  # a pageable 1 GiB copy takes ~0.1 s
 
 
-def _visible_gpus() -> int:
-    # same answer as conftest.cuda_device_count(): asks NVML first, creates no CUDA context
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_memory":  # ids read kind first: device_copy-gpu0
         metafunc.parametrize("kind", engine.KINDS)
-        metafunc.parametrize("gpu", range(max(_visible_gpus(), 1)), ids=lambda i: f"gpu{i}")
+        metafunc.parametrize("gpu", range(max(gpus.count(), 1)), ids=lambda i: f"gpu{i}")
 
 
 def test_memory(gpucert, cuda_devices, kind, gpu):

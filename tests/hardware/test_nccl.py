@@ -17,6 +17,8 @@ import os
 
 import pytest
 
+from gpucert import gpus
+from gpucert.certification import not_applicable
 from gpucert.physics import nccl
 from gpucert.physics.nccl import peak, rows
 
@@ -35,7 +37,7 @@ def sweep(request) -> nccl.SweepResult:
     if BACKEND == "nccl":
         found = len(request.getfixturevalue("cuda_devices"))  # skips, with the reason, without CUDA
         if found < 2:
-            pytest.skip(f"NCCL needs ≥ 2 GPUs, found {found}")
+            pytest.skip(gpus.too_few("NCCL", 2, found))
         nproc = int(os.environ.get("GPUCERT_NCCL_NPROC", found))
     else:
         nproc = int(os.environ.get("GPUCERT_NCCL_NPROC", 2))
@@ -68,7 +70,7 @@ ROW_METRICS = (("wrong", "wrong", "elements", "lower"), ("busbw_gbps", "busbw_gb
 def test_nccl(gpucert, sweep, op, size):
     row = sweep.row(op, nccl.parse_size(size))
     if row is None:
-        pytest.skip(f"{size} rounds down to 0 bytes for {op} on {sweep.config.nproc} ranks")
+        pytest.skip(not_applicable(f"{size} rounds down to 0 bytes for {op} on {sweep.config.nproc} ranks"))
     if row["status"] != "ok":
         record_failed(gpucert, row, ROW_METRICS)
         return

@@ -28,8 +28,7 @@ MATRIX = p2p_matrix.SweepConfig(size=256 << 20, latency_copies=100, warmup=2, re
 def pytest_generate_tests(metafunc):
     if not {"src", "dst"} <= set(metafunc.fixturenames):
         return
-    # conftest.cuda_device_count()'s answer, with its no-GPU reason, creating no CUDA context;
-    # not imported from there: `import conftest` resolves to whichever conftest pytest loaded last
+    # gpucert.gpus' answer, with its no-GPU reason, creating no CUDA context
     count, reason = p2p.available_gpus()
     pairs = [(i, j) for i in range(count) for j in range(count) if i != j]
     if pairs:

@@ -4,7 +4,8 @@
   `--api-key-env` names, never logged).
 - otherwise: `vllm serve` as an operator starts it, from gpucert/data/serving.yaml with
   `--engine-opt` overrides, run by `--engine-python`; its log goes to the report folder and what it
-  reports there (KV cache size, compile and graph-capture time, …) becomes metrics. Missing vLLM or
+  reports at start — on its /metrics (KV blocks and capacity, …), else in its log (compile and
+  graph-capture time, …) — becomes metrics. Missing vLLM or
   too few GPUs skip the checks with that reason on the card.
 
 Test hooks (self-tests only): GPUCERT_ENGINE_ARGV, a JSON list with `{port}` where the port goes,
@@ -24,11 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from gpucert import redaction
-from gpucert.serving import vllm_log
+from gpucert import gpus, redaction
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
-from gpucert.serving.vllm_config import default_config
+from gpucert.serving.vllm_config import default_config, parallelism
 from gpucert.monitor.attach import nvml_module as nvml_binding
 from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
                                          memory_released)
@@ -44,7 +44,7 @@ class ServingTarget:
     load: LoadSettings
     api_key_env: str | None = None
     server: VllmServer | None = None  # None: an endpoint gpucert did not start
-    facts: dict = field(default_factory=dict)  # what the engine's log reported
+    facts: dict = field(default_factory=dict)  # what the engine reported: /metrics, then its log
     configuration: dict = field(default_factory=dict)  # engine and load settings (configuration.py)
 
     def crashed(self, grace_s: float = 0.0) -> str | None:
@@ -90,7 +90,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("concurrency", levels, ids=[f"c{n}" for n in levels])
 
 
-@functools.lru_cache(maxsize=None)  # importing vLLM takes seconds: ask each Python once
+@functools.cache  # importing vLLM takes seconds: ask each Python once
 def _vllm_missing(python: str) -> str | None:
     probe = subprocess.run([python, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
                            capture_output=True, text=True, timeout=300)
@@ -99,31 +99,40 @@ def _vllm_missing(python: str) -> str | None:
     return None
 
 
-def _gpus_missing(tensor_parallel: int) -> str | None:
-    try:
-        import torch
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:
-        count = 0
-    if count < tensor_parallel:
-        return f"vLLM at tensor parallel {tensor_parallel} needs {tensor_parallel} GPUs, found {count}"
+def _gpus_missing(world_size: int) -> str | None:
+    count, reason = gpus.visible()
+    if count < world_size:
+        return f"vLLM on {world_size} GPU(s) needs {world_size}, found {count}" + (f" ({reason})" if reason else "")
     return None
 
 
-def engine_config(config: pytest.Config):
-    """serving.yaml's engine section with `--engine-opt` and `--engine-python` applied."""
+def _engine_overrides(config: pytest.Config) -> dict:
     try:
         overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
-        if config.getoption("--engine-python"):
-            overrides["engine_python"] = config.getoption("--engine-python")
-        return default_config(overrides)
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--engine-python"):
+        overrides["engine_python"] = config.getoption("--engine-python")
+    return overrides
+
+
+def engine_config(config: pytest.Config):
+    """serving.yaml's engine section with `--engine-opt` and `--engine-python` applied
+    (tensor_parallel_size `auto` resolved to a number)."""
+    try:
+        return default_config(_engine_overrides(config))
     except ValueError as exc:
         raise pytest.UsageError(f"gpucert: {exc}") from None
 
 
+def engine_in_words(config: pytest.Config, engine) -> str:
+    """The card's note of how the engine is split over the GPUs."""
+    return f"engine: vLLM {engine.model} at {parallelism(engine, _engine_overrides(config))}"
+
+
 def no_local_engine(engine) -> str | None:
     """Why vLLM cannot run here as configured, or None."""
-    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.tensor_parallel_size)
+    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.world_size)
 
 
 @pytest.fixture(scope="session")
@@ -162,6 +171,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
         missing = no_local_engine(engine)
         if missing:
             pytest.skip(missing)
+    gpucert_note(engine_in_words(config, engine))
     server = VllmServer(engine, gpucert_report_dir / "engine", command=command)
     nvml_module = nvml_binding()
     memory_before = gpu_memory_used_mib(nvml_module)
@@ -170,7 +180,7 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     except EngineStartError as exc:
         pytest.fail(f"the engine did not start: {exc}", pytrace=False)
     try:
-        facts = vllm_log.parse_file(server.log_path)
+        facts = server.engine_facts()
         if gpucert_monitor:
             gpucert_monitor.attach_vllm(f"{server.base_url}/metrics")
         yield ServingTarget(f"{server.base_url}/v1", server.model_name, load, server=server, facts=facts,
@@ -189,7 +199,7 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     """vLLM's LLM.generate over every load level, once, in the engine's Python, before the server
     starts (both cannot hold the GPUs at once)."""
     from gpucert.serving.offline import run_offline
-    from load import prompts_for  # this folder's module, as the checks import it
+    from .load import prompts_for  # this folder's module, as the checks import it
     config = request.config
     if config.getoption("--endpoint"):
         pytest.skip("offline throughput needs a local vLLM; --endpoint certifies a remote server")

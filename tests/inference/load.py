@@ -1,5 +1,5 @@
 """Shared by the inference checks: one load-generator run against the session's server, built
-from the load settings (kept out of conftest so the checks import it by name)."""
+from the load settings (kept out of conftest so the checks can import it: `from .load import run_level`)."""
 
 from __future__ import annotations
 

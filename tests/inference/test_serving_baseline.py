@@ -9,7 +9,7 @@ import pytest
 from gpucert.serving.summary import (client_check, itl_gaps_s, measured_window, summarize, throughput_series,
                                      token_count_mismatches, tpot_s)
 
-from load import run_level
+from .load import run_level
 
 pytestmark = pytest.mark.inference
 

@@ -3,15 +3,16 @@ reported at start (KV cache capacity, compile and graph-capture time) on the car
 
 import pytest
 
-from gpucert.serving import configuration, vllm_log
+from gpucert.serving import configuration, vllm_metrics
 from gpucert.serving.summary import summarize, token_count_mismatches
 
-from load import run_level
+from .load import run_level
 
 pytestmark = pytest.mark.inference
 
 REQUESTS = 4
-# what vLLM's log says at start, recorded as metrics (key in vllm_log.parse → unit, direction)
+# what vLLM reports at start, recorded as metrics (key in the engine's facts → unit, direction): from
+# its /metrics where it publishes them (vllm_metrics), from its log for the rest
 ENGINE_FACTS = {
     "kv_cache_tokens": ("tokens", "higher"),
     "max_concurrency": ("x", "higher"),
@@ -21,7 +22,7 @@ ENGINE_FACTS = {
     "startup_s": ("s", "lower"),
 }
 ENGINE_CHOICES = ("vllm_version", "allreduce_backends", "attention_backend", "nccl_version", "dtype",
-                  "kv_cache_dtype", "enable_prefix_caching", "max_num_batched_tokens")
+                  "kv_cache_dtype", "enable_prefix_caching", "max_num_batched_tokens", "block_size")
 
 
 def test_vllm_sanity(gpucert, serving, gpucert_note):
@@ -50,7 +51,7 @@ def test_vllm_sanity(gpucert, serving, gpucert_note):
     for key, (unit, direction) in ENGINE_FACTS.items():
         if serving.facts.get(key) is not None:
             gpucert.record(key, serving.facts[key], unit=unit, direction=direction,
-                           note=f"from the engine log ({vllm_log.UNITS.get(key, unit)})")
+                           note=vllm_metrics.source_note(serving.facts, key))
     judge_configuration(gpucert, serving, gpucert_note)
     if crashed:
         pytest.fail(f"the engine died during the check: {crashed}", pytrace=False)

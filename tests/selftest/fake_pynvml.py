@@ -1,5 +1,8 @@
 """A stand-in for the `pynvml` module (NVML cannot exist without a GPU), imported by name in the
-monitor's own sampler process (GPUCERT_NVML_MODULE=fake_pynvml; this folder is on its sys.path).
+monitor's own sampler process (GPUCERT_NVML_MODULE=fake_pynvml). The code under test imports it
+as the top-level module `fake_pynvml`, so this folder must be on sys.path: `importable(monkeypatch)`
+puts it there for one test (the spawned sampler inherits sys.path), a subprocess gets FOLDER on
+PYTHONPATH. Nothing else may rely on pytest having put this folder on sys.path.
 
 Two H100-like GPUs whose readings follow the clock, so a test can predict them: 300 W and 200 W
 constant (the energy counter grows with it), utilization 90 %, memory 10 / 20 GiB, NVLink TX
@@ -22,6 +25,16 @@ MEMORY_MIB = (10 * 1024, 20 * 1024)
 NVLINK_TX_KIB_PER_S = (10e9 / 1024, 0.0)  # GPU 0 sends 10 GB/s over its links in total (KiB counters)
 NVLINK_RX_BYTES_PER_S = (0.0, 5e9)  # GPU 1 receives 5 GB/s, on the newer byte counters only
 CLOCK_EVENTS = (0x0, 0x4)  # GPU 1: sw_power_cap
+
+NAME = "fake_pynvml"  # what GPUCERT_NVML_MODULE / nvml_module name: the top-level module, not tests.selftest's
+FOLDER = os.path.dirname(os.path.abspath(__file__))
+
+
+def importable(monkeypatch) -> str:
+    """Put this folder on sys.path for the rest of the test (undone after it) and return the name
+    to give the code under test."""
+    monkeypatch.syspath_prepend(FOLDER)
+    return NAME
 
 
 class NVMLError(Exception):

@@ -78,7 +78,7 @@ class MisbehavingServer:
     def v1_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> "MisbehavingServer":
+    def __enter__(self) -> MisbehavingServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("the misbehaving server did not start")

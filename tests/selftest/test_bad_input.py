@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from test_plugin import suite  # noqa: F401 - the pytester session fixture
-from test_thresholds import BAD_FILES
+from .test_plugin import suite  # noqa: F401 - the pytester session fixture
+from .test_thresholds import BAD_FILES
 
 
 def one_error_line(result):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_plugin import baseline_file, suite  # noqa: F401 - the pytester session fixture
+from .test_plugin import baseline_file, suite  # noqa: F401 - the pytester session fixture
 
 
 def _entry(**fields):

@@ -11,7 +11,7 @@ import pytest
 
 from gpucert.cli import main
 from gpucert.physics import gemm, memory
-from machine import without_gpu
+from .machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 GEMM_ROW = {"dtype", "shape", "m", "n", "k", "tflops", "pct_of_peak", "status", "error"}

@@ -3,16 +3,15 @@ must see no console error, no exception, no failed load, and no script of the ca
 Without Chromium the tests skip, except under CI (which installs it: .ci/run), where they fail."""
 
 import copy
-import json
 import os
 from pathlib import Path
 
 import pytest
 
-from gpucert.report import browser, card
+from gpucert.report import card
 
-DEVICE_RUN = (Path(__file__).resolve().parents[2]
-              / "docs/evidence/issue-4-inference/session5/serving-check/metrics.json")
+from . import browser, device_runs
+
 HOSTILE = '<script>alert(1)</script><img src="x" onerror="alert(2)">'
 
 
@@ -29,7 +28,7 @@ def need_chromium() -> str:
 
 def device_run() -> dict:
     """metrics.json of a real 2× H100 serving-check run: serving table, monitor timelines, failures."""
-    return json.loads(DEVICE_RUN.read_text())
+    return device_runs.load(device_runs.SERVING_CHECK)
 
 
 def open_card(data: dict, tmp_path: Path, chromium: str) -> dict:

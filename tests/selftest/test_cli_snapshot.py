@@ -11,7 +11,7 @@ import pytest
 from gpucert import snapshot
 from gpucert.cli import main
 
-from captures import FIXTURE
+from .captures import FIXTURE
 
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from gpucert.baselines import LOCK_NAME, BaselineStore, Provenance, merge, write_atomic
 from gpucert.metrics import Metric
-from test_plugin import THRESHOLDS
+from .test_plugin import THRESHOLDS
 
 # each check waits until both runs are inside a check: both have loaded the baselines before
 # either stores, the interleaving that lost an update

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_plugin import THRESHOLDS, TOY
+from .test_plugin import THRESHOLDS, TOY
 
 
 def fill(folder: Path) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from emulators import emulator_process
+from .emulators import emulator_process
 from gpucert.serving.vllm_server import free_port
-from test_plugin import lines, suite  # noqa: F401 - the pytester session fixture
+from .test_plugin import lines, suite  # noqa: F401 - the pytester session fixture
 
 REPO = Path(__file__).resolve().parents[2]
 NOT_STORED = "nothing stored (baselines nor candidates); the summary and card say why"
@@ -25,8 +25,8 @@ def serving_update(tmp_path, endpoint, *extra):
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/inference/test_serving_baseline.py",
            "--endpoint", endpoint, "--endpoint-model", "m", "--load-opt", "concurrency=4",
            "--load-opt", "requests_per_level=20", "--load-opt", "input_len=16", "--load-opt", "output_len=8",
-           "--monitor", "off", "--profile", "toy-node", "--baselines-dir", str(tmp_path / "baselines"),
-           "--report-dir", str(report), "--update-baselines", *extra]
+           "--monitor", "off", "--profile", "toy-node", f"--baselines-dir={tmp_path / 'baselines'}",
+           f"--report-dir={report}", "--update-baselines", *extra]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     run.report = report
     run.metrics = json.loads((report / "metrics.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import cpu_server
+from . import cpu_server
 
 REPO = Path(__file__).resolve().parents[2]
 # thresholds.yaml's informational warnings about the box rather than the engine: the sampler late
@@ -43,7 +43,7 @@ def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
     url, model = smollm2
     output_len = 12
     run, metrics = pytest_inference(
-        tmp_path, "--endpoint", url, "--endpoint-model", str(model),
+        tmp_path, "--endpoint", url, f"--endpoint-model={model}",  # a path: after "=" (README, Options)
         "--load-opt", "concurrency=1,4", "--load-opt", f"output_len={output_len}", "--load-opt", "input_len=8",
         "--load-opt", "token_ids=false", "--load-opt", "ignore_eos=false", "--load-opt", "min_requests=4",
         "--load-opt", "requests_per_level=1", "--load-opt", "warmup=1",
@@ -107,13 +107,15 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
 
 def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
     """The lifecycle reads the engine's log: a stand-in that prints a real vLLM 0.26 start-up log
-    (captured on 2× H100) and then serves as the emulator gets the KV capacity, compile and graph
-    times as metrics of the sanity check and the all-reduce backend as a finding."""
+    (captured on 2× H100) and then serves as the emulator — publishing no vllm:cache_config_info on
+    its /metrics, as a vLLM without it — gets the KV capacity, compile and graph times as metrics
+    of the sanity check (each saying it came from the log, and why) and the all-reduce backend as a
+    finding. (/metrics first: test_engine_facts.py.)"""
     log = REPO / "tests" / "fixtures" / "h100x2-nvlink" / "vllm-0.26.0-serve-tp2.log"
-    stand_in = ("import runpy, sys\n"
+    stand_in = ("import sys\n"
                 f"sys.stdout.write(open({str(log)!r}).read()); sys.stdout.flush()\n"
-                "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
-                "runpy.run_module('gpucert.cli', run_name='__main__')\n")
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=2, itl_ms=1, cache_config=None), port=int(sys.argv[1]))\n")
     run, metrics = pytest_inference(
         tmp_path, "-k", "sanity or serving_baseline", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
         "--load-opt", "concurrency=2", "--load-opt", 'slo={"ttft_ms": 1, "tpot_ms": 1000}',
@@ -127,6 +129,8 @@ def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
     sanity = by_check(metrics)["vllm_sanity"]
     assert sanity["kv_cache_tokens"]["value"] == 5_280_176 and sanity["max_concurrency"]["value"] == 1289.11
     assert sanity["compile_s"]["value"] == 25.81 and sanity["cuda_graph_s"]["value"] == 5.0
+    assert sanity["kv_cache_tokens"]["note"] == ("from the engine log (vllm:cache_config_info not "
+                                                 "published on /metrics)")
     engine, = sanity["_check"]["findings"]["engine"]
     assert engine["allreduce_backends"] == "CUSTOM, PYNCCL" and engine["vllm_version"] == "0.26.0"
     assert engine["attention_backend"] == "FLASH_ATTN" and engine["nccl_version"] == "2.28.9"
@@ -143,7 +147,8 @@ class SamplingParams:
 class LLM:
     calls = 0
     def __init__(self, **kwargs):
-        assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 2, kwargs
+        # tensor_parallel_size auto: this machine shows no GPU, so 1 (the smallest)
+        assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 1, kwargs
         print("INFO 11-27 03:31:02 [kv_cache_utils.py:2177] GPU KV cache size: 5,280,176 tokens", flush=True)
         if os.environ.get("STAND_IN_PID_FILE"):
             open(os.environ["STAND_IN_PID_FILE"], "w").write(str(os.getpid()))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from misbehaving_server import END, HEADERS, STALL, chunk, serving, sse, stream, text_chunk, usage
-from emulators import emulator_process
+from .misbehaving_server import END, HEADERS, STALL, chunk, serving, sse, stream, text_chunk, usage
+from .emulators import emulator_process
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = 6  # tokens each scripted stream is asked for (--output-len)
@@ -379,7 +379,7 @@ def wait_for(path: Path, line: str, count: int, proc, timeout_s: float = 120) ->
           "the check is incomplete (interrupted), every metric it recorded kept in metrics.json", "once", False),
 ])
 def test_ctrl_c_while_the_monitor_ends_keeps_the_check(tmp_path, sigint_in_repeat):
-    import fake_pynvml
+    from . import fake_pynvml
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
     (plugin_dir / "slow_monitor_end.py").write_text(SLOW_FLUSH)

@@ -19,8 +19,14 @@ from gpucert.monitor import store, summary
 from gpucert.monitor.sampler import Monitor, MonitorConfig
 from gpucert.monitor.sources import parse_vllm_metrics
 
-import fake_pynvml
-from emulators import wait_gone
+from . import fake_pynvml
+from .emulators import wait_gone
+
+
+@pytest.fixture(autouse=True)
+def _fake_nvml_importable(monkeypatch):
+    """The code under test imports the fake NVML binding by name, here and in the sampler it spawns."""
+    fake_pynvml.importable(monkeypatch)
 
 
 def monitor(tmp_path, **config):
@@ -511,3 +517,83 @@ def test_a_reader_follows_a_growing_file(tmp_path):
     meta, columns = reader.read()
     assert meta == {"interval_s": 0.1} and columns["t"].tolist() == [1.0, 2.0, 3.0]
     assert np.isnan(columns["b"][:2]).all() and columns["b"][2] == 9.0
+
+
+# ---- `gpucert monitor` without --out: its temporary folder goes, however the command ends ------
+
+def _monitor_cmd(tmp_path, *args, **env):
+    """`gpucert monitor ARGS` with TMPDIR inside tmp_path (where its temporary folder must appear
+    and go) and the fake driver at the NVML seam; a Popen in its own session, for Ctrl-C."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    fake_folder = os.path.dirname(os.path.abspath(fake_pynvml.__file__))
+    full_env = {**os.environ, "TMPDIR": str(tmp), "GPUCERT_NVML_MODULE": "fake_pynvml",
+                "PYTHONPATH": os.pathsep.join([fake_folder, os.environ.get("PYTHONPATH", "")]),
+                **env}
+    proc = subprocess.Popen([sys.executable, "-m", "gpucert.cli", "monitor", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=full_env)
+    return proc, tmp
+
+
+def _left_behind(tmp):
+    return sorted(p.name for p in tmp.glob("gpucert-monitor-*"))
+
+
+def _wait_for(predicate, proc, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert predicate(), "the monitor never got there"
+
+
+def test_monitor_without_out_removes_its_temporary_folder(tmp_path):
+    proc, tmp = _monitor_cmd(tmp_path, "--duration", "0.5", "--interval-ms", "50", "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["samples"] >= 5 and result["out"] is None  # nothing kept to point at
+    assert _left_behind(tmp) == []
+    proc, tmp = _monitor_cmd(tmp_path, "--duration", "0.3", "--interval-ms", "50")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "samples not kept (--out FILE.npz keeps them)" in out, out + err
+    assert _left_behind(tmp) == []
+
+
+@pytest.mark.fault("monitor", "`gpucert monitor` without --out given a bad --interval-ms (5 ms)",
+                   "one line, exit 2; no gpucert-monitor-* folder left in TMPDIR")
+def test_monitor_bad_input_leaves_no_temporary_folder(tmp_path):
+    proc, tmp = _monitor_cmd(tmp_path, "--duration", "1", "--interval-ms", "5")
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (2, "") and err.count("\n") == 1 and "monitor interval must be >= 20 ms" in err
+    assert _left_behind(tmp) == []
+
+
+@pytest.mark.fault("monitor", "Ctrl-C to `gpucert monitor` without --out while it samples (SIGINT to the "
+                   "process group)", "the summary of what it sampled, exit 0; its temporary folder removed")
+def test_ctrl_c_while_sampling_removes_the_temporary_folder(tmp_path):
+    import signal
+    proc, tmp = _monitor_cmd(tmp_path, "--duration", "30", "--interval-ms", "50", "--json")
+    _wait_for(lambda: any(tmp.glob("gpucert-monitor-*/monitor.npz")), proc)  # written just before ready
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert json.loads(out)["samples"] >= 5
+    assert _left_behind(tmp) == []
+
+
+@pytest.mark.fault("monitor", "Ctrl-C to `gpucert monitor` without --out while its sampler is still starting "
+                   "(a driver init that takes 30 s)",
+                   "'gpucert: interrupted', exit 130; the sampler gone and its temporary folder removed")
+def test_ctrl_c_while_starting_removes_the_temporary_folder(tmp_path):
+    import signal
+    marker = tmp_path / "init.pid"
+    proc, tmp = _monitor_cmd(tmp_path, "--duration", "30", "--interval-ms", "50",
+                             FAKE_NVML_INIT_S="30", FAKE_NVML_INIT_MARKER=str(marker))
+    _wait_for(lambda: marker.exists() and marker.read_text(), proc)
+    assert _left_behind(tmp) != []  # the folder exists while the sampler starts
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err, out) == (130, "gpucert: interrupted\n", "")
+    assert wait_gone(int(marker.read_text()))
+    assert _left_behind(tmp) == []

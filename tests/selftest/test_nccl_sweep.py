@@ -13,7 +13,7 @@ import pytest
 from gpucert import cli
 from gpucert.physics import nccl
 from gpucert.physics.nccl import faults, formulas
-from machine import without_gpu
+from .machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = {"warmup": 1, "iters": 3}
@@ -98,7 +98,7 @@ def test_corrupted_data_fails_the_hardware_check_on_wrong(tmp_path):
            faults.ENV: "corrupt:rank=1:op=all_reduce"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/hardware/test_nccl.py", "-m", "hardware", "-p", "no:cacheprovider",
-         "--baselines-dir", str(tmp_path / "b"), "--report-dir", str(tmp_path / "r")],
+         f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
@@ -125,7 +125,7 @@ def test_the_hardware_check_skips_without_a_gpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCERT_NCCL_")}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/hardware/test_nccl.py", "-p", "no:cacheprovider", "-rs",
-         "--baselines-dir", str(tmp_path / "b"), "--report-dir", str(tmp_path / "r")],
+         f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr
     checks = len(formulas.OPS) * len(formulas.HARDWARE_SIZES) + 2  # + latency and peak headlines

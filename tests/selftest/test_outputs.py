@@ -5,7 +5,6 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import prometheus_client.exposition
 import pytest
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpucert.metrics import VERDICTS
 from gpucert.report import prometheus
 
-DEVICE_RUN = Path(__file__).parents[2] / "docs/evidence/issue-4-inference/session5/serving-check/metrics.json"
+from . import device_runs
 
 # label values a check id, a unit or a check name can carry: the exposition format must escape
 # the backslash, the quote and the newline; the rest must pass through untouched
@@ -71,7 +70,7 @@ def synthetic_running_run():
 
 
 def test_device_run_textfile_round_trips(tmp_path):
-    data = json.loads(DEVICE_RUN.read_text())
+    data = device_runs.load(device_runs.SERVING_CHECK)
     path = prometheus.write(tmp_path, data)
     assert path == tmp_path / "metrics.prom"
     parsed = samples(path)
@@ -109,7 +108,7 @@ def test_device_run_textfile_round_trips(tmp_path):
 
 
 def test_headline_metrics_have_their_own_short_list(tmp_path):
-    data = json.loads(DEVICE_RUN.read_text())
+    data = device_runs.load(device_runs.SERVING_CHECK)
     marked = 0
     for check in data["checks"]:
         for m in check["metrics"]:

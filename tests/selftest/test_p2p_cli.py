@@ -12,8 +12,8 @@ from gpucert import snapshot
 from gpucert.cli import CommandError, main
 from gpucert.physics import p2p, p2p_cli, p2p_matrix
 
-from captures import FIXTURE
-from machine import without_gpu
+from .captures import FIXTURE
+from .machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ from gpucert.physics import p2p, p2p_matrix
 from gpucert.physics.core import Result, measure
 from gpucert.physics.datasheet import GpuSpec, lookup
 
-from captures import FIXTURE
-from machine import without_gpu
+from .captures import FIXTURE
+from .machine import without_gpu
 
 H100 = lookup("NVIDIA H100 80GB HBM3")
 
@@ -251,7 +251,8 @@ def test_peer_access_rules_without_cuda():
 
 @without_gpu
 def test_too_few_gpus_says_how_many():
-    assert p2p.too_few_gpus(1) == "P2P needs ≥ 2 GPUs, found 1"
+    assert p2p.too_few_gpus(1) == "not applicable: P2P needs ≥ 2 GPUs, found 1 (this node's shape)"
+    assert p2p.too_few_gpus(0, "no CUDA device: x") == "P2P needs ≥ 2 GPUs, found 0 (no CUDA device: x)"
     count, reason = p2p.available_gpus()
     assert count == 0 and "CPU build" in reason  # this machine
 

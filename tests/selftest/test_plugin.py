@@ -333,7 +333,8 @@ def test_gemm_like(gpucert):
 def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     """Each inference check gets the monitor's figures as metrics (judged, baselined), its samples
     as a file, and charts on the card; hardware checks only with --monitor all."""
-    monkeypatch.setenv("GPUCERT_NVML_MODULE", "fake_pynvml")  # NVML's only seam: the GPU fields
+    from . import fake_pynvml
+    monkeypatch.setenv("GPUCERT_NVML_MODULE", fake_pynvml.importable(monkeypatch))  # NVML's only seam: the GPU fields
     pytester.makepyfile(test_monitored=MONITORED)
     result = suite(100, "-k", "served or gemm_like or repeated", "--monitor-interval-ms", "50")
     assert result.ret == 0, result.stdout.str()[-2000:]

@@ -75,10 +75,8 @@ def test_a_right_axis_series_is_dashed_and_scaled_on_its_own():
 def test_physics_section_sets_the_node_against_its_datasheet_peaks():
     """A real `make certify` on 2× H100 (session 6): the best GEMM per dtype, HBM and host copies,
     P2P and NCCL's largest all_reduce against the peaks, with their verdicts."""
-    import json
-    from pathlib import Path
-    path = Path(__file__).parents[2] / "docs/evidence/issue-6-certify/certify/metrics.json"
-    data = json.loads(path.read_text())
+    from . import device_runs
+    data = device_runs.load(device_runs.CERTIFY)
     rows = {(r["check_id"], r["metric"]): r for r in card.physics_view(data)}
     bf16 = rows[("gemm_max_achievable[dtype=bf16]", "tflops")]
     assert bf16["peak"] == 989.5 and 0.8 < bf16["fraction"] < 0.9 and bf16["verdict"] == "pass"

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import threading
 import time
 
 import pytest
+from aiohttp import web
 
 from gpucert.cli import main
+from gpucert.serving.emulator import Emulator, EmulatorConfig
 from gpucert.serving.vllm_server import free_port
 
-from emulators import emulator_process, wait_gone
+from .emulators import emulator_process, wait_gone
+from .misbehaving_server import serving
 
 
 
@@ -124,3 +131,134 @@ def test_emulator_processes_share_the_port_and_stop_together():
         assert len(pids) == 2, f"answered by {pids}"
     child = (pids - {str(emulator.proc.pid)}).pop()
     assert wait_gone(int(child)), "the second emulator process outlived the first"
+
+
+# ---- --model from the server: GET /v1/models ----------------------------------------------------
+
+@contextlib.contextmanager
+def models_server(listing):
+    """A real aiohttp server on 127.0.0.1, on its own loop and thread: GET /v1/models answers
+    `listing` (the OpenAI list object), completions stream from the emulator; `seen` keeps the
+    model each completion asked for."""
+    emulator, seen = Emulator(EmulatorConfig(ttft_ms=1, itl_ms=0)), []
+
+    async def models(request):
+        return web.json_response(listing)
+
+    async def completions(request):
+        seen.append((await request.json())["model"])  # aiohttp keeps the body for the emulator
+        return await emulator._completions(request)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/completions", completions)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = web.AppRunner(app, access_log=None)
+
+    async def start():
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]
+
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", seen
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _listing(*ids):
+    return {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "vllm"} for i in ids]}
+
+
+def test_model_defaults_to_the_first_model_the_server_lists(capsys):
+    with models_server(_listing("served-first", "a-lora-adapter")) as (url, seen):
+        rc = main(["loadgen", "--base-url", url, "--concurrency", "2", "--num-requests", "4",
+                   "--output-len", "4", "--json"])
+        result = json.loads(capsys.readouterr().out)
+        assert rc == 0 and result["summary"]["completed"] == 4
+        assert seen == ["served-first"] * 4  # every request named the listed model
+        assert (result["config"]["model"], result["config"]["model_from_server"]) == ("served-first", True)
+        assert main(["loadgen", "--base-url", url, "--concurrency", "1", "--num-requests", "1",
+                     "--output-len", "2"]) == 0
+        assert capsys.readouterr().out.startswith("model served-first (the server's first, from GET /v1/models)\n")
+        # --model given: the server is not asked, and the name is sent as given
+        assert main(["loadgen", "--base-url", url, "--model", "mine", "--concurrency", "1", "--num-requests", "1",
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["config"]["model_from_server"] is False and seen[-1] == "mine"
+
+
+def test_model_from_the_emulators_own_list(emulator_url, capsys):
+    assert main(["loadgen", "--base-url", emulator_url, "--concurrency", "1", "--num-requests", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["model"] == "gpucert-emulator"
+
+
+@pytest.mark.parametrize("server, message", [
+    pytest.param("refused", r"--model not given, and GET http://127\.0\.0\.1:\d+/v1/models failed: Connection refused$",
+                 marks=pytest.mark.fault("loadgen", "no --model, and nothing listens at --base-url",
+                                         "one line 'GET …/v1/models failed: Connection refused', exit 2"),
+                 id="refused"),
+    pytest.param("empty", r"GET http://127\.0\.0\.1:\d+/v1/models lists no model; give --model NAME$",
+                 marks=pytest.mark.fault("loadgen", "no --model, and GET /v1/models lists no model",
+                                         "one line 'lists no model; give --model NAME', exit 2"), id="empty"),
+    pytest.param("not-a-list", r"did not answer an OpenAI model list; give --model NAME$",
+                 marks=pytest.mark.fault("loadgen", "no --model, and GET /v1/models answers JSON that is no model list",
+                                         "one line, exit 2"), id="not-a-list"),
+    pytest.param("404", r"GET http://127\.0\.0\.1:\d+/v1/models answered HTTP 404; give --model NAME$",
+                 marks=pytest.mark.fault("loadgen", "no --model, and the server answers GET /v1/models with 404",
+                                         "one line 'answered HTTP 404', exit 2"), id="404"),
+])
+def test_model_discovery_failures_are_one_line(server, message, capsys):
+    args = ["--concurrency", "1", "--num-requests", "1"]
+    if server == "refused":
+        rc = main(["loadgen", "--base-url", f"http://127.0.0.1:{free_port()}/v1", *args])
+    elif server == "404":
+        with serving(lambda body: []) as srv:  # answers every GET 404
+            rc = main(["loadgen", "--base-url", srv.v1_url, *args])
+            assert srv.requests == []  # no completion was sent
+    else:
+        with models_server(_listing() if server == "empty" else {"data": "no"}) as (url, seen):
+            rc = main(["loadgen", "--base-url", url, *args])
+            assert seen == []
+    captured = capsys.readouterr()
+    assert (rc, captured.out) == (2, "")
+    assert captured.err.count("\n") == 1 and captured.err.startswith("gpucert: error: "), captured.err
+    assert re.search(message, captured.err.rstrip("\n")), captured.err
+
+
+# ---- goodput and SLO attainment in the text output -----------------------------------------------
+
+def _slo_line(out):
+    found = re.search(r"^goodput (\S+) requests/s  SLO attainment (\S+) %  \(SLO: (.*)\)$", out, re.M)
+    return found and (float(found[1]), float(found[2]), found[3])
+
+
+def test_text_output_shows_goodput_and_slo_attainment(emulator_url, capsys):
+    base = ["loadgen", "--base-url", emulator_url, "--model", "m", "--concurrency", "2", "--num-requests", "6",
+            "--output-len", "4"]
+    assert main(base + ["--slo", "ttft_ms=5000", "--slo", "e2e_ms=10000"]) == 0
+    out = capsys.readouterr().out
+    rate = float(re.search(r"^requests/s (\S+)", out, re.M)[1])
+    goodput, attained, slos = _slo_line(out)
+    assert (attained, slos) == (100.0, "ttft_ms <= 5000, e2e_ms <= 10000") and goodput == pytest.approx(rate, abs=0.01)
+    # an SLO no request can meet (TTFT under 1 µs; the emulator's is 5 ms): 0 goodput, 0 %
+    assert main(base + ["--slo", "ttft_ms=0.001"]) == 0
+    assert _slo_line(capsys.readouterr().out) == (0.0, 0.0, "ttft_ms <= 0.001")
+    assert main(base) == 0  # no --slo: no goodput line
+    assert "goodput" not in capsys.readouterr().out
+
+
+@pytest.mark.fault("secrets", "no --model, a --base-url with user:password, and nothing listens there",
+                   "the one-line error shows the URL it asked without its user:password")
+def test_model_discovery_error_never_shows_the_password(capsys):
+    secret = "pw-do-not-print-7373"
+    rc = main(["loadgen", "--base-url", f"http://user:{secret}@127.0.0.1:{free_port()}/v1", "--concurrency", "1",
+               "--num-requests", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "GET http://127.0.0.1:" in err and "failed: Connection refused" in err, err
+    assert secret not in err and "user" not in err

@@ -18,8 +18,8 @@ from gpucert.serving.datasets import Prompt
 from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap, run_in_new_loop, run_load
 from gpucert.serving.summary import error_breakdown, summarize
 
-from emulators import emulator_process
-from timing_oracle import FLOOR_PERCENTILE, lateness_s, timing_faults
+from .emulators import emulator_process
+from .timing_oracle import FLOOR_PERCENTILE, lateness_s, timing_faults
 
 TTFT_MS, ITL_MS, OUTPUT = 50.0, 20.0, 16
 TOLERANCE_MS = 1.0

@@ -20,8 +20,8 @@ from gpucert.serving.loadgen_workers import (STREAMS_PER_PROCESS, WorkerFailure,
 from gpucert.serving.records import RequestRecord, RunRecords
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
-from emulators import emulator_process
-from timing_oracle import timing_faults
+from .emulators import emulator_process
+from .timing_oracle import timing_faults
 
 TTFT_MS, ITL_MS, OUTPUT = 20.0, 2.0, 16
 # The oracle's 1 ms: the emulator, two client workers and pytest are three processes on a 2-core

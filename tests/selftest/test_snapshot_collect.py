@@ -11,8 +11,8 @@ from gpucert.snapshot.collect import collect_live
 from gpucert.snapshot.nvml import NvmlUnavailable
 from gpucert.snapshot.smi import SmiUnavailable
 
-from captures import FIXTURE
-from machine import without_gpu
+from .captures import FIXTURE
+from .machine import without_gpu
 
 
 

@@ -7,7 +7,7 @@ import pytest
 from gpucert import snapshot
 from gpucert.snapshot import RULES, SEVERITIES, SnapshotError
 
-from captures import DRIFT_EDITS, FIXTURE, NEW_UUID1, UUID1, edited_capture
+from .captures import DRIFT_EDITS, FIXTURE, NEW_UUID1, UUID1, edited_capture
 
 @pytest.fixture(scope="module")
 def baseline():

@@ -6,7 +6,7 @@ import pytest
 
 from gpucert import snapshot
 
-from captures import FIXTURE
+from .captures import FIXTURE
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from gpucert import snapshot
 from gpucert.snapshot import host as host_engine
 from gpucert.snapshot.collect import collect_live
 
-from captures import FIXTURE
-from machine import without_gpu
-from test_snapshot_nvml import GPU_IS_LOST, Raise, fixture_node, smi_from_fixture
+from .captures import FIXTURE
+from .machine import without_gpu
+from .test_snapshot_nvml import GPU_IS_LOST, Raise, fixture_node, smi_from_fixture
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = "2xH100-80GB-HBM3-NV18"
@@ -31,9 +31,9 @@ UUID0 = "GPU-e6e6948f-a562-7039-2777-28ff85a40348"
 
 def pytest_stack(snapshot_dir, baselines, report_dir, *extra):
     cmd = [sys.executable, "-m", "pytest", "-m", "hardware", "-k", "stack", "-p", "no:cacheprovider",
-           "--baselines-dir", str(baselines), "--report-dir", str(report_dir), *extra]
+           f"--baselines-dir={baselines}", f"--report-dir={report_dir}", *extra]
     if snapshot_dir is not None:
-        cmd += ["--snapshot-from", str(snapshot_dir)]
+        cmd += [f"--snapshot-from={snapshot_dir}"]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 

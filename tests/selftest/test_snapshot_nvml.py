@@ -14,7 +14,7 @@ from gpucert.snapshot import nvml, smi_nvlink, smi_query
 from gpucert.snapshot.collect import collect_live
 from gpucert.snapshot.smi import SmiUnavailable
 
-from captures import FIXTURE
+from .captures import FIXTURE
 
 NOT_SUPPORTED, INVALID_ARGUMENT, GPU_IS_LOST = 3, 2, 15
 MIB = 1024 * 1024

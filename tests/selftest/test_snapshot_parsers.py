@@ -6,7 +6,7 @@ import pytest
 
 from gpucert.snapshot import smi_nvlink, smi_query, smi_table, smi_topo, values
 
-from captures import FIXTURE, UUID1
+from .captures import FIXTURE, UUID1
 
 UUID0 = "GPU-e6e6948f-a562-7039-2777-28ff85a40348"
 

@@ -6,7 +6,7 @@ import pytest
 from gpucert import snapshot
 from gpucert.snapshot.profile import link_rank
 
-from captures import FIXTURE
+from .captures import FIXTURE
 
 
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from captures import DRIFT_EDITS, FIXTURE, edited_capture
-from machine import without_gpu
+from .captures import DRIFT_EDITS, FIXTURE, edited_capture
+from .machine import without_gpu
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = "2xH100-80GB-HBM3-NV18"
@@ -16,8 +16,8 @@ PROFILE = "2xH100-80GB-HBM3-NV18"
 
 def pytest_stack(snapshot_dir, baselines, report_dir, *extra):
     cmd = [sys.executable, "-m", "pytest", "-m", "hardware", "-k", "stack", "-p", "no:cacheprovider",
-           "--snapshot-from", str(snapshot_dir), "--baselines-dir", str(baselines),
-           "--report-dir", str(report_dir), *extra]
+           f"--snapshot-from={snapshot_dir}", f"--baselines-dir={baselines}",
+           f"--report-dir={report_dir}", *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -96,7 +96,7 @@ def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
 def test_stack_runs_without_a_gpu_and_says_so_once(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-m", "hardware", "-k", "stack", "-p", "no:cacheprovider",
-         "--baselines-dir", str(tmp_path / "b"), "--report-dir", str(tmp_path / "r")],
+         f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("no NVIDIA driver found") == 1

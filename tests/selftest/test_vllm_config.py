@@ -4,12 +4,14 @@ import sys
 
 import pytest
 
-from gpucert.serving.vllm_config import EngineConfig, default_config, field_names
+from gpucert import gpus
+from gpucert.serving.vllm_config import EngineConfig, auto_tensor_parallel, default_config, field_names, parallelism
 
 SERVE = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve"]
 
 
-def test_default_config_from_serving_yaml():
+def test_default_config_from_serving_yaml(monkeypatch):
+    monkeypatch.setattr(gpus, "visible", lambda: (2, ""))  # NVML's answer on a 2-GPU node
     cfg = default_config()
     assert cfg.model == "qwen2.5-1.5b" and cfg.tensor_parallel_size == 2 and cfg.max_model_len == 4096
     assert cfg.load_format == "dummy" and cfg.skip_tokenizer_init and cfg.host == "127.0.0.1"
@@ -76,11 +78,38 @@ def test_field_names_cover_the_issue_options():
             "load_format", "skip_tokenizer_init", "host", "port", "engine_python"} <= set(field_names())
 
 
-def test_offline_engine_takes_the_same_settings_as_llm_keywords():
+def test_offline_engine_takes_the_same_settings_as_llm_keywords(monkeypatch):
     from gpucert.serving.offline import llm_kwargs
+    monkeypatch.setattr(gpus, "visible", lambda: (2, ""))
     cfg = default_config({"max_cudagraph_capture_size": "1024", "max_num_seqs": "2048", "enable_prefix_caching": "off"})
     kwargs = llm_kwargs(cfg, "/models/q")
     assert kwargs["model"] == "/models/q" and kwargs["max_cudagraph_capture_size"] == 1024
     assert kwargs["max_num_seqs"] == 2048 and kwargs["enable_prefix_caching"] is False
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["load_format"] == "dummy"
     assert "dtype" not in kwargs and "host" not in kwargs and "api_server_count" not in kwargs  # serve-only
+
+
+@pytest.mark.parametrize("found, size", [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4), (8, 4)])
+def test_auto_tensor_parallel_uses_the_nodes_gpus_as_far_as_the_heads_shard(monkeypatch, found, size):
+    """Qwen2.5-1.5B: 12 attention heads, 2 KV heads, MLP 8,960. 3 GPUs: 12 / 3 works but 2 KV heads
+    neither divide by 3 nor replicate evenly over 3 (vLLM refuses) → 2; 8 GPUs: 12 / 8 does not,
+    6 shards the heads but not the MLP (8,960 / 6) → 4."""
+    monkeypatch.setattr(gpus, "visible", lambda: (found, "" if found else "no CUDA device"))
+    cfg = default_config()
+    assert cfg.tensor_parallel_size == size
+    words = parallelism(cfg)
+    assert words.startswith(f"tensor parallel {size} (auto: the node's {found} GPU(s)")
+    assert ("lowered" in words) == (size < max(found, 1))
+    # an explicit size is used as given, and named without "auto"
+    assert default_config({"tensor_parallel_size": "1"}).tensor_parallel_size == 1
+    assert parallelism(default_config({"tensor_parallel_size": "1"}), {"tensor_parallel_size": "1"}) == "tensor parallel 1"
+
+
+def test_auto_tensor_parallel_reads_a_local_models_config(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text('{"num_attention_heads": 28, "num_key_value_heads": 4}')
+    assert auto_tensor_parallel(str(tmp_path), 8) == (4, "the node's 8 GPU(s), lowered: 28 attention / 4 KV heads do not shard over 8")
+    (tmp_path / "config.json").write_text('{"num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336}')
+    assert auto_tensor_parallel(str(tmp_path), 8)[0] == 8  # Llama-3-8B's shape: all 8
+    assert auto_tensor_parallel(str(tmp_path / "absent"), 8) == (8, "the node's 8 GPU(s); the model's attention heads are not known here")
+    monkeypatch.setattr(gpus, "visible", lambda: (8, ""))
+    assert default_config({"model": str(tmp_path)}).tensor_parallel_size == 8

@@ -228,12 +228,15 @@ def test_endpoint_hides_the_api_key(fake, monkeypatch):
         ep.headers()
 
 
-def test_memory_released_reads_nvml_after_the_stop():
+def test_memory_released_reads_nvml_after_the_stop(monkeypatch):
     """NVML (a fake module at that boundary: 10 and 20 GiB used) against the use before start."""
     from gpucert.serving.vllm_server import gpu_memory_used_mib, memory_released
-    assert gpu_memory_used_mib("fake_pynvml") == [10240.0, 20480.0]
-    assert memory_released([10200.0, 20400.0], "fake_pynvml").startswith("GPU memory released (GPU0 10,240 MiB")
-    held = memory_released([1000.0, 1000.0], "fake_pynvml", timeout_s=0.3)
+
+    from . import fake_pynvml
+    nvml = fake_pynvml.importable(monkeypatch)
+    assert gpu_memory_used_mib(nvml) == [10240.0, 20480.0]
+    assert memory_released([10200.0, 20400.0], nvml).startswith("GPU memory released (GPU0 10,240 MiB")
+    held = memory_released([1000.0, 1000.0], nvml, timeout_s=0.3)
     assert held.startswith("GPU memory NOT released 0.3 s after the stop (GPU0 10,240 MiB, GPU1 20,480 MiB")
     assert memory_released(None) == "GPU memory not checked (no NVML)"
     assert gpu_memory_used_mib("gpucert_no_such_nvml") is None

@@ -22,8 +22,11 @@ def register(subparsers) -> None:
     mon.add_argument("--counter-interval-ms", type=float, default=1000.0,
                      help="how often at most the cumulative counters (energy, PCIe/NVLink bytes, ECC, host CPU) "
                           "are read; less often where reading them would take over 0.5%% of a core")
-    mon.add_argument("--out", help="the columnar sample file to keep (.npz); default: a temporary one")
-    mon.add_argument("--vllm-metrics", metavar="URL", help="a vLLM server's /metrics, e.g. http://127.0.0.1:8000/metrics")
+    mon.add_argument("--out", help="the columnar sample file to keep (.npz) (default: none kept: the samples go to a "
+                          "temporary folder, removed when the command ends)")
+    mon.add_argument("--vllm-metrics", metavar="URL",
+                     help="a vLLM server's /metrics, e.g. http://127.0.0.1:8000/metrics (default: none, "
+                          "GPUs and host only)")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(run=run_monitor)
 
@@ -32,7 +35,18 @@ def run_monitor(args) -> int:
     from gpucert.cli import CommandError
     if not args.duration > 0:
         raise CommandError("--duration must be > 0")
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpucert-monitor-")) / "monitor.npz"
+    if args.out:
+        return _run(args, Path(args.out), kept=True)
+    # Without --out the samples only feed the summary: they go to a temporary folder that is
+    # removed however the command ends (a result, bad input, a sampler that did not start, a
+    # Ctrl-C) — a monitor run by hand every few minutes, or by a script, must not fill /tmp.
+    # _run stops the sampler before it returns or raises: nothing writes there while it goes.
+    with tempfile.TemporaryDirectory(prefix="gpucert-monitor-", ignore_cleanup_errors=True) as folder:
+        return _run(args, Path(folder) / "monitor.npz", kept=False)
+
+
+def _run(args, out: Path, kept: bool) -> int:
+    from gpucert.cli import CommandError
     try:
         config = MonitorConfig(str(out), interval_s=args.interval_ms / 1e3, vllm_metrics_url=args.vllm_metrics,
                                counter_interval_s=args.counter_interval_ms / 1e3,
@@ -41,14 +55,22 @@ def run_monitor(args) -> int:
         raise CommandError(str(err)) from None
     if out.exists() and out.is_dir():
         raise CommandError(f"--out {out} is a folder")
-    monitor = Monitor(config).start()
+    monitor = Monitor(config)
     try:
-        time.sleep(args.duration)
-    except KeyboardInterrupt:
-        pass  # what was sampled so far is still summarized
-    finally:
+        try:
+            monitor.start()
+        except RuntimeError as err:  # it did not start in time: one line, not a traceback
+            raise CommandError(str(err)) from None
+        try:
+            time.sleep(args.duration)
+        except KeyboardInterrupt:
+            pass  # what was sampled so far is still summarized
         final = monitor.stop()
-    meta, columns = monitor.window()
+        meta, columns = monitor.window()
+    finally:
+        # every way out (also a Ctrl-C inside start() or a second one inside stop()) leaves no
+        # sampler writing: the caller removes the temporary folder next. Once stopped, a no-op.
+        monitor.stop()
     figures = summary_engine.summarize(columns)
     # the figure the ≤ 2 % target is about: the sampler's own CPU after its first second (start-up
     # and the first /metrics connection would make a short run report several times what a long one costs)
@@ -58,7 +80,9 @@ def run_monitor(args) -> int:
               "counter_spacing_ms": [None if v is None else v * 1e3 for v in (final.get("counter_spacing_s") or (None, None))],
               "counter_reads": final.get("counter_reads"), "jitter_ms": figures["jitter_ms"],
               "vllm_metrics_filtered": final.get("vllm_metrics_filtered"),
-              "missed_ticks": final.get("missed"), "duration_s": figures["duration_s"], "out": str(out),
+              "missed_ticks": final.get("missed"), "duration_s": figures["duration_s"],
+              # null: no --out, the samples were in a temporary file, removed on the way out
+              "out": str(out) if kept else None,
               "gpus": meta.get("gpus", []), "notes": sorted(set(meta.get("notes", []) + final.get("notes", []))),
               "sources": {"nvml": figures["gpus"], "host": figures["host"], "vllm": figures["vllm"]}}
     # a note may quote the /metrics URL, with a password in it
@@ -75,7 +99,8 @@ def run_monitor(args) -> int:
 def _print_text(result: dict) -> None:
     j = result["jitter_ms"]
     print(f"{result['samples']} samples every {result['interval_ms']:g} ms over {result['duration_s']:.1f} s; "
-          f"jitter p50 {_fmt(j['p50'])} ms, p99 {_fmt(j['p99'])} ms; file {result['out']}")
+          f"jitter p50 {_fmt(j['p50'])} ms, p99 {_fmt(j['p99'])} ms; "
+          + (f"file {result['out']}" if result["out"] else "samples not kept (--out FILE.npz keeps them)"))
     for note in result["notes"]:
         print(f"note: {note}")
     for index, gpu in result["sources"]["nvml"].items():

@@ -216,7 +216,7 @@ class Monitor:
     def path(self) -> Path:
         return Path(self.config.out_path)
 
-    def start(self, timeout_s: float = 60.0) -> "Monitor":
+    def start(self, timeout_s: float = 60.0) -> Monitor:
         self._proc.start()
         try:
             ready = self._conn.poll(timeout_s)
@@ -300,7 +300,7 @@ class Monitor:
                 self._proc.join(timeout_s)
         return self.final
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self.start()
 
     def __exit__(self, *exc) -> None:

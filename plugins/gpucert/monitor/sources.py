@@ -231,19 +231,34 @@ VLLM_GAUGES = {
 # samples end in _total): vLLM's exposition is ~1,000 lines of histograms, and parsing all of it
 # ten times a second cost ~15 ms a time (15 % of a core) — a C-speed prefix filter keeps ~10 lines
 _NAMES = [n for names in VLLM_GAUGES.values() for name in names for n in (name, name + "_total")]
-_PREFIXES = tuple(p + " " for p in _NAMES) + tuple(p + "{" for p in _NAMES) + \
-    tuple(f"# {kind} {n} " for kind in ("TYPE", "HELP") for n in _NAMES)
+
+
+def family_prefixes(names) -> tuple[str, ...]:
+    """The line prefixes of the families `names`: their samples and their # TYPE / # HELP lines."""
+    names = list(names)
+    return tuple(p + " " for p in names) + tuple(p + "{" for p in names) + \
+        tuple(f"# {kind} {n} " for kind in ("TYPE", "HELP") for n in names)
+
+
+_PREFIXES = family_prefixes(_NAMES)
+
+
+def metric_families(text: str, prefixes: tuple[str, ...]) -> list:
+    """The families whose lines start with `prefixes` (family_prefixes), parsed by prometheus_client
+    as Prometheus does (labels, escapes, counters' _total/_created samples); the rest of the
+    exposition is skipped unparsed. A malformed line of those families raises ValueError."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = "\n".join(line for line in text.splitlines() if line.startswith(prefixes)) + "\n"
+    return list(text_string_to_metric_families(text))
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
     """The gauges above from a Prometheus exposition, summed over label sets (engines, models);
     KV usage as % (vLLM reports a fraction, 1 = full)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     wanted = {name: key for key, names in VLLM_GAUGES.items() for name in names}
-    text = "\n".join(line for line in text.splitlines() if line.startswith(_PREFIXES)) + "\n"
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in metric_families(text, _PREFIXES):
         # a counter's family is named without _total (a TYPE line that names it with one leaves it on)
         key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
         if key is None:

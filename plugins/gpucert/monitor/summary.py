@@ -72,7 +72,7 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
                            "gpus": {}, "host": {}, "vllm": {}}
     for i in gpu_indices(columns):
         def col(field: str) -> np.ndarray:
-            return columns.get(f"gpu{i}.{field}", np.full(len(t), np.nan))
+            return columns.get(f"gpu{i}.{field}", np.full(len(t), np.nan))  # noqa: B023 -- called in this iteration only
         # the counter's difference over its own span, scaled to the window (or to the sampled span)
         counted = _counter_span(col("energy_j"), t)
         if counted is not None:

@@ -18,7 +18,8 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from pytest_benchmark.stats import Stats
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import Callable
+from collections.abc import Callable
 
 from .core import Benchmark, BenchmarkSkipped, Result, is_cuda, measure
 

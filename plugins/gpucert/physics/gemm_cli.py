@@ -18,6 +18,7 @@ import json
 import re
 import sys
 
+from gpucert import gpus
 from gpucert.cli import CommandError
 
 from . import datasheet
@@ -69,19 +70,11 @@ def register(engines) -> None:
 
 # ---- shared by the bench CLIs ------------------------------------------------------------------
 
-def no_cuda_reason() -> str:
-    import torch
-    if torch.version.cuda is None:
-        return f"no CUDA device: PyTorch {torch.__version__} is a CPU build"
-    return "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
-
-
 def cuda_devices(text: str) -> list[str]:
     """`cuda` (every visible GPU) or `cuda:N`, checked against what is visible."""
-    import torch
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count, reason = gpus.visible()
     if count == 0:
-        raise CommandError(f"--device {text}: {no_cuda_reason()}")
+        raise CommandError(f"--device {text}: {reason}")
     if text == "cuda":
         return [f"cuda:{i}" for i in range(count)]
     index = int(text.split(":", 1)[1])
@@ -92,9 +85,8 @@ def cuda_devices(text: str) -> list[str]:
 
 def check_device(text: str | None) -> str:
     """One device for an engine that runs on one: default cuda:0 if there is a GPU, else cpu."""
-    import torch
     if text is None:
-        return "cuda:0" if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
+        return "cuda:0" if gpus.count() else "cpu"
     if text == "cpu":
         return text
     if re.fullmatch(r"cuda(:\d+)?", text):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from gpucert import gpus
 from gpucert.cli import CommandError
 
 from . import units
@@ -67,9 +68,7 @@ def config_from(args) -> sweep.SweepConfig:
 def _default_nproc(backend: str) -> int:
     if backend == "gloo":
         return 2
-    import torch
-    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return max(found, 2)  # with fewer than 2 GPUs, validation says how many were found
+    return max(gpus.count(), 2)  # with fewer than 2 GPUs, validation says how many were found
 
 
 def run(args) -> int:

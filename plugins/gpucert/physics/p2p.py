@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import gpus
 from . import core, datasheet
 from .core import Benchmark, BenchmarkSkipped, Result, is_cuda, measure
 
@@ -50,19 +51,11 @@ def _torch():
 
 def available_gpus() -> tuple[int, str]:
     """(CUDA device count, why there are none) without creating a CUDA context."""
-    try:
-        torch = _torch()
-    except ImportError:
-        return 0, "PyTorch is not installed"
-    if torch.version.cuda is None:
-        return 0, f"no CUDA device: PyTorch {torch.__version__} is a CPU build"
-    if not torch.cuda.is_available():
-        return 0, "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
-    return torch.cuda.device_count(), ""
+    return gpus.visible()
 
 
 def too_few_gpus(count: int, reason: str = "") -> str:
-    return f"P2P needs ≥ 2 GPUs, found {count}" + (f" ({reason})" if reason else "")
+    return gpus.too_few("P2P", 2, count, reason)
 
 
 def peer_access(src: str, dst: str) -> bool:
@@ -134,7 +127,7 @@ class Lane:
 
     @classmethod
     def allocate(cls, src: str, dst: str, size: int, *, staged: bool, src_stream,
-                 chunk: int = STAGE_CHUNK_BYTES) -> "Lane":
+                 chunk: int = STAGE_CHUNK_BYTES) -> Lane:
         """Random source bytes, a zeroed destination; staged: a pinned host buffer and a stream
         on the destination device for the H2D half."""
         torch = _torch()

@@ -32,8 +32,8 @@ def register(subparsers) -> None:
         description="Measure every ordered GPU pair: one-way and both-way copy bandwidth and "
                     "small-copy latency, with P2P access on and off (staged through host memory), "
                     "printed as p2pBandwidthLatencyTest prints its matrices.")
-    parser.add_argument("--size", default="1G", help="bytes per bandwidth copy (default 1G)")
-    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per entry (default 10)")
+    parser.add_argument("--size", default="1G", help="bytes per bandwidth copy (default: 1G)")
+    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per entry (default: 10)")
     parser.add_argument("--json", action="store_true", help="print the pairs' rows and the matrices as JSON")
     parser.set_defaults(run=run)
 

@@ -9,7 +9,7 @@ the sample's printf calls do ("   D\\D" header, "%6d " column numbers, "%6.02f "
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from . import p2p
 from .core import Result

@@ -11,7 +11,9 @@ from typing import Any
 import jinja2
 
 from .. import __version__, redaction
+from ..certification import NOT_APPLICABLE
 from ..judge import interval_text
+from ..progress import duration_text
 from ..metrics import metric_check_id
 from . import charts
 
@@ -57,6 +59,17 @@ def interval(ci: Any) -> str:
 _ENV.filters["number"] = number
 _ENV.filters["percent"] = percent
 _ENV.filters["interval"] = interval
+_ENV.filters["duration"] = duration_text
+
+
+def skipped_groups(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per skip reason, most checks first: {reason, ids, not_applicable} — 114 NCCL sizes
+    skipped for one reason are one row, their ids folded."""
+    groups: dict[str, list[str]] = {}
+    for entry in data.get("skipped") or []:
+        groups.setdefault(str(entry.get("reason") or "no reason given"), []).append(entry["check_id"])
+    return [{"reason": reason.removeprefix(NOT_APPLICABLE), "ids": ids, "not_applicable": reason.startswith(NOT_APPLICABLE)}
+            for reason, ids in sorted(groups.items(), key=lambda item: -len(item[1]))]
 
 
 SERVING_COLUMNS = ("output_tok_s", "total_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99",
@@ -119,7 +132,7 @@ def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
         t, series = timeline["t_s"], timeline["series"]
 
         def pick(*names):
-            return {name: list(zip(t, series[name])) for name in names if name in series}
+            return {name: list(zip(t, series[name])) for name in names if name in series}  # noqa: B023 -- this check's only
         overlays = {name: list(zip(o["t_s"], o["values"])) for name, o in (mon.get("overlays") or {}).items()}
         right = {"output tok/s": overlays.pop("output tok/s")} if "output tok/s" in overlays else None
         charts_ = [charts.line_chart(f"{check['check_id']}: utilization", "s from the check's start", "%",
@@ -200,7 +213,7 @@ def render(data: dict[str, Any]) -> str:
     return _ENV.get_template("card.html.j2").render(
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
         serving=serving_view(data), monitored=monitor_view(data), trends=trend_view(data),
-        physics=physics_view(data),
+        physics=physics_view(data), skipped_groups=skipped_groups(data),
     )
 
 

@@ -7,10 +7,15 @@ the measured failure; bad input is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import http.client
 import json
 import math
 import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from gpucert import redaction
 from gpucert.cli import CommandError
@@ -18,11 +23,13 @@ from gpucert.serving.emulator import EmulatorConfig, serve
 from gpucert.serving import datasets
 from gpucert.serving.loadgen import LoadConfig
 from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread, worker_figures
-from gpucert.serving.summary import client_check, error_breakdown, summarize
+from gpucert.serving.summary import SLO_NAMES, client_check, error_breakdown, summarize
 
 EXIT_REQUESTS_FAILED = 1
 # without a model's vocabulary at hand, random token ids stay inside every common one
 DEFAULT_VOCAB_SIZE = 32000
+# GET /v1/models is answered from vLLM's API process, not its engine: seconds even under load
+MODELS_TIMEOUT_S = 30.0
 
 
 def _rate(text: str) -> float:
@@ -54,35 +61,49 @@ def _workers(text: str) -> int | str:
 
 def register(subparsers) -> None:
     load = subparsers.add_parser("loadgen", help="stream a load at an OpenAI-compatible server")
-    load.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
-    load.add_argument("--model", required=True)
-    load.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    load.add_argument("--base-url", required=True, help="the server's API root, e.g. http://127.0.0.1:8000/v1 "
+                                                        "(required)")
+    load.add_argument("--model", default=None,
+                      help="model name sent in every request (default: the first model the server lists "
+                           "at GET /v1/models)")
+    load.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
+                      help="/v1/completions or /v1/chat/completions")
     load.add_argument("--concurrency", type=_positive_int,
-                      help="fixed concurrency; with --request-rate, the cap on requests in flight")
-    load.add_argument("--request-rate", type=_rate, help="requests/s, or inf")
+                      help="fixed concurrency; with --request-rate, the cap on requests in flight "
+                           "(default: no cap; --concurrency or --request-rate is required)")
+    load.add_argument("--request-rate", type=_rate,
+                      help="requests/s, or inf (default: none, a fixed --concurrency; --concurrency or "
+                           "--request-rate is required)")
     load.add_argument("--burstiness", type=float, default=1.0,
                       help="gamma shape of inter-arrivals (1 = Poisson)")
-    load.add_argument("--num-requests", type=_positive_int)
-    load.add_argument("--duration", type=float, help="stop sending new requests after S s")
+    load.add_argument("--num-requests", type=_positive_int,
+                      help="measured requests (default: none, the run ends at --duration; one of the two "
+                           "is required)")
+    load.add_argument("--duration", type=float,
+                      help="stop sending new requests after S s (default: none, the run ends at --num-requests)")
     load.add_argument("--dataset", default="random",
                       help="random (token ids with --token-ids, else text) | synthetic | sharegpt | jsonl")
-    load.add_argument("--dataset-path", help="the ShareGPT JSON or JSONL file")
+    load.add_argument("--dataset-path", help="the ShareGPT JSON or JSONL file (default: none; required by "
+                                             "sharegpt and jsonl)")
     load.add_argument("--range-ratio", type=float, default=0.0, metavar="R",
                       help="input/output lengths uniform in len·[1−R, 1+R] (random, synthetic)")
-    load.add_argument("--input-len", type=_positive_int, default=128)
-    load.add_argument("--output-len", type=_positive_int, default=128)
+    load.add_argument("--input-len", type=_positive_int, default=128, help="prompt tokens per request")
+    load.add_argument("--output-len", type=_positive_int, default=128, help="output tokens asked per request")
     load.add_argument("--token-ids", action="store_true",
                       help="token-id prompts, and ask the server to stream token ids")
     load.add_argument("--warmup", type=int, default=0, help="warm-up requests (not measured)")
     load.add_argument("--ramp-up", type=float, default=0.0, metavar="S",
                       help="with --concurrency: start the streams evenly over S seconds, not all at once")
-    load.add_argument("--seed", type=int, default=0)
-    load.add_argument("--api-key-env", help="name of the environment variable with the API key")
+    load.add_argument("--seed", type=int, default=0, help="seed of the prompts and the arrival times")
+    load.add_argument("--api-key-env", metavar="VAR",
+                      help="name of the environment variable with the API key (default: no key, or the "
+                           "--base-url's user:password)")
     load.add_argument("--extra-body", type=json.loads, default={},
-                      help="JSON object merged into every request body")
+                      help="JSON object merged into every request body (default: {})")
     load.add_argument("--slo", action="append", default=[], metavar="NAME=MS",
-                      help="goodput SLO, e.g. ttft_ms=500 (repeatable)")
-    load.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
+                      help=f"goodput SLO, e.g. ttft_ms=500 (repeatable; names: {', '.join(SLO_NAMES)}): "
+                           "adds goodput and SLO attainment to the output (default: no SLO)")
+    load.add_argument("--timeout", type=float, default=600.0, metavar="S", help="per-request timeout in s")
     load.add_argument("--deadline", type=_positive_float, default=None, metavar="S",
                       help="end the whole run after S s: requests in flight fail, unsent ones are "
                            "recorded as not sent (default: from the load, see README)")
@@ -94,18 +115,21 @@ def register(subparsers) -> None:
 
     emu = subparsers.add_parser("emulator", help="run an OpenAI-compatible server with exact "
                                                  "token timing")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8000)
-    emu.add_argument("--ttft-ms", type=float, default=50.0)
-    emu.add_argument("--itl-ms", type=float, default=10.0)
-    emu.add_argument("--tokens-per-chunk", type=_positive_int, default=1)
-    emu.add_argument("--error-rate", type=float, default=0.0)
-    emu.add_argument("--stall-after", type=int, help="pause before this token index")
-    emu.add_argument("--stall-ms", type=float, default=0.0)
-    emu.add_argument("--seed", type=int, default=0)
-    emu.add_argument("--model", default="gpucert-emulator")
+    emu.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emu.add_argument("--port", type=int, default=8000, help="port to listen on")
+    emu.add_argument("--ttft-ms", type=float, default=50.0, help="time to the first chunk, ms")
+    emu.add_argument("--itl-ms", type=float, default=10.0, help="time between chunks, ms")
+    emu.add_argument("--tokens-per-chunk", type=_positive_int, default=1, help="tokens in each streamed chunk")
+    emu.add_argument("--error-rate", type=float, default=0.0,
+                     help="fraction of requests answered with HTTP 500, in [0, 1]")
+    emu.add_argument("--stall-after", type=int,
+                     help="pause before this token index (default: no stall)")
+    emu.add_argument("--stall-ms", type=float, default=0.0, help="length of that pause, ms")
+    emu.add_argument("--seed", type=int, default=0, help="seed of which requests fail (--error-rate)")
+    emu.add_argument("--model", default="gpucert-emulator", help="model name it serves (GET /v1/models)")
     emu.add_argument("--exit-after", type=_positive_int, default=None,
-                     help="die (exit status 70) when this many more requests arrive: a crashing server")
+                     help="die (exit status 70) when this many more requests arrive: a crashing server "
+                          "(default: never)")
     emu.add_argument("--record-timings", action="store_true",
                      help="keep each request's actual send times, served at GET /emulator/timings "
                           "(keyed by X-Request-Id)")
@@ -151,6 +175,8 @@ def load_result(args) -> tuple[dict, int]:
                                     token_ids=args.token_ids, vocab_size=DEFAULT_VOCAB_SIZE,
                                     range_ratio=args.range_ratio, seed=args.seed, path=args.dataset_path)
         workers = resolve_workers(args.workers, config)
+        if not config.model:  # asked last: bad input fails before the server is contacted
+            config = dataclasses.replace(config, model=server_model(config))
         run = run_load_spread(config, prompts, workers)
     except ValueError as err:
         raise CommandError(str(err)) from None
@@ -161,7 +187,8 @@ def load_result(args) -> tuple[dict, int]:
         "summary": {**summary.to_dict(), "deadline_passed": run.deadline_passed},
         "client": {**client_check(run), "workers": worker_figures(run, config)},
         "errors": error_breakdown(measured),
-        "config": {"base_url": redaction.display_url(args.base_url), "model": args.model, "endpoint": args.endpoint,
+        "config": {"base_url": redaction.display_url(args.base_url), "model": config.model,
+                   "model_from_server": not args.model, "endpoint": args.endpoint,
                    "concurrency": args.concurrency,
                    # JSON has no infinity
                    "request_rate": "inf" if args.request_rate is not None and math.isinf(
@@ -176,11 +203,51 @@ def load_result(args) -> tuple[dict, int]:
     return result, summary.failed
 
 
+def server_model(config: LoadConfig) -> str:
+    """The first model the server lists at GET <base-url>/models (the OpenAI list; vLLM lists the
+    model it serves, then its LoRA adapters). A server that cannot be asked, or lists no model, is
+    a ValueError of one line: nothing can be measured without a model name."""
+    parts = urllib.parse.urlsplit(config.base_url)
+    url = redaction.without_credentials(urllib.parse.urlunsplit(
+        parts._replace(path=parts.path.rstrip("/") + "/models", fragment="")))
+    asked = f"--model not given, and GET {redaction.display_url(url)}"
+    request = urllib.request.Request(url, headers=config.headers())  # the run's key or user:password
+    try:
+        with urllib.request.urlopen(request, timeout=MODELS_TIMEOUT_S) as response:
+            body = response.read()
+    except urllib.error.HTTPError as err:
+        raise ValueError(f"{asked} answered HTTP {err.code}; give --model NAME") from None
+    except urllib.error.URLError as err:
+        reason = err.reason.strerror if isinstance(err.reason, OSError) and err.reason.strerror else err.reason
+        raise ValueError(redaction.redact(f"{asked} failed: {reason}")) from None
+    except TimeoutError:
+        raise ValueError(f"{asked} had no answer within {MODELS_TIMEOUT_S:g} s") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise ValueError(redaction.redact(f"{asked} failed: {err or type(err).__name__}")) from None
+    try:
+        listed = json.loads(body)["data"]
+        ids = [entry["id"] for entry in listed if isinstance(entry.get("id"), str) and entry["id"]]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ValueError(f"{asked} did not answer an OpenAI model list; give --model NAME") from None
+    if not ids:
+        raise ValueError(f"{asked} lists no model; give --model NAME")
+    return ids[0]
+
+
 def _print_text(result: dict) -> None:
     s = result["summary"]
+    if result["config"].get("model_from_server"):
+        print(f"model {result['config']['model']} (the server's first, from GET /v1/models)")
     print(f"completed {s['completed']}  failed {s['failed']}  duration {s['duration_s']:.2f} s")
     print(f"requests/s {s['requests_per_s']:.2f}  output tok/s {s['output_tokens_per_s']:.1f}  "
           f"total tok/s {s['total_tokens_per_s']:.1f}")
+    if s["slos"]:
+        # goodput counts completed requests meeting every SLO; attainment is over every measured
+        # request, failed ones missing (serving/summary.py)
+        limits = ", ".join(f"{name} <= {limit:g}" for name, limit in s["slos"].items())
+        attained = "—" if s["slo_attainment_pct"] is None else f"{s['slo_attainment_pct']:.1f} %"
+        print(f"goodput {s['goodput_requests_per_s']:.2f} requests/s  SLO attainment {attained}  "
+              f"(SLO: {limits})")
     for name in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         d = s[name]
         if d["mean"] is not None:

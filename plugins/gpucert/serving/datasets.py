@@ -15,7 +15,7 @@ import json
 import random as _random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 # Token ids near both ends of a vocabulary are special or reserved in common tokenizers
 # (Qwen: 151643+ are <|endoftext|>, <|im_start|> …; Llama: 128000+). Stay clear of both ends.

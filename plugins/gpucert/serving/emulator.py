@@ -15,7 +15,7 @@ import os
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -25,6 +25,26 @@ LISTEN_BACKLOG = 4096  # aiohttp's 128 drops SYNs of a 256-stream burst: +1 s TT
 # 0–1 ms late; the last SPIN_WINDOW_S before a deadline is spent yielding to the loop instead.
 SPIN_WINDOW_S = 0.0012
 FAKE_TOKEN_BASE = 1000  # emitted token ids are FAKE_TOKEN_BASE + position % 1000
+
+# vLLM's `vllm:cache_config_info` labels (its CacheConfig, every field as str()) for an emulated
+# KV cache of 4,096 blocks × 16 tokens; `engine` is added per engine. The two capacity labels
+# (kv_cache_size_tokens, kv_cache_max_concurrency at 4,096 tokens a request) as newer vLLM
+# releases publish them; an older one lacks them (drop them from EmulatorConfig.cache_config).
+EMULATED_CACHE_CONFIG = {
+    "_block_size_resolved": "True", "block_size": "16", "cache_dtype": "auto",
+    "calculate_kv_scales": "False", "enable_prefix_caching": "True", "gpu_memory_utilization": "0.92",
+    "is_attention_free": "False", "kv_cache_max_concurrency": "16.0", "kv_cache_memory_bytes": "None",
+    "kv_cache_size_tokens": "65536", "kv_offloading_backend": "native", "kv_offloading_size": "None",
+    "kv_sharing_fast_prefill": "False", "mamba_block_size": "None", "mamba_cache_dtype": "auto",
+    "mamba_ssm_cache_dtype": "auto", "num_cpu_blocks": "None", "num_gpu_blocks": "4096",
+    "num_gpu_blocks_override": "None", "prefix_caching_hash_algo": "sha256", "sliding_window": "None",
+    "user_specified_block_size": "False",
+}
+
+
+def _label_value(value: str) -> str:
+    """A label value as the Prometheus text format escapes it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 @dataclass
@@ -46,6 +66,9 @@ class EmulatorConfig:
     # was handed to the socket (GET /emulator/timings): what the server really did, against which
     # the client's own timestamps are checked, whatever the box's load made of the configured schedule
     record_timings: bool = False
+    # the labels of `vllm:cache_config_info` on /metrics (EMULATED_CACHE_CONFIG; vLLM's format);
+    # None: no such line, as from a vLLM that does not publish it
+    cache_config: dict[str, str] | None = field(default_factory=lambda: dict(EMULATED_CACHE_CONFIG))
 
     def __post_init__(self):
         if self.tokens_per_chunk < 1:
@@ -115,13 +138,21 @@ class Emulator:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """vLLM's Prometheus names for what an emulator has: the streams it is serving (no queue,
-        no KV cache, no preemption)."""
-        labels = f'engine="0",model_name="{self.config.model}"'
+        no preemption) and, as vLLM publishes its CacheConfig, `vllm:cache_config_info`: an info
+        gauge of value 1 whose labels, sorted by name as vLLM's multiprocess collector writes them,
+        are the cache config's fields and the engine."""
+        labels = f'engine="0",model_name="{_label_value(self.config.model)}"'
         lines = []
         for name, kind, value in (("vllm:num_requests_running", "gauge", self.running),
                                   ("vllm:num_requests_waiting", "gauge", 0),
                                   ("vllm:num_preemptions_total", "counter", 0)):
             lines += [f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]  # as prometheus_client writes
+        if self.config.cache_config is not None:
+            info = sorted({**self.config.cache_config, "engine": "0"}.items())
+            lines += ["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
+                      "# TYPE vllm:cache_config_info gauge",
+                      "vllm:cache_config_info{" + ",".join(f'{k}="{_label_value(str(v))}"' for k, v in info)
+                      + "} 1.0"]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -223,7 +254,7 @@ class EmulatorServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    async def __aenter__(self) -> "EmulatorServer":
+    async def __aenter__(self) -> EmulatorServer:
         self._runner = web.AppRunner(self.emulator.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=LISTEN_BACKLOG)

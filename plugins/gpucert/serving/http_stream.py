@@ -117,7 +117,7 @@ class StreamingClient:
         self._open: set[_Response] = set()
         self._ssl: ssl.SSLContext | None = None
 
-    async def __aenter__(self) -> "StreamingClient":
+    async def __aenter__(self) -> StreamingClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -207,7 +207,7 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
         while pending:
             ready = wait_connections(list(pending), timeout=max(0.0, give_up - time.monotonic()))
             if not ready:
-                for conn, i in pending.items():
+                for i in pending.values():
                     processes[i].kill()
                     results[i] = WorkerFailure(f"no result {deadline_s + RESULT_GRACE_S:g} s after the start "
                                                f"(the run's {deadline_s:g} s deadline + {RESULT_GRACE_S:g} s)")

@@ -11,12 +11,14 @@ that has vLLM, not a console script on PATH — the device bundle puts vLLM on P
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import sys
 import types
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -63,7 +65,7 @@ class EngineConfig:
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "EngineConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> EngineConfig:
         """A copy with `overrides` applied; values may be strings (from the command line)."""
         hints = get_type_hints(EngineConfig)
         changes = {}
@@ -190,6 +192,69 @@ def serving_defaults() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+AUTO = "auto"
+
+
+def _shard_dims(model: str) -> tuple[int | None, int | None, int | None]:
+    """(attention heads, KV heads, MLP intermediate size) from a preset's or a local folder's
+    config.json; Nones for a hub id (not fetched: the node may be air-gapped)."""
+    from . import presets
+    config: dict = {}
+    if presets.is_preset(model):
+        config = presets.get(model).config
+    elif (Path(model) / "config.json").is_file():
+        try:
+            config = json.loads((Path(model) / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+    config = config.get("text_config", config)  # multimodal configs nest the decoder's
+
+    def positive(name: str) -> int | None:
+        value = config.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    heads = positive("num_attention_heads")
+    return heads, positive("num_key_value_heads") or heads, positive("intermediate_size")
+
+
+def auto_tensor_parallel(model: str, gpu_count: int) -> tuple[int, str]:
+    """`tensor_parallel_size: auto`: the node's GPU count, lowered to the largest size vLLM can
+    shard the model over — attention heads divisible by it, KV heads either divisible by it or
+    replicated evenly, the MLP's intermediate size divisible by it (vLLM's column/row-parallel
+    layers assert each) — and why."""
+    limit = max(gpu_count, 1)
+    heads, kv, mlp = _shard_dims(model)
+    found = f"the node's {gpu_count} GPU(s)"
+    if heads is None:
+        return limit, f"{found}; the model's attention heads are not known here"
+    for size in range(limit, 0, -1):
+        if heads % size == 0 and (kv % size == 0 or size % kv == 0) and (mlp is None or mlp % size == 0):
+            return size, found + ("" if size == limit else f", lowered: {heads} attention / {kv} KV heads"
+                                  + (f" / MLP {mlp}" if mlp else "") + f" do not shard over {limit}")
+    return 1, found  # unreachable: size 1 always divides
+
+
+def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    if str(settings.get("tensor_parallel_size", "")).lower() != AUTO:
+        return settings
+    from .. import gpus
+    size, _ = auto_tensor_parallel(str(settings.get("model") or EngineConfig.model), gpus.count())
+    return {**settings, "tensor_parallel_size": size}
+
+
 def default_config(overrides: dict[str, Any] | None = None) -> EngineConfig:
-    """serving.yaml's engine section, then `overrides` on top."""
-    return EngineConfig().with_overrides(serving_defaults()["engine"]).with_overrides(overrides or {})
+    """serving.yaml's engine section, then `overrides` on top; `tensor_parallel_size: auto`
+    becomes a number here (auto_tensor_parallel)."""
+    return EngineConfig().with_overrides(_resolved({**serving_defaults()["engine"], **(overrides or {})}))
+
+
+def parallelism(engine: EngineConfig, overrides: dict[str, Any] | None = None) -> str:
+    """How the engine is split, in words for the card: "tensor parallel 1 (auto: the node's 1 GPU(s))"."""
+    text = f"tensor parallel {engine.tensor_parallel_size}"
+    if engine.pipeline_parallel_size > 1 or engine.data_parallel_size > 1:
+        text += f", pipeline parallel {engine.pipeline_parallel_size}, data parallel {engine.data_parallel_size}"
+    requested = {**serving_defaults()["engine"], **(overrides or {})}.get("tensor_parallel_size")
+    if str(requested).lower() == AUTO:
+        from .. import gpus
+        text += f" (auto: {auto_tensor_parallel(engine.model, gpus.count())[1]})"
+    return text

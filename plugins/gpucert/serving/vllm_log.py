@@ -3,6 +3,9 @@
 Patterns match the lines vLLM 0.26.0 prints (tests/fixtures/h100x2-nvlink/vllm-0.26.0-*.log).
 Worker lines appear once per TP rank: a value is reported once, and `per_rank` holds the values by
 rank where the ranks differ (the scalar is then the slowest/largest rank: the one startup waited on).
+What vLLM also publishes on its /metrics (KV blocks, block size, KV capacity, KV cache dtype …) is
+read there first (vllm_metrics.engine_facts); this parse stays the source of the rest (start-up,
+compile and CUDA-graph times, backends, versions) and the fallback for an older vLLM.
 """
 
 from __future__ import annotations

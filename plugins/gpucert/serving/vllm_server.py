@@ -244,7 +244,7 @@ class VllmServer:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv, key_env = api_key_to_env(self.argv())
         for value in secret_values(argv, {**self.config.env, **key_env}):
@@ -357,6 +357,13 @@ class VllmServer:
         logger.info("engine stopped: %s", result)
         return result
 
+    def engine_facts(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """What the engine reported at start: its /metrics first (KV blocks, block size, KV cache
+        dtype …), its log for the rest (compile and graph times …), each fact's source in
+        `sources` (vllm_metrics.engine_facts)."""
+        from gpucert.serving import vllm_metrics
+        return vllm_metrics.engine_facts(self.base_url, self.log_path, timeout_s)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             with open(self.log_path, errors="replace") as log:
@@ -364,7 +371,7 @@ class VllmServer:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -430,7 +437,7 @@ class Endpoint:
         redaction.register(key)
         return {"Authorization": f"Bearer {key}"}
 
-    def discover_model(self, timeout: float = 10.0) -> "Endpoint":
+    def discover_model(self, timeout: float = 10.0) -> Endpoint:
         """Fill `model` from GET /v1/models (the first model listed) when it was not given."""
         if self.model:
             return self

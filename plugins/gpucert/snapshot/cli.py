@@ -24,11 +24,12 @@ def register(subparsers) -> None:
         description="Take a stack snapshot (live, or from captured nvidia-smi outputs), or "
                     "compare two saved snapshots: `gpucert snapshot diff OLD.json NEW.json`.")
     parser.add_argument("action", nargs="?", choices=("diff",),
-                        help="diff: compare two snapshot JSON files")
+                        help="diff: compare two snapshot JSON files (default: none, take a snapshot)")
     parser.add_argument("files", nargs="*", metavar="SNAPSHOT.json",
-                        help="with diff: the old and the new snapshot")
+                        help="with diff: the old and the new snapshot (required with diff)")
     parser.add_argument("--from", dest="from_dir", metavar="DIR",
-                        help="read captured nvidia-smi outputs from DIR instead of this machine")
+                        help="read captured nvidia-smi outputs from DIR instead of this machine "
+                             "(default: this machine)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--fail-on", choices=SEVERITIES, default="info",
                         help="with diff: lowest severity that counts as drift (default: info, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .profile import is_weaker, natural_key
 from .schema import SnapshotError

@@ -16,7 +16,7 @@ the check re-initializes the inputs and runs one more collective, as nccl-tests'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

@@ -9,7 +9,8 @@ judged on its baselines only.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 def nvlink_peak(snapshot: dict[str, Any] | None, nranks: int,

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpucert import process_group
+from gpucert import gpus, process_group
 
 from . import faults, formulas, rows
 
@@ -111,7 +111,7 @@ def _check_backend(backend: str, nproc: int) -> None:
         if not dist.is_available() or not dist.is_gloo_available():
             raise SweepError(f"this PyTorch {torch.__version__} has no gloo backend")
         return
-    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = gpus.count()
     if found < nproc:
         raise SweepError(f"--backend nccl needs {nproc} CUDA devices, found {found}")
     if not dist.is_nccl_available():

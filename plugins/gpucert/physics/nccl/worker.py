@@ -98,6 +98,15 @@ def gather_floats(values: list[float], device: str, nranks: int) -> list[list[fl
     return [p.tolist() for p in parts]
 
 
+def eager_timing(device: str) -> str:
+    """How core.time_op times one eager call on `device`, as the row's note says it: CUDA events on
+    a GPU; on the CPU (gloo) the host's perf_counter around the call, which returns when this
+    rank's part of the collective is done — no CUDA event anywhere, so the note must not claim one."""
+    if core.is_cuda(device):
+        return "eager, CUDA events per call"
+    return "eager, host wall clock (perf_counter) around each blocking call"
+
+
 def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budget_s: float,
               graph_batch: int = 0) -> tuple[list[float], str]:
     """(per-collective seconds, how they were timed). Every rank must run the same number of
@@ -106,7 +115,7 @@ def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budg
     iterations. With `graph_batch`, each sample is one replay of a CUDA graph of that many
     collectives, divided by the batch: small messages then measure NCCL, not torch's ~50 µs
     host path per call (nccl-tests launches from C and is not host-bound there)."""
-    run, batch, how = case.run, 1, "eager, CUDA events per call"
+    run, batch, how = case.run, 1, eager_timing(device)
     if graph_batch:
         for _ in range(warmup):
             case.run()
@@ -118,7 +127,7 @@ def time_case(case: collectives.Case, device: str, warmup: int, iters: int, budg
         if agreed_max(0.0 if replay else 1.0, device) == 0.0:
             run, batch, how = replay, graph_batch, f"CUDA graph of {graph_batch} calls per sample"
         else:
-            how = f"eager, CUDA events per call (graph capture failed on a rank{': ' + error if error else ''})"
+            how = f"{how} (graph capture failed on a rank{': ' + error if error else ''})"
     first = min(ESTIMATE_REPS, iters)
     samples, _ = core.time_op(run, device, warmup=warmup, reps=first, max_time_s=math.inf)
     per_iteration = agreed_max(max(samples), device)

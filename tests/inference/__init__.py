@@ -1,0 +1,1 @@
+"""The inference checks (`pytest -m inference`); a package for the reason in tests/__init__.py."""

@@ -1,0 +1,1 @@
+"""The suite's own tests (CPU, `make test`); a package for the reason in tests/__init__.py."""
