@@ -7,7 +7,20 @@ before a forked NCCL worker starts (a worker must not inherit a context).
 
 from __future__ import annotations
 
+import functools
+import json
+import os
+import subprocess
+import sys
+
 from .certification import not_applicable
+
+# what visible() answers, asked of another interpreter (one line of JSON)
+_PROBE = ("import json\ntry:\n    import torch\nexcept ImportError:\n    print(json.dumps([0, 'PyTorch is not installed']))\n"
+          "else:\n    cuda = torch.version.cuda\n    ok = cuda is not None and torch.cuda.is_available()\n"
+          "    why = '' if ok else (f'no CUDA device: PyTorch {torch.__version__} is a CPU build' if cuda is None "
+          "else 'no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)')\n"
+          "    print(json.dumps([torch.cuda.device_count() if ok else 0, why]))\n")
 
 
 def visible() -> tuple[int, str]:
@@ -25,6 +38,25 @@ def visible() -> tuple[int, str]:
 
 def count() -> int:
     return visible()[0]
+
+
+def visible_to(python: str | None) -> tuple[int, str]:
+    """visible(), as another interpreter sees it — the engine's (`--engine-python`), whose PyTorch
+    and GPUs are the ones vLLM will use, while gpucert's own may be a CPU build. None or this
+    interpreter: visible()."""
+    if not python or os.path.realpath(python) == os.path.realpath(sys.executable):
+        return visible()
+    return _probe(python)
+
+
+@functools.cache  # a Python with CUDA torch takes seconds to import it: ask each once
+def _probe(python: str) -> tuple[int, str]:
+    try:
+        probe = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+        found, why = json.loads(probe.stdout.strip().splitlines()[-1])
+        return int(found), f"{why} (in {python})" if why else ""
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0, f"{python} could not be asked how many GPUs it sees"
 
 
 def none_reason() -> str:

@@ -86,6 +86,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="environment variable holding the endpoint's API key (the key is never logged)")
     serving.addoption("--engine-python", default=None, metavar="PATH",
                       help="the Python that has vLLM, to run `vllm serve` with (default: this one)")
+    serving.addoption("--engine-cmd", default=None, metavar="JSON",
+                      help="start this command instead of `vllm serve`, as a JSON list with {port} where the "
+                           "port goes (another OpenAI-compatible engine or build, under the same lifecycle: "
+                           "health wait, log, SIGTERM); gpucert does not check its GPUs")
     serving.addoption("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                       help="override an engine setting of gpucert/data/serving.yaml (model, "
                            "tensor_parallel_size, max_num_seqs, distributed_executor_backend, …); repeatable")
@@ -122,6 +126,12 @@ def pytest_configure(config: pytest.Config) -> None:
         missing_baseline=config.option.missing_baseline,
         history_dir=Path(config.option.history_dir) if config.option.history_dir else None,
     )
+    if config.getoption("--engine-cmd", None):
+        from .serving.vllm_config import engine_command
+        try:
+            engine_command(config.getoption("--engine-cmd"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"gpucert: {exc}") from None
     budget = config.option.time_budget_min
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise pytest.UsageError(f"gpucert: --time-budget-min must be a positive number of minutes, got {budget:g}")

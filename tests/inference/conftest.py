@@ -6,18 +6,13 @@
   `--engine-opt` overrides, run by `--engine-python`; its log goes to the report folder and what it
   reports at start — on its /metrics (KV blocks and capacity, …), else in its log (compile and
   graph-capture time, …) — becomes metrics. Missing vLLM or
-  too few GPUs skip the checks with that reason on the card.
-
-Test hooks (self-tests only): GPUCERT_ENGINE_ARGV, a JSON list with `{port}` where the port goes,
-replaces the vLLM command line so the same lifecycle runs a stand-in server;
-GPUCERT_OFFLINE_PYTHONPATH puts a stand-in `vllm` package on the offline worker's path.
+  too few GPUs (as the engine's Python sees them) skip the checks with that reason on the card.
+- `--engine-cmd JSON`: another command under the same lifecycle (`{port}` where the port goes).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -28,13 +23,11 @@ import pytest
 from gpucert import gpus, redaction
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
-from gpucert.serving.vllm_config import default_config, parallelism
+from gpucert.serving.vllm_config import default_config, engine_command, parallelism
 from gpucert.monitor.attach import nvml_module as nvml_binding
 from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
                                          memory_released)
 
-ENGINE_ARGV_HOOK = "GPUCERT_ENGINE_ARGV"
-OFFLINE_PYTHONPATH_HOOK = "GPUCERT_OFFLINE_PYTHONPATH"
 
 
 @dataclass
@@ -99,10 +92,10 @@ def _vllm_missing(python: str) -> str | None:
     return None
 
 
-def _gpus_missing(world_size: int) -> str | None:
-    count, reason = gpus.visible()
-    if count < world_size:
-        return f"vLLM on {world_size} GPU(s) needs {world_size}, found {count}" + (f" ({reason})" if reason else "")
+def _gpus_missing(engine) -> str | None:
+    count, reason = gpus.visible_to(engine.engine_python)  # the GPUs vLLM will see, not ours
+    if count < engine.world_size:
+        return f"vLLM on {engine.world_size} GPU(s) needs {engine.world_size}, found {count}" + (f" ({reason})" if reason else "")
     return None
 
 
@@ -132,7 +125,7 @@ def engine_in_words(config: pytest.Config, engine) -> str:
 
 def no_local_engine(engine) -> str | None:
     """Why vLLM cannot run here as configured, or None."""
-    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine.world_size)
+    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine)
 
 
 @pytest.fixture(scope="session")
@@ -162,11 +155,10 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
         return
 
     engine = engine_config(config)
-    hook = os.environ.get(ENGINE_ARGV_HOOK)
     command = None
-    if hook:  # a stand-in server on the port the lifecycle would give vLLM
+    if config.getoption("--engine-cmd"):  # another engine on the port the lifecycle would give vLLM
         engine = engine.with_overrides({"port": free_port(engine.host)})
-        command = [arg.replace("{port}", str(engine.port)) for arg in json.loads(hook)]
+        command = engine_command(config.getoption("--engine-cmd"), engine.port)  # checked at configure
     else:
         missing = no_local_engine(engine)
         if missing:
@@ -204,12 +196,9 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     if config.getoption("--endpoint"):
         pytest.skip("offline throughput needs a local vLLM; --endpoint certifies a remote server")
     engine = engine_config(config)
-    if not os.environ.get(OFFLINE_PYTHONPATH_HOOK):
-        missing = no_local_engine(engine)
-        if missing:
-            pytest.skip(missing)
-    else:  # self-tests: a stand-in `vllm` package on the worker's path
-        engine = engine.with_overrides({"env": {**engine.env, "PYTHONPATH": os.environ[OFFLINE_PYTHONPATH_HOOK]}})
+    missing = no_local_engine(engine)
+    if missing:
+        pytest.skip(missing)
     load = _load(config)
     if gpucert_monitor:  # sampling before the sweep: each level's check takes its window later
         gpucert_monitor.ensure_started()

@@ -10,16 +10,7 @@ import pytest
 from gpucert import certification
 from gpucert.progress import duration_text
 
-TOY = '''
-import pathlib
-import pytest
-
-@pytest.mark.hardware
-@pytest.mark.parametrize("size", [1024, 4096])
-def test_toy(gpucert, size):
-    value = float(pathlib.Path(__file__).with_name("value.txt").read_text())
-    gpucert.record("tflops", value * size / 1024, unit="TFLOP/s", samples=[value * size / 1024] * 5)
-'''
+from .test_plugin import TOY  # two sizes of a toy GEMM check, its value from value.txt
 
 PAIR = '''
 import pathlib

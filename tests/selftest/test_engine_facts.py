@@ -195,7 +195,7 @@ def stand_in(cache_config: dict | None) -> str:
 def sanity_run(tmp_path, config):
     run, metrics = pytest_inference(
         tmp_path, "-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
-        env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", stand_in(config), "{port}"])})
+        "--engine-cmd", json.dumps([sys.executable, "-c", stand_in(config), "{port}"]))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     return by_check(metrics)["vllm_sanity"]
 

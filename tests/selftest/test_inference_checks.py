@@ -82,7 +82,7 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
     run, metrics = pytest_inference(
         tmp_path, "--load-opt", "concurrency=1,2", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
         "--load-opt", "min_requests=8", "--load-opt", "warmup=0",
-        env={"GPUCERT_ENGINE_ARGV": json.dumps(argv)})
+        "--engine-cmd", json.dumps(argv))
     assert run.returncode == 1, run.stdout[-3000:]
     checks = by_check(metrics)
     sanity, first, second = (checks[k] for k in ("vllm_sanity", "serving_baseline[concurrency=1]",
@@ -119,7 +119,7 @@ def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
     run, metrics = pytest_inference(
         tmp_path, "-k", "sanity or serving_baseline", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
         "--load-opt", "concurrency=2", "--load-opt", 'slo={"ttft_ms": 1, "tpot_ms": 1000}',
-        env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", stand_in, "{port}"])})
+        "--engine-cmd", json.dumps([sys.executable, "-c", stand_in, "{port}"]))
     assert run.returncode == 0, run.stdout[-3000:]
     # the emulator never sends a first token before its 2 ms TTFT: no request meets TTFT ≤ 1 ms.
     # (Not a TPOT SLO under its 1 ms ITL: an emulator behind schedule on a busy box sends the
@@ -141,13 +141,14 @@ def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
 STAND_IN_VLLM = {
     "vllm/__init__.py": '''
 import os, time, types
+__version__ = "0.26.0"
 class SamplingParams:
     def __init__(self, max_tokens, ignore_eos, detokenize):
         self.max_tokens = max_tokens
 class LLM:
     calls = 0
     def __init__(self, **kwargs):
-        # tensor_parallel_size auto: this machine shows no GPU, so 1 (the smallest)
+        # tensor_parallel_size auto: the engine Python sees one GPU (the stand-in CUDA torch)
         assert kwargs["load_format"] == "dummy" and kwargs["tensor_parallel_size"] == 1, kwargs
         print("INFO 11-27 03:31:02 [kv_cache_utils.py:2177] GPU KV cache size: 5,280,176 tokens", flush=True)
         if os.environ.get("STAND_IN_PID_FILE"):
@@ -171,16 +172,37 @@ def TokensPrompt(prompt_token_ids):
 }
 
 
-def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
-    for name, text in STAND_IN_VLLM.items():
+# what a GPU node's engine Python has: CUDA torch seeing one GPU (the count gpucert asks it for)
+STAND_IN_TORCH = """
+__version__ = "2.11.0+cu130"
+class version:
+    cuda = "13.0"
+class cuda:
+    is_available = staticmethod(lambda: True)
+    device_count = staticmethod(lambda: 1)
+"""
+
+
+def stand_in_engine_python(tmp_path) -> str:
+    """An engine Python (`--engine-python`) with the stand-in vLLM and CUDA torch first on its path:
+    this interpreter, started by a script that puts tmp_path/site before its PYTHONPATH."""
+    for name, text in {**STAND_IN_VLLM, "torch/__init__.py": STAND_IN_TORCH}.items():
         (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "site" / name).write_text(text)
+    wrapper = tmp_path / "engine-python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{tmp_path / "site"}${{PYTHONPATH:+:$PYTHONPATH}}" '
+                       f'exec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
+    engine_python = stand_in_engine_python(tmp_path)
     # generate calls: 1 warm-up, then one per level: the third level (c8) crashes
     run, metrics = pytest_inference(
         tmp_path, "-k", "offline", "--load-opt", "concurrency=1,4,8", "--load-opt", "output_len=16",
         "--load-opt", "range_ratio=0.5",  # output lengths 8..24: each prompt asks its own
-        env={"GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_FAIL_AT_CALL": "4",
-             "STAND_IN_GENERATE_S": "0.4"})
+        f"--engine-python={engine_python}", env={"STAND_IN_FAIL_AT_CALL": "4", "STAND_IN_GENERATE_S": "0.4"})
     assert run.returncode == 1, run.stdout[-3000:]
     checks = by_check(metrics)
     assert checks["offline_throughput[concurrency=1]"]["output_tok_s"]["value"] > 0
@@ -209,18 +231,15 @@ def test_repeats_make_each_level_the_mean_of_its_runs_with_an_interval(tmp_path)
     """`repeats=3`: every level is measured three times on its own prompts; its figures are the
     mean of the three, the three are its samples (repeat-to-repeat noise, a Student t interval)
     and the baseline written from it keeps their interval. Offline likewise (stand-in vLLM)."""
-    for name, text in STAND_IN_VLLM.items():
-        (tmp_path / "site" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "site" / name).write_text(text)
+    engine_python = stand_in_engine_python(tmp_path)
     emulator = ("import runpy, sys\n"
                 "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '5', '--itl-ms', '2']\n"
                 "runpy.run_module('gpucert.cli', run_name='__main__')\n")
     run, metrics = pytest_inference(
         tmp_path, "-k", "serving_baseline or offline", "--load-opt", "concurrency=2", "--load-opt", "repeats=3",
         "--load-opt", "output_len=8", "--load-opt", "input_len=8", "--load-opt", "min_requests=4",
-        "--update-baselines",
-        env={"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", emulator, "{port}"]),
-             "GPUCERT_OFFLINE_PYTHONPATH": str(tmp_path / "site"), "STAND_IN_GENERATE_S": "0.05"})
+        "--update-baselines", "--engine-cmd", json.dumps([sys.executable, "-c", emulator, "{port}"]),
+        f"--engine-python={engine_python}", env={"STAND_IN_GENERATE_S": "0.05"})
     assert run.returncode == 0, run.stdout[-3000:]
     level = by_check(metrics)["serving_baseline[concurrency=2]"]
     for name in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "slo_attainment_pct", "goodput_requests_per_s"):
@@ -249,10 +268,10 @@ def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
     emulator = ("import runpy, sys\n"
                 "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
                 "runpy.run_module('gpucert.cli', run_name='__main__')\n")
-    env = {"GPUCERT_ENGINE_ARGV": json.dumps([sys.executable, "-c", emulator, "{port}"])}
-    common = ("-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8")
-    first, metrics = pytest_inference(tmp_path, *common, "--update-baselines", "--engine-opt", "extra_args=--api-key s3cret",
-                                      env=env)
+    common = ("-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+              "--engine-cmd", json.dumps([sys.executable, "-c", emulator, "{port}"]))
+    first, metrics = pytest_inference(tmp_path, *common, "--update-baselines", "--engine-opt",
+                                      "extra_args=--api-key s3cret")
     assert first.returncode == 0, first.stdout[-3000:]
     assert by_check(metrics)["vllm_sanity"]["config_changes"]["verdict"] == "skipped"
     saved = json.loads(next((tmp_path / "b").glob("*/vllm_sanity.json")).read_text())
@@ -261,7 +280,7 @@ def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
     assert "s3cret" not in json.dumps(saved)  # the engine's extra args are kept without secrets
     second, metrics = pytest_inference(tmp_path, *common, "--engine-opt", "distributed_executor_backend=ray",
                                        "--load-opt", "requests_per_level=2", "--engine-opt",
-                                       "extra_args=--api-key s3cret", env=env)
+                                       "extra_args=--api-key s3cret")
     assert second.returncode == 0, second.stdout[-3000:]
     sanity = by_check(metrics)["vllm_sanity"]
     assert sanity["config_changes"]["value"] == 2 and sanity["config_changes"]["verdict"] == "warn"
@@ -306,3 +325,18 @@ def test_an_interrupted_offline_sweep_stops_its_worker(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the offline worker outlived its interrupted caller")
+
+
+@pytest.mark.fault("bad input", "--engine-python whose CUDA torch sees 1 GPU, --engine-opt tensor_parallel_size=2",
+                   "the offline checks skip with 'vLLM on 2 GPU(s) needs 2, found 1' (the engine's GPUs, not "
+                   "gpucert's CPU build); a bad --engine-cmd is one line, exit 4")
+def test_the_engine_pythons_gpus_decide_and_a_bad_engine_cmd_is_one_line(tmp_path):
+    engine_python = stand_in_engine_python(tmp_path)
+    run, metrics = pytest_inference(tmp_path, "-k", "offline", "--load-opt", "concurrency=1",
+                                    f"--engine-python={engine_python}", "--engine-opt", "tensor_parallel_size=2")
+    assert run.returncode == 0 and {s["reason"] for s in metrics["skipped"]} == {"vLLM on 2 GPU(s) needs 2, found 1"}
+    bad = subprocess.run([sys.executable, "-m", "pytest", "-m", "inference", "-k", "sanity", "-p", "no:cacheprovider",
+                          f"--report-dir={tmp_path / 'bad'}", "--engine-cmd", "vllm serve x"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 4 and "Traceback" not in bad.stdout + bad.stderr
+    assert "gpucert: --engine-cmd: expected a JSON list of strings, got 'vllm serve x'" in bad.stdout + bad.stderr

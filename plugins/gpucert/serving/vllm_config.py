@@ -238,7 +238,8 @@ def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
     if str(settings.get("tensor_parallel_size", "")).lower() != AUTO:
         return settings
     from .. import gpus
-    size, _ = auto_tensor_parallel(str(settings.get("model") or EngineConfig.model), gpus.count())
+    found, _ = gpus.visible_to(settings.get("engine_python"))  # the GPUs the engine's Python sees
+    size, _ = auto_tensor_parallel(str(settings.get("model") or EngineConfig.model), found)
     return {**settings, "tensor_parallel_size": size}
 
 
@@ -256,5 +257,16 @@ def parallelism(engine: EngineConfig, overrides: dict[str, Any] | None = None) -
     requested = {**serving_defaults()["engine"], **(overrides or {})}.get("tensor_parallel_size")
     if str(requested).lower() == AUTO:
         from .. import gpus
-        text += f" (auto: {auto_tensor_parallel(engine.model, gpus.count())[1]})"
+        text += f" (auto: {auto_tensor_parallel(engine.model, gpus.visible_to(engine.engine_python)[0])[1]})"
     return text
+
+
+def engine_command(text: str, port: int | None = None) -> list[str]:
+    """`--engine-cmd`: a JSON list of strings, `{port}` replaced by `port` (when given)."""
+    try:
+        argv = json.loads(text)
+    except ValueError:
+        argv = None
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        raise ValueError(f"--engine-cmd: expected a JSON list of strings, got {text!r}")
+    return [arg.replace("{port}", str(port)) for arg in argv] if port is not None else argv

@@ -48,30 +48,28 @@ class MetricsError(ValueError):
     """/metrics could not be read or its cache_config_info is unusable: one line, for the card."""
 
 
-def _count(labels: dict[str, str], name: str) -> int | None:
+def _positive(labels: dict[str, str], name: str, kind: type) -> int | float | None:
+    """A label as a positive int (a count) or float; None where vLLM left it unset."""
     value = labels.get(name)
     if value is None or value in _NO_VALUE:
         return None
+    what = "a whole number" if kind is int else "a number"
     try:
-        number = int(value)
+        number = kind(value)
     except ValueError:
-        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not a whole number") from None
-    if number <= 0:
-        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not a positive count")
+        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not {what}") from None
+    if not number > 0 or number == float("inf"):
+        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not a positive "
+                           + ("count" if kind is int else "number"))
     return number
+
+
+def _count(labels: dict[str, str], name: str) -> int | None:
+    return _positive(labels, name, int)
 
 
 def _number(labels: dict[str, str], name: str) -> float | None:
-    value = labels.get(name)
-    if value is None or value in _NO_VALUE:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not a number") from None
-    if not number > 0 or number == float("inf"):
-        raise MetricsError(f"{CACHE_CONFIG_INFO} label {name}={value!r} is not a positive number")
-    return number
+    return _positive(labels, name, float)
 
 
 def _flag(labels: dict[str, str], name: str) -> bool | None:
