@@ -23,10 +23,14 @@ CHECKS ?= tests/hardware tests/inference
 
 .PHONY: test hardware inference certify update-baselines nightly clean setup
 
+# the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
+# needs that: pytest tests/selftest -m fault --fault-table FILE)
+XDIST ?= -n auto
+
 ## the suite's self-tests (CPU, no GPU needed; what CI runs)
 test:
 	$(SETUP_SELFTEST)
-	$(PYTEST) tests/selftest -q $(ARGS)
+	$(PYTEST) tests/selftest -q $(XDIST) $(ARGS)
 
 ## create or refresh the virtualenv alone (every target below does it first)
 setup:

@@ -41,6 +41,7 @@ def test_a_gpu_nodes_own_torch_is_used_not_downloaded(setup_venv, tmp_path, monk
     assert "include-system-site-packages = true" in cfg
     whats = [what for what, _ in setup_venv.calls]
     assert whats == ["installing gpucert (editable)"], whats  # no torch download
+    assert setup_venv.calls[0][1][-1] == "--no-build-isolation"  # nor setuptools: the node may be offline
     setup_venv.calls.clear()
     setup_venv.setup(tmp_path / "venv", selftest=False)  # unchanged inputs: nothing to do
     assert setup_venv.calls == []
