@@ -77,6 +77,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="wall-clock budget: checks that would start after it are skipped (with that reason "
                          "on the card); a check still running at the budget plus a grace period is "
                          "interrupted (what it measured kept, marked incomplete)")
+    hardware = parser.getgroup("gpucert hardware", "gpucert hardware checks")
+    hardware.addoption("--nccl-backend", default="nccl", choices=("nccl", "gloo"),
+                       help="nccl (default): the GPUs' collectives; gloo: the same sweep on CPU processes "
+                            "(rehearses the check's plumbing on a machine without GPUs, certifies nothing)")
+    hardware.addoption("--nccl-nproc", type=int, default=None, metavar="N",
+                       help="ranks of the NCCL sweep (default: every GPU with nccl, 2 with gloo)")
+    hardware.addoption("--nccl-max-bytes", default=None, metavar="SIZE",
+                       help="largest message of the NCCL sweep, e.g. 1G (default: 8G with nccl, 1M with gloo)")
     serving = parser.getgroup("gpucert serving", "gpucert inference checks")
     serving.addoption("--endpoint", default=None, metavar="URL",
                       help="certify this OpenAI-compatible server (http://HOST:PORT/v1) instead of starting vLLM")
@@ -126,6 +134,15 @@ def pytest_configure(config: pytest.Config) -> None:
         missing_baseline=config.option.missing_baseline,
         history_dir=Path(config.option.history_dir) if config.option.history_dir else None,
     )
+    nproc = config.getoption("--nccl-nproc", None)
+    if nproc is not None and nproc < 2:
+        raise pytest.UsageError(f"gpucert: --nccl-nproc must be at least 2, got {nproc}")
+    if config.getoption("--nccl-max-bytes", None):
+        from .physics.units import parse_size
+        try:
+            parse_size(config.getoption("--nccl-max-bytes"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"gpucert: --nccl-max-bytes: {exc}") from None
     if config.getoption("--engine-cmd", None):
         from .serving.vllm_config import engine_command
         try:

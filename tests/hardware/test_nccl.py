@@ -7,13 +7,9 @@ where torch allows it, data checked at every size); each test looks up its row:
 - nccl_large_message_busbw: all_reduce busbw at the largest size, with the datasheet NVLink peak,
   so a `min_fraction_of_peak` rule in thresholds.yaml can judge it.
 
-Environment (nothing to set on a GPU node; the self-tests use these):
-  GPUCERT_NCCL_BACKEND    nccl (default) | gloo: CPU processes, the same sweep without a GPU
-  GPUCERT_NCCL_NPROC      ranks (default: every CUDA device with nccl, 2 with gloo)
-  GPUCERT_NCCL_MAX_BYTES  largest size of the parametrization (default: 8G with nccl, 1M with gloo)
+Options (nothing to set on a GPU node): --nccl-backend gloo runs the same sweep on CPU processes
+(the self-tests; certifies nothing), --nccl-nproc and --nccl-max-bytes bound it.
 """
-
-import os
 
 import pytest
 
@@ -24,9 +20,21 @@ from gpucert.physics.nccl import peak, rows
 
 pytestmark = pytest.mark.hardware
 
-BACKEND = os.environ.get("GPUCERT_NCCL_BACKEND", "nccl")
-MAX_BYTES = nccl.parse_size(os.environ.get("GPUCERT_NCCL_MAX_BYTES", "8G" if BACKEND == "nccl" else "1M"))
-SIZES = [size for size in nccl.HARDWARE_SIZES if size <= MAX_BYTES]
+
+
+def sweep_plan(config: pytest.Config) -> tuple[str, list[int]]:
+    """(backend, sizes) from the options (checked at configure)."""
+    backend = config.getoption("--nccl-backend")
+    largest = nccl.parse_size(config.getoption("--nccl-max-bytes") or ("8G" if backend == "nccl" else "1M"))
+    return backend, [size for size in nccl.HARDWARE_SIZES if size <= largest]
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.function.__name__ == "test_nccl":  # ids read op first: all_reduce-8B
+        metafunc.parametrize("op", nccl.OPS)
+        metafunc.parametrize("size", [nccl.format_size(size) for size in sweep_plan(metafunc.config)[1]])
+
+
 # 20 timed iterations per size (fewer where they would take over 1 s); the whole sweep is bounded
 # so `pytest -m hardware` keeps its 5-minute budget even on a node far below its physics
 TIMING = {"warmup": 5, "iters": 20, "size_budget_s": 1.0, "timeout_s": 300.0, "stall_timeout_s": 60.0}
@@ -34,15 +42,17 @@ TIMING = {"warmup": 5, "iters": 20, "size_budget_s": 1.0, "timeout_s": 300.0, "s
 
 @pytest.fixture(scope="module")
 def sweep(request) -> nccl.SweepResult:
-    if BACKEND == "nccl":
+    backend, sizes = sweep_plan(request.config)
+    nproc = request.config.getoption("--nccl-nproc")
+    if backend == "nccl":
         found = len(request.getfixturevalue("cuda_devices"))  # skips, with the reason, without CUDA
         if found < 2:
             pytest.skip(gpus.too_few("NCCL", 2, found))
-        nproc = int(os.environ.get("GPUCERT_NCCL_NPROC", found))
-    else:
-        nproc = int(os.environ.get("GPUCERT_NCCL_NPROC", 2))
+        nproc = nproc or found
+    if not sizes:
+        pytest.skip(not_applicable("--nccl-max-bytes is below the smallest size of the sweep"))
     try:
-        return nccl.run(nccl.SweepConfig(backend=BACKEND, nproc=nproc, sizes=tuple(SIZES), **TIMING))
+        return nccl.run(nccl.SweepConfig(backend=backend, nproc=nproc or 2, sizes=tuple(sizes), **TIMING))
     except nccl.SweepError as err:
         pytest.fail(f"the NCCL sweep cannot start: {err}", pytrace=False)
 
@@ -65,8 +75,6 @@ ROW_METRICS = (("wrong", "wrong", "elements", "lower"), ("busbw_gbps", "busbw_gb
                ("algbw_gbps", "algbw_gbps", "GB/s", "higher"), ("time_us", "time_us", "us", "lower"))
 
 
-@pytest.mark.parametrize("size", [nccl.format_size(size) for size in SIZES])
-@pytest.mark.parametrize("op", nccl.OPS)
 def test_nccl(gpucert, sweep, op, size):
     row = sweep.row(op, nccl.parse_size(size))
     if row is None:
@@ -96,17 +104,15 @@ def headline_row(gpucert, sweep, size, metric, key, unit, direction):
     return row, params
 
 
-@pytest.mark.skipif(not SIZES, reason="GPUCERT_NCCL_MAX_BYTES is below the smallest size")
 def test_nccl_small_message_latency(gpucert, sweep):
-    row, params = headline_row(gpucert, sweep, SIZES[0], "latency_us", "time_us", "us", "lower")
+    row, params = headline_row(gpucert, sweep, min(sweep.config.sizes), "latency_us", "time_us", "us", "lower")
     if row:
         gpucert.record("latency_us", row["time_us"], unit="us", direction="lower", params=params,
                        samples=row["samples_us"])
 
 
-@pytest.mark.skipif(not SIZES, reason="GPUCERT_NCCL_MAX_BYTES is below the smallest size")
 def test_nccl_large_message_busbw(gpucert, sweep):
-    row, params = headline_row(gpucert, sweep, SIZES[-1], "busbw_gbps", "busbw_gbps", "GB/s", "higher")
+    row, params = headline_row(gpucert, sweep, max(sweep.config.sizes), "busbw_gbps", "busbw_gbps", "GB/s", "higher")
     if row:
         nvlink, why = nvlink_peak(gpucert, sweep)
         gpucert.record("busbw_gbps", row["busbw_gbps"], unit="GB/s", direction="higher", params=params,

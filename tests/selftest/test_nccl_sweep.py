@@ -94,10 +94,10 @@ def test_a_crashed_rank_stops_the_others_with_its_error(monkeypatch):
 
 
 def test_corrupted_data_fails_the_hardware_check_on_wrong(tmp_path):
-    env = {**os.environ, "GPUCERT_NCCL_BACKEND": "gloo", "GPUCERT_NCCL_MAX_BYTES": "2K",
-           faults.ENV: "corrupt:rank=1:op=all_reduce"}
+    env = {**os.environ, faults.ENV: "corrupt:rank=1:op=all_reduce"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/hardware/test_nccl.py", "-m", "hardware", "-p", "no:cacheprovider",
+         "--nccl-backend=gloo", "--nccl-max-bytes=2K",
          f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 1, run.stdout[-3000:] + run.stderr
@@ -122,11 +122,10 @@ def test_the_hardware_check_skips_without_a_gpu(tmp_path):
     import torch
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible here")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCERT_NCCL_")}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/hardware/test_nccl.py", "-p", "no:cacheprovider", "-rs",
          f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr
     checks = len(formulas.OPS) * len(formulas.HARDWARE_SIZES) + 2  # + latency and peak headlines
     assert f"{checks} skipped" in run.stdout and "no CUDA device" in run.stdout
@@ -151,3 +150,17 @@ def test_nccl_without_enough_gpus_is_one_line_exit_2(capsys):
     args = ["--nproc", str(wanted)] if found >= 2 else []
     assert cli.main(["bench", "nccl", "--backend", "nccl", *args]) == 2
     assert capsys.readouterr().err == f"gpucert: error: --backend nccl needs {wanted} CUDA devices, found {found}\n"
+
+
+@pytest.mark.fault("bad input", "pytest -m hardware --nccl-nproc 1, and --nccl-max-bytes lots",
+                   "one line `ERROR: gpucert: …` naming the option, exit 4, before anything runs")
+@pytest.mark.parametrize("option, message", [
+    ("--nccl-nproc=1", "gpucert: --nccl-nproc must be at least 2, got 1"),
+    ("--nccl-max-bytes=lots", "gpucert: --nccl-max-bytes: bad size 'lots'"),
+])
+def test_bad_nccl_options_are_one_line(tmp_path, option, message):
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/hardware/test_nccl.py", "-p", "no:cacheprovider",
+                          option, f"--report-dir={tmp_path / 'r'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 4 and "Traceback" not in run.stdout + run.stderr
+    assert message in run.stderr, run.stderr
