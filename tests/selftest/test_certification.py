@@ -63,6 +63,7 @@ def test_a_node_that_ran_every_check_without_a_regression_is_certified(node):
     assert run.last == "gpucert: CERTIFIED toy-node — 3 checks, 0 regressions"
     assert run.ret == 0 and run.data["certification"]["certified"] is True
     assert 'id="certification" class="certification certified">CERTIFIED toy-node — 3 checks, 0 regressions<' in run.html
+    assert '<span class="verdict big v-pass">certified</span>' in run.html  # the badge is the certification
 
 
 @pytest.mark.fault("certification", "a check skipped because the node has too few GPUs for it (P2P on one GPU)",
@@ -127,3 +128,12 @@ def test_progress_lines_stand_on_their_own_line_under_q(node):
     run = node("-q")
     assert any(line.startswith("gpucert ▸ pair: 1 check(s)") for line in run.outlines), run.outlines
     assert any(line.startswith("gpucert ▸ toy: 2 check(s)") for line in run.outlines), run.outlines
+
+
+def test_a_serving_table_of_skipped_levels_is_left_out():
+    from gpucert.report import card
+    skipped = [{"check": name, "params": {"concurrency": str(c)}, "outcome": "skipped", "verdict": "skipped", "metrics": []}
+               for name in ("serving_baseline", "offline_throughput") for c in (1, 16)]
+    assert card.serving_view({"checks": skipped}) is None
+    ran = [{**skipped[0], "outcome": "passed", "verdict": "new", "metrics": [{"metric": "output_tok_s", "value": 400.0}]}] + skipped[1:]
+    assert card.serving_view({"checks": ran}) is not None
