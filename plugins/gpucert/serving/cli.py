@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
 import json
 import math
 import os
@@ -24,6 +23,7 @@ from gpucert.serving import datasets
 from gpucert.serving.loadgen import LoadConfig
 from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread, worker_figures
 from gpucert.serving.summary import SLO_NAMES, client_check, error_breakdown, summarize
+from gpucert.serving.vllm_server import first_model
 
 EXIT_REQUESTS_FAILED = 1
 # without a model's vocabulary at hand, random token ids stay inside every common one
@@ -204,34 +204,15 @@ def load_result(args) -> tuple[dict, int]:
 
 
 def server_model(config: LoadConfig) -> str:
-    """The first model the server lists at GET <base-url>/models (the OpenAI list; vLLM lists the
-    model it serves, then its LoRA adapters). A server that cannot be asked, or lists no model, is
-    a ValueError of one line: nothing can be measured without a model name."""
+    """The first model the server lists at GET <base-url>/models (vllm_server.first_model, the
+    run's key or user:password sent): nothing can be measured without a model name."""
     parts = urllib.parse.urlsplit(config.base_url)
     url = redaction.without_credentials(urllib.parse.urlunsplit(
         parts._replace(path=parts.path.rstrip("/") + "/models", fragment="")))
-    asked = f"--model not given, and GET {redaction.display_url(url)}"
-    request = urllib.request.Request(url, headers=config.headers())  # the run's key or user:password
     try:
-        with urllib.request.urlopen(request, timeout=MODELS_TIMEOUT_S) as response:
-            body = response.read()
-    except urllib.error.HTTPError as err:
-        raise ValueError(f"{asked} answered HTTP {err.code}; give --model NAME") from None
-    except urllib.error.URLError as err:
-        reason = err.reason.strerror if isinstance(err.reason, OSError) and err.reason.strerror else err.reason
-        raise ValueError(redaction.redact(f"{asked} failed: {reason}")) from None
-    except TimeoutError:
-        raise ValueError(f"{asked} had no answer within {MODELS_TIMEOUT_S:g} s") from None
-    except (OSError, http.client.HTTPException) as err:
-        raise ValueError(redaction.redact(f"{asked} failed: {err or type(err).__name__}")) from None
-    try:
-        listed = json.loads(body)["data"]
-        ids = [entry["id"] for entry in listed if isinstance(entry.get("id"), str) and entry["id"]]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise ValueError(f"{asked} did not answer an OpenAI model list; give --model NAME") from None
-    if not ids:
-        raise ValueError(f"{asked} lists no model; give --model NAME")
-    return ids[0]
+        return first_model(url, config.headers(), MODELS_TIMEOUT_S, hint="; give --model NAME")
+    except ValueError as err:
+        raise ValueError(f"--model not given, and {err}") from None
 
 
 def _print_text(result: dict) -> None:

@@ -9,6 +9,7 @@ holding it are gone, which is why stop() waits until no process of the group is 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -159,6 +160,32 @@ def http_get(url: str, timeout: float, headers: dict[str, str] | None = None) ->
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def first_model(models_url: str, headers: dict[str, str], timeout: float, hint: str = "") -> str:
+    """The first model the server lists at `models_url` (GET …/v1/models, the OpenAI list: vLLM
+    lists the model it serves, then its LoRA adapters); `models_url` without credentials (they go
+    in `headers`). A server that cannot be asked, or answers no usable list, is a ValueError of one
+    line; `hint` (e.g. "; give --model NAME") ends the lines where the server did answer."""
+    asked = f"GET {redaction.display_url(models_url)}"
+    try:
+        status, body = http_get(models_url, timeout, headers)
+    except urllib.error.URLError as err:
+        reason = err.reason.strerror if isinstance(err.reason, OSError) and err.reason.strerror else err.reason
+        raise ValueError(redaction.redact(f"{asked} failed: {reason}")) from None
+    except TimeoutError:
+        raise ValueError(f"{asked} had no answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise ValueError(redaction.redact(f"{asked} failed: {err or type(err).__name__}")) from None
+    if status != 200:
+        raise ValueError(f"{asked} answered HTTP {status}{hint}")
+    try:
+        ids = [entry["id"] for entry in json.loads(body)["data"] if isinstance(entry.get("id"), str) and entry["id"]]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ValueError(f"{asked} did not answer an OpenAI model list{hint}") from None
+    if not ids:
+        raise ValueError(f"{asked} lists no model{hint}")
+    return ids[0]
 
 
 def health_probe(base: str, timeout: float) -> str:
@@ -441,13 +468,8 @@ class Endpoint:
         """Fill `model` from GET /v1/models (the first model listed) when it was not given."""
         if self.model:
             return self
-        status, body = http_get(self._url("/v1/models"), timeout, self.headers())
-        if status != 200:
-            raise ValueError(f"GET {self.display_url}/models answered {status}")
-        models = [m.get("id") for m in json.loads(body).get("data", [])]
-        if not models:
-            raise ValueError(f"GET {self.display_url}/models listed no model")
-        return Endpoint(self.base_url, models[0], self.api_key_env, self.extra)
+        return Endpoint(self.base_url, first_model(self._url("/v1/models"), self.headers(), timeout),
+                        self.api_key_env, self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         """For results and the card: the variable's name, never its value."""
