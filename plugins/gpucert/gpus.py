@@ -1,8 +1,7 @@
 """How many CUDA GPUs this node shows, and why none — the one place gpucert asks (collection,
-checks and the `gpucert` command alike).
-
-torch.cuda.device_count() asks NVML first and creates no CUDA context, so collection can ask
-before a forked NCCL worker starts (a worker must not inherit a context).
+checks and the `gpucert` command alike); the answer itself is gpu_probe.visible(), which creates
+no CUDA context, so collection can ask before a forked NCCL worker starts (a worker must not
+inherit a context).
 """
 
 from __future__ import annotations
@@ -12,28 +11,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+from . import gpu_probe
 from .certification import not_applicable
-
-# what visible() answers, asked of another interpreter (one line of JSON)
-_PROBE = ("import json\ntry:\n    import torch\nexcept ImportError:\n    print(json.dumps([0, 'PyTorch is not installed']))\n"
-          "else:\n    cuda = torch.version.cuda\n    ok = cuda is not None and torch.cuda.is_available()\n"
-          "    why = '' if ok else (f'no CUDA device: PyTorch {torch.__version__} is a CPU build' if cuda is None "
-          "else 'no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)')\n"
-          "    print(json.dumps([torch.cuda.device_count() if ok else 0, why]))\n")
-
-
-def visible() -> tuple[int, str]:
-    """(CUDA device count, why there are none: "" when there are some)."""
-    try:
-        import torch
-    except ImportError:
-        return 0, "PyTorch is not installed"
-    if torch.version.cuda is None:
-        return 0, f"no CUDA device: PyTorch {torch.__version__} is a CPU build"
-    if not torch.cuda.is_available():
-        return 0, "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
-    return torch.cuda.device_count(), ""
+from .gpu_probe import visible
 
 
 def count() -> int:
@@ -52,16 +34,14 @@ def visible_to(python: str | None) -> tuple[int, str]:
 @functools.cache  # a Python with CUDA torch takes seconds to import it: ask each once
 def _probe(python: str) -> tuple[int, str]:
     try:
-        probe = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+        # the file's source with -c, not the file as a script: a script's folder (gpucert's own
+        # modules) would come first on that interpreter's path
+        source = Path(gpu_probe.__file__).read_text()
+        probe = subprocess.run([python, "-c", source], capture_output=True, text=True, timeout=300)
         found, why = json.loads(probe.stdout.strip().splitlines()[-1])
         return int(found), f"{why} (in {python})" if why else ""
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return 0, f"{python} could not be asked how many GPUs it sees"
-
-
-def none_reason() -> str:
-    """Why no GPU is visible (for a check or command that needs one)."""
-    return visible()[1] or "no CUDA device visible"
 
 
 def too_few(what: str, need: int, found: int, reason: str = "") -> str:

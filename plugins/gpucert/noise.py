@@ -247,7 +247,7 @@ def _log_groups(groups, ceiling: float | None = None) -> list[np.ndarray]:
     return out
 
 
-# a sibling whose spread is beyond this one-sided F test's level is not pooled with the others
+# an entry whose spread is beyond its siblings' at this one-sided F test's level is not pooled with them
 HETEROGENEITY_ALPHA = 0.05
 
 

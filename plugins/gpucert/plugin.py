@@ -539,7 +539,7 @@ class RunHooks:
                 self.run.notes.append(f"history record not written: {exc}")
                 if self.write_error is None and self._write_outputs(status) is None:
                     session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        verdict = data.get("certification") or certification.decide(data)
+        verdict = data["certification"]  # session.to_dict decided it, also for a failed write
         self.verdict_line = f"gpucert: {verdict['line']}"
         if self.config.option.certify:
             session.exitstatus = certification.exit_status(int(session.exitstatus), verdict)

@@ -138,8 +138,8 @@ class Run:
         """The other entries whose runs this metric's between-run noise is pooled with: each entry
         of the same check and metric that thresholds.yaml gives the same rule (a check's levels,
         which share one relative spread; not nccl's latency-bound sizes with its bandwidth-bound
-        ones), as [its baseline runs, its history's passing nights]. noise.run_noise leaves out an
-        entry whose spread is beyond the others'.
+        ones), as [its baseline runs, its history's passing nights]. noise.run_noise judges this
+        metric by its own runs instead where its spread is beyond theirs.
 
         A percentage is the exception — None: the judge takes its own entry's runs and history
         alone. How far a bounded share moves depends on where in its range it sits — SLO

@@ -1,0 +1,26 @@
+"""How many CUDA GPUs a Python sees, and why none — standalone (the standard library and torch
+only), so that gpucert.gpus imports it and another interpreter (the engine's `--engine-python`,
+which need not have gpucert) runs this same source (`python -c <it>`), which prints the answer
+as one line of JSON.
+
+torch.cuda.device_count() asks NVML first and creates no CUDA context.
+"""
+
+import json
+
+
+def visible() -> tuple[int, str]:
+    """(CUDA device count, why there are none: "" when there are some)."""
+    try:
+        import torch
+    except ImportError:
+        return 0, "PyTorch is not installed"
+    if torch.version.cuda is None:
+        return 0, f"no CUDA device: PyTorch {torch.__version__} is a CPU build"
+    if not torch.cuda.is_available():
+        return 0, "no CUDA device visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
+    return torch.cuda.device_count(), ""
+
+
+if __name__ == "__main__":
+    print(json.dumps(visible()))
