@@ -57,7 +57,7 @@ def decide(data: dict[str, Any]) -> dict[str, Any]:
     incomplete = [c for c in checks if c.get("verdict") == "incomplete"]
     skipped = [c for c in checks if c.get("outcome") == "skipped"]
     moot = [c for c in skipped if str(c.get("message") or "").startswith(NOT_APPLICABLE)]
-    not_run = [c for c in skipped if c not in moot]
+    not_run = [c for c in skipped if not str(c.get("message") or "").startswith(NOT_APPLICABLE)]
     ran = len(checks) - len(skipped)
     warned = sum(1 for c in checks if c.get("verdict") == "warn")
     new = (data.get("metric_counts") or {}).get("new", 0)
