@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import venv
@@ -64,6 +65,21 @@ def node_torch(python: str) -> dict | None:
         return json.loads(probe.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
+
+
+def see_node_packages(python: Path) -> None:
+    """Make the node's own packages importable in the venv, even where the node's Python is itself
+    a virtualenv (a GPU image's /opt/…/.venv holding torch and vLLM): `--system-site-packages` adds
+    only the base interpreter's folder, so a .pth file in the venv lists this Python's site folders."""
+    user = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+    sites = [path for path in site.getsitepackages() + user if Path(path).is_dir()]
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "gpucert-node-site.pth").write_text("".join(f"{path}\n" for path in sites))
+    found = node_torch(str(python))
+    if not (found and found.get("cuda")):
+        raise SetupError(f"the venv {python.parent.parent} does not see this node's CUDA PyTorch "
+                         f"(looked in {', '.join(sites) or 'no site folder'})")
 
 
 def stamp_of(mode: str, system: bool) -> str:
@@ -109,6 +125,8 @@ def setup(venv_dir: Path, selftest: bool) -> None:
         print(f"setup: creating {venv_dir}" + (f" over this Python's CUDA torch {found['torch']} (system site packages)"
                                               if system else ""), flush=True)
         venv.EnvBuilder(with_pip=True, system_site_packages=system).create(venv_dir)
+    if system:
+        see_node_packages(python)
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     if not system and node_torch(str(python)) is None:
         index = os.environ.get("TORCH_INDEX")

@@ -354,7 +354,13 @@ def delta_interval_pct(value: float, ci: tuple[float, float] | None, baseline: f
     scale = abs(baseline)
     down = parts(max(value - v_lo, 0.0) / scale, max(b_hi - baseline, 0.0) / scale) * scale
     up = parts(max(v_hi - value, 0.0) / scale, max(baseline - b_lo, 0.0) / scale) * scale
-    return ((delta - down) / scale * 100, (delta + up) / scale * 100)
+    low = (delta - down) / scale * 100
+    if value > 0 and baseline > 0:
+        # a positive quantity whose few-repeat t interval reaches below 0 (TTFT p99 at an
+        # overloaded level, three repeats): the linear side would read "-167 %", a change no
+        # positive value can make; it falls at most 100 %
+        low = max(low, -100.0)
+    return (low, (delta + up) / scale * 100)
 
 
 def widest(*intervals: tuple[float, float] | None) -> tuple[float, float] | None:

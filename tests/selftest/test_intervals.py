@@ -213,3 +213,15 @@ def test_a_level_noisier_than_its_siblings_is_not_held_to_their_spread():
                               siblings=[[[21.7, 21.1], []], [[78.4, 66.8], []], [[182.8, 174.5], []], [[491.8, 436.1], []]])
     assert between.df == 1 and "this entry's own" in between.source and "F test p=0.0" in between.source
     assert noise.run_noise([[491.8, 436.1], []], 0.12, 2, siblings=[[[4116.0, 3005.0], []]]).df == 2
+
+
+def test_a_positive_quantity_never_falls_more_than_all_of_it():
+    """A few-repeat t interval of a positive value may reach below 0 (three TTFT p99 repeats of
+    3.5-4.9 s give [2.6, 5.9] s, their baseline's [-1.1, 15] s); the change interval then goes
+    linear, and its low side stops at -100 %, where the value would be 0 (fdc8 n3f read
+    "[-167 %, +88 %]")."""
+    lo, hi = noise.delta_interval_pct(4234.0, (2588.0, 5880.0), 6945.0, (-1100.0, 15000.0))
+    assert lo == -100.0 and hi > 0
+    # a signed quantity (a drift in °C, a change of a difference) keeps its linear interval
+    lo, hi = noise.delta_interval_pct(-2.0, (-9.0, 5.0), 3.0, (1.0, 5.0))
+    assert lo < -100

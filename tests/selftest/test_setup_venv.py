@@ -62,6 +62,35 @@ def test_without_cuda_torch_the_cpu_build_and_the_selftest_extras(setup_venv, tm
     assert setup_venv.calls == []
 
 
+def test_a_node_whose_python_is_itself_a_venv_keeps_its_torch(tmp_path):
+    """The lent H200's python3 is /opt/torch/.venv/bin/python3, its CUDA torch in that venv's own
+    site-packages: `--system-site-packages` alone gives a venv made from it the base interpreter's
+    folder, without torch (seen there: pip then tried to download pytest on an offline node)."""
+    import venv
+
+    node = tmp_path / "node-venv"
+    venv.EnvBuilder(with_pip=False).create(node)
+    node_python = node / "bin" / "python"
+    purelib = subprocess.run([str(node_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    torch = Path(purelib) / "torch"
+    torch.mkdir(parents=True)
+    (torch / "__init__.py").write_text("__version__ = '2.11.0+cu130'\nclass version:\n    cuda = '13.0'\n")
+    # the set-up as the node's Python runs it (`python3 tools/setup_venv.py`); pip recorded, not run
+    driver = ("import importlib.util, sys; from pathlib import Path\n"
+              f"spec = importlib.util.spec_from_file_location('setup_venv', {str(REPO / 'tools' / 'setup_venv.py')!r})\n"
+              "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+              "m.run = lambda argv, what: print('pip:', what)\n"
+              f"m.setup(Path({str(tmp_path / 'venv')!r}), False)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    done = subprocess.run([str(node_python), "-c", driver], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    seen = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", "import torch; print(torch.version.cuda, torch.__file__)"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.split() == ["13.0", str(torch / "__init__.py")]
+
+
 @pytest.mark.fault("bad input", "tools/setup_venv.py under a Python older than 3.10",
                    "one line 'gpucert setup: gpucert needs Python ≥ 3.10 …', exit 1")
 def test_an_old_python_is_one_line(setup_venv, tmp_path, monkeypatch, capsys):

@@ -43,11 +43,4 @@ esac
 [[ -n $hog ]] && kill "$hog" 2>/dev/null
 echo "$name ($mode): exit $rc in $(( $(date +%s) - start )) s"
 grep -E "^gpucert|^(FAILED|ERROR)" /tmp/$name.log | cut -c1-220 | tail -25
-cp /tmp/$name.log "$report/make.log" 2>/dev/null
-python3 docs/evidence/issue-13-rerun/summarize.py "$report/metrics.json" | tee "$report/summary.txt"
-profile=$(python3 -c "import json;print(json.load(open('$report/metrics.json'))['profile'])")
-gzip -f "$report/metrics.json" "$report"/engine/*.log 2>/dev/null
-rm -rf "$report"/engine/models "$report"/offline/models "$report/offline/offline-config.json"
-mkdir -p "$report/baselines" && cp -r "$baselines/$profile" "$report/baselines/"
-tar czf "$OUT/$name.tgz" "$report"
-nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /'
+bash "$(dirname "$0")/pack-run.sh" "$name" "$report" "$baselines" "/tmp/$name.log"
