@@ -21,7 +21,7 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly clean setup
+.PHONY: test hardware inference certify update-baselines nightly study clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
 # needs that: pytest tests/selftest -m fault --fault-table FILE)
@@ -64,6 +64,12 @@ nightly:
 	$(SETUP_NODE)
 	$(PYTEST) $(CHECKS) -m "hardware or inference" --certify --missing-baseline=fail --history-dir history --report-dir reports/nightly \
 	  --time-budget-min $(CERTIFY_BUDGET_MIN) --junitxml reports/nightly/junit.xml $(CERTIFY_OPTS) $(ARGS)
+
+## optimization studies (KV-cache saturation, batching; tests/studies, gpucert/data/studies.yaml or
+## ARGS="--studies-file FILE"): engine restarts per point, not part of certify's budget
+study:
+	$(SETUP_NODE)
+	$(PYTEST) tests/studies -m study --report-dir reports/study $(ARGS)
 
 ## after an approved upgrade: merge this run's measurements into baselines/ (review the git diff)
 update-baselines:

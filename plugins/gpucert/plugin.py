@@ -31,10 +31,11 @@ MARKERS = {
     "hardware": "hardware check: the node reaches its physics (stack, GEMM, memory, P2P, NCCL)",
     "inference": "inference check: a real serving engine under load (TTFT, TPOT, ITL, throughput)",
     "forensics": "forensics check: explains latency spikes from traces and monitor samples",
+    "study": "optimization study: KV-cache saturation, batching, precision, capacity under SLO (make study)",
     "gpucert_check(name=None, family=None)": "override a check's stable name and baseline family "
                                               "(default: test function and module name without 'test_')",
 }
-CHECK_MARKERS = ("hardware", "inference", "forensics")
+CHECK_MARKERS = ("hardware", "inference", "forensics", "study")
 RUN_KEY = pytest.StashKey[Run]()
 MONITOR_KEY = pytest.StashKey[SessionMonitor]()
 SECRETS_KEY = pytest.StashKey[int]()  # this session's scope in gpucert.redaction
@@ -105,6 +106,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="override a load setting (concurrency=1,16,64, dataset=random|synthetic|sharegpt|"
                            "jsonl, dataset_path, input_len, output_len, range_ratio, endpoint, token_ids, "
                            "extra_body=JSON, …); repeatable")
+    studies = parser.getgroup("gpucert studies", "gpucert optimization studies (tests/studies, make study)")
+    studies.addoption("--studies-file", default=None, metavar="FILE",
+                      help="the study plan: what each study varies (default: gpucert/data/studies.yaml)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,6 +152,12 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             engine_command(config.getoption("--engine-cmd"))
         except ValueError as exc:
+            raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--studies-file", None):
+        from .studies.plan import PlanError, load_plan
+        try:
+            load_plan(config.getoption("--studies-file"))
+        except PlanError as exc:
             raise pytest.UsageError(f"gpucert: {exc}") from None
     budget = config.option.time_budget_min
     if budget is not None and not (budget > 0 and math.isfinite(budget)):

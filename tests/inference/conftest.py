@@ -12,57 +12,20 @@
 
 from __future__ import annotations
 
-import functools
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from gpucert import gpus, redaction
+from gpucert import redaction
 from gpucert.serving.configuration import measured_with
-from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
-from gpucert.serving.vllm_config import default_config, engine_command, parallelism
+from gpucert.serving.target import ServingTarget
+
+from .engine_setup import engine_config, engine_in_words, load_from_options, no_local_engine
+from gpucert.serving.vllm_config import engine_command
 from gpucert.monitor.attach import nvml_module as nvml_binding
 from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
                                          memory_released)
 
-
-
-@dataclass
-class ServingTarget:
-    v1_url: str
-    model: str
-    load: LoadSettings
-    api_key_env: str | None = None
-    server: VllmServer | None = None  # None: an endpoint gpucert did not start
-    facts: dict = field(default_factory=dict)  # what the engine reported: /metrics, then its log
-    configuration: dict = field(default_factory=dict)  # engine and load settings (configuration.py)
-
-    def crashed(self, grace_s: float = 0.0) -> str | None:
-        """Why the engine died, with its log, or None while it lives (or is not ours). After
-        failed requests, `grace_s` lets a dying engine finish exiting: its connections drop a
-        moment before the process is gone."""
-        if self.server is None:
-            return None
-        if grace_s and self.server.proc is not None:
-            try:
-                self.server.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.server.alive():
-            return None
-        crash = self.server.crash
-        reason = f"{crash.reason} at +{crash.at - self.server.started_at:.1f} s" if crash else "the engine exited"
-        return f"{reason}; log: {self.server.log_path}"
-
-
-def _load(config: pytest.Config) -> LoadSettings:
-    try:
-        return load_settings(parse_assignments(config.getoption("--load-opt"), "--load-opt"))
-    except ValueError as exc:
-        raise pytest.UsageError(f"gpucert: {exc}") from None
 
 
 def pytest_collection_modifyitems(items):
@@ -79,59 +42,14 @@ def pytest_collection_modifyitems(items):
 
 def pytest_generate_tests(metafunc):
     if "concurrency" in metafunc.fixturenames:
-        levels = _load(metafunc.config).concurrency
+        levels = load_from_options(metafunc.config).concurrency
         metafunc.parametrize("concurrency", levels, ids=[f"c{n}" for n in levels])
-
-
-@functools.cache  # importing vLLM takes seconds: ask each Python once
-def _vllm_missing(python: str) -> str | None:
-    probe = subprocess.run([python, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
-                           capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        return f"vLLM is not importable by {python} (pass --engine-python, or --endpoint URL)"
-    return None
-
-
-def _gpus_missing(engine) -> str | None:
-    count, reason = gpus.visible_to(engine.engine_python)  # the GPUs vLLM will see, not ours
-    if count < engine.world_size:
-        return f"vLLM on {engine.world_size} GPU(s) needs {engine.world_size}, found {count}" + (f" ({reason})" if reason else "")
-    return None
-
-
-def _engine_overrides(config: pytest.Config) -> dict:
-    try:
-        overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
-    except ValueError as exc:
-        raise pytest.UsageError(f"gpucert: {exc}") from None
-    if config.getoption("--engine-python"):
-        overrides["engine_python"] = config.getoption("--engine-python")
-    return overrides
-
-
-def engine_config(config: pytest.Config):
-    """serving.yaml's engine section with `--engine-opt` and `--engine-python` applied
-    (tensor_parallel_size `auto` resolved to a number)."""
-    try:
-        return default_config(_engine_overrides(config))
-    except ValueError as exc:
-        raise pytest.UsageError(f"gpucert: {exc}") from None
-
-
-def engine_in_words(config: pytest.Config, engine) -> str:
-    """The card's note of how the engine is split over the GPUs."""
-    return f"engine: vLLM {engine.model} at {parallelism(engine, _engine_overrides(config))}"
-
-
-def no_local_engine(engine) -> str | None:
-    """Why vLLM cannot run here as configured, or None."""
-    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine)
 
 
 @pytest.fixture(scope="session")
 def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     config = request.config
-    load = _load(config)
+    load = load_from_options(config)
     # what every serving figure on the card was measured with
     gpucert_note(f"serving load: {load.label}, /v1/{'chat/' if load.endpoint == 'chat' else ''}completions streamed, "
                  f"ignore_eos {'on' if load.ignore_eos else 'off'}; per level max({load.min_requests}, "
@@ -199,7 +117,7 @@ def offline_sweep(request, gpucert_report_dir: Path, gpucert_monitor):
     missing = no_local_engine(engine)
     if missing:
         pytest.skip(missing)
-    load = _load(config)
+    load = load_from_options(config)
     if gpucert_monitor:  # sampling before the sweep: each level's check takes its window later
         gpucert_monitor.ensure_started()
     return load, run_offline(engine, list(load.concurrency),

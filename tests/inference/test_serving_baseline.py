@@ -2,34 +2,11 @@
 profile's baselines and the SLOs in thresholds.yaml. Levels come from the load settings
 (serving.yaml; `--load-opt concurrency=1,16,64`); `repeats` measures each level several times."""
 
-import statistics
-
 import pytest
 
-from gpucert.serving.summary import (client_check, itl_gaps_s, measured_window, summarize, throughput_series,
-                                     token_count_mismatches, tpot_s)
-
-from .load import run_level
+from .load import record_level, run_level
 
 pytestmark = pytest.mark.inference
-
-
-def _ms(values):
-    return [v * 1e3 for v in values if v is not None]
-
-
-def _record(gpucert, name, per_repeat, *, unit, direction, samples=None, note=None):
-    """One metric: with one repeat its value and per-request `samples` (the interval is of that
-    percentile); with several, the mean of the repeats with the repeats as samples — repeat-to-repeat
-    noise, with a t interval whose 95 % holds at 3 repeats (a median of 3 has no honest one)."""
-    values = [v for v in per_repeat if v is not None]
-    if not values:
-        return
-    if len(per_repeat) == 1:
-        gpucert.record(name, values[0], unit=unit, direction=direction, samples=samples, note=note)
-    else:
-        gpucert.record(name, statistics.fmean(values), unit=unit, direction=direction, samples=values,
-                       stat="mean", note=f"mean of {len(values)} repeats" + (f"; {note}" if note else ""))
 
 
 def test_serving_baseline(gpucert, serving, concurrency):
@@ -49,65 +26,10 @@ def test_serving_baseline(gpucert, serving, concurrency):
         # Ctrl-C (or the budget's stop) inside the level: the repeats that finished are recorded,
         # then the stop goes on and the plugin marks the check incomplete
         if runs:
-            _record_level(gpucert, serving, runs)
+            record_level(gpucert, serving, runs)
         raise
-    summary = _record_level(gpucert, serving, runs)
+    summary = record_level(gpucert, serving, runs)
     crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)
     if crashed:
         pytest.fail(f"the engine died during this level ({summary.completed} of {summary.completed + summary.failed} "
                     f"requests completed, kept on the card): {crashed}", pytrace=False)
-
-
-def _record_level(gpucert, serving, runs):
-    records = [r for run in runs for r in run.measured]
-    summary = summarize(records, serving.load.slo)  # failures, token counts, SLO attainment: all requests
-    per = [summarize(run.measured, serving.load.slo) for run in runs] if len(runs) > 1 else [summary]
-    ok = [r for r in records if r.ok]
-
-    gpucert.record("failed_requests", summary.failed, unit="requests", direction="lower",
-                   note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
-    wrong = token_count_mismatches(records, exact=serving.load.ignore_eos)
-    gpucert.record("token_count_mismatches", len(wrong), unit="requests", direction="lower",
-                   note="; ".join(sorted({r.token_count_mismatch or f"{r.output_tokens} tokens, asked "
-                                          f"{r.requested_output_tokens}" for r in wrong}))[:500] or None)
-    if ok:
-        # rates over each repeat's own window (pooled, the pause between repeats would count)
-        _record(gpucert, "output_tok_s", [s.output_tokens_per_s for s in per], unit="tok/s", direction="higher")
-        _record(gpucert, "total_tok_s", [s.total_tokens_per_s for s in per], unit="tok/s", direction="higher")
-        _record(gpucert, "requests_per_s", [s.requests_per_s for s in per], unit="req/s", direction="higher")
-    if summary.slo_attainment_pct is not None:
-        slo = ", ".join(f"{name.removesuffix('_ms').upper()} ≤ {limit:g} ms" for name, limit in summary.slos.items())
-        # per repeat like the rates: where the SLO cuts through the latency distribution (an
-        # overloaded level) the share swings with small latency moves, and one pooled figure would
-        # hide that swing from its interval (session 8: 79 % → 54–60 % at c=1,024 on a plain rerun)
-        _record(gpucert, "slo_attainment_pct", [s.slo_attainment_pct for s in per], unit="%", direction="higher",
-                note=f"requests meeting every SLO ({slo}) of all measured")
-        _record(gpucert, "goodput_requests_per_s", [s.goodput_requests_per_s for s in per], unit="req/s",
-                direction="higher")
-        ttft = _ms(r.first_token_at - r.sent_at for r in ok)
-        tpot = _ms(tpot_s(r) for r in ok)
-        itl = _ms(g for r in ok for g in itl_gaps_s(r))
-        for name, dist, samples in (("ttft_ms", "ttft_ms", ttft), ("tpot_ms", "tpot_ms", tpot)):
-            if getattr(summary, dist).get("count"):
-                for q in ("p50", "p99"):
-                    _record(gpucert, f"{name}_{q}", [getattr(s, dist).get(q) for s in per], unit="ms",
-                            direction="lower", samples=samples)
-        if summary.itl_ms.get("count"):
-            _record(gpucert, "itl_ms_p99", [s.itl_ms.get("p99") for s in per], unit="ms", direction="lower",
-                    samples=itl)
-    # for the resource monitor: its figures over each repeat's measured requests, a repeat's
-    # energy, joules per output token, and the streamed tok/s drawn over its GPU charts
-    timed = [(window, part.total_output_tokens) for window, part in
-             zip((measured_window(run.measured) for run in runs), per) if window]
-    if timed:
-        gpucert.work(output_tokens=[tokens for _, tokens in timed], windows=[window for window, _ in timed])
-    gpucert.timeline("output tok/s", *throughput_series(records))
-    clients = [client_check(run) for run in runs]
-    for notice in sorted({n for client in clients for n in client.get("notices") or []}):
-        gpucert.finding("client", notice=notice)
-    lags = [c["loop_lag_ms"]["p99"] for c in clients if c["loop_lag_ms"]["p99"] is not None]
-    if lags:
-        gpucert.record("client_loop_lag_ms_p99", max(lags), unit="ms", direction="lower",
-                       note="the load generator's own event-loop lag (worst repeat): high means the client, "
-                            "not the server, limits")
-    return summary

@@ -42,7 +42,8 @@ class SessionMonitor:
         self.plugin_clock: dict[str, float] = {}
 
     def wants(self, markers: list[str]) -> bool:
-        return self.mode == "all" or (self.mode == "inference" and "inference" in markers)
+        # a study runs vLLM under load like an inference check
+        return self.mode == "all" or (self.mode == "inference" and bool({"inference", "study"} & set(markers)))
 
     def ensure_started(self) -> Monitor | None:
         if self.monitor is None and self.error is None:

@@ -116,3 +116,47 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
                        f'text-anchor="end" fill="{color}">{html.escape(name)} (right axis)</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def scatter_chart(title: str, x_label: str, y_label: str, points: list[tuple[float, float, str]],
+                  front: list[tuple[float, float]] | None = None, best: tuple[float, float] | None = None) -> str:
+    """Points (x, y, label) on linear axes from 0, each with its label as a tooltip; `front` (the
+    Pareto front) joined by a line, `best` ringed. For a study's points: throughput against latency."""
+    good = [(x, y, label) for x, y, label in points
+            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and x >= 0 and y >= 0]
+    if not good:
+        return ""
+    x1 = max(x for x, _, _ in good) * 1.1 or 1.0
+    y1 = max(y for _, y, _ in good) * 1.1 or 1.0
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def px(x: float) -> float:
+        return LEFT + x / x1 * plot_w
+
+    def py(y: float) -> float:
+        return TOP + plot_h - y / y1 * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for tick in _ticks(0.0, y1):
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#d0d7de"/>'
+                   f'<text x="{LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    for tick in _ticks(0.0, x1):
+        out.append(f'<text x="{px(tick):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(tick)}</text>')
+    out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
+    if front and len(front) > 1:
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in sorted(front))
+        out.append(f'<polyline fill="none" stroke="{COLORS[1]}" stroke-width="1.5" stroke-dasharray="5,3" points="{path}"/>')
+        out.append(f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 14}" text-anchor="end" fill="{COLORS[1]}">Pareto front</text>')
+    for x, y, label in good:
+        out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="{COLORS[0]}" fill-opacity="0.7">'
+                   f'<title>{html.escape(label)}</title></circle>')
+    if best is not None:
+        out.append(f'<circle cx="{px(best[0]):.1f}" cy="{py(best[1]):.1f}" r="8" fill="none" stroke="{COLORS[2]}" '
+                   f'stroke-width="2"/><text x="{WIDTH - RIGHT - 4}" y="{TOP + 28}" text-anchor="end" '
+                   f'fill="{COLORS[2]}">best under the SLOs</text>')
+    out.append("</svg>")
+    return "".join(out)

@@ -24,6 +24,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+BOOLEAN_FLAGS = ("enable_prefix_caching", "enable_chunked_prefill", "async_scheduling")
 EXECUTOR_BACKENDS = ("mp", "ray")
 
 
@@ -43,8 +44,15 @@ class EngineConfig:
     # batches run without them — the likely cause of the offline drop past 512 on 2× H100
     max_cudagraph_capture_size: int | None = None
     kv_cache_dtype: str | None = None
+    # tokens per KV block (vLLM: 16 on CUDA)
+    block_size: int | None = None
+    # weight quantization, e.g. fp8 (vLLM quantizes bf16 weights at load: dynamic per-tensor)
+    quantization: str | None = None
     # None: vLLM's own default (on in V1); True/False: forced on/off
     enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    # the scheduler plans step n+1 while the GPU runs step n
+    async_scheduling: bool | None = None
     distributed_executor_backend: str | None = None
     api_server_count: int | None = None
     load_format: str | None = None
@@ -88,15 +96,15 @@ class EngineConfig:
         if self.dtype != "auto":
             args += ["--dtype", self.dtype]
         for name in ("max_model_len", "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens",
-                     "max_cudagraph_capture_size", "kv_cache_dtype", "distributed_executor_backend",
-                     "api_server_count", "load_format"):
+                     "max_cudagraph_capture_size", "kv_cache_dtype", "block_size", "quantization",
+                     "distributed_executor_backend", "api_server_count", "load_format"):
             value = getattr(self, name)
             if value is not None:
                 args += [_flag(name), str(value)]
-        if self.enable_prefix_caching is True:
-            args.append("--enable-prefix-caching")
-        elif self.enable_prefix_caching is False:
-            args.append("--no-enable-prefix-caching")
+        for name in BOOLEAN_FLAGS:  # vLLM's --x / --no-x; None leaves vLLM's default
+            value = getattr(self, name)
+            if value is not None:
+                args.append(_flag(name) if value else "--no-" + _flag(name).removeprefix("--"))
         if self.skip_tokenizer_init:
             args.append("--skip-tokenizer-init")
         args += list(self.extra_args)
@@ -168,13 +176,16 @@ def _validate(cfg: EngineConfig) -> None:
         need(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1, f"{name}: must be an int >= 1")
     need(cfg.dtype in DTYPES, f"dtype: {cfg.dtype!r} not one of {', '.join(DTYPES)}")
     for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "max_cudagraph_capture_size",
-                 "api_server_count"):
+                 "api_server_count", "block_size"):
         value = getattr(cfg, name)
         need(value is None or (is_int(value) and value >= 1), f"{name}: must be an int >= 1, got {value!r}")
     gmu = cfg.gpu_memory_utilization
     need(gmu is None or (isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and 0 < gmu <= 1),
          f"gpu_memory_utilization: must be in (0, 1], got {gmu!r}")
-    need(cfg.enable_prefix_caching in (None, True, False), "enable_prefix_caching: must be true, false or none")
+    for name in BOOLEAN_FLAGS:
+        need(getattr(cfg, name) in (None, True, False), f"{name}: must be true, false or none")
+    need(cfg.quantization is None or (isinstance(cfg.quantization, str) and cfg.quantization != ""),
+         "quantization: must be a vLLM quantization method, e.g. fp8")
     need(cfg.distributed_executor_backend in (None, *EXECUTOR_BACKENDS),
          f"distributed_executor_backend: {cfg.distributed_executor_backend!r} not one of {', '.join(EXECUTOR_BACKENDS)}")
     need(isinstance(cfg.skip_tokenizer_init, bool), "skip_tokenizer_init: must be true or false")
@@ -261,12 +272,27 @@ def parallelism(engine: EngineConfig, overrides: dict[str, Any] | None = None) -
     return text
 
 
-def engine_command(text: str, port: int | None = None) -> list[str]:
-    """`--engine-cmd`: a JSON list of strings, `{port}` replaced by `port` (when given)."""
+def engine_command(text: str, port: int | None = None, engine: EngineConfig | None = None) -> list[str]:
+    """`--engine-cmd`: a JSON list of strings, `{port}` replaced by `port` (when given) and, with
+    `engine`, `{name}` by that engine option's value (`{max_num_seqs}`: a study point's setting
+    reaches an engine gpucert does not know); an option the point leaves unset is an error."""
     try:
         argv = json.loads(text)
     except ValueError:
         argv = None
     if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
         raise ValueError(f"--engine-cmd: expected a JSON list of strings, got {text!r}")
-    return [arg.replace("{port}", str(port)) for arg in argv] if port is not None else argv
+    if port is None:
+        return argv
+    values = {"port": port}
+    if engine is not None:
+        values.update({name: getattr(engine, name) for name in field_names() if name not in ("env", "extra_args")})
+    out = []
+    for arg in argv:
+        for name, value in values.items():
+            if "{" + name + "}" in arg:
+                if value is None:
+                    raise ValueError(f"--engine-cmd uses {{{name}}}, which this engine configuration leaves unset")
+                arg = arg.replace("{" + name + "}", str(value))
+        out.append(arg)
+    return out

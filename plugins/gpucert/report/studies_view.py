@@ -1,0 +1,65 @@
+"""The card's study sections, from metrics.json alone: per KV-capacity configuration what vLLM
+reported against what the probes measured, with the latency curves; per batching level the points'
+throughput against TPOT p99, their Pareto front and the best point under the SLOs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucert.studies.analysis import pareto_front
+
+from . import charts
+
+# a batching point is "under the SLOs" at a level when this share of its requests met every SLO
+SLO_SHARE_PCT = 99.0
+
+
+def _values(check: dict) -> dict[str, float]:
+    return {m["metric"]: m["value"] for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
+
+
+def kv_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for check in data["checks"]:
+        if check["check"] != "kv_capacity" or check["outcome"] == "skipped":
+            continue
+        values = _values(check)
+        probes = [row for row in (check.get("findings") or {}).get("probe", []) if row.get("phase") == "onset"]
+        marks = [(values[key], label) for key, label in (("predicted_onset_concurrency", "predicted"),
+                                                         ("preemption_onset_concurrency", "measured"))
+                 if values.get(key)]
+        chart = charts.line_chart(
+            f"{check['check_id']}: latency and preemptions by concurrency", "concurrent requests (one wave)", "ms",
+            {"TTFT p99": [(r["concurrency"], r.get("ttft_ms_p99")) for r in probes],
+             "TPOT p99": [(r["concurrency"], r.get("tpot_ms_p99")) for r in probes]},
+            right={"preemptions": [(r["concurrency"], r.get("preemptions")) for r in probes]},
+            right_label="preemptions", log_y=True, marks=marks)
+        out.append({"check": check, "values": values, "probes": probes, "chart": chart})
+    return out
+
+
+def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+    levels: dict[int, list[dict]] = {}
+    for check in data["checks"]:
+        if check["check"] != "batching" or check["outcome"] == "skipped":
+            continue
+        values = _values(check)
+        point = next(iter((check.get("findings") or {}).get("point", [])), {}).get("point") or check["check_id"]
+        levels.setdefault(int(check["params"].get("concurrency", 0)), []).append(
+            {"point": point, "verdict": check["verdict"], **values})
+    out = []
+    for level, rows in sorted(levels.items()):
+        scored = [r for r in rows if r.get("output_tok_s") is not None and r.get("tpot_ms_p99") is not None]
+        front = {id(scored[i]) for i in pareto_front([(r["output_tok_s"], r["tpot_ms_p99"]) for r in scored])}
+        under = [r for r in scored if (r.get("slo_attainment_pct") or 0) >= SLO_SHARE_PCT]
+        best = max(under, key=lambda r: r["output_tok_s"], default=None)
+        for r in rows:
+            r["on_front"], r["best"] = id(r) in front, r is best
+        chart = charts.scatter_chart(
+            f"concurrency {level}: output tok/s against TPOT p99", "TPOT p99 (ms)", "output tok/s",
+            [(r["tpot_ms_p99"], r["output_tok_s"], r["point"]) for r in scored],
+            front=[(r["tpot_ms_p99"], r["output_tok_s"]) for r in scored if r["on_front"]],
+            best=(best["tpot_ms_p99"], best["output_tok_s"]) if best else None)
+        out.append({"concurrency": level, "rows": sorted(rows, key=lambda r: -(r.get("output_tok_s") or 0)),
+                    "best": best, "chart": chart})
+    return out

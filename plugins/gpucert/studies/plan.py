@@ -1,0 +1,185 @@
+"""The study plan: gpucert/data/studies.yaml (or --studies-file), read and checked once, so a typo
+fails in one line before an engine starts. Each study's points are engine option overrides (the
+keys EngineConfig knows) over serving.yaml's engine, under --engine-opt."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpucert.serving.vllm_config import EngineConfig, field_names
+
+
+class PlanError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Point:
+    """One engine configuration of a study: its id (the check's parameter) and its overrides."""
+
+    id: str
+    engine: dict[str, Any]
+
+
+def _overrides(where: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PlanError(f"{where}: expected a mapping of engine options, got {value!r}")
+    unknown = sorted(set(value) - set(field_names()))
+    if unknown:
+        raise PlanError(f"{where}: unknown engine option(s) {', '.join(unknown)}")
+    try:
+        EngineConfig().with_overrides(value)  # types and ranges, as --engine-opt checks them
+    except ValueError as exc:
+        raise PlanError(f"{where}: {exc}") from None
+    return dict(value)
+
+
+def point_id(overrides: dict[str, Any]) -> str:
+    """A short, stable id from the settings a point changes: 'default' for none."""
+    short = {"max_num_seqs": "seqs", "max_num_batched_tokens": "tokens", "max_cudagraph_capture_size": "graphs",
+             "gpu_memory_utilization": "gmu", "kv_cache_dtype": "kv", "block_size": "block",
+             "enable_chunked_prefill": "chunked", "async_scheduling": "async", "api_server_count": "api"}
+    if not overrides:
+        return "default"
+
+    def text(v: Any) -> str:
+        return {True: "on", False: "off"}.get(v, str(v)) if isinstance(v, bool) else str(v)
+
+    return "-".join(f"{short.get(k, k)}{text(v)}" for k, v in overrides.items())
+
+
+def _number(where: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> Any:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok or (integer and value != int(value)):
+        raise PlanError(f"{where}: expected {'an integer' if integer else 'a number'} ≥ {low:g}"
+                        + (f" and ≤ {high:g}" if high is not None else "") + f", got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class _Points:
+    points: tuple[Point, ...]
+
+    def point(self, point_id: str) -> Point:
+        """A point by its id (checks are parametrized by ids: the card and baselines key on them)."""
+        return next(p for p in self.points if p.id == point_id)
+
+
+@dataclass(frozen=True)
+class KvCapacityPlan(_Points):
+    engine: dict[str, Any]
+    points: tuple[Point, ...]
+    input_len: int
+    output_len: int
+    knee_fractions: tuple[float, ...]
+    bracket: float
+    resolution: float
+    max_probes: int
+    knee_factor: dict[str, float]
+    longest_start: int
+    longest_output_len: int
+
+
+@dataclass(frozen=True)
+class BatchingPlan(_Points):
+    engine: dict[str, Any]
+    points: tuple[Point, ...]
+    concurrency: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    source: str
+    kv_capacity: KvCapacityPlan | None
+    batching: BatchingPlan | None
+
+
+def _section(doc: dict, name: str) -> dict | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PlanError(f"{name}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _kv_capacity(raw: dict) -> KvCapacityPlan:
+    where = "kv_capacity"
+    configs = raw.get("configurations") or [{}]
+    if not isinstance(configs, list):
+        raise PlanError(f"{where}.configurations: expected a list of engine option mappings")
+    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.configurations[{i}]", c)
+                                                  for i, c in enumerate(configs)))
+    context = raw.get("context") or {}
+    longest = raw.get("longest_context") or {}
+    factors = raw.get("knee_factor") or {"ttft_ms_p99": 2.0, "tpot_ms_p99": 1.5}
+    if not isinstance(factors, dict):
+        raise PlanError(f"{where}.knee_factor: expected a mapping of metric to factor")
+    fractions = raw.get("knee_fractions", [0.125, 0.25, 0.5, 0.75])
+    if not isinstance(fractions, list):
+        raise PlanError(f"{where}.knee_fractions: expected a list of fractions")
+    return KvCapacityPlan(
+        engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
+        input_len=_number(f"{where}.context.input_len", context.get("input_len", 1024), 1, integer=True),
+        output_len=_number(f"{where}.context.output_len", context.get("output_len", 512), 1, integer=True),
+        knee_fractions=tuple(_number(f"{where}.knee_fractions", f, 0.001, 1) for f in fractions),
+        bracket=_number(f"{where}.bracket", raw.get("bracket", 0.15), 0.001, 0.9),
+        resolution=_number(f"{where}.resolution", raw.get("resolution", 0.02), 0.0001, 0.5),
+        max_probes=_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
+        knee_factor={str(k): _number(f"{where}.knee_factor.{k}", v, 1.0) for k, v in factors.items()},
+        longest_start=_number(f"{where}.longest_context.start", longest.get("start", 1024), 1, integer=True),
+        longest_output_len=_number(f"{where}.longest_context.output_len", longest.get("output_len", 16), 1,
+                                   integer=True))
+
+
+def _batching(raw: dict) -> BatchingPlan:
+    where = "batching"
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise PlanError(f"{where}.grid: expected a mapping of engine option to a non-empty list of values")
+    keys = list(grid)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+    points = [_overrides(f"{where}.grid", c) for c in combos]
+    variants = raw.get("variants") or []
+    if not isinstance(variants, list):
+        raise PlanError(f"{where}.variants: expected a list of engine option mappings")
+    for i, variant in enumerate(variants):
+        points.append({**points[0], **_overrides(f"{where}.variants[{i}]", variant)})
+    unique = list({point_id(p): p for p in points}.items())
+    levels = raw.get("concurrency") or [256, 1024]
+    if not isinstance(levels, list):
+        raise PlanError(f"{where}.concurrency: expected a list of concurrency levels")
+    return BatchingPlan(engine=_overrides(f"{where}.engine", raw.get("engine")),
+                        points=tuple(Point(pid, p) for pid, p in unique),
+                        concurrency=tuple(_number(f"{where}.concurrency", c, 1, integer=True) for c in levels))
+
+
+def load_plan(path: str | Path | None = None) -> StudyPlan:
+    """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
+    if path is None:
+        text, source = (resources.files("gpucert") / "data" / "studies.yaml").read_text(), "gpucert/data/studies.yaml"
+    else:
+        try:
+            text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(f"--studies-file {path}: {exc}") from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict):
+        raise PlanError(f"{source}: expected a mapping of study names")
+    try:
+        kv = _section(doc, "kv_capacity")
+        batching = _section(doc, "batching")
+        return StudyPlan(source, _kv_capacity(kv) if kv is not None else None,
+                         _batching(batching) if batching is not None else None)
+    except PlanError as exc:
+        raise PlanError(f"{source}: {exc}") from None

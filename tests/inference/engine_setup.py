@@ -1,0 +1,66 @@
+"""How the inference checks and the studies read their options: the load settings, the engine
+configuration (serving.yaml under --engine-opt), and whether vLLM can run here at all."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+
+import pytest
+
+from gpucert import gpus
+from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
+from gpucert.serving.vllm_config import default_config, parallelism
+
+
+def load_from_options(config: pytest.Config) -> LoadSettings:
+    try:
+        return load_settings(parse_assignments(config.getoption("--load-opt"), "--load-opt"))
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+@functools.cache  # importing vLLM takes seconds: ask each Python once
+def _vllm_missing(python: str) -> str | None:
+    probe = subprocess.run([python, "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        return f"vLLM is not importable by {python} (pass --engine-python, or --endpoint URL)"
+    return None
+
+
+def _gpus_missing(engine) -> str | None:
+    count, reason = gpus.visible_to(engine.engine_python)  # the GPUs vLLM will see, not ours
+    if count < engine.world_size:
+        return f"vLLM on {engine.world_size} GPU(s) needs {engine.world_size}, found {count}" + (f" ({reason})" if reason else "")
+    return None
+
+
+def engine_overrides(config: pytest.Config) -> dict:
+    try:
+        overrides = parse_assignments(config.getoption("--engine-opt"), "--engine-opt")
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--engine-python"):
+        overrides["engine_python"] = config.getoption("--engine-python")
+    return overrides
+
+
+def engine_config(config: pytest.Config, study: dict | None = None):
+    """serving.yaml's engine section with a study point's settings (`study`), then `--engine-opt`
+    and `--engine-python`, applied (tensor_parallel_size `auto` resolved to a number)."""
+    try:
+        return default_config({**(study or {}), **engine_overrides(config)})
+    except ValueError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+def engine_in_words(config: pytest.Config, engine) -> str:
+    """The card's note of how the engine is split over the GPUs."""
+    return f"engine: vLLM {engine.model} at {parallelism(engine, engine_overrides(config))}"
+
+
+def no_local_engine(engine) -> str | None:
+    """Why vLLM cannot run here as configured, or None."""
+    return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine)

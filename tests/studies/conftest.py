@@ -1,0 +1,91 @@
+"""The studies' shared parts: the plan (gpucert/data/studies.yaml or --studies-file), one engine at
+a time across the points (gpucert.studies.engines), and the load settings each study derives from
+the serving load (--load-opt). Points that share an engine configuration run next to each other,
+so vLLM restarts only when a point's settings change."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gpucert.studies.engines import EnginePool, EngineUnavailable
+from gpucert.studies.plan import PlanError, load_plan
+
+from ..inference.engine_setup import engine_config, load_from_options, no_local_engine
+
+
+def study_plan(config: pytest.Config):
+    try:
+        return load_plan(config.getoption("--studies-file"))
+    except PlanError as exc:
+        raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+def pytest_generate_tests(metafunc):
+    """Points by id (the check's parameter, on the card and in the baselines); a study the plan
+    leaves out has no checks (deselected below, not a row of skips)."""
+    plan = study_plan(metafunc.config)
+    if "kv_point" in metafunc.fixturenames:
+        ids = [p.id for p in plan.kv_capacity.points] if plan.kv_capacity else []
+        metafunc.parametrize("kv_point", ids, ids=ids)
+    if "batching_point" in metafunc.fixturenames:
+        cases = [(p.id, c) for p in plan.batching.points for c in plan.batching.concurrency] if plan.batching else []
+        metafunc.parametrize("batching_point,concurrency", cases, ids=[f"{p}-c{c}" for p, c in cases])
+
+
+def pytest_collection_modifyitems(config, items):
+    absent = [item for item in items if item.path.parent == Path(__file__).parent
+              and any(str(m.kwargs.get("reason", "")).startswith("got empty parameter set")
+                      for m in item.iter_markers("skip"))]
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if item not in absent]
+
+
+@pytest.fixture(scope="session")
+def plan(request):
+    return study_plan(request.config)
+
+
+@pytest.fixture(scope="session")
+def study_engines(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
+    """The one engine of the study points (stopped at the end of the session)."""
+    config = request.config
+    if config.getoption("--endpoint"):
+        pytest.skip("a study restarts the engine with each point's settings; an --endpoint gpucert did not "
+                    "start cannot be reconfigured")
+    pool = EnginePool(gpucert_report_dir / "engine", command_text=config.getoption("--engine-cmd"),
+                      attach=gpucert_monitor.attach_vllm if gpucert_monitor else None,
+                      detach=gpucert_monitor.detach_vllm if gpucert_monitor else None, note=gpucert_note)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def study_target(request, study_engines):
+    """`study_target(study_engine_settings, point, load)`: a ServingTarget on that point's engine;
+    skips where vLLM cannot run here, fails the check (with the log's reason) where its engine
+    does not start."""
+    config = request.config
+
+    def target(study_engine: dict, point, load):
+        """`point`: a plan Point (its id names the engine's log folder)."""
+        engine = engine_config(config, {**study_engine, **point.engine})
+        if not config.getoption("--engine-cmd"):
+            missing = no_local_engine(engine)
+            if missing:
+                pytest.skip(missing)
+        try:
+            return study_engines.target(engine, load, point.id)
+        except EngineUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+
+    return target
+
+
+def study_load(config: pytest.Config, **changes):
+    """The serving load (--load-opt) with a study's own settings: one measured pass, no warm-up
+    unless the study says so."""
+    return dataclasses.replace(load_from_options(config), **changes)

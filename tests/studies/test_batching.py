@@ -1,0 +1,31 @@
+"""Batching: every point of studies.yaml's `batching` grid (max_num_seqs × max_num_batched_tokens ×
+max_cudagraph_capture_size, then chunked prefill and async scheduling on and off) served at each
+of its concurrency levels with the serving load: throughput against TTFT/TPOT p99, judged like a
+serving level. The card draws each level's points with their Pareto front and names the best point
+under the SLOs (docs/METRICS.md, Studies)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ..inference.load import record_level, run_level
+from .conftest import study_load
+
+pytestmark = pytest.mark.study
+
+
+def test_batching(gpucert, plan, study_target, batching_point, concurrency, request):
+    load = study_load(request.config)
+    point = plan.batching.point(batching_point)
+    target = study_target(plan.batching.engine, point, load)
+    gpucert.finding("point", point=point.id, **{k: str(v) for k, v in point.engine.items()})
+    runs = []
+    for repeat in range(load.repeats):
+        if target.crashed():
+            pytest.fail(f"the engine is down before this level (repeat {repeat + 1}): {target.crashed()}",
+                        pytrace=False)
+        runs.append(run_level(target, concurrency, load.requests_at(concurrency), repeat=repeat))
+    summary = record_level(gpucert, target, runs)
+    crashed = target.crashed(grace_s=2.0 if summary.failed else 0.0)
+    if crashed:
+        pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)
