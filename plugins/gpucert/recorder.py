@@ -68,6 +68,11 @@ class CheckRecorder:
     def profile(self) -> str:
         return self._run.profile
 
+    @property
+    def metrics(self) -> list[Metric]:
+        """What this check recorded so far (a study hands its figures to a later study)."""
+        return list(self._result.metrics)
+
     def record(self, metric: str, value: float | None, *, unit: str, samples: list[float] | None = None,
                params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
                status: str = "ok", error: str | None = None, note: str | None = None,

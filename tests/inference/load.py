@@ -20,21 +20,25 @@ def prompts_for(load, count: int, level: int, repeat: int = 0) -> list[datasets.
                              seed=datasets.level_seed(load.seed, level, repeat), path=load.dataset_path)
 
 
-def run_level(target, concurrency: int, requests: int, level: int | None = None, repeat: int = 0) -> RunRecords:
-    """`requests` measured requests (plus the warm-up ones) at fixed `concurrency`, over as many
-    client processes as the load settings say (the client must never be the limit). `level`
-    picks the prompts (default: the concurrency; the sanity check uses 0), `repeat` a fresh set.
-    The run ends at its deadline (`level_timeout_s`, else from its load): a server that never
-    answers fails the level with what it measured, it does not hold it."""
+def run_level(target, concurrency: int | None, requests: int, level: int | None = None, repeat: int = 0,
+              rate: float | None = None) -> RunRecords:
+    """`requests` measured requests (plus the warm-up ones) at fixed `concurrency` — or, with
+    `rate` (requests/s), arriving as a Poisson process (burstiness 1) with no cap on concurrency —
+    over as many client processes as the load settings say (the client must never be the limit).
+    `level` picks the prompts (default: the concurrency, else the rate; the sanity check uses 0),
+    `repeat` a fresh set. The run ends at its deadline (`level_timeout_s`, else from its load): a
+    server that never answers fails the level with what it measured, it does not hold it."""
     load = target.load
     config = LoadConfig(
-        base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency,
+        base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency, request_rate=rate,
         num_requests=requests, warmup_requests=load.warmup, seed=load.seed, ignore_eos=load.ignore_eos,
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
         request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s,
         deadline_s=load.level_timeout_s or None)  # None: the deadline from the level's load
     workers = resolve_workers(load.client_workers, config)
-    prompts = prompts_for(load, requests + load.warmup, concurrency if level is None else level, repeat)
+    if level is None:
+        level = concurrency if concurrency is not None else round(rate * 1000)  # prompts per rate, by mreq/s
+    prompts = prompts_for(load, requests + load.warmup, level, repeat)
     return run_load_spread(config, prompts, workers)
 
 

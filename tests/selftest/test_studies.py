@@ -88,7 +88,7 @@ def test_a_bad_studies_file_is_one_line(tmp_path):
 def test_plan_points_and_ids():
     plan = load_plan()
     assert plan.kv_capacity.points[0].id == "default" and plan.kv_capacity.input_len == 1024
-    assert len(plan.batching.points) == 8 + 3  # the 2×2×2 grid, then three variants of its first point
+    assert len(plan.batching.points) == 8 + 4  # the 2×2×2 grid, then four variants of its first point
     with pytest.raises(PlanError, match="kv_capacity.context.input_len: expected an integer ≥ 1"):
         from gpucert.studies.plan import _kv_capacity
         _kv_capacity({"context": {"input_len": 0}})
@@ -108,3 +108,96 @@ def test_knee_and_pareto_front():
     assert analysis.pareto_front(points) == [4, 0, 3]  # (150, 9) and (200, 8) are beaten by (200, 7)
     svg = charts.scatter_chart("t", "x", "y", [(5, 100, "<a>"), (7, 200, "b")], front=[(5, 100), (7, 200)], best=(7, 200))
     assert "&lt;a&gt;" in svg and "<a>" not in svg
+
+
+def test_the_tuned_configuration_from_the_batching_study_with_its_gain(tmp_path):
+    """A stand-in engine whose inter-token time halves with two API server processes: the batching
+    study measures that point, the tuned study takes it (best under the SLOs at its level), reruns
+    defaults and it alternately on fresh engines and states the gain with its interval, the
+    `vllm serve` line and why."""
+    seen = tmp_path / "engines.txt"
+    stand_in = ("import sys\n"
+                f"open({str(seen)!r}, 'a').write(sys.argv[2] + '\\n')\n"
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=2, itl_ms=8 / int(sys.argv[2])), port=int(sys.argv[1]))\n")
+    plan = {"batching": {"grid": {"api_server_count": [2]}, "concurrency": [2]},
+            "tuned": {"concurrency": 2, "starts": 2, "offline": False}}
+    run, metrics = pytest_study(tmp_path, plan, [sys.executable, "-c", stand_in, "{port}", "{api_server_count:1}"],
+                                "--load-opt", "input_len=4", "--load-opt", "output_len=16",
+                                "--load-opt", "min_requests=8", "--load-opt", "warmup=0",
+                                "--load-opt", 'slo={"ttft_ms": 60000}')
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    # the batching point, then default / tuned / default / tuned: each a fresh engine
+    assert seen.read_text().split() == ["2", "1", "2", "1", "2"]
+    tuned = next(c for c in metrics["checks"] if c["check"] == "tuned")
+    values = {m["metric"]: m for m in tuned["metrics"]}
+    # 2 + 15 × 8 ms against 2 + 15 × 4 ms a request: about +95 %; a loaded box narrows it, never to 0
+    assert values["served_gain_pct"]["value"] > 30, values["served_gain_pct"]
+    assert "Welch t 95% on ln, 2 vs 2 engine starts" in values["served_gain_pct"]["note"]
+    story = tuned["findings"]["tuned"][0]
+    assert story["point"] == "api2" and story["chosen"].startswith("this session's batching study")
+    assert story["serve"].startswith("vllm serve ") and "--api-server-count 2" in story["serve"]
+    assert "--port" not in story["serve"] and "--host" not in story["serve"]
+    assert any(line.startswith("api_server_count 1 → 2") for line in story["why"]), story["why"]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Study: the tuned configuration" in html and "--api-server-count 2" in html
+
+
+def test_kv_capacity_finds_the_onset_the_reported_capacity_predicts(tmp_path):
+    """The emulator's scheduler as the engine: a KV cache of 41 blocks of 16 tokens (published as
+    vLLM does), requests preempted when a running one needs a block and none is free. With 8 in /
+    24 out a request is admitted on 1 block and holds ⌈31 / 16⌉ = 2 at its longest: 40 usable
+    blocks (one is the null block) hold 20 to the end, so 21 at once must preempt — the study must
+    measure the onset the capacity predicts, the longest prompt max_model_len allows, and put its
+    probes on the card."""
+    stand_in = ("import sys\n"
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=1, itl_ms=2, kv_blocks=int(sys.argv[2]), block_size=16,\n"
+                "                     max_model_len=int(sys.argv[3])), port=int(sys.argv[1]))\n")
+    plan = {"kv_capacity": {"engine": {"max_model_len": 512, "max_num_seqs": 256}, "configurations": [{}],
+                            "context": {"input_len": 8, "output_len": 24}, "knee_fractions": [0.25, 0.5],
+                            "bracket": 0.15, "resolution": 0.02, "max_probes": 10,
+                            "longest_context": {"start": 64, "output_len": 8}}}
+    run, metrics = pytest_study(tmp_path, plan, [sys.executable, "-c", stand_in, "{port}", "41", "{max_model_len}"],
+                                "--load-opt", "min_requests=1")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    check = metrics["checks"][0]
+    values = {m["metric"]: m["value"] for m in check["metrics"]}
+    assert values["kv_blocks"] == 41 and values["predicted_onset_concurrency"] == 21
+    assert values["preemption_onset_concurrency"] == 21, [(r["concurrency"], r["preemptions"]) for r in
+                                                          check["findings"]["probe"]]
+    assert values["onset_vs_predicted_pct"] == 0
+    # 512 − 8 = 504 input tokens is the longest prompt max_model_len allows; the next is refused (400)
+    longest = next(m for m in check["metrics"] if m["metric"] == "longest_context_tokens")
+    assert longest["value"] == 504 and "max_model_len 512 (8 out) refused 505: HTTP 400" in longest["note"]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "Study: KV-cache saturation" in html
+
+
+@pytest.mark.fault("studies", "an engine that dies (as vLLM does out of memory) when a 23rd request runs at once, "
+                   "during the KV-capacity search", "the probe counts as over capacity, the engine restarts, "
+                   "the search goes on and finds the onset")
+def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
+    stand_in = ("import os, sys\n"
+                "from aiohttp import web\n"
+                "from gpucert.serving.emulator import Emulator, EmulatorConfig\n"
+                "class DiesUnderLoad(Emulator):\n"
+                "    async def _generate(self, request, chat):\n"
+                "        if self.running >= 22:\n"
+                "            print('torch.OutOfMemoryError: CUDA out of memory', flush=True)\n"
+                "            os._exit(70)\n"
+                "        return await super()._generate(request, chat)\n"
+                "config = EmulatorConfig(ttft_ms=1, itl_ms=2, kv_blocks=41, block_size=16, max_model_len=512)\n"
+                "web.run_app(DiesUnderLoad(config).app(), host='127.0.0.1', port=int(sys.argv[1]), print=None)\n")
+    plan = {"kv_capacity": {"engine": {"max_model_len": 512, "max_num_seqs": 256}, "configurations": [{}],
+                            "context": {"input_len": 8, "output_len": 24}, "knee_fractions": [0.25, 0.5],
+                            "max_probes": 10, "longest_context": {"start": 256, "output_len": 8}}}
+    run, metrics = pytest_study(tmp_path, plan, [sys.executable, "-c", stand_in, "{port}"], "--load-opt", "min_requests=1")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    check = metrics["checks"][0]
+    values = {m["metric"]: m["value"] for m in check["metrics"]}
+    probes = check["findings"]["probe"]
+    crashed = [p for p in probes if p["crashed"]]
+    assert crashed and all(p["concurrency"] >= 23 for p in crashed), probes
+    assert values["preemption_onset_concurrency"] == 21, [(p["concurrency"], p["preemptions"], p["crashed"]) for p in probes]
+    assert len(list((tmp_path / "r" / "engine").iterdir())) >= 2  # restarted after the crash

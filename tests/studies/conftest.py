@@ -33,6 +33,9 @@ def pytest_generate_tests(metafunc):
     if "batching_point" in metafunc.fixturenames:
         cases = [(p.id, c) for p in plan.batching.points for c in plan.batching.concurrency] if plan.batching else []
         metafunc.parametrize("batching_point,concurrency", cases, ids=[f"{p}-c{c}" for p, c in cases])
+    if "tuned_concurrency" in metafunc.fixturenames:
+        levels = [plan.tuned.concurrency] if plan.tuned else []
+        metafunc.parametrize("tuned_concurrency", levels, ids=[f"c{c}" for c in levels])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,6 +64,13 @@ def study_engines(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_no
                       detach=gpucert_monitor.detach_vllm if gpucert_monitor else None, note=gpucert_note)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def study_results() -> list[dict]:
+    """What the batching points measured this session ({point, engine, concurrency, output_tok_s,
+    tpot_ms_p99, ttft_ms_p99, slo_attainment_pct}): the tuned study chooses from it."""
+    return []
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from .conftest import study_load
 pytestmark = pytest.mark.study
 
 
-def test_batching(gpucert, plan, study_target, batching_point, concurrency, request):
+def test_batching(gpucert, plan, study_target, study_results, batching_point, concurrency, request):
     load = study_load(request.config)
     point = plan.batching.point(batching_point)
     target = study_target(plan.batching.engine, point, load)
@@ -26,6 +26,10 @@ def test_batching(gpucert, plan, study_target, batching_point, concurrency, requ
                         pytrace=False)
         runs.append(run_level(target, concurrency, load.requests_at(concurrency), repeat=repeat))
     summary = record_level(gpucert, target, runs)
+    measured = {m.metric: m.value for m in gpucert.metrics}
+    study_results.append({"point": point.id, "engine": point.engine, "concurrency": concurrency,
+                          **{k: measured.get(k) for k in ("output_tok_s", "tpot_ms_p99", "ttft_ms_p99",
+                                                          "slo_attainment_pct")}})
     crashed = target.crashed(grace_s=2.0 if summary.failed else 0.0)
     if crashed:
         pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)

@@ -73,49 +73,63 @@ def _onset_bracket(rows: list[dict]) -> tuple[int | None, int | None]:
 def _search_onset(prober: Prober, predicted_onset: int, plan, cap: int | None) -> None:
     """Probes around the predicted onset (± the bracket), then bisects (low, high] to the plan's
     resolution; widens by half where the bracket missed. Stops at max_probes."""
+    def onset_rows() -> list[dict]:
+        return [r for r in prober.rows if r["phase"] == "onset"]
+
+    searched = 0
     for fraction in (1 - plan.bracket, 1 + plan.bracket):
         prober.run(max(1, round(predicted_onset * fraction)))
-    while len(prober.rows) < plan.max_probes + len(plan.knee_fractions):
-        low, high = _onset_bracket(prober.rows)
+        searched += 1
+    while searched < plan.max_probes:
+        rows = onset_rows()
+        low, high = _onset_bracket(rows)
         if high is None:
-            nxt = math.ceil(max(r["concurrency"] for r in prober.rows) * 1.5)
+            nxt = math.ceil(max(r["concurrency"] for r in rows) * 1.5)
             if cap is not None and nxt > cap:
                 break  # beyond what the scheduler runs at once: no onset to find above
         elif low is None:
-            nxt = max(1, min(r["concurrency"] for r in prober.rows) // 2)
-            if nxt in {r["concurrency"] for r in prober.rows}:
+            nxt = max(1, min(r["concurrency"] for r in rows) // 2)
+            if nxt in {r["concurrency"] for r in rows}:
                 break
         elif high - low <= max(1, plan.resolution * high):
             break
         else:
             nxt = (low + high) // 2
         prober.run(nxt)
+        searched += 1
 
 
 def _longest_context(prober: Prober, plan, max_model_len: int | None) -> tuple[int | None, str]:
-    """The longest prompt (input tokens) that completes alone: doubling from the plan's start,
-    one past the engine's max_model_len at most, then bisected. (tokens, what stopped the next)"""
+    """The longest prompt (input tokens) that completes alone: doubling from the plan's start up to
+    the longest the engine's max_model_len allows (max_model_len − output tokens), then one token
+    past it (the refusal, seen); where something below that fails — out of memory, a crash — the
+    bisection of (completed, failed) to the plan's resolution. (tokens, what stopped the next)"""
     out = plan.longest_output_len
+    allowed = (max_model_len - out) if max_model_len else None
     ok, bad, why = None, None, "no longer prompt was tried"
-    length = plan.longest_start
 
     def attempt(n: int) -> bool:
         nonlocal why
         row = prober.run(1, dataclasses.replace(prober.load, input_len=n, output_len=out), phase="context")
         passed = row["completed"] == 1 and not row["failed"]
         if not passed:
-            why = ("the engine crashed" if row["crashed"] else "rejected") + f" at {n:,} tokens: {row['error'] or ''}"
+            why = ("the engine crashed" if row["crashed"] else "failed") + f" at {n:,} tokens: {row['error'] or ''}"
         return passed
 
-    limit = (max_model_len - out + 1) if max_model_len else None  # the first length vLLM must refuse
-    while bad is None:
-        if attempt(length):
-            ok = length
-            if limit is not None and length >= limit:
-                break
-            length = min(length * 2, limit) if limit is not None else length * 2
-        else:
+    length = min(plan.longest_start, allowed) if allowed else plan.longest_start
+    while bad is None and length >= 1:
+        if not attempt(length):
             bad = length
+        elif allowed is not None and length >= allowed:
+            ok = length
+            if attempt(allowed + 1):  # an engine that takes more than its max_model_len says so
+                ok, why = allowed + 1, f"{allowed + 1:,} tokens also ran, past max_model_len {max_model_len:,}"
+            else:
+                why = f"max_model_len {max_model_len:,} ({out} out) refused {allowed + 1:,}: {why.split(': ', 1)[-1]}"
+            break
+        else:
+            ok = length
+            length = min(length * 2, allowed) if allowed is not None else length * 2
         if len(prober.rows) > 64:
             break
     while ok is not None and bad is not None and bad - ok > max(1, plan.resolution * bad):
@@ -154,17 +168,16 @@ def test_kv_capacity(gpucert, plan, study_target, kv_point, request):
     if longest is not None:
         gpucert.record("longest_context_tokens", float(longest), unit="tokens", direction="higher",
                        note=f"at concurrency 1, {kv.longest_output_len} out; the next: {why}"[:300])
-    context_rows = len(prober.rows)
 
     knee_levels = sorted({max(1, round(predicted * f)) for f in kv.knee_fractions})
     for level in knee_levels:
         prober.run(level)
-    if all(r["preemptions"] is None for r in prober.rows[context_rows:]):
+    if all(r["preemptions"] is None for r in prober.rows if r["phase"] == "onset"):
         pytest.fail("vLLM's preemption counter (vllm:num_preemptions) is not readable on /metrics", pytrace=False)
     cap = engine.max_num_seqs if engine else None
     _search_onset(prober, predicted, kv, cap)
 
-    rows = prober.rows[context_rows:]
+    rows = [r for r in prober.rows if r["phase"] == "onset"]
     for row in prober.rows:
         gpucert.finding("probe", **row)
     low, high = _onset_bracket(rows)

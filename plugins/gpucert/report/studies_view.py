@@ -63,3 +63,16 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"concurrency": level, "rows": sorted(rows, key=lambda r: -(r.get("output_tok_s") or 0)),
                     "best": best, "chart": chart})
     return out
+
+
+def tuned_view(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuned configuration's story: the gain with its interval, the settings and the `vllm
+    serve` line, why in words, default against tuned side by side."""
+    for check in data["checks"]:
+        if check["check"] != "tuned" or check["outcome"] == "skipped":
+            continue
+        rows = (check.get("findings") or {}).get("tuned", [])
+        story = next((r for r in rows if "point" in r), None)
+        notices = [r["notice"] for r in rows if "notice" in r]
+        return {"check": check, "story": story, "notices": notices, "values": _values(check)}
+    return None

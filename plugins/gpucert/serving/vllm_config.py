@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 import sys
 import types
@@ -272,10 +273,14 @@ def parallelism(engine: EngineConfig, overrides: dict[str, Any] | None = None) -
     return text
 
 
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::([^{}]*))?\}")
+
+
 def engine_command(text: str, port: int | None = None, engine: EngineConfig | None = None) -> list[str]:
     """`--engine-cmd`: a JSON list of strings, `{port}` replaced by `port` (when given) and, with
     `engine`, `{name}` by that engine option's value (`{max_num_seqs}`: a study point's setting
-    reaches an engine gpucert does not know); an option the point leaves unset is an error."""
+    reaches an engine gpucert does not know). `{name:text}` gives the text where the option is
+    unset; an unset option without one is an error. Other braces are left as they are."""
     try:
         argv = json.loads(text)
     except ValueError:
@@ -284,15 +289,19 @@ def engine_command(text: str, port: int | None = None, engine: EngineConfig | No
         raise ValueError(f"--engine-cmd: expected a JSON list of strings, got {text!r}")
     if port is None:
         return argv
-    values = {"port": port}
+    values: dict[str, Any] = {}
     if engine is not None:
         values.update({name: getattr(engine, name) for name in field_names() if name not in ("env", "extra_args")})
-    out = []
-    for arg in argv:
-        for name, value in values.items():
-            if "{" + name + "}" in arg:
-                if value is None:
-                    raise ValueError(f"--engine-cmd uses {{{name}}}, which this engine configuration leaves unset")
-                arg = arg.replace("{" + name + "}", str(value))
-        out.append(arg)
-    return out
+    values["port"] = port
+
+    def fill(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name not in values:
+            return match.group(0)
+        if values[name] is None:
+            if default is None:
+                raise ValueError(f"--engine-cmd uses {{{name}}}, which this engine configuration leaves unset "
+                                 f"(give a default: {{{name}:VALUE}})")
+            return default
+        return str(values[name])
+    return [_PLACEHOLDER.sub(fill, arg) for arg in argv]

@@ -49,3 +49,70 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
+
+
+def serve_line(argv: list[str], model_note: str | None = None) -> str:
+    """A ready-to-paste `vllm serve …` from the engine's argv (`python -m vllm.entrypoints.cli.main
+    serve MODEL --flags`): the same flags, without the host and port the lifecycle chose."""
+    import shlex
+
+    args = list(argv)
+    if "serve" in args:
+        args = args[args.index("serve") + 1:]
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--host", "--port"):
+            skip = True
+            continue
+        out.append(arg)
+    line = shlex.join(["vllm", "serve", *out])
+    return f"{line}  # {model_note}" if model_note else line
+
+
+def _change(before: float | None, after: float | None) -> str:
+    if before is None or after is None or not before:
+        return "n/a"
+    return f"{before:,.4g} → {after:,.4g} ({(after - before) / abs(before) * 100:+.0f} %)"
+
+
+def explain(changed: dict[str, tuple], default: dict[str, float | None], tuned: dict[str, float | None],
+            level: int) -> list[str]:
+    """Why the tuned configuration is faster (or not), in plain words, from what was measured at
+    `level`: `changed` maps each setting that differs to (default, tuned) (None: vLLM's own
+    default); `default`/`tuned` hold each side's output_tok_s, tpot_ms_p99, ttft_ms_p99,
+    gpu_util_mean_pct, preemptions (None where not measured). Each line states the figures it
+    rests on; the rules are docs/METRICS.md's."""
+    lines = [f"at concurrency {level:,}: output tok/s {_change(default.get('output_tok_s'), tuned.get('output_tok_s'))}, "
+             f"TPOT p99 ms {_change(default.get('tpot_ms_p99'), tuned.get('tpot_ms_p99'))}, "
+             f"TTFT p99 ms {_change(default.get('ttft_ms_p99'), tuned.get('ttft_ms_p99'))}"]
+    util_before, util_after = default.get("gpu_util_mean_pct"), tuned.get("gpu_util_mean_pct")
+    gpu_waited = util_before is not None and util_after is not None and util_after - util_before >= 10
+    if "api_server_count" in changed:
+        before, after = changed["api_server_count"]
+        lines.append(f"api_server_count {before or 1} → {after}: one API server process parses, tokenizes and "
+                     "streams every request" + (f"; GPU utilization {util_before:.0f} % → {util_after:.0f} %: the "
+                                                "front end, not the GPU, limited the default" if gpu_waited else ""))
+    if "max_cudagraph_capture_size" in changed:
+        before, after = changed["max_cudagraph_capture_size"]
+        shown = before if before is not None else "vLLM's default (min(2 × max_num_seqs, 512))"
+        if after and after >= level:
+            lines.append(f"CUDA graphs captured up to batch {after} (default: {shown}): decode batches up to "
+                         f"{level:,} replay graphs instead of launching every kernel")
+        else:
+            lines.append(f"max_cudagraph_capture_size {shown} → {after}")
+    if "max_num_seqs" in changed:
+        before, after = changed["max_num_seqs"]
+        lines.append(f"max_num_seqs {before or 'default'} → {after}: "
+                     + ("more requests decode in one step" if (before or 0) < after else "fewer requests decode at once"))
+    pre_before, pre_after = default.get("preemptions"), tuned.get("preemptions")
+    if pre_before and (pre_after or 0) < pre_before:
+        lines.append(f"preemptions {pre_before:.0f} → {pre_after or 0:.0f}: less KV-cache pressure")
+    for name, (before, after) in changed.items():
+        if name not in ("api_server_count", "max_cudagraph_capture_size", "max_num_seqs"):
+            lines.append(f"{name} {before if before is not None else 'default'} → {after}")
+    if gpu_waited and "api_server_count" not in changed:
+        lines.append(f"GPU utilization {util_before:.0f} % → {util_after:.0f} %: the default left the GPU waiting")
+    return lines

@@ -95,10 +95,21 @@ class BatchingPlan(_Points):
 
 
 @dataclass(frozen=True)
+class TunedPlan(_Points):
+    engine: dict[str, Any]
+    points: tuple[Point, ...]  # the candidates
+    concurrency: int
+    starts: int
+    offline: bool
+    offline_prompts: int
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     source: str
     kv_capacity: KvCapacityPlan | None
     batching: BatchingPlan | None
+    tuned: TunedPlan | None = None
 
 
 def _section(doc: dict, name: str) -> dict | None:
@@ -161,6 +172,23 @@ def _batching(raw: dict) -> BatchingPlan:
                         concurrency=tuple(_number(f"{where}.concurrency", c, 1, integer=True) for c in levels))
 
 
+def _tuned(raw: dict) -> TunedPlan:
+    where = "tuned"
+    candidates = raw.get("candidates") or []
+    if not isinstance(candidates, list):
+        raise PlanError(f"{where}.candidates: expected a list of engine option mappings")
+    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.candidates[{i}]", c)
+                                                  for i, c in enumerate(candidates)))
+    offline = raw.get("offline", True)
+    if not isinstance(offline, bool):
+        raise PlanError(f"{where}.offline: expected true or false, got {offline!r}")
+    return TunedPlan(engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
+                     concurrency=_number(f"{where}.concurrency", raw.get("concurrency", 1024), 1, integer=True),
+                     starts=_number(f"{where}.starts", raw.get("starts", 2), 2, integer=True), offline=offline,
+                     offline_prompts=_number(f"{where}.offline_prompts", raw.get("offline_prompts", 1024), 1,
+                                             integer=True))
+
+
 def load_plan(path: str | Path | None = None) -> StudyPlan:
     """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
     if path is None:
@@ -179,7 +207,9 @@ def load_plan(path: str | Path | None = None) -> StudyPlan:
     try:
         kv = _section(doc, "kv_capacity")
         batching = _section(doc, "batching")
+        tuned = _section(doc, "tuned")
         return StudyPlan(source, _kv_capacity(kv) if kv is not None else None,
-                         _batching(batching) if batching is not None else None)
+                         _batching(batching) if batching is not None else None,
+                         _tuned(tuned) if tuned is not None else None)
     except PlanError as exc:
         raise PlanError(f"{source}: {exc}") from None
