@@ -144,6 +144,10 @@ class Metric:
     # which statistic of the samples `value` is (median, mean, pNN); None: from the metric's name
     stat: str | None = None
     headline: bool = False  # thresholds.yaml marks it: its trend is drawn from the history
+    # an interval the measurement computed itself (e.g. token-weighted over documents), with what
+    # it is: used instead of one from `samples`, which would be of another estimand
+    given_ci: tuple[float, float] | None = None
+    given_ci_method: str | None = None
 
     @property
     def key(self) -> str:
@@ -165,6 +169,8 @@ class Metric:
         """(interval of the value, what it is): noise.confidence of the samples' statistic, taken
         relative to that statistic and applied to the value, so a value in other units than its
         samples (busbw at the mean time, samples per iteration) gets the same relative width."""
+        if "_ci" not in self.__dict__ and self.given_ci_method is not None:
+            self.__dict__["_ci"] = (tuple(self.given_ci) if self.given_ci else None, self.given_ci_method)
         if "_ci" not in self.__dict__:
             found, method = None, None
             stat = self.statistic
@@ -192,7 +198,8 @@ class Metric:
 
     def to_dict(self) -> dict[str, Any]:
         # field by field, not asdict(): asdict deep-copies millions of raw samples
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("samples", "judgement")}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("samples", "judgement", "given_ci", "given_ci_method")}
         data["samples"], data["samples_reduced"] = stored_samples(self.samples)
         data["key"] = self.key
         data["params"] = {k: param_text(v) for k, v in self.params.items()}

@@ -76,10 +76,15 @@ class CheckRecorder:
     def record(self, metric: str, value: float | None, *, unit: str, samples: list[float] | None = None,
                params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
                status: str = "ok", error: str | None = None, note: str | None = None,
-               stat: str | None = None) -> Metric:
+               stat: str | None = None, ci: tuple[float, float] | None = None,
+               ci_method: str | None = None) -> Metric:
         """Record one metric. `params` add to the test's own parameters (e.g. one size of a sweep).
         `stat`: which statistic of `samples` the value is (median, mean, pNN) when its name does
-        not say (`…_p99` is the p99; otherwise the median): its confidence interval is of that."""
+        not say (`…_p99` is the p99; otherwise the median): its confidence interval is of that.
+        `ci` and `ci_method`: an interval the measurement computed itself, with what it is (or,
+        `ci` None, why there is none), used instead of one from `samples`."""
+        if ci is not None and (ci_method is None or len(ci) != 2 or not all(math.isfinite(b) for b in ci)):
+            raise ValueError(f"{metric}: ci must be two finite bounds with its ci_method")
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         if direction not in (None, "higher", "lower"):
@@ -103,6 +108,8 @@ class CheckRecorder:
             note=note,
             nodeid=self._result.nodeid,
             stat=stat,
+            given_ci=(min(ci), max(ci)) if ci is not None else None,
+            given_ci_method=ci_method,
         )
         self._result.metrics.append(record)
         return record

@@ -33,6 +33,12 @@ def pytest_generate_tests(metafunc):
     if "batching_point" in metafunc.fixturenames:
         cases = [(p.id, c) for p in plan.batching.points for c in plan.batching.concurrency] if plan.batching else []
         metafunc.parametrize("batching_point,concurrency", cases, ids=[f"{p}-c{c}" for p, c in cases])
+    if "precision_point" in metafunc.fixturenames and "concurrency" in metafunc.fixturenames:
+        cases = [(p.id, c) for p in plan.precision.points for c in plan.precision.concurrency] if plan.precision else []
+        metafunc.parametrize("precision_point,concurrency", cases, ids=[f"{p}-c{c}" for p, c in cases])
+    elif "precision_point" in metafunc.fixturenames:
+        ids = [p.id for p in plan.precision.points] if plan.precision else []
+        metafunc.parametrize("precision_point", ids, ids=ids)
     if "tuned_concurrency" in metafunc.fixturenames:
         levels = [plan.tuned.concurrency] if plan.tuned else []
         metafunc.parametrize("tuned_concurrency", levels, ids=[f"c{c}" for c in levels])

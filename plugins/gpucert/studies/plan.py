@@ -45,8 +45,9 @@ def _overrides(where: str, value: Any) -> dict[str, Any]:
 def point_id(overrides: dict[str, Any]) -> str:
     """A short, stable id from the settings a point changes: 'default' for none."""
     short = {"max_num_seqs": "seqs", "max_num_batched_tokens": "tokens", "max_cudagraph_capture_size": "graphs",
-             "gpu_memory_utilization": "gmu", "kv_cache_dtype": "kv", "block_size": "block",
-             "enable_chunked_prefill": "chunked", "async_scheduling": "async", "api_server_count": "api"}
+             "gpu_memory_utilization": "gmu", "kv_cache_dtype": "kv-", "block_size": "block",
+             "enable_chunked_prefill": "chunked", "async_scheduling": "async", "api_server_count": "api",
+             "dtype": "", "quantization": "weights-"}
     if not overrides:
         return "default"
 
@@ -105,11 +106,28 @@ class TunedPlan(_Points):
 
 
 @dataclass(frozen=True)
+class AccuracyPlan:
+    model: str  # a real model folder or hub id; "" — no accuracy (never dummy weights)
+    reference: str
+    backend: str
+    documents: int | None
+
+
+@dataclass(frozen=True)
+class PrecisionPlan(_Points):
+    engine: dict[str, Any]
+    points: tuple[Point, ...]
+    concurrency: tuple[int, ...]
+    accuracy: AccuracyPlan
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     source: str
     kv_capacity: KvCapacityPlan | None
     batching: BatchingPlan | None
     tuned: TunedPlan | None = None
+    precision: PrecisionPlan | None = None
 
 
 def _section(doc: dict, name: str) -> dict | None:
@@ -189,6 +207,39 @@ def _tuned(raw: dict) -> TunedPlan:
                                              integer=True))
 
 
+ACCURACY_BACKENDS = ("vllm", "transformers")
+ACCURACY_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _precision(raw: dict) -> PrecisionPlan:
+    where = "precision"
+    variants = raw.get("variants") or []
+    if not isinstance(variants, list):
+        raise PlanError(f"{where}.variants: expected a list of engine option mappings")
+    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.variants[{i}]", v)
+                                                  for i, v in enumerate(variants)))
+    levels = raw.get("concurrency", [256])
+    if not isinstance(levels, list):
+        raise PlanError(f"{where}.concurrency: expected a list of concurrency levels")
+    acc = raw.get("accuracy") or {}
+    if not isinstance(acc, dict):
+        raise PlanError(f"{where}.accuracy: expected a mapping")
+    backend, reference = acc.get("backend", "vllm"), acc.get("reference", "float32")
+    if backend not in ACCURACY_BACKENDS:
+        raise PlanError(f"{where}.accuracy.backend: {backend!r} not one of {', '.join(ACCURACY_BACKENDS)}")
+    if reference not in ACCURACY_DTYPES:
+        raise PlanError(f"{where}.accuracy.reference: {reference!r} not one of {', '.join(ACCURACY_DTYPES)}")
+    documents = acc.get("documents")
+    model = acc.get("model") or ""
+    if not isinstance(model, str):
+        raise PlanError(f"{where}.accuracy.model: expected a model folder or hub id, got {model!r}")
+    return PrecisionPlan(engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
+                         concurrency=tuple(_number(f"{where}.concurrency", c, 1, integer=True) for c in levels),
+                         accuracy=AccuracyPlan(model, reference, backend,
+                                               None if documents is None else
+                                               _number(f"{where}.accuracy.documents", documents, 2, integer=True)))
+
+
 def load_plan(path: str | Path | None = None) -> StudyPlan:
     """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
     if path is None:
@@ -208,8 +259,10 @@ def load_plan(path: str | Path | None = None) -> StudyPlan:
         kv = _section(doc, "kv_capacity")
         batching = _section(doc, "batching")
         tuned = _section(doc, "tuned")
+        precision = _section(doc, "precision")
         return StudyPlan(source, _kv_capacity(kv) if kv is not None else None,
                          _batching(batching) if batching is not None else None,
-                         _tuned(tuned) if tuned is not None else None)
+                         _tuned(tuned) if tuned is not None else None,
+                         _precision(precision) if precision is not None else None)
     except PlanError as exc:
         raise PlanError(f"{source}: {exc}") from None

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 15 on the lent one-GPU H200, from the repo root after the vLLM bundle is staged; start it
+# with docs/evidence/device-bg.sh so it outlives one call:
+#   bash docs/evidence/device-bg.sh start studies bash docs/evidence/issue-15-studies/run-studies.sh [PART]
+# PART: batching (batching + tuned, ~12 min) | kv (~11 min) | all (default). `make study` as the
+# README gives it, with this folder's plan; the report comes back as study-PART.tgz.
+set -uo pipefail
+[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
+export PYTHONUNBUFFERED=1
+part=${1:-all}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+here=docs/evidence/issue-15-studies
+case $part in
+  batching) select="-k 'batching or tuned'" ;;  # make hands ARGS to its shell: the quotes hold
+  kv) select="-k kv_capacity" ;;
+  all) select="" ;;
+  *) echo "usage: run-studies.sh batching|kv|all"; exit 2 ;;
+esac
+report=reports/study-$part; rm -rf "$report"
+log=/tmp/study-$part.log
+start=$(date +%s)
+make study PYTHON=python3 ARGS="--studies-file=$here/h200-studies.yaml --report-dir=$report --baselines-dir=/tmp/gpucert-study-baselines ${select:+$select}" > "$log" 2>&1
+rc=$?
+echo "study $part: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$log"
+grep -E "^gpucert|passed|failed" "$log" | tail -5
+cp "$log" "$report/make.log" 2>/dev/null
+gzip -f "$report/metrics.json" "$report"/engine/*/*.log 2>/dev/null
+rm -rf "$report"/engine/*/models "$report"/engine/offline-*/models
+tar czf "$OUT/study-$part.tgz" "$report"
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /'
