@@ -65,8 +65,9 @@ nightly:
 	$(PYTEST) $(CHECKS) -m "hardware or inference" --certify --missing-baseline=fail --history-dir history --report-dir reports/nightly \
 	  --time-budget-min $(CERTIFY_BUDGET_MIN) --junitxml reports/nightly/junit.xml $(CERTIFY_OPTS) $(ARGS)
 
-## optimization studies (KV-cache saturation, batching; tests/studies, gpucert/data/studies.yaml or
-## ARGS="--studies-file FILE"): engine restarts per point, not part of certify's budget
+## optimization studies (KV-cache saturation, batching, precision, capacity under SLO, the tuned
+## configuration; tests/studies, gpucert/data/studies.yaml or ARGS="--studies-file FILE"): vLLM
+## restarts per point; not part of certify's budget
 study:
 	$(SETUP_NODE)
 	$(PYTEST) tests/studies -m study --report-dir reports/study $(ARGS)

@@ -225,3 +225,26 @@ def test_precision_accuracy_on_real_weights_on_cpu(tmp_path):
     assert abs(delta["value"]) < 2 and delta["ci_method"].startswith("paired t 95% over 4 documents")
     assert {s["check_id"]: s["reason"] for s in metrics["skipped"]}["precision_accuracy[precision_point=kv-fp8]"] == \
         "kv-fp8: the transformers backend scores dtypes only (no quantization, no fp8 KV cache)"
+
+
+def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
+    """The emulator serving at most 4 requests at once (vLLM's max_num_seqs), 32 tokens 3 ms
+    apart: at concurrency 4 every request starts at once (TTFT ~1 ms), at 5 one in five waits a
+    whole service (~95 ms) — past a 40 ms TTFT SLO, so 80 % meet it. The search must put the
+    capacity at exactly 4 with an interval that holds it."""
+    stand_in = ("import sys\n"
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=1, itl_ms=3, max_running=4), port=int(sys.argv[1]))\n")
+    plan = {"slo_capacity": {"kinds": ["concurrency"], "target_pct": 95, "probe_requests": 200,
+                             "start": {"concurrency": 2}, "bounds": {"concurrency": [1, 64]}, "max_probes": 6}}
+    run, metrics = pytest_study(tmp_path, plan, [sys.executable, "-c", stand_in, "{port}"],
+                                "--load-opt", "input_len=4", "--load-opt", "output_len=32",
+                                "--load-opt", 'slo={"ttft_ms": 40}')
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    check = metrics["checks"][0]
+    capacity = next(m for m in check["metrics"] if m["metric"] == "slo_capacity_concurrency")
+    probes = [(p["x"], p["attainment"], p["verdict"]) for p in check["findings"]["probe"]]
+    assert capacity["value"] == 4, probes
+    assert capacity["ci"] is None or capacity["ci"][0] <= 4 <= capacity["ci"][1], capacity
+    assert "Clopper-Pearson" in capacity["note"] and "TTFT ≤ 40 ms" in capacity["note"]
+    assert "Study: capacity under SLO" in (tmp_path / "r" / "report.html").read_text()

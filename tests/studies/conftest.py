@@ -39,6 +39,9 @@ def pytest_generate_tests(metafunc):
     elif "precision_point" in metafunc.fixturenames:
         ids = [p.id for p in plan.precision.points] if plan.precision else []
         metafunc.parametrize("precision_point", ids, ids=ids)
+    if "capacity_kind" in metafunc.fixturenames:
+        kinds = list(plan.slo_capacity.kinds) if plan.slo_capacity else []
+        metafunc.parametrize("capacity_kind", kinds, ids=kinds)
     if "tuned_concurrency" in metafunc.fixturenames:
         levels = [plan.tuned.concurrency] if plan.tuned else []
         metafunc.parametrize("tuned_concurrency", levels, ids=[f"c{c}" for c in levels])

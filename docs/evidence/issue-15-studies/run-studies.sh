@@ -2,7 +2,8 @@
 # Issue 15 on the lent one-GPU H200, from the repo root after the vLLM bundle is staged; start it
 # with docs/evidence/device-bg.sh so it outlives one call:
 #   bash docs/evidence/device-bg.sh start studies bash docs/evidence/issue-15-studies/run-studies.sh [PART]
-# PART: batching (batching + tuned, ~12 min) | kv (~11 min) | all (default). `make study` as the
+# PART: batching (batching + tuned, ~12 min) | kv (~11 min) | precision (~10 min; the real model
+# staged first: stage-model.sh) | slo (~5 min) | all (default). `make study` as the
 # README gives it, with this folder's plan; the report comes back as study-PART.tgz.
 set -uo pipefail
 [[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
@@ -13,8 +14,10 @@ here=docs/evidence/issue-15-studies
 case $part in
   batching) select="-k 'batching or tuned'" ;;  # make hands ARGS to its shell: the quotes hold
   kv) select="-k kv_capacity" ;;
+  precision) select="-k precision" ;;
+  slo) select="-k slo_capacity" ;;
   all) select="" ;;
-  *) echo "usage: run-studies.sh batching|kv|all"; exit 2 ;;
+  *) echo "usage: run-studies.sh batching|kv|precision|slo|all"; exit 2 ;;
 esac
 report=reports/study-$part; rm -rf "$report"
 log=/tmp/study-$part.log

@@ -16,7 +16,7 @@ from ..judge import interval_text
 from ..progress import duration_text
 from ..metrics import metric_check_id
 from . import charts
-from .studies_view import batching_view, kv_capacity_view, tuned_view
+from .studies_view import batching_view, kv_capacity_view, slo_capacity_view, tuned_view
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(
@@ -215,7 +215,7 @@ def render(data: dict[str, Any]) -> str:
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
         serving=serving_view(data), monitored=monitor_view(data), trends=trend_view(data),
         physics=physics_view(data), skipped_groups=skipped_groups(data),
-        kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data),
+        kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data), slo_capacity=slo_capacity_view(data),
     )
 
 

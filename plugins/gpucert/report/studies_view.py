@@ -76,3 +76,24 @@ def tuned_view(data: dict[str, Any]) -> dict[str, Any] | None:
         notices = [r["notice"] for r in rows if "notice" in r]
         return {"check": check, "story": story, "notices": notices, "values": _values(check)}
     return None
+
+
+def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per search (rate, concurrency): the capacity, its interval in words, and each probe's share
+    of requests within the SLOs against the target."""
+    out = []
+    for check in data["checks"]:
+        if check["check"] != "slo_capacity" or check["outcome"] == "skipped":
+            continue
+        probes = sorted((check.get("findings") or {}).get("probe", []), key=lambda p: p["x"])
+        metric = next((m for m in check["metrics"] if m["metric"].startswith("slo_capacity_")), None)
+        marks = [(metric["value"], "capacity")] if metric and isinstance(metric.get("value"), (int, float)) else []
+        chart = charts.line_chart(
+            f"{check['check_id']}: requests within the SLOs", "request rate (req/s)" if "rate" in check["check_id"]
+            else "concurrency (streams)", "%",
+            {"within SLO": [(p["x"], 100 * p["attainment"]) for p in probes if p.get("attainment") is not None],
+             "95% interval, low": [(p["x"], 100 * p["ci_low"]) for p in probes],
+             "95% interval, high": [(p["x"], 100 * p["ci_high"]) for p in probes]}, marks=marks)
+        out.append({"check": check, "metric": metric, "probes": probes, "chart": chart,
+                    "notices": [f["notice"] for f in (check.get("findings") or {}).get("search", [])]})
+    return out

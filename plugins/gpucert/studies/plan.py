@@ -57,6 +57,13 @@ def point_id(overrides: dict[str, Any]) -> str:
     return "-".join(f"{short.get(k, k)}{text(v)}" for k, v in overrides.items())
 
 
+def _points(where: str, items: Any) -> tuple[Point, ...]:
+    """A list of engine option mappings → Points (ids from their settings)."""
+    if not isinstance(items, list):
+        raise PlanError(f"{where}: expected a list of engine option mappings")
+    return tuple(Point(point_id(o), o) for o in (_overrides(f"{where}[{i}]", item) for i, item in enumerate(items)))
+
+
 def _number(where: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> Any:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
     if not ok or (integer and value != int(value)):
@@ -122,12 +129,25 @@ class PrecisionPlan(_Points):
 
 
 @dataclass(frozen=True)
+class SloCapacityPlan:
+    engine: dict[str, Any]
+    kinds: tuple[str, ...]
+    target: float  # a share, 0.99
+    probe_requests: int  # 0: the search's default
+    start: dict[str, float]
+    bounds: dict[str, tuple[float, float]]
+    max_probes: int
+    resolution: float
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     source: str
     kv_capacity: KvCapacityPlan | None
     batching: BatchingPlan | None
     tuned: TunedPlan | None = None
     precision: PrecisionPlan | None = None
+    slo_capacity: SloCapacityPlan | None = None
 
 
 def _section(doc: dict, name: str) -> dict | None:
@@ -141,11 +161,7 @@ def _section(doc: dict, name: str) -> dict | None:
 
 def _kv_capacity(raw: dict) -> KvCapacityPlan:
     where = "kv_capacity"
-    configs = raw.get("configurations") or [{}]
-    if not isinstance(configs, list):
-        raise PlanError(f"{where}.configurations: expected a list of engine option mappings")
-    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.configurations[{i}]", c)
-                                                  for i, c in enumerate(configs)))
+    points = _points(f"{where}.configurations", raw.get("configurations") or [{}])
     context = raw.get("context") or {}
     longest = raw.get("longest_context") or {}
     factors = raw.get("knee_factor") or {"ttft_ms_p99": 2.0, "tpot_ms_p99": 1.5}
@@ -192,11 +208,7 @@ def _batching(raw: dict) -> BatchingPlan:
 
 def _tuned(raw: dict) -> TunedPlan:
     where = "tuned"
-    candidates = raw.get("candidates") or []
-    if not isinstance(candidates, list):
-        raise PlanError(f"{where}.candidates: expected a list of engine option mappings")
-    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.candidates[{i}]", c)
-                                                  for i, c in enumerate(candidates)))
+    points = _points(f"{where}.candidates", raw.get("candidates") or [])
     offline = raw.get("offline", True)
     if not isinstance(offline, bool):
         raise PlanError(f"{where}.offline: expected true or false, got {offline!r}")
@@ -213,11 +225,7 @@ ACCURACY_DTYPES = ("float32", "bfloat16", "float16")
 
 def _precision(raw: dict) -> PrecisionPlan:
     where = "precision"
-    variants = raw.get("variants") or []
-    if not isinstance(variants, list):
-        raise PlanError(f"{where}.variants: expected a list of engine option mappings")
-    points = tuple(Point(point_id(o), o) for o in (_overrides(f"{where}.variants[{i}]", v)
-                                                  for i, v in enumerate(variants)))
+    points = _points(f"{where}.variants", raw.get("variants") or [])
     levels = raw.get("concurrency", [256])
     if not isinstance(levels, list):
         raise PlanError(f"{where}.concurrency: expected a list of concurrency levels")
@@ -240,6 +248,34 @@ def _precision(raw: dict) -> PrecisionPlan:
                                                _number(f"{where}.accuracy.documents", documents, 2, integer=True)))
 
 
+def _slo_capacity(raw: dict) -> SloCapacityPlan:
+    where = "slo_capacity"
+    kinds = raw.get("kinds", ["rate", "concurrency"])
+    if not isinstance(kinds, list) or not kinds or any(k not in ("rate", "concurrency") for k in kinds):
+        raise PlanError(f"{where}.kinds: expected a list of rate and/or concurrency, got {kinds!r}")
+    start, bounds = raw.get("start") or {}, raw.get("bounds") or {}
+    if not isinstance(start, dict) or not isinstance(bounds, dict):
+        raise PlanError(f"{where}.start and {where}.bounds: expected mappings by kind")
+    defaults = {"rate": (64.0, (0.5, 4096.0)), "concurrency": (64, (1, 4096))}
+    starts, ranges = {}, {}
+    for kind in kinds:
+        integer = kind == "concurrency"
+        first, (low, high) = defaults[kind]
+        pair = bounds.get(kind, [low, high])
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise PlanError(f"{where}.bounds.{kind}: expected [low, high]")
+        low = _number(f"{where}.bounds.{kind}", pair[0], 1 if integer else 1e-6, integer=integer)
+        high = _number(f"{where}.bounds.{kind}", pair[1], low, integer=integer)
+        starts[kind] = _number(f"{where}.start.{kind}", start.get(kind, first), low, high, integer=integer)
+        ranges[kind] = (low, high)
+    return SloCapacityPlan(
+        engine=_overrides(f"{where}.engine", raw.get("engine")), kinds=tuple(kinds),
+        target=_number(f"{where}.target_pct", raw.get("target_pct", 99), 50, 99.99) / 100,
+        probe_requests=_number(f"{where}.probe_requests", raw.get("probe_requests", 0), 0, integer=True),
+        start=starts, bounds=ranges, max_probes=_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
+        resolution=_number(f"{where}.resolution", raw.get("resolution", 0.10), 0.001, 1))
+
+
 def load_plan(path: str | Path | None = None) -> StudyPlan:
     """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
     if path is None:
@@ -260,9 +296,11 @@ def load_plan(path: str | Path | None = None) -> StudyPlan:
         batching = _section(doc, "batching")
         tuned = _section(doc, "tuned")
         precision = _section(doc, "precision")
+        slo = _section(doc, "slo_capacity")
         return StudyPlan(source, _kv_capacity(kv) if kv is not None else None,
                          _batching(batching) if batching is not None else None,
                          _tuned(tuned) if tuned is not None else None,
-                         _precision(precision) if precision is not None else None)
+                         _precision(precision) if precision is not None else None,
+                         _slo_capacity(slo) if slo is not None else None)
     except PlanError as exc:
         raise PlanError(f"{source}: {exc}") from None

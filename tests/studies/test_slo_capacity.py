@@ -1,0 +1,63 @@
+"""Capacity under SLO: the highest Poisson request rate and the highest concurrency at which the
+serving load's SLOs (load.slo) hold for ≥ target_pct of requests — a goodput search
+(gpucert.studies.capacity_search) whose interval says how sure the answer is. Each probe sends
+probe_requests requests; a probe that kills the engine is a probe that failed, and the engine
+restarts for the next."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpucert.studies import capacity_search
+from gpucert.studies.plan import Point
+
+from ..inference.load import run_level
+from .conftest import study_load
+
+pytestmark = pytest.mark.study
+
+
+def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
+    slo = plan.slo_capacity
+    load = study_load(request.config, warmup=0, repeats=1)
+    if not load.slo:
+        pytest.fail("capacity under SLO needs SLOs (load.slo in serving.yaml, or --load-opt slo=…)", pytrace=False)
+    point = Point(f"slo-{capacity_kind}", {})
+    state = {"target": study_target(slo.engine, point, load)}
+    requests = slo.probe_requests or capacity_search.default_probe_requests(slo.target, max_probes=slo.max_probes)
+
+    def measure(x: float) -> tuple[int, int]:
+        if state["target"].crashed():
+            state["target"] = study_target(slo.engine, point, load)
+        target = state["target"]
+        if capacity_kind == "rate":
+            records = run_level(target, None, requests, rate=float(x))
+        else:
+            records = run_level(target, int(x), requests)
+        return capacity_search.slo_counts(records.measured, load.slo)
+
+    low, high = slo.bounds[capacity_kind]
+    try:
+        result = capacity_search.search_capacity(
+            measure, kind=capacity_kind, probe_requests=requests, start=slo.start[capacity_kind], low=low, high=high,
+            target=slo.target, max_probes=slo.max_probes, resolution=slo.resolution)
+    except ValueError as exc:
+        pytest.fail(f"capacity under SLO: {exc}", pytrace=False)
+    for probe in result.probes:
+        gpucert.finding("probe", **probe.to_dict())
+    for notice in result.notices:
+        gpucert.finding("search", notice=notice)
+    figures = result.metrics()
+    name = capacity_search.METRIC_NAMES[capacity_kind]
+    slos = ", ".join(f"{k.removesuffix('_ms').upper()} ≤ {v:g} ms" for k, v in load.slo.items())
+    if result.capacity is None:
+        gpucert.record_error(name, f"{result.label} ({slos})", unit=result.unit)
+        return
+    bounds = (figures[f"{name}_low"], figures[f"{name}_high"])
+    closed = None not in bounds and bounds[0] <= result.capacity <= bounds[1]
+    gpucert.record(name, float(result.capacity), unit=result.unit, direction="higher",
+                   ci=tuple(float(b) for b in bounds) if closed else None,
+                   ci_method=("search interval [surely holds, surely fails), Clopper-Pearson simultaneous over "
+                              f"{len(result.probes)} probes, {100 * result.confidence:g}%") if closed else
+                   "none: the search left an end of its interval open",
+                   note=f"{result.label}; SLOs {slos}; {requests:,} requests a probe; {result.stopped}"[:600])
