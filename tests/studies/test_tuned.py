@@ -108,15 +108,17 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
     gain = ratio_interval(values["default"], values["tuned"])
     if gain:
         change, low, high, label = gain
-        gpucert.record("served_gain_pct", change, unit="%", direction="higher",
+        gpucert.record("served_gain_pct", change, unit="%", direction="higher", ci=(low, high), ci_method=label,
                        note=f"tuned over default output tok/s at concurrency {level:,}: [{low:+.1f} %, {high:+.1f} %] ({label})")
     changed = {k: (getattr(engine_config(request.config, tuned.engine), k), v) for k, v in best.engine.items()}
     summary = {name: {key: mean_of(name, key) for key in ("output_tok_s", "tpot_ms_p99", "ttft_ms_p99",
                                                            "gpu_util_mean_pct", "preemptions", "host_cpu_busy_mean_pct")}
                for name in sides}
     argv = next((s["argv"] for s in sides["tuned"] if s.get("argv")), None)
+    dummy = engine_config(request.config, {**tuned.engine, **best.engine}).load_format == "dummy"
     gpucert.finding("tuned", point=best.id, chosen=how, settings=", ".join(f"{k}={v}" for k, v in best.engine.items()),
-                    serve=serve_line(argv, "preset: config.json with dummy weights") if argv else None,
+                    serve=serve_line(argv, "dummy weights: give your model's path or id") if argv and dummy else
+                    serve_line(argv) if argv else None,
                     gain=(f"{gain[0]:+.1f} % [{gain[1]:+.1f} %, {gain[2]:+.1f} %] ({gain[3]})" if gain else None),
                     why=explain(changed, summary["default"], summary["tuned"], level),
                     default=summary["default"], tuned=summary["tuned"])
@@ -151,5 +153,5 @@ def _offline_gain(gpucert, plan, best, study_engines, request, load):
                            samples=values, stat="mean", note=f"{count:,} prompts, mean of {len(values)} runs")
     gain = ratio_interval(rates["default"], rates["tuned"])
     if gain:
-        gpucert.record("offline_gain_pct", gain[0], unit="%", direction="higher",
+        gpucert.record("offline_gain_pct", gain[0], unit="%", direction="higher", ci=(gain[1], gain[2]), ci_method=gain[3],
                        note=f"tuned over default, {count:,} prompts: [{gain[1]:+.1f} %, {gain[2]:+.1f} %] ({gain[3]})")

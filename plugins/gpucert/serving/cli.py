@@ -136,6 +136,20 @@ def register(subparsers) -> None:
     emu.add_argument("--processes", type=_positive_int, default=1,
                      help="server processes sharing the port (SO_REUSEPORT), so the emulator keeps up "
                           "with thousands of zero-ITL streams")
+    sched = emu.add_argument_group("scheduler", "a model of vLLM V1's scheduler, so the server's capacity is "
+                                                "known exactly (gpucert/serving/emulator.py's docstring)")
+    sched.add_argument("--max-running", type=_positive_int, default=None, metavar="N",
+                       help="at most N requests in service, the rest queue first come first served and wait "
+                            "in their TTFT, as vLLM's --max-num-seqs (default: no limit)")
+    sched.add_argument("--kv-blocks", type=_positive_int, default=None, metavar="N",
+                       help="a KV cache of N blocks (one kept back, as vLLM's null block) that requests fill "
+                            "as they generate, preempting the latest admitted when full; published as "
+                            "vllm:kv_cache_usage_perc and in vllm:cache_config_info (default: no KV cache limit)")
+    sched.add_argument("--block-size", type=_positive_int, default=16, metavar="N",
+                       help="tokens per KV block, with --kv-blocks")
+    sched.add_argument("--max-model-len", type=_positive_int, default=None, metavar="N",
+                       help="answer a request whose prompt + max_tokens exceeds N tokens with vLLM's HTTP 400 "
+                            "(default: no limit; with --kv-blocks, the cache's usable tokens)")
     emu.set_defaults(run=run_emulator)
 
 
@@ -274,11 +288,16 @@ def run_emulator(args) -> int:
                                 tokens_per_chunk=args.tokens_per_chunk,
                                 error_rate=args.error_rate, stall_after=args.stall_after,
                                 stall_ms=args.stall_ms, seed=args.seed, model=args.model,
-                                exit_after=args.exit_after, record_timings=args.record_timings)
+                                exit_after=args.exit_after, record_timings=args.record_timings,
+                                max_running=args.max_running, kv_blocks=args.kv_blocks,
+                                block_size=args.block_size, max_model_len=args.max_model_len)
     except ValueError as err:
         raise CommandError(str(err)) from None
     if args.record_timings and args.processes > 1:
         raise CommandError("--record-timings needs --processes 1: each process would keep its own share")
+    if config.scheduled and args.processes > 1:
+        raise CommandError("--max-running and --kv-blocks need --processes 1: each process would schedule "
+                           "its own share, and the capacity would depend on how the kernel spread the connections")
     print(f"gpucert emulator on http://{args.host}:{args.port}/v1 ({args.processes} process"
           f"{'es' if args.processes > 1 else ''})", file=sys.stderr, flush=True)
     serve(config, host=args.host, port=args.port, processes=args.processes)
