@@ -83,13 +83,17 @@ def decide(data: dict[str, Any]) -> dict[str, Any]:
     if not checks:
         problems.append("no check ran")
     certified = not problems
+    # a run of studies alone (make study) measures settings, it does not certify the node: the
+    # same verdict, in words that do not claim a certification
+    study = bool(checks) and all("study" in (c.get("markers") or []) for c in checks)
+    passed, failed_word = ("STUDY PASSED", "STUDY FAILED") if study else ("CERTIFIED", "NOT CERTIFIED")
     if certified:
         extras = [f"{warned} warning(s)" if warned else "",
                   f"{len(moot)} not applicable here" if moot else "",
                   f"{new} metric(s) without a baseline (judged on absolute limits)" if new else ""]
-        line = f"CERTIFIED {node} — {ran} checks, 0 regressions" + "".join(f", {e}" for e in extras if e)
+        line = f"{passed} {node} — {ran} checks, 0 regressions" + "".join(f", {e}" for e in extras if e)
     else:
-        line = f"NOT CERTIFIED {node} — " + "; ".join(problems)
+        line = f"{failed_word} {node} — " + "; ".join(problems)
     return {"certified": certified, "line": line, "regressions": len(named), "failed": len(broken),
             "incomplete": len(incomplete),
             "not_run": len(not_run), "not_applicable": len(moot), "warnings": warned}

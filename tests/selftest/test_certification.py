@@ -109,6 +109,18 @@ def test_the_line_names_at_most_three_and_counts_the_rest():
     assert certification.exit_status(2, {"certified": False}) == 2  # pytest's own code stands
 
 
+def test_a_run_of_studies_alone_does_not_claim_a_certification():
+    """make study measures settings; its verdict keeps the same arithmetic in its own words."""
+    study = [{"check_id": "batching[p-c1]", "verdict": "pass", "outcome": "passed", "markers": ["study"], "metrics": []}]
+    decided = certification.decide({"status": "complete", "profile": "p", "checks": study})
+    assert decided["line"] == "STUDY PASSED p — 1 checks, 0 regressions"
+    broken = [{**study[0], "verdict": "fail", "outcome": "failed", "metrics": [{"metric": "output_tok_s", "verdict": "fail"}]}]
+    assert certification.decide({"status": "complete", "profile": "p", "checks": broken})["line"] == \
+        "STUDY FAILED p — 1 regression(s): batching[p-c1]::output_tok_s"
+    mixed = study + [{"check_id": "stack", "verdict": "pass", "outcome": "passed", "markers": ["hardware"], "metrics": []}]
+    assert certification.decide({"status": "complete", "profile": "p", "checks": mixed})["line"].startswith("CERTIFIED p")
+
+
 def test_one_duration_everywhere_and_skips_grouped_by_reason(node):
     """The run's duration is one figure in metrics.json, the card and the terminal; the card's
     skipped checks are one row per reason with the ids folded; empty sections are left out."""
