@@ -269,3 +269,15 @@ def test_a_study_point_passes_a_plain_rerun_and_fails_a_planted_slowdown(tmp_pat
     assert run.returncode == 1, run.stdout[-3000:]
     verdicts = {m["metric"]: m["verdict"] for m in metrics["checks"][0]["metrics"]}
     assert verdicts["output_tok_s"] == "fail" and verdicts["tpot_ms_p50"] == "fail", verdicts
+
+
+def test_why_names_the_cuda_graph_limit_from_the_engine_log():
+    default = {"output_tok_s": 20_000, "tpot_ms_p99": 40, "ttft_ms_p99": 900, "cudagraph_max": 512}
+    tuned = {"output_tok_s": 31_000, "tpot_ms_p99": 30, "ttft_ms_p99": 700, "cudagraph_max": 1024}
+    lines = analysis.explain({"max_cudagraph_capture_size": (None, 1024)}, default, tuned, 1024)
+    assert lines[0] == ("at concurrency 1,024: output tok/s 20,000 → 31,000 (+55 %), TPOT p99 ms 40 → 30 (-25 %), "
+                        "TTFT p99 ms 900 → 700 (-22 %)")
+    assert lines[1] == ("CUDA graphs captured up to batch 1024 (default: 512, the engine log's): decode batches "
+                        "up to 1,024 replay graphs instead of launching every kernel")
+    untouched = analysis.explain({"api_server_count": (None, 4)}, default, tuned, 1024)
+    assert any("captured up to batch 512 (the engine log)" in line for line in untouched), untouched

@@ -35,6 +35,7 @@ def test_serve_tp2_log_reports_what_vllm_printed():
     assert got["tensor_parallel_size"] == 2 and got["max_model_len"] == 4096
     assert got["max_num_batched_tokens"] == 8192
     assert got["attention_backend"] == "FLASH_ATTN"
+    assert got["max_cudagraph_capture_size"] == 512
     assert got["server_url"] == "http://0.0.0.0:8011"
     assert got["ready_at"] == "11-27 00:37:26"
     assert got["startup_s"] == 107.0  # 00:35:39 → 00:37:26

@@ -90,6 +90,7 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
             if gpucert_monitor and figures["window"]:
                 figures.update(_side(gpucert_monitor.figures(*figures["window"])))
             figures["argv"] = target.server.config.argv() if target.server else None
+            figures["cudagraph_max"] = target.facts.get("max_cudagraph_capture_size")  # from its log
             sides[name].append(figures)
     values = {name: [s["output_tok_s"] for s in runs if s["output_tok_s"] is not None] for name, runs in sides.items()}
 
@@ -112,7 +113,8 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
                        note=f"tuned over default output tok/s at concurrency {level:,}: [{low:+.1f} %, {high:+.1f} %] ({label})")
     changed = {k: (getattr(engine_config(request.config, tuned.engine), k), v) for k, v in best.engine.items()}
     summary = {name: {key: mean_of(name, key) for key in ("output_tok_s", "tpot_ms_p99", "ttft_ms_p99",
-                                                           "gpu_util_mean_pct", "preemptions", "host_cpu_busy_mean_pct")}
+                                                           "gpu_util_mean_pct", "preemptions", "host_cpu_busy_mean_pct",
+                                                           "cudagraph_max")}
                for name in sides}
     argv = next((s["argv"] for s in sides["tuned"] if s.get("argv")), None)
     dummy = engine_config(request.config, {**tuned.engine, **best.engine}).load_format == "dummy"

@@ -60,8 +60,16 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             [(r["tpot_ms_p99"], r["output_tok_s"], r["point"]) for r in scored],
             front=[(r["tpot_ms_p99"], r["output_tok_s"]) for r in scored if r["on_front"]],
             best=(best["tpot_ms_p99"], best["output_tok_s"]) if best else None)
+        # the same points against TTFT p99, with that pairing's own front
+        timed = [r for r in scored if r.get("ttft_ms_p99") is not None]
+        ttft_front = [timed[i] for i in pareto_front([(r["output_tok_s"], r["ttft_ms_p99"]) for r in timed])]
+        ttft_chart = charts.scatter_chart(
+            f"concurrency {level}: output tok/s against TTFT p99", "TTFT p99 (ms)", "output tok/s",
+            [(r["ttft_ms_p99"], r["output_tok_s"], r["point"]) for r in timed],
+            front=[(r["ttft_ms_p99"], r["output_tok_s"]) for r in ttft_front],
+            best=(best["ttft_ms_p99"], best["output_tok_s"]) if best and best.get("ttft_ms_p99") is not None else None)
         out.append({"concurrency": level, "rows": sorted(rows, key=lambda r: -(r.get("output_tok_s") or 0)),
-                    "best": best, "chart": chart})
+                    "best": best, "chart": chart + ttft_chart})
     return out
 
 

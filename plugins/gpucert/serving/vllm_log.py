@@ -50,6 +50,9 @@ _ONCE: dict[str, tuple[re.Pattern, Any]] = {
     "allreduce_backends_possible": (re.compile(r"all-reduce backends .*?out of potential backends: \[([^\]]*)\]"),
                                     lambda m: re.findall(r"'(\w+)'", m.group(1))),
     "attention_backend": (re.compile(r"Using (\w+) attention backend"), lambda m: m.group(1)),
+    # the largest decode batch replayed as a CUDA graph (the config line's compilation_config):
+    # bigger batches launch every kernel eagerly
+    "max_cudagraph_capture_size": (re.compile(r"'max_cudagraph_capture_size': (\d+)"), lambda m: int(m.group(1))),
     "kv_cache_tokens": (re.compile(r"GPU KV cache size: ([\d,]+) tokens"), lambda m: int(_num(m.group(1)))),
     "max_concurrency": (re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.,]+)x"),
                         lambda m: _num(m.group(2))),

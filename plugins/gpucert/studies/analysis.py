@@ -72,10 +72,14 @@ def serve_line(argv: list[str], model_note: str | None = None) -> str:
     return f"{line}  # {model_note}" if model_note else line
 
 
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _change(before: float | None, after: float | None) -> str:
     if before is None or after is None or not before:
         return "n/a"
-    return f"{before:,.4g} → {after:,.4g} ({(after - before) / abs(before) * 100:+.0f} %)"
+    return f"{_figure(before)} → {_figure(after)} ({(after - before) / abs(before) * 100:+.0f} %)"
 
 
 def explain(changed: dict[str, tuple], default: dict[str, float | None], tuned: dict[str, float | None],
@@ -83,7 +87,8 @@ def explain(changed: dict[str, tuple], default: dict[str, float | None], tuned: 
     """Why the tuned configuration is faster (or not), in plain words, from what was measured at
     `level`: `changed` maps each setting that differs to (default, tuned) (None: vLLM's own
     default); `default`/`tuned` hold each side's output_tok_s, tpot_ms_p99, ttft_ms_p99,
-    gpu_util_mean_pct, preemptions (None where not measured). Each line states the figures it
+    gpu_util_mean_pct, preemptions and cudagraph_max (the largest CUDA-graph batch its engine log
+    reports), None where not measured. Each line states the figures it
     rests on; the rules are docs/METRICS.md's."""
     lines = [f"at concurrency {level:,}: output tok/s {_change(default.get('output_tok_s'), tuned.get('output_tok_s'))}, "
              f"TPOT p99 ms {_change(default.get('tpot_ms_p99'), tuned.get('tpot_ms_p99'))}, "
@@ -95,14 +100,19 @@ def explain(changed: dict[str, tuple], default: dict[str, float | None], tuned: 
         lines.append(f"api_server_count {before or 1} → {after}: one API server process parses, tokenizes and "
                      "streams every request" + (f"; GPU utilization {util_before:.0f} % → {util_after:.0f} %: the "
                                                 "front end, not the GPU, limited the default" if gpu_waited else ""))
+    logged = default.get("cudagraph_max")  # what the default engine's log says it captured
     if "max_cudagraph_capture_size" in changed:
         before, after = changed["max_cudagraph_capture_size"]
-        shown = before if before is not None else "vLLM's default (min(2 × max_num_seqs, 512))"
+        shown = before if before is not None else (
+            f"{logged:.0f}, the engine log's" if logged else "vLLM's default (min(2 × max_num_seqs, 512))")
         if after and after >= level:
             lines.append(f"CUDA graphs captured up to batch {after} (default: {shown}): decode batches up to "
                          f"{level:,} replay graphs instead of launching every kernel")
         else:
             lines.append(f"max_cudagraph_capture_size {shown} → {after}")
+    elif logged and logged < level:
+        lines.append(f"CUDA graphs captured up to batch {logged:.0f} (the engine log): decode batches past it at "
+                     f"concurrency {level:,} ran without them in both configurations")
     if "max_num_seqs" in changed:
         before, after = changed["max_num_seqs"]
         lines.append(f"max_num_seqs {before or 'default'} → {after}: "
