@@ -34,8 +34,8 @@ class Prober:
     """Runs one wave of `concurrency` requests of the study's shape and keeps its row; restarts
     the engine (through the pool) after a probe that killed it."""
 
-    def __init__(self, connect, load):
-        self.connect, self.load = connect, load
+    def __init__(self, connect, load, keep):
+        self.connect, self.load, self.keep = connect, load, keep
         self.target = connect(load)
         self.rows: list[dict] = []
 
@@ -57,6 +57,7 @@ class Prober:
                "error": "; ".join(sorted({r.error for r in records.measured if r.error}))[:300] or None,
                "crashed": crashed}
         self.rows.append(row)
+        self.keep(row)  # on the card as it is measured: a failure or Ctrl-C later keeps it
         return row
 
 
@@ -146,7 +147,8 @@ def test_kv_capacity(gpucert, plan, study_target, kv_point, request):
     load = study_load(request.config, input_len=kv.input_len, output_len=kv.output_len, ignore_eos=True,
                       warmup=0, repeats=1, range_ratio=0.0, dataset="random")
     point = kv.point(kv_point)
-    prober = Prober(lambda the_load: study_target(kv.engine, point, the_load), load)
+    prober = Prober(lambda the_load: study_target(kv.engine, point, the_load), load,
+                    lambda row: gpucert.finding("probe", **row))
     facts = prober.target.facts
     blocks, block_size = facts.get("num_gpu_blocks"), facts.get("block_size")
     for name, key, unit in (("kv_cache_tokens", "kv_cache_tokens", "tokens"), ("kv_blocks", "num_gpu_blocks", "blocks"),
@@ -178,8 +180,6 @@ def test_kv_capacity(gpucert, plan, study_target, kv_point, request):
     _search_onset(prober, predicted, kv, cap)
 
     rows = [r for r in prober.rows if r["phase"] == "onset"]
-    for row in prober.rows:
-        gpucert.finding("probe", **row)
     low, high = _onset_bracket(rows)
     if high is not None:
         gpucert.record("preemption_onset_concurrency", float(high), unit="requests", direction="higher",

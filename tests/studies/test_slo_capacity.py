@@ -34,7 +34,9 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
             records = run_level(target, None, requests, rate=float(x))
         else:
             records = run_level(target, int(x), requests)
-        return capacity_search.slo_counts(records.measured, load.slo)
+        met, total = capacity_search.slo_counts(records.measured, load.slo)
+        gpucert.finding("measured", x=x, met=met, total=total)  # kept if the search stops half-way
+        return met, total
 
     low, high = slo.bounds[capacity_kind]
     try:

@@ -92,6 +92,10 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
             figures["argv"] = target.server.config.argv() if target.server else None
             figures["cudagraph_max"] = target.facts.get("max_cudagraph_capture_size")  # from its log
             sides[name].append(figures)
+            # each start on the card as it ends: a failure or Ctrl-C later keeps it
+            gpucert.finding("start", side=name, start=len(sides[name]), output_tok_s=figures["output_tok_s"],
+                            tpot_ms_p99=figures["tpot_ms_p99"], ttft_ms_p99=figures["ttft_ms_p99"],
+                            failed=figures["failed"])
     values = {name: [s["output_tok_s"] for s in runs if s["output_tok_s"] is not None] for name, runs in sides.items()}
 
     def mean_of(name: str, key: str):
