@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
 from gpucert.serving import datasets
 from gpucert.serving.loadgen import LoadConfig
 from gpucert.serving.loadgen_workers import resolve_workers, run_load_spread
@@ -115,4 +117,35 @@ def record_level(gpucert, serving, runs):
         gpucert.record("client_loop_lag_ms_p99", max(lags), unit="ms", direction="lower",
                        note="the load generator's own event-loop lag (worst repeat): high means the client, "
                             "not the server, limits")
+    return summary
+
+
+def measure_level(gpucert, serving, concurrency: int):
+    """One served level, as test_serving_baseline and the studies' points measure it: the load's
+    repeats (a deadline that ends one ends the level), recorded by record_level; Ctrl-C (or the
+    budget's stop) keeps the repeats that finished; an engine down before or dead after the level
+    fails the check with what it measured. Returns the pooled summary."""
+    runs = []
+    try:
+        for repeat in range(serving.load.repeats):
+            if serving.crashed():
+                pytest.fail(f"the engine is down before this level (repeat {repeat + 1}): {serving.crashed()}",
+                            pytrace=False)
+            runs.append(run_level(serving, concurrency, serving.load.requests_at(concurrency), repeat=repeat))
+            if runs[-1].deadline_passed:  # a server that stalls would stall every repeat: one deadline is enough
+                gpucert.finding("deadline", notice=f"the level's {runs[-1].deadline_s:g} s deadline ended repeat "
+                                                   f"{repeat + 1} of {serving.load.repeats}; its requests in flight "
+                                                   "failed, the repeats after it were not run")
+                break
+    except KeyboardInterrupt:
+        # Ctrl-C (or the budget's stop) inside the level: the repeats that finished are recorded,
+        # then the stop goes on and the plugin marks the check incomplete
+        if runs:
+            record_level(gpucert, serving, runs)
+        raise
+    summary = record_level(gpucert, serving, runs)
+    crashed = serving.crashed(grace_s=2.0 if summary.failed else 0.0)
+    if crashed:
+        pytest.fail(f"the engine died during this level ({summary.completed} of {summary.completed + summary.failed} "
+                    f"requests completed, kept on the card): {crashed}", pytrace=False)
     return summary

@@ -12,7 +12,7 @@ import pytest
 from gpucert import accuracy
 
 from ..inference.engine_setup import engine_config, no_local_engine
-from ..inference.load import record_level, run_level
+from ..inference.load import measure_level
 from .conftest import study_load
 
 pytestmark = pytest.mark.study
@@ -22,11 +22,7 @@ def test_precision(gpucert, plan, study_target, precision_point, concurrency, re
     load = study_load(request.config)
     point = plan.precision.point(precision_point)
     target = study_target(plan.precision.engine, point, load)
-    runs = [run_level(target, concurrency, load.requests_at(concurrency), repeat=r) for r in range(load.repeats)]
-    summary = record_level(gpucert, target, runs)
-    crashed = target.crashed(grace_s=2.0 if summary.failed else 0.0)
-    if crashed:
-        pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)
+    measure_level(gpucert, target, concurrency)
 
 
 @pytest.fixture(scope="session")

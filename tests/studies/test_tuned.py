@@ -12,7 +12,7 @@ import time
 import pytest
 
 from gpucert.serving.summary import measured_window, summarize
-from gpucert.studies.analysis import explain, serve_line
+from gpucert.studies.analysis import SLO_SHARE_PCT, best_under_slo, explain, serve_line
 from gpucert.studies.plan import Point
 from gpucert.noise import ratio_interval
 
@@ -21,8 +21,6 @@ from ..inference.load import prompts_for, run_level
 from .conftest import study_load
 
 pytestmark = pytest.mark.study
-
-SLO_SHARE_PCT = 99.0
 
 
 def _measure(target, level: int) -> dict:
@@ -50,8 +48,8 @@ def _choose(plan, results: list[dict], measure_candidate) -> tuple[Point | None,
         rows = [measure_candidate(point) for point in plan.tuned.points]
         rows = [r for r in rows if r.get("output_tok_s") is not None]
         source = "the plan's candidates, measured once each"
-    under = [r for r in rows if (r.get("slo_attainment_pct") or 0) >= SLO_SHARE_PCT]
-    pick = max(under or rows, key=lambda r: r["output_tok_s"], default=None)
+    under = best_under_slo(rows)
+    pick = under or max(rows, key=lambda r: r["output_tok_s"], default=None)
     if pick is None:
         return None, source
     how = f"{source}: most output tok/s at concurrency {level:,}" + (

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpucert.studies.analysis import pareto_front
+from gpucert.studies.analysis import best_under_slo, pareto_front
 
 from . import charts
-
-# a batching point is "under the SLOs" at a level when this share of its requests met every SLO
-SLO_SHARE_PCT = 99.0
 
 
 def _values(check: dict) -> dict[str, float]:
@@ -51,8 +48,7 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
     for level, rows in sorted(levels.items()):
         scored = [r for r in rows if r.get("output_tok_s") is not None and r.get("tpot_ms_p99") is not None]
         front = {id(scored[i]) for i in pareto_front([(r["output_tok_s"], r["tpot_ms_p99"]) for r in scored])}
-        under = [r for r in scored if (r.get("slo_attainment_pct") or 0) >= SLO_SHARE_PCT]
-        best = max(under, key=lambda r: r["output_tok_s"], default=None)
+        best = best_under_slo(scored)
         for r in rows:
             r["on_front"], r["best"] = id(r) in front, r is best
         chart = charts.scatter_chart(

@@ -37,6 +37,18 @@ def knee(levels: Sequence[float], values: Sequence[float | None], factor: float)
     return next((x for x, y in pairs[1:] if y >= factor * base), None)
 
 
+# a point is "under the SLOs" at a level when this share of its requests met every SLO
+SLO_SHARE_PCT = 99.0
+
+
+def best_under_slo(rows: Sequence[dict]) -> dict | None:
+    """Of the rows ({output_tok_s, slo_attainment_pct, …}) whose SLO attainment reaches
+    SLO_SHARE_PCT, the one with the most output tok/s; None when none does."""
+    under = [r for r in rows if r.get("output_tok_s") is not None
+             and (r.get("slo_attainment_pct") or 0) >= SLO_SHARE_PCT]
+    return max(under, key=lambda r: r["output_tok_s"], default=None)
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats: (throughput, higher better; latency, lower
     better). A point is dominated by one at least as good in both and better in one."""
