@@ -21,7 +21,7 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly study clean setup
+.PHONY: test hardware inference certify update-baselines nightly study forensics clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
 # needs that: pytest tests/selftest -m fault --fault-table FILE)
@@ -71,6 +71,13 @@ nightly:
 study:
 	$(SETUP_NODE)
 	$(PYTEST) tests/studies -m study --report-dir reports/study $(ARGS)
+
+## forensics (tests/forensics, gpucert/data/forensics.yaml or ARGS="--forensics-file FILE"): a
+## profiler window under load per capture (CUDA graphs, enforce_eager), read for its idle gaps and
+## decode steps; not part of certify's budget
+forensics:
+	$(SETUP_NODE)
+	$(PYTEST) tests/forensics -m forensics --report-dir reports/forensics $(ARGS)
 
 ## after an approved upgrade: merge this run's measurements into baselines/ (review the git diff)
 update-baselines:

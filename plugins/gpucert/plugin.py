@@ -21,6 +21,7 @@ from .baselines import BaselineError, validate_profile
 from .judge import blocks, failure_line
 from . import certification, history, redaction
 from .monitor.attach import SessionMonitor
+from .phases import phase
 from .progress import Progress, claim_report_dir, duration_text, log, release_report_dir
 from .recorder import CheckRecorder, CheckResult
 from .report import card, prometheus
@@ -109,6 +110,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     studies = parser.getgroup("gpucert studies", "gpucert optimization studies (tests/studies, make study)")
     studies.addoption("--studies-file", default=None, metavar="FILE",
                       help="the study plan: what each study varies (default: gpucert/data/studies.yaml)")
+    forensics = parser.getgroup("gpucert forensics", "gpucert trace forensics (tests/forensics, make forensics)")
+    forensics.addoption("--forensics-file", default=None, metavar="FILE",
+                        help="the captures: engines, load levels, profiler window "
+                             "(default: gpucert/data/forensics.yaml)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -158,6 +163,12 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             load_plan(config.getoption("--studies-file"))
         except PlanError as exc:
+            raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--forensics-file", None):
+        from .forensics.plan import PlanError as ForensicsPlanError, load_plan as load_forensics_plan
+        try:
+            load_forensics_plan(config.getoption("--forensics-file"))
+        except ForensicsPlanError as exc:
             raise pytest.UsageError(f"gpucert: {exc}") from None
     budget = config.option.time_budget_min
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
@@ -436,7 +447,8 @@ class RunHooks:
         if monitored:
             monitor.begin(item.nodeid)
         try:
-            outcome = yield
+            with phase(result.check_id if result is not None else item.nodeid):  # NVTX: the check in a trace
+                outcome = yield
         except BaseException as exc:
             # a Ctrl-C while the monitor's window is read (a second one, after the first stopped
             # the body) must not drop what the check measured: the check is recorded, then the

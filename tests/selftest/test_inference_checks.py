@@ -154,6 +154,28 @@ class LLM:
         if os.environ.get("STAND_IN_PID_FILE"):
             open(os.environ["STAND_IN_PID_FILE"], "w").write(str(os.getpid()))
         assert os.path.exists(os.path.join(kwargs["model"], "config.json"))
+        self.profiler_config = kwargs.get("profiler_config")
+    def start_profile(self, profile_prefix=None):
+        assert self.profiler_config and self.profiler_config["profiler"] == "torch", self.profiler_config
+    def stop_profile(self):
+        """vLLM's worker writes its trace here: 50 decode steps of 10 ms, each step's GPU work
+        launched STAND_IN_HOST_GAP_US after the step starts (the worker's Kineto trace, by hand:
+        the stand-in has no torch)."""
+        import gzip, json
+        gap = float(os.environ.get("STAND_IN_HOST_GAP_US", "2000"))
+        events, t = [], 1000.0
+        for i in range(50):
+            events.append({"ph": "X", "cat": "user_annotation", "name": "execute_context_0(0)_generation_8(8)",
+                           "pid": 1, "tid": 1, "ts": t, "dur": 50.0})
+            events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "pid": 1, "tid": 1,
+                           "ts": t + gap - 5, "dur": 5.0, "args": {"correlation": i}})
+            events.append({"ph": "X", "cat": "kernel", "name": "decode_graph_kernel", "pid": 0, "tid": 7,
+                           "ts": t + gap, "dur": 10000.0 - gap, "args": {"device": 0, "stream": 7, "correlation": i}})
+            t += 10000.0
+        path = os.path.join(self.profiler_config["torch_profiler_dir"], f"rank0.{int(time.time() * 1000)}.pt.trace.json.gz")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with gzip.open(path, "wt") as out:
+            json.dump({"traceEvents": events, "baseTimeNanoseconds": int(time.time() * 1e9)}, out)
     def generate(self, prompts, params, use_tqdm=False):
         LLM.calls += 1
         if str(LLM.calls) == os.environ.get("STAND_IN_FAIL_AT_CALL"):

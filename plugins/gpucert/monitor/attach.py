@@ -42,8 +42,9 @@ class SessionMonitor:
         self.plugin_clock: dict[str, float] = {}
 
     def wants(self, markers: list[str]) -> bool:
-        # a study runs vLLM under load like an inference check
-        return self.mode == "all" or (self.mode == "inference" and bool({"inference", "study"} & set(markers)))
+        # a study or a forensics capture runs vLLM under load like an inference check
+        return self.mode == "all" or (self.mode == "inference"
+                                      and bool({"inference", "study", "forensics"} & set(markers)))
 
     def ensure_started(self) -> Monitor | None:
         if self.monitor is None and self.error is None:

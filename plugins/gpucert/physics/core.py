@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 from pytest_benchmark.stats import Stats
 
+from ..phases import phase
+
 STATUSES = ("ok", "error", "timeout", "skipped")
 
 
@@ -258,8 +260,10 @@ def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, m
         bench.setup(device)
         result.flops, result.bytes = bench.flops(), bench.bytes_moved()
         flush = L2Flusher(device) if bench.flush_l2 and is_cuda(device) else None
-        result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
-                                                max_time_s=max_time_s, flush=flush)
+        label = ",".join(f"{k}={v}" for k, v in bench.params.items())
+        with phase(f"{bench.name}[{label}]"):  # named in an nsys / profiler trace of the suite
+            result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
+                                                    max_time_s=max_time_s, flush=flush)
         wrong = bench.check()
         if wrong:
             result.status, result.error = "error", f"wrong result: {wrong}"

@@ -160,3 +160,78 @@ def scatter_chart(title: str, x_label: str, y_label: str, points: list[tuple[flo
                    f'fill="{COLORS[2]}">best under the SLOs</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+CAUSE_COLORS = {"host-bound": "#cf222e", "sync/memcpy": "#9a6700", "communication": "#8250df", "other": "#6e7781"}
+
+
+def stacked_bars(title: str, x_label: str, y_label: str, labels: list[str], stacks: dict[str, list[float]],
+                 colors: dict[str, str] | None = None) -> str:
+    """One bar per label, stacked by series (e.g. idle gaps per duration bin, by cause); a legend
+    names each series. Counts from 0; a bar's parts as tooltips."""
+    totals = [sum(values[i] for values in stacks.values()) for i in range(len(labels))]
+    if not labels or not any(totals):
+        return ""
+    colors = colors or {}
+    y1 = max(totals) * 1.1
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    slot = plot_w / len(labels)
+
+    def py(y: float) -> float:
+        return TOP + plot_h - y / y1 * plot_h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for tick in _ticks(0.0, y1):
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#d0d7de"/>'
+                   f'<text x="{LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    for i, label in enumerate(labels):
+        x, base = LEFT + i * slot + slot * 0.1, 0.0
+        for j, (name, values) in enumerate(stacks.items()):
+            if values[i] <= 0:
+                continue
+            color = colors.get(name, COLORS[j % len(COLORS)])
+            out.append(f'<rect x="{x:.1f}" y="{py(base + values[i]):.1f}" width="{slot * 0.8:.1f}" '
+                       f'height="{py(base) - py(base + values[i]):.1f}" fill="{color}"><title>'
+                       f'{html.escape(f"{label}: {name} {values[i]:g}")}</title></rect>')
+            base += values[i]
+        out.append(f'<text x="{x + slot * 0.4:.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">'
+                   f'{html.escape(label)}</text>')
+    for j, name in enumerate(stacks):
+        out.append(f'<text x="{WIDTH - RIGHT - 4}" y="{TOP + 14 * (j + 1)}" text-anchor="end" '
+                   f'fill="{colors.get(name, COLORS[j % len(COLORS)])}">{html.escape(name)}</text>')
+    out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
+    out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
+               f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def timeline_chart(title: str, span_us: float, lanes: list[tuple[str, list[tuple[float, float, str, str]]]]) -> str:
+    """Lanes of intervals on one µs axis from 0 to `span_us`: (name, [(start, duration, color,
+    tooltip)]) — a trace window: the host's ranges, the GPU's ops, its idle gaps by cause."""
+    if span_us <= 0 or not any(items for _, items in lanes):
+        return ""
+    lane_h, label_w = 22, 110
+    height = TOP + lane_h * len(lanes) + BOTTOM
+    plot_w = WIDTH - label_w - RIGHT
+
+    def px(t: float) -> float:
+        return label_w + min(max(t, 0.0), span_us) / span_us * plot_w
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for i, (name, items) in enumerate(lanes):
+        y = TOP + i * lane_h
+        out.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{html.escape(name)}</text>')
+        for start, duration, color, tip in items:
+            w = max(px(start + duration) - px(start), 0.5)
+            out.append(f'<rect x="{px(start):.1f}" y="{y + 3}" width="{w:.1f}" height="{lane_h - 6}" fill="{color}">'
+                       f'<title>{html.escape(tip)}</title></rect>')
+    for tick in _ticks(0.0, span_us / 1000):
+        out.append(f'<text x="{px(tick * 1000):.1f}" y="{height - BOTTOM + 14}" text-anchor="middle">{_label(tick)}</text>')
+    out.append(f'<text x="{label_w + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">ms from the window start</text>')
+    out.append("</svg>")
+    return "".join(out)

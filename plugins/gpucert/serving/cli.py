@@ -150,6 +150,13 @@ def register(subparsers) -> None:
     sched.add_argument("--max-model-len", type=_positive_int, default=None, metavar="N",
                        help="answer a request whose prompt + max_tokens exceeds N tokens with vLLM's HTTP 400 "
                             "(default: no limit; with --kv-blocks, the cache's usable tokens)")
+    prof = emu.add_argument_group("profiling", "a PyTorch profiler trace of the emulated engine's steps, as vLLM "
+                                                "writes one (gpucert/serving/emulator_profile.py)")
+    prof.add_argument("--profiler-config", default=None, metavar="JSON",
+                      help="vLLM's --profiler-config: with {\"profiler\": \"torch\", \"torch_profiler_dir\": DIR} "
+                           "POST /start_profile and /stop_profile write a trace to DIR (default: no profiler)")
+    prof.add_argument("--host-gap-ms", type=float, default=0.0,
+                      help="per step (one every --itl-ms), how long the emulated GPU waits on the host")
     emu.set_defaults(run=run_emulator)
 
 
@@ -290,7 +297,8 @@ def run_emulator(args) -> int:
                                 stall_ms=args.stall_ms, seed=args.seed, model=args.model,
                                 exit_after=args.exit_after, record_timings=args.record_timings,
                                 max_running=args.max_running, kv_blocks=args.kv_blocks,
-                                block_size=args.block_size, max_model_len=args.max_model_len)
+                                block_size=args.block_size, max_model_len=args.max_model_len,
+                                profiler_config=args.profiler_config, host_gap_ms=args.host_gap_ms)
     except ValueError as err:
         raise CommandError(str(err)) from None
     if args.record_timings and args.processes > 1:
@@ -298,6 +306,8 @@ def run_emulator(args) -> int:
     if config.scheduled and args.processes > 1:
         raise CommandError("--max-running and --kv-blocks need --processes 1: each process would schedule "
                            "its own share, and the capacity would depend on how the kernel spread the connections")
+    if config.profiler_config and args.processes > 1:
+        raise CommandError("--profiler-config needs --processes 1: one process profiles its own steps")
     print(f"gpucert emulator on http://{args.host}:{args.port}/v1 ({args.processes} process"
           f"{'es' if args.processes > 1 else ''})", file=sys.stderr, flush=True)
     serve(config, host=args.host, port=args.port, processes=args.processes)

@@ -14,7 +14,8 @@ from .vllm_config import EngineConfig
 from .vllm_server import redacted
 
 # where and how the engine runs, not what it is: never a difference of configuration
-_NOT_CONFIG = ("host", "port", "env", "engine_python", "served_model_name")
+# (`launcher`: the forensics checks' nsys wrapper; their baselines are their own)
+_NOT_CONFIG = ("host", "port", "env", "engine_python", "served_model_name", "launcher")
 # the load's fields that change what a level measures (the levels themselves are check parameters)
 _LOAD_FIELDS = ("endpoint", "dataset", "dataset_path", "token_ids", "input_len", "output_len", "range_ratio",
                 "requests_per_level", "min_requests", "warmup", "repeats", "ignore_eos", "extra_body",

@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .emulator_profile import StepProfiler, profiler_dir, profiler_kind
+
 DEFAULT_OUTPUT_TOKENS = 16
 LISTEN_BACKLOG = 4096  # aiohttp's 128 drops SYNs of a 256-stream burst: +1 s TTFT retransmits
 # epoll waits in whole milliseconds rounded up (selectors.EpollSelector), so a plain sleep wakes
@@ -122,6 +124,12 @@ class EmulatorConfig:
     # prompt + max_tokens above this: HTTP 400 with vLLM's error (with kv_blocks: the cache's
     # usable tokens when not given)
     max_model_len: int | None = None
+    # vLLM's --profiler-config (JSON): with {"profiler": "torch", "torch_profiler_dir": DIR} the
+    # emulator answers POST /start_profile and /stop_profile as vLLM does, writing a real PyTorch
+    # profiler trace of its steps (one every itl_ms) to DIR (emulator_profile.py)
+    profiler_config: str | None = None
+    # per step, how long the emulated GPU waits on the host (the step's scheduling) in the trace
+    host_gap_ms: float = 0.0
 
     def __post_init__(self):
         if self.tokens_per_chunk < 1:
@@ -145,6 +153,15 @@ class EmulatorConfig:
                                  "vLLM refuses to start so")
         if self.cache_config is not None:
             self.cache_config = self._consistent_cache_config(dict(self.cache_config))
+        if self.host_gap_ms < 0:
+            raise ValueError("host_gap_ms must be >= 0")
+        if self.profiler_config:
+            try:
+                trace_dir = profiler_dir(self.profiler_config)
+            except ValueError:
+                raise ValueError(f"profiler_config: not JSON: {self.profiler_config!r}") from None
+            if trace_dir is not None and (self.itl_ms <= 0 or self.host_gap_ms >= self.itl_ms):
+                raise ValueError("a profiling emulator steps every itl_ms: needs itl_ms > host_gap_ms >= 0")
 
     @property
     def scheduled(self) -> bool:
@@ -400,6 +417,9 @@ class Emulator:
         self.running = 0  # requests between arrival and their last byte: vLLM's "running" gauge
         self.timings: dict[str, dict] = {}
         self.scheduler = Scheduler(config) if config.scheduled else None
+        trace_dir = profiler_dir(config.profiler_config)
+        self.profiler = None if trace_dir is None else StepProfiler(
+            trace_dir, config.itl_ms / 1e3, config.host_gap_ms / 1e3, lambda: self.running)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -410,7 +430,20 @@ class Emulator:
         app.router.add_get("/metrics", self._metrics)
         if self.config.record_timings:
             app.router.add_get("/emulator/timings", self._timings)
+        if profiler_kind(self.config.profiler_config):  # vLLM adds the routes only with a profiler configured
+            app.router.add_post("/start_profile", self._start_profile)
+            app.router.add_post("/stop_profile", self._stop_profile)
         return app
+
+    async def _start_profile(self, request: web.Request) -> web.Response:
+        if self.profiler is not None:
+            self.profiler.start()
+        return web.Response(status=200)
+
+    async def _stop_profile(self, request: web.Request) -> web.Response:
+        if self.profiler is not None:
+            await self.profiler.stop()
+        return web.Response(status=200)
 
     async def _timings(self, request: web.Request) -> web.Response:
         return web.json_response(self.timings)

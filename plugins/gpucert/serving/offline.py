@@ -25,13 +25,15 @@ WORKER = Path(__file__).with_name("offline_worker.py")
 # EngineConfig fields that are LLM(...) keyword arguments of the same name
 _LLM_KWARGS = ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len",
                "gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens", "max_cudagraph_capture_size",
-               "kv_cache_dtype",
+               "kv_cache_dtype", "enforce_eager",
                "enable_prefix_caching", "distributed_executor_backend", "load_format", "skip_tokenizer_init")
 
 
 @dataclass
 class OfflineResult:
     levels: dict[int, list[dict]] = field(default_factory=dict)  # level → the worker's line per repeat
+    # level → the line of its run under the profiler (run_offline's profile_levels): never a rate
+    profiled: dict[int, dict] = field(default_factory=dict)
     error: str | None = None  # why the levels not in `levels` are missing
     log_path: Path | None = None
 
@@ -46,16 +48,20 @@ def llm_kwargs(engine: EngineConfig, model_dir: str) -> dict:
         value = getattr(engine, name)
         if value is not None and not (name == "dtype" and value == "auto"):
             kwargs[name] = value
+    if engine.profiler_config:
+        kwargs["profiler_config"] = json.loads(engine.profiler_config)
     return kwargs
 
 
 def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., list[Prompt]],
                 workdir: str | Path, *, ignore_eos: bool = True, warmup: int = 4,
-                timeout_s: float = 1800.0, repeats: int = 1) -> OfflineResult:
+                timeout_s: float = 1800.0, repeats: int = 1, profile_levels: tuple[int, ...] = ()) -> OfflineResult:
     """`prompts(count, level, repeat)` gives a level's prompts — the served levels' own (level 0:
     the warm-up), so neither side gets prefix-cache hits the other did not. Each level runs
     `repeats` times, each time on its own prompts (one 256-prompt level is ~2 s of work on 2× H100:
-    one sample of it moved ±25 % between runs)."""
+    one sample of it moved ±25 % between runs). Each of `profile_levels` runs once more after
+    its repeats, on prompts of its own, between LLM.start_profile() and stop_profile() (the engine's
+    profiler_config says where the trace goes and how many steps it keeps)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model = str(presets.materialize(engine.model, workdir / "models")) if presets.is_preset(engine.model) else engine.model
@@ -65,7 +71,9 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
     config = {"engine": llm_kwargs(engine, model), "ignore_eos": ignore_eos,
               "warmup_prompts": requests(warmup, 0),
               "levels": [{"level": level, "repeat": repeat, "prompts": requests(level, level, repeat)}
-                         for level in sorted(levels) for repeat in range(repeats)]}
+                         for level in sorted(levels) for repeat in range(repeats)]
+              + [{"level": level, "repeat": repeats, "profile": True, "prompts": requests(level, level, repeats)}
+                 for level in sorted(profile_levels)]}
     config_path = workdir / "offline-config.json"
     config_path.write_text(json.dumps(config))
     result = OfflineResult(log_path=workdir / "offline.log")
@@ -91,7 +99,9 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
         except ValueError:
             engine_lines.append(line)  # vLLM logs to stdout: its lines belong in the log
             continue
-        if isinstance(record, dict) and "level" in record:
+        if isinstance(record, dict) and record.get("profiled"):
+            result.profiled[int(record["level"])] = record
+        elif isinstance(record, dict) and "level" in record:
             result.levels.setdefault(int(record["level"]), []).append(record)
         else:
             engine_lines.append(line)

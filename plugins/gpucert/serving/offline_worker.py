@@ -35,12 +35,19 @@ def main(config_path: str) -> int:
     llm.generate(*batch(config["warmup_prompts"]), use_tqdm=False)
     for entry in config["levels"]:
         level, (prompts, params) = entry["level"], batch(entry["prompts"])
-        start, start_monotonic = time.perf_counter(), time.monotonic()
+        profiled = bool(entry.get("profile"))
+        if profiled:  # the profiler config's delay/max iterations bound the trace to a few steps
+            llm.start_profile()
+        start, start_monotonic, start_wall = time.perf_counter(), time.monotonic(), time.time()
         outputs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start
+        if profiled:
+            llm.stop_profile()
         print(json.dumps({
             "level": level,
             "repeat": entry.get("repeat", 0),
+            "profiled": profiled,
+            "wall_start": start_wall,
             "prompts": len(prompts),
             "elapsed_s": elapsed,
             # the host's one monotonic clock: the resource monitor's window of this level

@@ -54,6 +54,8 @@ class EngineConfig:
     enable_chunked_prefill: bool | None = None
     # the scheduler plans step n+1 while the GPU runs step n
     async_scheduling: bool | None = None
+    # True: no CUDA graphs, every kernel launched from Python (the forensics checks' contrast)
+    enforce_eager: bool | None = None
     distributed_executor_backend: str | None = None
     api_server_count: int | None = None
     load_format: str | None = None
@@ -61,6 +63,11 @@ class EngineConfig:
     host: str = "127.0.0.1"
     # 0: the lifecycle picks a free port on host
     port: int = 0
+    # vLLM's --profiler-config (a JSON object): the forensics checks' trace capture, e.g.
+    # {"profiler": "torch", "torch_profiler_dir": "/abs/dir"} or {"profiler": "cuda"} under nsys
+    profiler_config: str | None = None
+    # a command the engine runs under (`nsys profile … --`): the forensics checks' nsys capture
+    launcher: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     # environment for the engine process (added to the caller's)
     env: dict[str, str] = field(default_factory=dict)
@@ -108,12 +115,17 @@ class EngineConfig:
                 args.append(_flag(name) if value else "--no-" + _flag(name).removeprefix("--"))
         if self.skip_tokenizer_init:
             args.append("--skip-tokenizer-init")
+        if self.enforce_eager:
+            args.append("--enforce-eager")
+        if self.profiler_config is not None:
+            args += ["--profiler-config", self.profiler_config]
         args += list(self.extra_args)
-        return args
+        return list(self.launcher) + args
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["extra_args"] = list(self.extra_args)
+        out["launcher"] = list(self.launcher)
         return out
 
 
@@ -157,7 +169,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return tuple(shlex.split(value))
         if get_origin(base) is dict:
             raise ValueError(f"engine option {key}: give a mapping (in serving.yaml), not {value!r}")
-    if key == "extra_args" and isinstance(value, list):
+    if key in ("extra_args", "launcher") and isinstance(value, list):
         return tuple(str(v) for v in value)
     if key == "env" and isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
@@ -190,11 +202,20 @@ def _validate(cfg: EngineConfig) -> None:
     need(cfg.distributed_executor_backend in (None, *EXECUTOR_BACKENDS),
          f"distributed_executor_backend: {cfg.distributed_executor_backend!r} not one of {', '.join(EXECUTOR_BACKENDS)}")
     need(isinstance(cfg.skip_tokenizer_init, bool), "skip_tokenizer_init: must be true or false")
+    need(cfg.enforce_eager in (None, True, False), "enforce_eager: must be true, false or none")
     need(is_int(cfg.port) and 0 <= cfg.port <= 65535, f"port: must be 0..65535, got {cfg.port!r}")
     need(isinstance(cfg.host, str) and cfg.host != "", "host: must be a host name or address")
     need(isinstance(cfg.extra_args, tuple) and all(isinstance(a, str) for a in cfg.extra_args),
          "extra_args: must be a list of strings")
     need(isinstance(cfg.env, dict), "env: must be a mapping of names to strings")
+    need(isinstance(cfg.launcher, tuple) and all(isinstance(a, str) for a in cfg.launcher),
+         "launcher: must be a list of strings")
+    if cfg.profiler_config is not None:
+        try:
+            parsed = json.loads(cfg.profiler_config) if isinstance(cfg.profiler_config, str) else None
+        except ValueError:
+            parsed = None
+        need(isinstance(parsed, dict), f"profiler_config: must be a JSON object, got {cfg.profiler_config!r}")
 
 
 @lru_cache(maxsize=1)
@@ -291,7 +312,8 @@ def engine_command(text: str, port: int | None = None, engine: EngineConfig | No
         return argv
     values: dict[str, Any] = {}
     if engine is not None:
-        values.update({name: getattr(engine, name) for name in field_names() if name not in ("env", "extra_args")})
+        values.update({name: getattr(engine, name) for name in field_names()
+                       if name not in ("env", "extra_args", "launcher")})
     values["port"] = port
 
     def fill(match: re.Match) -> str:

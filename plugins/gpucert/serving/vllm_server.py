@@ -259,8 +259,8 @@ class VllmServer:
         return self.config.model
 
     def argv(self) -> list[str]:
-        if self.command is not None:
-            return list(self.command)
+        if self.command is not None:  # under the configured launcher too (nsys profile …)
+            return list(self.config.launcher) + list(self.command)
         cfg = self.config
         if presets.is_preset(cfg.model):
             folder = presets.materialize(cfg.model, self.workdir / "models")

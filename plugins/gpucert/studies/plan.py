@@ -27,7 +27,7 @@ class Point:
     engine: dict[str, Any]
 
 
-def _overrides(where: str, value: Any) -> dict[str, Any]:
+def engine_overrides(where: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -47,7 +47,7 @@ def point_id(overrides: dict[str, Any]) -> str:
     short = {"max_num_seqs": "seqs", "max_num_batched_tokens": "tokens", "max_cudagraph_capture_size": "graphs",
              "gpu_memory_utilization": "gmu", "kv_cache_dtype": "kv-", "block_size": "block",
              "enable_chunked_prefill": "chunked", "async_scheduling": "async", "api_server_count": "api",
-             "dtype": "", "quantization": "weights-"}
+             "dtype": "", "quantization": "weights-", "enforce_eager": "eager"}
     if not overrides:
         return "default"
 
@@ -61,10 +61,10 @@ def _points(where: str, items: Any) -> tuple[Point, ...]:
     """A list of engine option mappings → Points (ids from their settings)."""
     if not isinstance(items, list):
         raise PlanError(f"{where}: expected a list of engine option mappings")
-    return tuple(Point(point_id(o), o) for o in (_overrides(f"{where}[{i}]", item) for i, item in enumerate(items)))
+    return tuple(Point(point_id(o), o) for o in (engine_overrides(f"{where}[{i}]", item) for i, item in enumerate(items)))
 
 
-def _number(where: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> Any:
+def plan_number(where: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> Any:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
     if not ok or (integer and value != int(value)):
         raise PlanError(f"{where}: expected {'an integer' if integer else 'a number'} ≥ {low:g}"
@@ -171,16 +171,16 @@ def _kv_capacity(raw: dict) -> KvCapacityPlan:
     if not isinstance(fractions, list):
         raise PlanError(f"{where}.knee_fractions: expected a list of fractions")
     return KvCapacityPlan(
-        engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
-        input_len=_number(f"{where}.context.input_len", context.get("input_len", 1024), 1, integer=True),
-        output_len=_number(f"{where}.context.output_len", context.get("output_len", 512), 1, integer=True),
-        knee_fractions=tuple(_number(f"{where}.knee_fractions", f, 0.001, 1) for f in fractions),
-        bracket=_number(f"{where}.bracket", raw.get("bracket", 0.15), 0.001, 0.9),
-        resolution=_number(f"{where}.resolution", raw.get("resolution", 0.02), 0.0001, 0.5),
-        max_probes=_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
-        knee_factor={str(k): _number(f"{where}.knee_factor.{k}", v, 1.0) for k, v in factors.items()},
-        longest_start=_number(f"{where}.longest_context.start", longest.get("start", 1024), 1, integer=True),
-        longest_output_len=_number(f"{where}.longest_context.output_len", longest.get("output_len", 16), 1,
+        engine=engine_overrides(f"{where}.engine", raw.get("engine")), points=points,
+        input_len=plan_number(f"{where}.context.input_len", context.get("input_len", 1024), 1, integer=True),
+        output_len=plan_number(f"{where}.context.output_len", context.get("output_len", 512), 1, integer=True),
+        knee_fractions=tuple(plan_number(f"{where}.knee_fractions", f, 0.001, 1) for f in fractions),
+        bracket=plan_number(f"{where}.bracket", raw.get("bracket", 0.15), 0.001, 0.9),
+        resolution=plan_number(f"{where}.resolution", raw.get("resolution", 0.02), 0.0001, 0.5),
+        max_probes=plan_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
+        knee_factor={str(k): plan_number(f"{where}.knee_factor.{k}", v, 1.0) for k, v in factors.items()},
+        longest_start=plan_number(f"{where}.longest_context.start", longest.get("start", 1024), 1, integer=True),
+        longest_output_len=plan_number(f"{where}.longest_context.output_len", longest.get("output_len", 16), 1,
                                    integer=True))
 
 
@@ -191,19 +191,19 @@ def _batching(raw: dict) -> BatchingPlan:
         raise PlanError(f"{where}.grid: expected a mapping of engine option to a non-empty list of values")
     keys = list(grid)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
-    points = [_overrides(f"{where}.grid", c) for c in combos]
+    points = [engine_overrides(f"{where}.grid", c) for c in combos]
     variants = raw.get("variants") or []
     if not isinstance(variants, list):
         raise PlanError(f"{where}.variants: expected a list of engine option mappings")
     for i, variant in enumerate(variants):
-        points.append({**points[0], **_overrides(f"{where}.variants[{i}]", variant)})
+        points.append({**points[0], **engine_overrides(f"{where}.variants[{i}]", variant)})
     unique = list({point_id(p): p for p in points}.items())
     levels = raw.get("concurrency") or [256, 1024]
     if not isinstance(levels, list):
         raise PlanError(f"{where}.concurrency: expected a list of concurrency levels")
-    return BatchingPlan(engine=_overrides(f"{where}.engine", raw.get("engine")),
+    return BatchingPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")),
                         points=tuple(Point(pid, p) for pid, p in unique),
-                        concurrency=tuple(_number(f"{where}.concurrency", c, 1, integer=True) for c in levels))
+                        concurrency=tuple(plan_number(f"{where}.concurrency", c, 1, integer=True) for c in levels))
 
 
 def _tuned(raw: dict) -> TunedPlan:
@@ -212,10 +212,10 @@ def _tuned(raw: dict) -> TunedPlan:
     offline = raw.get("offline", True)
     if not isinstance(offline, bool):
         raise PlanError(f"{where}.offline: expected true or false, got {offline!r}")
-    return TunedPlan(engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
-                     concurrency=_number(f"{where}.concurrency", raw.get("concurrency", 1024), 1, integer=True),
-                     starts=_number(f"{where}.starts", raw.get("starts", 2), 2, integer=True), offline=offline,
-                     offline_prompts=_number(f"{where}.offline_prompts", raw.get("offline_prompts", 1024), 1,
+    return TunedPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")), points=points,
+                     concurrency=plan_number(f"{where}.concurrency", raw.get("concurrency", 1024), 1, integer=True),
+                     starts=plan_number(f"{where}.starts", raw.get("starts", 2), 2, integer=True), offline=offline,
+                     offline_prompts=plan_number(f"{where}.offline_prompts", raw.get("offline_prompts", 1024), 1,
                                              integer=True))
 
 
@@ -241,11 +241,11 @@ def _precision(raw: dict) -> PrecisionPlan:
     model = acc.get("model") or ""
     if not isinstance(model, str):
         raise PlanError(f"{where}.accuracy.model: expected a model folder or hub id, got {model!r}")
-    return PrecisionPlan(engine=_overrides(f"{where}.engine", raw.get("engine")), points=points,
-                         concurrency=tuple(_number(f"{where}.concurrency", c, 1, integer=True) for c in levels),
+    return PrecisionPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")), points=points,
+                         concurrency=tuple(plan_number(f"{where}.concurrency", c, 1, integer=True) for c in levels),
                          accuracy=AccuracyPlan(model, reference, backend,
                                                None if documents is None else
-                                               _number(f"{where}.accuracy.documents", documents, 2, integer=True)))
+                                               plan_number(f"{where}.accuracy.documents", documents, 2, integer=True)))
 
 
 def _slo_capacity(raw: dict) -> SloCapacityPlan:
@@ -264,16 +264,16 @@ def _slo_capacity(raw: dict) -> SloCapacityPlan:
         pair = bounds.get(kind, [low, high])
         if not (isinstance(pair, list) and len(pair) == 2):
             raise PlanError(f"{where}.bounds.{kind}: expected [low, high]")
-        low = _number(f"{where}.bounds.{kind}", pair[0], 1 if integer else 1e-6, integer=integer)
-        high = _number(f"{where}.bounds.{kind}", pair[1], low, integer=integer)
-        starts[kind] = _number(f"{where}.start.{kind}", start.get(kind, first), low, high, integer=integer)
+        low = plan_number(f"{where}.bounds.{kind}", pair[0], 1 if integer else 1e-6, integer=integer)
+        high = plan_number(f"{where}.bounds.{kind}", pair[1], low, integer=integer)
+        starts[kind] = plan_number(f"{where}.start.{kind}", start.get(kind, first), low, high, integer=integer)
         ranges[kind] = (low, high)
     return SloCapacityPlan(
-        engine=_overrides(f"{where}.engine", raw.get("engine")), kinds=tuple(kinds),
-        target=_number(f"{where}.target_pct", raw.get("target_pct", 99), 50, 99.99) / 100,
-        probe_requests=_number(f"{where}.probe_requests", raw.get("probe_requests", 0), 0, integer=True),
-        start=starts, bounds=ranges, max_probes=_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
-        resolution=_number(f"{where}.resolution", raw.get("resolution", 0.10), 0.001, 1))
+        engine=engine_overrides(f"{where}.engine", raw.get("engine")), kinds=tuple(kinds),
+        target=plan_number(f"{where}.target_pct", raw.get("target_pct", 99), 50, 99.99) / 100,
+        probe_requests=plan_number(f"{where}.probe_requests", raw.get("probe_requests", 0), 0, integer=True),
+        start=starts, bounds=ranges, max_probes=plan_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
+        resolution=plan_number(f"{where}.resolution", raw.get("resolution", 0.10), 0.001, 1))
 
 
 def load_plan(path: str | Path | None = None) -> StudyPlan:

@@ -1,0 +1,235 @@
+"""A trace window under gpucert's own load, read for the user: per capture of forensics.yaml (an
+engine configuration, e.g. CUDA graphs on and enforce_eager) and load level, the level measured
+without the profiler, then again with a profile window in its steady state; the trace's GPU busy
+share, idle gaps by cause and decode steps (gpucert.forensics.analyze), the worst steps matched
+with the requests that felt them and the monitor's samples; the host-bound share of decode time
+and the step time judged against their baselines (docs/METRICS.md, Forensics)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import shutil
+
+import pytest
+
+from gpucert.forensics import capture as cap
+from gpucert.forensics.analyze import analyze
+from gpucert.forensics.read import load_trace
+from gpucert.forensics.timeline import TraceError
+from gpucert.forensics.window import window_view
+from gpucert.serving.offline import run_offline
+from gpucert.serving.summary import summarize
+from gpucert.studies.engines import EngineUnavailable
+
+from ..inference.engine_setup import engine_config, load_from_options, no_local_engine
+from ..inference.load import prompts_for, run_level
+
+pytestmark = pytest.mark.forensics
+
+
+def _engine(request, plan, point, trace_dir, kind):
+    trace_dir.mkdir(parents=True, exist_ok=True)  # nsys writes its report there, it makes no folder
+    launcher = ()
+    if kind == "nsys":
+        launcher = cap.nsys_launcher(shutil.which("nsys"), trace_dir / "engine")
+    settings = {**plan.engine, **point.engine,
+                "profiler_config": cap.profiler_config(kind, trace_dir, plan.delay_iterations, plan.max_iterations),
+                "launcher": list(launcher)}
+    return engine_config(request.config, settings)
+
+
+def _profiled_requests(rate: float | None, concurrency: int, seconds: float) -> int:
+    """Enough requests that the load outlasts the warm-up and the window even at the unprofiled
+    rate (the profiler only slows it): 1.5× that, and at least two waves."""
+    return max(2 * concurrency, math.ceil((rate or 0) * seconds * 1.5))
+
+
+def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, request, gpucert_report_dir,
+                      gpucert_monitor):
+    point = plan.capture(capture)
+    kind = cap.resolve_kind(plan.profiler)
+    trace_dir = gpucert_report_dir / "forensics" / "traces" / point.id
+    engine = _engine(request, plan, point, trace_dir, kind)
+    if not request.config.getoption("--engine-cmd"):
+        missing = no_local_engine(engine)
+        if missing:
+            pytest.skip(missing)
+    load = load_from_options(request.config)
+    try:
+        target = forensics_engines.target(engine, load, point.id)
+    except EngineUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    gpucert.finding("capture", capture=point.id, profiler=kind, level=f"concurrency {concurrency}",
+                    **{k: str(v) for k, v in point.engine.items()})
+
+    # 1. the level without the profiler: what every finding is put beside
+    plain = run_level(target, concurrency, load.requests_at(concurrency), repeat=0)
+    plain_summary = summarize(plain.measured, load.slo)
+    itl = plain_summary.itl_ms.get("p50")
+    gpucert.record("unprofiled_output_tok_s", plain_summary.output_tokens_per_s, unit="tok/s", direction="higher",
+                   note="the level without the profiler, just before the window")
+    if itl is not None:
+        gpucert.record("unprofiled_step_ms_p50", itl, unit="ms", direction="lower",
+                       note="ITL p50 without the profiler: each decode step streams one token to every running request")
+
+    # 2. the same level again, a profile window in its steady state
+    seconds = plan.warmup_s + plan.window_s + 2
+    count = _profiled_requests(plain_summary.requests_per_s, concurrency, seconds)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(run_level, target, concurrency, count, None, 1)
+        try:
+            _sleep_unless_done(loading, plan.warmup_s)
+            if loading.done():
+                loading.result()  # its error, if it failed
+                pytest.fail(f"the load of {count} requests ended before the window could open "
+                            f"({plan.warmup_s:g} s warm-up)", pytrace=False)
+            window = cap.profile_window(target.server.base_url, kind, trace_dir, plan.window_s)
+        except cap.CaptureError as exc:
+            loading.result()
+            pytest.fail(f"capture: {exc}", pytrace=False)
+        profiled = loading.result()
+    records = plain.measured + profiled.measured
+    gpucert.record("failed_requests", sum(not r.ok for r in records), unit="requests", direction="lower",
+                   note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
+    if window.stopped_mono > max((r.ended_at or 0) for r in profiled.measured):
+        gpucert.finding("capture", notice="the load ended before the window closed: the trace's tail is idle")
+    _record_overhead(gpucert, profiled.measured, window, plan.warmup_s)
+
+    # 3. the trace, read
+    if kind == "nsys":
+        forensics_engines.release()  # nsys writes its report when the engine exits
+        report = cap.nsys_report(trace_dir / "engine")
+        window.traces = [cap.nsys_export(shutil.which("nsys"), report)]
+    _read_traces(gpucert, plan, window.traces, itl, run=profiled, monitor=gpucert_monitor)
+
+
+def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, request, gpucert_report_dir):
+    """LLM.generate of `prompts` prompts: once plain (its throughput), once with the profiler
+    started before and stopped after (the profiler schedule keeps a few dozen of its steps): the
+    offline engine's steps, to set beside the served ones at the same level. Always the PyTorch
+    profiler (the worker is a process of gpucert's own, not a server nsys could be put around)."""
+    point = plan.capture(capture)
+    trace_dir = gpucert_report_dir / "forensics" / "traces" / f"{point.id}-offline"
+    engine = _engine(request, plan, point, trace_dir, "torch")
+    missing = no_local_engine(engine)
+    if missing:
+        pytest.skip(missing)
+    forensics_engines.release()  # the offline engine needs the GPUs the served one holds
+    load = load_from_options(request.config)
+    gpucert.finding("capture", capture=point.id, profiler="torch", level=f"{prompts} prompts offline",
+                    **{k: str(v) for k, v in point.engine.items()})
+    before = cap.trace_files(trace_dir)
+    result = run_offline(engine, [prompts], lambda n, level, repeat=0: prompts_for(load, n, level, repeat),
+                         gpucert_report_dir / "forensics" / f"offline-{point.id}-{prompts}",
+                         ignore_eos=load.ignore_eos, repeats=1, profile_levels=(prompts,))
+    rates = result.rates(prompts)
+    if rates:
+        gpucert.record("unprofiled_output_tok_s", rates[0], unit="tok/s", direction="higher",
+                       note=f"LLM.generate of {prompts} prompts without the profiler, just before")
+    profiled = result.profiled.get(prompts)
+    if profiled is None:
+        pytest.fail(f"the profiled run did not finish: {result.error or 'not reported'}; log: {result.log_path}",
+                    pytrace=False)
+    rate = profiled["output_tokens"] / profiled["elapsed_s"] if profiled["elapsed_s"] > 0 else None
+    gpucert.record("profiled_output_tok_s", rate, unit="tok/s", direction="higher",
+                   note="the whole profiled LLM.generate (the profiler records only its schedule's steps)")
+    if rate and rates:
+        gpucert.record("profiler_overhead_pct", (1 - rate / rates[0]) * 100, unit="%", direction="lower",
+                       note="throughput lost over the profiled generate: 1 − profiled ÷ plain")
+    try:
+        traces = cap.wait_for_traces(trace_dir, before, timeout_s=60.0)
+    except cap.CaptureError as exc:
+        pytest.fail(f"capture: {exc}", pytrace=False)
+    _read_traces(gpucert, plan, traces, None)
+
+
+def _read_traces(gpucert, plan, traces, unprofiled_step_ms, run=None, monitor=None) -> None:
+    """Each worker's trace read and recorded (with several ranks, parameter `rank`); the worst
+    steps matched with the load's requests and the monitor where there was a served load."""
+    for rank, path in enumerate(traces):
+        try:
+            timeline = load_trace(path)
+        except TraceError as exc:
+            pytest.fail(f"trace {path}: {exc}", pytrace=False)
+        result = analyze(timeline, gap_us=plan.gap_us)
+        params = {"rank": rank} if len(traces) > 1 else None
+        _record_analysis(gpucert, result, params, unprofiled_step_ms)
+        if run is not None:
+            _match_worst(gpucert, result, run, monitor)
+        gpucert.finding("trace", path=str(path), rank=rank, analysis=_compact(result),
+                        window=window_view(timeline, result, gap_us=plan.gap_us))
+    if not any(m.metric == "decode_step_ms_p50" for m in gpucert.metrics):
+        pytest.fail("no decode steps in the trace: vLLM's execute_context_… step annotations are missing (a profiler "
+                    "window that closed before any step, or an engine without them)", pytrace=False)
+
+
+def _sleep_unless_done(future, seconds: float) -> None:
+    try:
+        future.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        pass
+
+
+def _record_overhead(gpucert, records, window, warmup_s: float) -> None:
+    """The window's streamed tok/s against the same run's just before /start_profile was sent (an
+    equal stretch, at most the warm-up's second half): what profiling itself cost, in the same load."""
+    inside = cap.output_tok_s(records, window.started_mono, window.stopped_mono)
+    span = min(window.seconds, warmup_s / 2)
+    asked = window.requested_mono or window.started_mono
+    before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
+    if inside is not None:
+        gpucert.record("profiled_output_tok_s", inside, unit="tok/s", direction="higher",
+                       note=f"streamed during the {window.seconds:.1f} s profile window")
+    if before:
+        gpucert.record("output_tok_s_before_window", before, unit="tok/s", direction="higher",
+                       note=f"the same run, the {span:.1f} s before the window opened")
+        if inside is not None:
+            gpucert.record("profiler_overhead_pct", (1 - inside / before) * 100, unit="%", direction="lower",
+                           note="throughput lost while profiling: 1 − window tok/s ÷ the tok/s just before it")
+
+
+def _record_analysis(gpucert, result: dict, params, unprofiled_step_ms) -> None:
+    for device, summary in result["devices"].items():
+        where = {**(params or {}), "gpu": device} if len(result["devices"]) > 1 else params
+        gpucert.record("gpu_busy_pct", summary["busy_pct"], unit="%", direction="higher", params=where,
+                       note=f"GPU {device} busy over the trace's {summary['span_ms']:.0f} ms")
+        gaps = summary["idle_gaps"]
+        gpucert.record("idle_gaps", gaps["count"], unit="gaps", direction="lower", params=where,
+                       note=f"idle ≥ {result['gap_us']:g} µs, {gaps['total_ms']:.1f} ms in all")
+    decode = (result.get("steps") or {}).get("decode") or {}
+    step = decode.get("step_ms") or {}
+    if not step.get("p50"):
+        return
+    gpucert.record("decode_steps", decode.get("count", 0), unit="steps", direction="higher", params=params)
+    beside = f"; without the profiler {unprofiled_step_ms:.2f} ms between tokens" if unprofiled_step_ms else ""
+    gpucert.record("decode_step_ms_p50", step["p50"], unit="ms", direction="lower", params=params,
+                   note=f"decode step wall time in the trace (profiled){beside}")
+    gpucert.record("decode_step_ms_p99", step["p99"], unit="ms", direction="lower", params=params)
+    gpucert.record("host_bound_pct", decode["host_wait_pct"], unit="%", direction="lower", params=params,
+                   note="share of decode step time the GPU sat idle with nothing queued (the host was late)")
+
+
+def _match_worst(gpucert, result: dict, run, monitor) -> None:
+    """The worst decode steps on the load generator's and the monitor's clock: who was waiting,
+    what the GPUs showed then."""
+    offset = run.started_wall - run.started_monotonic  # wall = monotonic + offset (one host)
+    for step in (result.get("steps") or {}).get("worst", []):
+        if step.get("wall_start_unix_s") is None:
+            continue
+        t0 = step["wall_start_unix_s"] - offset
+        t1 = t0 + step["step_ms"] / 1e3
+        row = {"step": step["index"], "label": step.get("label"), "step_ms": round(step["step_ms"], 3),
+               "gpu_ms": round(step["gpu_ms"], 3), "host_wait_ms": round(step["host_wait_ms"], 3),
+               **cap.requests_during(run.measured, t0, t1)}
+        figures = monitor.figures(t0 - 0.1, t1 + 0.1) if monitor else None
+        for index, gpu in ((figures or {}).get("gpus") or {}).items():
+            row[f"gpu{index}_util_pct"] = gpu.get("util_gpu_mean_pct")
+            row[f"gpu{index}_sm_clock_mhz"] = gpu.get("sm_clock_min_mhz")
+        gpucert.finding("worst_step", **row)
+
+
+def _compact(result: dict) -> dict:
+    """What the card draws: the summaries, not every gap."""
+    return {"trace": result["trace"], "gap_us": result["gap_us"], "devices": result["devices"],
+            "steps": {k: v for k, v in (result.get("steps") or {}).items()}, "findings": result.get("findings", [])}

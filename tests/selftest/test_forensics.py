@@ -1,0 +1,303 @@
+"""`make forensics` end to end on the CPU: the forensics check starts an engine with its profiler
+configured (through --engine-cmd, the lifecycle vLLM gets), measures the level, opens a profile
+window under load with POST /start_profile and /stop_profile, reads the trace the engine wrote and
+judges what it found. The engine is the emulator with its profiler on (serving/emulator_profile.py):
+a real PyTorch profiler trace of its steps, each step's GPU waiting a known `host_gap_ms` on the
+host — the truth the host-bound share is checked against."""
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpucert.forensics import capture as cap
+from gpucert.forensics.analyze import analyze
+from gpucert.forensics.plan import PlanError, load_plan
+from gpucert.forensics.read import load_trace
+from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = {"captures": [{}], "served": {"concurrency": [4], "warmup_s": 1.5, "window_s": 1.5},
+        "profiler": {"kind": "torch", "delay_iterations": 0, "max_iterations": 0}, "gap_us": 20}
+LOAD = ["--load-opt", "input_len=4", "--load-opt", "output_len=48", "--load-opt", "min_requests=8",
+        "--load-opt", "warmup=1", "--load-opt", 'slo={"ttft_ms": 60000}']
+
+
+def engine(host_gap_ms: float, itl_ms: float = 20) -> list[str]:
+    """The emulator behind the lifecycle; its profiler config comes from the engine's own setting
+    (the `{profiler_config}` placeholder), as vLLM's would from --profiler-config."""
+    return [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
+            f"serve(EmulatorConfig(ttft_ms=50, itl_ms={itl_ms}, host_gap_ms={host_gap_ms}, "
+            "profiler_config=sys.argv[2]), port=int(sys.argv[1]))\n", "{port}", "{profiler_config:}"]
+
+
+def pytest_forensics(tmp_path, engine_cmd: list[str], *args, plan: dict | None = None):
+    path = tmp_path / "forensics.yaml"
+    path.write_text(yaml.safe_dump(plan or PLAN))
+    cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/forensics", "-m", "forensics",
+           "-p", "no:cacheprovider", "-q", f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}",
+           f"--forensics-file={path}", "--engine-cmd", json.dumps(engine_cmd), *LOAD, *args]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    metrics = tmp_path / "r" / "metrics.json"
+    return run, (json.loads(metrics.read_text()) if metrics.exists() else None)
+
+
+def values(check: dict) -> dict:
+    return {m["metric"]: m for m in check["metrics"]}
+
+
+def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4))
+    assert run.returncode == 0, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    assert check["check_id"] == "trace_served[capture=default,concurrency=4]", check["check_id"]
+    got = values(check)
+    trace = check["findings"]["trace"][0]
+    # every step's GPU waited exactly 4 ms on the host; the steps came every 20 ms, later when the
+    # box was busy: the host-bound share is 4 ms over the steps' own mean, from the trace itself
+    raw = json.load(gzip.open(trace["path"]))
+    starts = sorted(e["ts"] for e in raw["traceEvents"] if e.get("cat") == "user_annotation")
+    wall = [b - a for a, b in zip(starts, starts[1:])]
+    wall.append(wall[-1])  # the last step (no next start) lasts as long as the one before it
+    # the first step's wait comes before the trace's first GPU op: not a gap inside the GPU's span
+    expected = 4000 * (len(wall) - 1) / sum(wall) * 100
+    assert abs(got["host_bound_pct"]["value"] - expected) < 0.5, (got["host_bound_pct"]["value"], expected)
+    decode = trace["analysis"]["steps"]["decode"]
+    gaps = trace["analysis"]["devices"]["0"]["idle_gaps"]
+    kernels = [e for e in raw["traceEvents"] if e.get("cat") == "kernel"]
+    assert gaps["count"] == len(kernels) - 1  # one 4 ms host-bound gap before each kernel but the first
+    assert abs(got["host_bound_pct"]["value"] - gaps["count"] * 4 / decode["wall_ms"] * 100) < 0.01
+    assert 10 <= got["host_bound_pct"]["value"] <= 20.5, got["host_bound_pct"]["value"]
+    assert 19.5 <= got["decode_step_ms_p50"]["value"] <= 30, got["decode_step_ms_p50"]
+    assert got["decode_steps"]["value"] >= 30  # 1.5 s of 20 ms steps, less the ramp and late wake-ups
+    assert abs(gaps["p50_us"] - 4000) < 0.01 and abs(gaps["p99_us"] - 4000) < 0.01, gaps
+    assert 15 <= got["unprofiled_step_ms_p50"]["value"] <= 25  # the tokens' own 20 ms
+    assert got["failed_requests"]["value"] == 0 and got["profiled_output_tok_s"]["value"] > 0
+    assert "profiler_overhead_pct" in got
+    assert Path(trace["path"]).name.startswith("rank0.") and Path(trace["path"]).is_file()
+    causes = trace["analysis"]["devices"]["0"]["by_cause"]
+    assert causes["host-bound"]["count"] >= 40 and causes["host-bound"]["share_pct"] > 99, causes
+    worst = check["findings"]["worst_step"]
+    assert worst and all(w["in_flight"] >= 1 for w in worst), worst
+    view = trace["window"]
+    assert view["ops"] and {g[2] for g in view["gaps"]} == {"host-bound"}, view
+    card = (tmp_path / "r" / "report.html").read_text()
+    assert "Forensics" in card and "host-bound" in card
+
+
+def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
+    """The host-bound share and the step time are judged like any metric: baselines from one run,
+    the same engine again passes, the host taking 10 ms of each 20 ms step instead of 2 fails."""
+    run, _ = pytest_forensics(tmp_path, engine(host_gap_ms=2), "--update-baselines")
+    assert run.returncode == 0, run.stdout[-3000:]
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2))
+    assert run.returncode == 0, run.stdout[-3000:]
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=10))
+    assert run.returncode == 1, run.stdout[-3000:]
+    verdicts = {m["metric"]: m["verdict"] for m in metrics["checks"][0]["metrics"]}
+    assert verdicts["host_bound_pct"] == "fail", verdicts
+
+
+def test_a_profiler_that_is_not_there_fails_the_check_in_one_line(tmp_path):
+    """An engine started without a profiler answers /start_profile with 404, as vLLM does."""
+    plain = [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
+             "serve(EmulatorConfig(ttft_ms=50, itl_ms=20), port=int(sys.argv[1]))\n", "{port}"]
+    run, metrics = pytest_forensics(tmp_path, plain)
+    assert run.returncode == 1, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    assert check["outcome"] == "failed"
+    assert "HTTP 404 (the engine was started without --profiler-config)" in check["message"], check["message"]
+    assert "unprofiled_output_tok_s" in values(check)  # what was measured before is kept
+
+
+def test_the_emulator_profiler_writes_a_real_torch_trace(tmp_path):
+    """The trace behind the self-tests above: a PyTorch profiler trace (Kineto JSON, gzip) with
+    vLLM's step annotations, its emulated GPU work on the annotations' own clock."""
+    import asyncio
+
+    async def go():
+        config = EmulatorConfig(ttft_ms=10, itl_ms=10, host_gap_ms=3, profiler_config=cap.profiler_config(
+            "torch", tmp_path / "t", 0, 0))
+        async with EmulatorServer(config) as server:
+            server.emulator.running = 2  # two requests "in service": the engine steps
+            base = server.base_url.removesuffix("/v1")
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, cap._post, f"{base}/start_profile", {}, 10)
+            await asyncio.sleep(0.5)
+            await loop.run_in_executor(None, cap._post, f"{base}/stop_profile", {}, 60)
+    asyncio.run(go())
+    (path,) = cap.trace_files(tmp_path / "t")
+    raw = json.load(gzip.open(path))
+    steps = [e for e in raw["traceEvents"] if e.get("cat") == "user_annotation"]
+    assert steps and all(e["name"] == "execute_context_0(0)_generation_2(2)" for e in steps)
+    assert any(e.get("cat") == "cpu_op" for e in raw["traceEvents"])  # the real profiler's own events
+    result = analyze(load_trace(path), gap_us=20)
+    decode = result["steps"]["decode"]
+    assert decode["count"] == len(steps)
+    starts = sorted(e["ts"] for e in steps)
+    wall = [b - a for a, b in zip(starts, starts[1:])]
+    wall.append(wall[-1])  # the last step lasts as long as the one before it
+    # 3 ms a step; the first step's wait comes before the trace's first GPU op (not a gap)
+    assert abs(decode["host_wait_pct"] - 3000 * (len(wall) - 1) / sum(wall) * 100) < 0.5, decode
+    gaps = result["devices"]["0"]["idle_gaps"]
+    assert abs(decode["host_wait_pct"] - gaps["count"] * 3 / decode["wall_ms"] * 100) < 0.01, (decode, gaps)
+    assert abs(result["devices"]["0"]["idle_gaps"]["p99_us"] - 3000) < 0.01
+
+
+@pytest.mark.parametrize("text, message", [
+    ("captures: []", "captures: expected a non-empty list"),
+    ("captures: [{}, {}]", "the same engine settings twice"),
+    ("captures: [{no_such: 1}]", "unknown engine option(s) no_such"),
+    ("profiler: {kind: perf}", "profiler.kind: 'perf' not one of auto, torch, nsys"),
+    ("served: {window_s: 0}", "served.window_s: expected a number ≥ 0.1"),
+    ("gap_us: -1", "gap_us: expected a number"),
+    ("extra: 1", "unknown section(s) extra"),
+    ("captures: [", "not valid YAML"),
+])
+def test_a_bad_forensics_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/forensics",
+                          f"--forensics-file={path}", "-p", "no:cacheprovider", "-q", f"--report-dir={tmp_path / 'r'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 4 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert message in run.stdout + run.stderr
+
+
+def test_the_packaged_plan_contrasts_cuda_graphs_with_eager():
+    plan = load_plan()
+    assert [p.id for p in plan.captures] == ["default", "eageron"]
+    assert [p.engine for p in plan.captures] == [{}, {"enforce_eager": True}]
+    assert plan.concurrency == (256,) and plan.profiler == "auto" and plan.gap_us == 20
+
+
+def test_an_offline_capture_reads_the_engine_workers_trace(tmp_path):
+    """LLM.generate under the profiler: the worker's trace (the stand-in vLLM at the CUDA
+    boundary writes 50 decode steps of 10 ms whose GPU waits 2 ms each on the host) is read, the
+    plain and the profiled throughput stand beside it."""
+    from .test_inference_checks import stand_in_engine_python
+
+    plan = {**PLAN, "served": {"concurrency": []}, "offline": {"prompts": [4]}}
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), f"--engine-python={stand_in_engine_python(tmp_path)}",
+                                    "--engine-opt", "load_format=dummy", plan=plan)
+    assert run.returncode == 0, run.stdout[-3000:]
+    (check,) = metrics["checks"]
+    assert check["check_id"] == "trace_offline[capture=default,prompts=4]", check["check_id"]
+    got = values(check)
+    assert got["host_bound_pct"]["value"] == pytest.approx(2 * 49 / 500 * 100, abs=1e-3)  # the first step's wait is before the span
+    assert got["decode_step_ms_p50"]["value"] == pytest.approx(10.0) and got["decode_steps"]["value"] == 50
+    assert got["unprofiled_output_tok_s"]["value"] > 0 and got["profiled_output_tok_s"]["value"] > 0
+    assert check["findings"]["capture"][0]["level"] == "4 prompts offline"
+    assert "trace_offline" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_the_suites_phases_are_named_in_a_profiler_trace(tmp_path):
+    """Each micro-benchmark's timing loop runs inside a named range: a PyTorch profiler trace of
+    the suite (and an nsys one, through NVTX, on a GPU) shows which check a kernel belongs to."""
+    import torch
+
+    from gpucert.physics.core import Benchmark, measure
+
+    class Add(Benchmark):
+        name = "add"
+
+        def setup(self, device):
+            self.x = torch.ones(64)
+
+        def op(self):
+            self.x.add_(1)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = measure(Add(size=64), "cpu", warmup=1, reps=3)
+    assert result.status == "ok", result.error
+    prof.export_chrome_trace(str(tmp_path / "t.json"))
+    timeline = load_trace(tmp_path / "t.json")
+    names = [timeline.names[i] for i in timeline.ranges.name]
+    assert names == ["gpucert: add[size=64]"], names
+
+
+# Nsight Systems cannot exist on this machine: at that boundary only, a stand-in `nsys` with the
+# two calls gpucert makes. `profile … APP` runs APP and, when it ends (SIGTERM: the engine's stop),
+# writes the report; `export --type sqlite` writes an SQLite of the documented schema
+# (tests/fixtures/nsys/schema.sql) holding 40 decode steps of 10 ms whose GPU waits 3 ms each
+STAND_IN_NSYS = r'''#!@PYTHON@
+import os, signal, sqlite3, subprocess, sys, time
+args = sys.argv[1:]
+if args[0] == "profile":
+    opts, i = {}, 1
+    while args[i].startswith("-"):
+        if "=" in args[i]:
+            i += 1
+        else:
+            opts[args[i]] = args[i + 1]
+            i += 2
+    with open(os.environ["STAND_IN_NSYS_LOG"], "a") as log:
+        log.write(" ".join(args[:i]) + "\n")
+    app = subprocess.Popen(args[i:])
+    signal.signal(signal.SIGTERM, lambda *_: None)  # the group's SIGTERM reaches the app too; wait for it
+    app.wait()
+    open(opts["--output"] + ".nsys-rep", "wb").write(b"stand-in report")
+    sys.exit(0)
+if args[0] == "export":
+    out = args[args.index("--output") + 1]
+    db = sqlite3.connect(out)
+    db.executescript(open(os.environ["STAND_IN_NSYS_SCHEMA"]).read())
+    names = {1: "decode_kernel", 2: "cudaGraphLaunch", 3: "execute_context_0(0)_generation_4(4)"}
+    db.executemany("INSERT INTO StringIds VALUES (?, ?)", names.items())
+    db.execute("INSERT INTO TARGET_INFO_SESSION_START_TIME (utcEpochNs) VALUES (?)", (time.time_ns(),))
+    tid = (77 << 24) | 77
+    for i in range(40):
+        t = 1_000_000 + i * 10_000_000
+        db.execute("INSERT INTO NVTX_EVENTS (start, end, eventType, textId, globalTid) VALUES (?, ?, 59, 3, ?)",
+                   (t, t + 100_000, tid))
+        db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_RUNTIME (start, end, eventClass, globalTid, correlationId, nameId, "
+                   "returnValue) VALUES (?, ?, 1, ?, ?, 2, 0)", (t + 2_990_000, t + 3_000_000, tid, i))
+        db.execute("INSERT INTO CUPTI_ACTIVITY_KIND_KERNEL (start, end, deviceId, contextId, streamId, correlationId, "
+                   "demangledName, shortName, registersPerThread, gridX, gridY, gridZ, blockX, blockY, blockZ, "
+                   "staticSharedMemory, dynamicSharedMemory, localMemoryPerThread, localMemoryTotal, gridId) "
+                   "VALUES (?, ?, 0, 1, 7, ?, 1, 1, 32, 1, 1, 1, 128, 1, 1, 0, 0, 0, 0, ?)",
+                   (t + 3_000_000, t + 10_000_000, i, i))
+    db.commit()
+    sys.exit(0)
+sys.exit(2)
+'''
+
+
+def test_where_nsys_is_installed_the_engine_runs_under_it(tmp_path):
+    """profiler kind auto with `nsys` on PATH: the engine starts under `nsys profile
+    --capture-range=cudaProfilerApi` with vLLM's "cuda" profiler, the window is marked by
+    /start_profile and /stop_profile, the report comes when the engine stops, is exported to
+    SQLite and read: 40 steps, each GPU waiting 3 ms of 10."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    nsys = bin_dir / "nsys"
+    nsys.write_text(STAND_IN_NSYS.replace("@PYTHON@", sys.executable))
+    nsys.chmod(0o755)
+    plan = {**PLAN, "profiler": {"kind": "auto", "delay_iterations": 0, "max_iterations": 0}}
+    env_path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    log = tmp_path / "nsys.log"
+    path = tmp_path / "forensics.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/forensics", "-m", "forensics",
+           "-p", "no:cacheprovider", "-q", f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}",
+           f"--forensics-file={path}", "--engine-cmd", json.dumps(engine(host_gap_ms=2)), *LOAD]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PATH": env_path, "STAND_IN_NSYS_LOG": str(log),
+                              "STAND_IN_NSYS_SCHEMA": str(REPO / "tests/fixtures/nsys/schema.sql")})
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "--capture-range=cudaProfilerApi" in log.read_text() and "--cuda-graph-trace=node" in log.read_text()
+    check = json.loads((tmp_path / "r" / "metrics.json").read_text())["checks"][0]
+    assert check["findings"]["capture"][0]["profiler"] == "nsys"
+    got = values(check)
+    assert got["decode_steps"]["value"] == 40 and got["decode_step_ms_p50"]["value"] == pytest.approx(10.0)
+    assert got["host_bound_pct"]["value"] == pytest.approx(3 * 39 / 400 * 100, abs=1e-3)
+    assert check["findings"]["trace"][0]["path"].endswith(".sqlite")
