@@ -184,13 +184,19 @@ def write_traces(directory: Path, size_bytes: int) -> tuple[Path, Path, int]:
 def child(path: str) -> None:
     """Runs in the fresh process: load the trace, print what it took as one JSON line."""
     sys.path.insert(0, str(REPO / "plugins"))
+    from gpucert.forensics.analyze import analyze
     from gpucert.forensics.read import load_trace
 
     started = time.perf_counter()
     timeline = load_trace(path)
     seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    result = analyze(timeline)  # what `gpucert analyze` does after reading: the whole command's work
+    analyze_s = time.perf_counter() - started
     ops = sum(len(ops) for ops in timeline.devices.values())
-    print(json.dumps({"seconds": seconds, "events": timeline.events_read, "device_ops": ops,
+    print(json.dumps({"seconds": seconds, "analyze_s": analyze_s, "steps": result["steps"].get("count"),
+                      "idle_gaps": sum(d["idle_gaps"]["count"] for d in result["devices"].values()),
+                      "events": timeline.events_read, "device_ops": ops,
                       "host_calls": len(timeline.host_calls), "ranges": len(timeline.ranges),
                       "wall_offset_us": timeline.wall_offset_us, "skipped": timeline.skipped,
                       "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in (plain, zipped):
             result = measure(path, json_bytes)
-            print(f"{result['file']}: {result['seconds']:.1f} s in load_trace ({result['process_wall_s']:.1f} s "
+            print(f"{result['file']}: {result['seconds']:.1f} s in load_trace, {result['analyze_s']:.1f} s in analyze "
+                  f"({result['steps']:,} steps, {result['idle_gaps']:,} idle gaps) ({result['process_wall_s']:.1f} s "
                   f"with interpreter start), {result['events']:,} events, {result['mb_per_s']:.0f} MB/s of JSON, "
                   f"peak RSS {result['max_rss_kib'] / 1024:,.0f} MiB; device ops {result['device_ops']:,}, "
                   f"host calls {result['host_calls']:,}, ranges {result['ranges']:,}", flush=True)

@@ -301,3 +301,27 @@ def test_where_nsys_is_installed_the_engine_runs_under_it(tmp_path):
     assert got["decode_steps"]["value"] == 40 and got["decode_step_ms_p50"]["value"] == pytest.approx(10.0)
     assert got["host_bound_pct"]["value"] == pytest.approx(3 * 39 / 400 * 100, abs=1e-3)
     assert check["findings"]["trace"][0]["path"].endswith(".sqlite")
+
+
+def test_the_card_sets_eager_against_graphs_and_served_against_offline():
+    from gpucert.report.forensics_view import comparisons, forensics_view
+
+    def check(capture, params, step, host, busy):
+        metrics = [{"metric": m, "value": v, "params": {}} for m, v in
+                   (("decode_step_ms_p50", step), ("host_bound_pct", host), ("gpu_busy_pct", busy),
+                    ("unprofiled_step_ms_p50", step / 2), ("profiler_overhead_pct", 40.0))]
+        return {"check": "trace_offline" if "prompts" in params else "trace_served", "check_id": f"{capture}-{params}",
+                "outcome": "passed", "verdict": "pass", "params": params, "metrics": metrics,
+                "findings": {"capture": [{"capture": capture, "profiler": "torch"}]}}
+    data = {"checks": [check("default", {"concurrency": 256}, 10.0, 20.0, 70.0),
+                       check("eageron", {"concurrency": 256}, 25.0, 55.0, 40.0),
+                       check("default", {"prompts": 256}, 8.0, 5.0, 90.0)]}
+    view = forensics_view(data)
+    assert view["comparisons"] == [
+        "default: served (concurrency 256) against offline (256 prompts): decode step 8.00 → 10.00 ms (+25 %), "
+        "host-bound share of decode 5.0 → 20.0 %, GPU busy 90 → 70 % (both profiled).",
+        "served at 256: eageron against default: decode step 10.00 → 25.00 ms (+150 %), host-bound share of decode "
+        "20.0 → 55.0 %, GPU busy 70 → 40 % (both profiled)."], view["comparisons"]
+    assert view["rows"][0]["beside"] == ("Without the profiler 5.00 ms between tokens (p50); with it a decode step "
+                                         "of 10.00 ms (p50) (the profiler cost 40 % of the throughput).")
+    assert comparisons([]) == [] and forensics_view({"checks": []}) is None

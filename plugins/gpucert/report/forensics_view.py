@@ -45,7 +45,67 @@ def _window(view: dict | None) -> str:
                                  [("host ranges", host), ("GPU ops", ops), ("GPU idle", gaps)])
 
 
-def forensics_view(data: dict[str, Any]) -> list[dict[str, Any]]:
+def _beside(values: dict[str, float]) -> str | None:
+    """The unprofiled figures next to the profiled ones: the profiler slows the engine."""
+    def num(key, fmt):
+        value = values.get(key)
+        return None if value is None else format(value, fmt)
+    parts = []
+    if num("unprofiled_step_ms_p50", ".2f") or num("unprofiled_output_tok_s", ",.0f"):
+        bits = [f"{num('unprofiled_step_ms_p50', '.2f')} ms between tokens (p50)" if num("unprofiled_step_ms_p50", ".2f") else "",
+                f"{num('unprofiled_output_tok_s', ',.0f')} output tok/s" if num("unprofiled_output_tok_s", ",.0f") else ""]
+        parts.append("without the profiler " + ", ".join(b for b in bits if b))
+    if num("decode_step_ms_p50", ".2f"):
+        text = f"with it a decode step of {num('decode_step_ms_p50', '.2f')} ms (p50)"
+        if num("profiled_output_tok_s", ",.0f"):
+            text += f" and {num('profiled_output_tok_s', ',.0f')} output tok/s"
+        if num("profiler_overhead_pct", ".0f"):
+            text += f" (the profiler cost {num('profiler_overhead_pct', '.0f')} % of the throughput)"
+        parts.append(text)
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:] if parts else None
+
+
+def _mode_level(check: dict) -> tuple[str, int]:
+    params = check.get("params") or {}
+    if "prompts" in params:
+        return "offline", int(params["prompts"])
+    return "served", int(params.get("concurrency", 0))
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences setting captures side by side: each capture against the first (vLLM's defaults)
+    at the same mode and level (what CUDA graphs remove), and served against offline at the same
+    level and capture (what the server adds)."""
+    out = []
+    by_key = {(r["capture"].get("capture"), *_mode_level(r["check"])): r for r in rows}
+
+    def figures(row):
+        v = row["values"]
+        return v.get("decode_step_ms_p50"), v.get("host_bound_pct"), v.get("gpu_busy_pct")
+
+    def sentence(label_a, a, label_b, b):
+        (sa, ha, ga), (sb, hb, gb) = figures(a), figures(b)
+        if None in (sa, sb, ha, hb):
+            return None
+        text = (f"{label_b} against {label_a}: decode step {sa:.2f} → {sb:.2f} ms ({(sb / sa - 1) * 100:+.0f} %), "
+                f"host-bound share of decode {ha:.1f} → {hb:.1f} %")
+        if ga is not None and gb is not None:
+            text += f", GPU busy {ga:.0f} → {gb:.0f} %"
+        return text + " (both profiled)."
+    captures = list(dict.fromkeys(r["capture"].get("capture") for r in rows))
+    for (capture, mode, level), row in by_key.items():
+        if capture != captures[0] and (captures[0], mode, level) in by_key:
+            line = sentence(f"{captures[0]}", by_key[(captures[0], mode, level)], f"{capture}", row)
+            out.append(f"{mode} at {level}: {line}" if line else None)
+        if mode == "served" and (capture, "offline", level) in by_key:
+            line = sentence(f"offline ({level} prompts)", by_key[(capture, "offline", level)],
+                            f"served (concurrency {level})", row)
+            out.append(f"{capture}: {line}" if line else None)
+    return [line for line in out if line]
+
+
+def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:
     out = []
     for check in data["checks"]:
         if check["check"] not in CHECKS or check["outcome"] == "skipped":
@@ -62,6 +122,7 @@ def forensics_view(data: dict[str, Any]) -> list[dict[str, Any]]:
                            "top_kernels": ((analysis.get("steps") or {}).get("top_kernels") or [])[:5],
                            "charts": [c for c in [_window(trace.get("window"))]
                                       + [_histogram(d, s) for d, s in devices.items()] if c]})
-        out.append({"check": check, "values": _values(check), "capture": capture, "notices": notices,
-                    "traces": traces, "worst": findings.get("worst_step", [])})
-    return out
+        values = _values(check)
+        out.append({"check": check, "values": values, "capture": capture, "notices": notices,
+                    "traces": traces, "worst": findings.get("worst_step", []), "beside": _beside(values)})
+    return {"rows": out, "comparisons": comparisons(out)} if out else None

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 16 on the lent one-GPU H200, from the repo root after the vLLM bundle is staged; start it
+# with docs/evidence/device-bg.sh so it outlives one call:
+#   bash docs/evidence/device-bg.sh start forensics bash docs/evidence/issue-16-forensics/run-forensics.sh
+# `make forensics` as the README gives it (the packaged plan: CUDA graphs and enforce_eager, served
+# at concurrency 256, offline 256 and 1,024 prompts; ~12 min), then `gpucert analyze` by hand on
+# the traces it took. The report comes back as forensics.tgz (traces: the smallest kept).
+set -uo pipefail
+[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+report=reports/forensics; rm -rf "$report"
+log=/tmp/forensics.log
+start=$(date +%s)
+make forensics PYTHON=python3 ARGS="--report-dir=$report --baselines-dir=/tmp/gpucert-forensics-baselines $*" > "$log" 2>&1
+rc=$?
+echo "forensics: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$log"
+grep -E "^gpucert|passed|failed" "$log" | tail -5
+for trace in "$report"/forensics/traces/*/*.pt.trace.json*; do
+  [[ -f $trace ]] || continue
+  ls -la "$trace" >> "$log"
+  { time python3 -m gpucert.cli analyze --json "$trace" > "$trace.analysis.json"; } 2>> "$log"
+done
+cp "$log" "$report/make.log" 2>/dev/null
+gzip -f "$report/metrics.json" "$report"/forensics/engine/*/*.log 2>/dev/null
+rm -rf "$report"/forensics/engine/*/models "$report"/forensics/offline-*/models
+# one trace of each kind comes back (the smallest); the rest stay on the node
+keep=$(ls -S "$report"/forensics/traces/*/*.pt.trace.json.gz 2>/dev/null | tail -1)
+find "$report"/forensics/traces -name '*.pt.trace.json.gz' ! -path "$keep" -delete
+tar czf "$OUT/forensics.tgz" "$report"
+nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /'
