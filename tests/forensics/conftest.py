@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gpucert.forensics.plan import PlanError, load_plan
-from gpucert.studies.engines import EnginePool
+
+from ..inference.engine_setup import deselect_absent, engine_pool
 
 
 def forensics_plan(config: pytest.Config):
@@ -31,13 +32,7 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A plan without offline levels has no offline checks: deselected, not a row of skips."""
-    absent = [item for item in items if item.path.parent == Path(__file__).parent
-              and any(str(m.kwargs.get("reason", "")).startswith("got empty parameter set")
-                      for m in item.iter_markers("skip"))]
-    if absent:
-        config.hook.pytest_deselected(items=absent)
-        items[:] = [item for item in items if item not in absent]
+    deselect_absent(config, items, Path(__file__).parent)
 
 
 @pytest.fixture(scope="session")
@@ -48,11 +43,7 @@ def plan(request):
 @pytest.fixture(scope="session")
 def forensics_engines(request, gpucert_report_dir, gpucert_monitor, gpucert_note):
     """The one engine of the captures (stopped at the end of the session)."""
-    if request.config.getoption("--endpoint"):
-        pytest.skip("a capture restarts the engine with its profiler configured; an --endpoint gpucert did not "
-                    "start cannot be reconfigured")
-    pool = EnginePool(gpucert_report_dir / "forensics" / "engine", command_text=request.config.getoption("--engine-cmd"),
-                      attach=gpucert_monitor.attach_vllm if gpucert_monitor else None,
-                      detach=gpucert_monitor.detach_vllm if gpucert_monitor else None, note=gpucert_note)
+    pool = engine_pool(request.config, gpucert_report_dir / "forensics" / "engine", gpucert_monitor, gpucert_note,
+                       "a capture restarts the engine with its profiler configured")
     yield pool
     pool.close()

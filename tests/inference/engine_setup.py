@@ -64,3 +64,27 @@ def engine_in_words(config: pytest.Config, engine) -> str:
 def no_local_engine(engine) -> str | None:
     """Why vLLM cannot run here as configured, or None."""
     return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine)
+
+
+def deselect_absent(config: pytest.Config, items: list, folder) -> None:
+    """Checks of `folder` whose parametrization came out empty (a study or a capture the plan
+    leaves out) are deselected, not shown as a row of skips."""
+    absent = [item for item in items if item.path.parent == folder
+              and any(str(m.kwargs.get("reason", "")).startswith("got empty parameter set")
+                      for m in item.iter_markers("skip"))]
+    if absent:
+        config.hook.pytest_deselected(items=absent)
+        items[:] = [item for item in items if item not in absent]
+
+
+def engine_pool(config: pytest.Config, workdir, monitor, note, why_not_endpoint: str):
+    """One engine at a time for checks that restart vLLM with settings of their own (studies,
+    forensics captures); skips under --endpoint (a server gpucert did not start cannot be
+    reconfigured). The caller closes it."""
+    from gpucert.studies.engines import EnginePool
+
+    if config.getoption("--endpoint"):
+        pytest.skip(f"{why_not_endpoint}; an --endpoint gpucert did not start cannot be reconfigured")
+    return EnginePool(workdir, command_text=config.getoption("--engine-cmd"),
+                      attach=monitor.attach_vllm if monitor else None,
+                      detach=monitor.detach_vllm if monitor else None, note=note)

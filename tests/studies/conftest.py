@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gpucert.studies.engines import EnginePool, EngineUnavailable
+from gpucert.studies.engines import EngineUnavailable
 from gpucert.studies.plan import PlanError, load_plan
 
-from ..inference.engine_setup import engine_config, load_from_options, no_local_engine
+from ..inference.engine_setup import deselect_absent, engine_config, engine_pool, load_from_options, no_local_engine
 
 
 def study_plan(config: pytest.Config):
@@ -48,12 +48,7 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
-    absent = [item for item in items if item.path.parent == Path(__file__).parent
-              and any(str(m.kwargs.get("reason", "")).startswith("got empty parameter set")
-                      for m in item.iter_markers("skip"))]
-    if absent:
-        config.hook.pytest_deselected(items=absent)
-        items[:] = [item for item in items if item not in absent]
+    deselect_absent(config, items, Path(__file__).parent)
 
 
 @pytest.fixture(scope="session")
@@ -64,13 +59,8 @@ def plan(request):
 @pytest.fixture(scope="session")
 def study_engines(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     """The one engine of the study points (stopped at the end of the session)."""
-    config = request.config
-    if config.getoption("--endpoint"):
-        pytest.skip("a study restarts the engine with each point's settings; an --endpoint gpucert did not "
-                    "start cannot be reconfigured")
-    pool = EnginePool(gpucert_report_dir / "engine", command_text=config.getoption("--engine-cmd"),
-                      attach=gpucert_monitor.attach_vllm if gpucert_monitor else None,
-                      detach=gpucert_monitor.detach_vllm if gpucert_monitor else None, note=gpucert_note)
+    pool = engine_pool(request.config, gpucert_report_dir / "engine", gpucert_monitor, gpucert_note,
+                       "a study restarts the engine with each point's settings")
     yield pool
     pool.close()
 

@@ -5,13 +5,10 @@ serving.yaml's engine, under --engine-opt, like the studies' points."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gpucert.studies.plan import PlanError, Point, engine_overrides, plan_number, point_id
+from gpucert.studies.plan import PlanError, Point, engine_overrides, plan_number, point_id, read_plan_file
 
 from .capture import PROFILER_KINDS
 
@@ -53,19 +50,7 @@ def _mapping(where: str, value: Any) -> dict:
 
 def load_plan(path: str | Path | None = None) -> ForensicsPlan:
     """The plan from `path`, else the packaged forensics.yaml; PlanError (one line) when wrong."""
-    if path is None:
-        source = "gpucert/data/forensics.yaml"
-        text = (resources.files("gpucert") / "data" / "forensics.yaml").read_text()
-    else:
-        source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"--forensics-file {path}: {exc}") from None
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    source, doc = read_plan_file(path, "forensics.yaml", "--forensics-file")
     try:
         return _plan(source, _mapping("the file", doc))
     except PlanError as exc:

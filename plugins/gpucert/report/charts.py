@@ -118,6 +118,17 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
     return "".join(out)
 
 
+def _frame(title: str, y1: float, py) -> list[str]:
+    """A chart's opening: the svg element, its title, the y grid from 0 to y1 with its labels."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for tick in _ticks(0.0, y1):
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#d0d7de"/>'
+                   f'<text x="{LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    return out
+
+
 def scatter_chart(title: str, x_label: str, y_label: str, points: list[tuple[float, float, str]],
                   front: list[tuple[float, float]] | None = None, best: tuple[float, float] | None = None) -> str:
     """Points (x, y, label) on linear axes from 0, each with its label as a tooltip; `front` (the
@@ -136,12 +147,7 @@ def scatter_chart(title: str, x_label: str, y_label: str, points: list[tuple[flo
     def py(y: float) -> float:
         return TOP + plot_h - y / y1 * plot_h
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
-           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
-           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
-    for tick in _ticks(0.0, y1):
-        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#d0d7de"/>'
-                   f'<text x="{LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    out = _frame(title, y1, py)
     for tick in _ticks(0.0, x1):
         out.append(f'<text x="{px(tick):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(tick)}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
@@ -180,12 +186,7 @@ def stacked_bars(title: str, x_label: str, y_label: str, labels: list[str], stac
     def py(y: float) -> float:
         return TOP + plot_h - y / y1 * plot_h
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
-           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
-           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
-    for tick in _ticks(0.0, y1):
-        out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#d0d7de"/>'
-                   f'<text x="{LEFT - 6}" y="{py(tick) + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
+    out = _frame(title, y1, py)
     for i, label in enumerate(labels):
         x, base = LEFT + i * slot + slot * 0.1, 0.0
         for j, (name, values) in enumerate(stacks.items()):

@@ -276,19 +276,25 @@ def _slo_capacity(raw: dict) -> SloCapacityPlan:
         resolution=plan_number(f"{where}.resolution", raw.get("resolution", 0.10), 0.001, 1))
 
 
-def load_plan(path: str | Path | None = None) -> StudyPlan:
-    """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
+def read_plan_file(path: str | Path | None, packaged: str, option: str) -> tuple[str, Any]:
+    """(where it came from, the parsed YAML) of `path`, else of gpucert/data/`packaged`; a file
+    that cannot be read or parsed is one PlanError line naming `option`."""
     if path is None:
-        text, source = (resources.files("gpucert") / "data" / "studies.yaml").read_text(), "gpucert/data/studies.yaml"
+        text, source = (resources.files("gpucert") / "data" / packaged).read_text(), f"gpucert/data/{packaged}"
     else:
         try:
             text, source = Path(path).read_text(encoding="utf-8"), str(path)
         except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"--studies-file {path}: {exc}") from None
+            raise PlanError(f"{option} {path}: {exc}") from None
     try:
-        doc = yaml.safe_load(text) or {}
+        return source, yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise PlanError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def load_plan(path: str | Path | None = None) -> StudyPlan:
+    """The plan from `path`, else the packaged studies.yaml; PlanError (one line) when it is wrong."""
+    source, doc = read_plan_file(path, "studies.yaml", "--studies-file")
     if not isinstance(doc, dict):
         raise PlanError(f"{source}: expected a mapping of study names")
     try:
