@@ -21,7 +21,7 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly study forensics clean setup
+.PHONY: test hardware inference certify update-baselines nightly study forensics burnin clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
 # needs that: pytest tests/selftest -m fault --fault-table FILE)
@@ -78,6 +78,13 @@ study:
 forensics:
 	$(SETUP_NODE)
 	$(PYTEST) tests/forensics -m forensics --report-dir reports/forensics $(ARGS)
+
+## burn-in before handover (tests/burnin): every GPU under sustained GEMM and HBM load, alone and
+## together, for BURNIN_MIN minutes, with the monitor's slowdowns, ECC and XID events; then the memtest
+BURNIN_MIN ?= 10
+burnin:
+	$(SETUP_NODE)
+	$(PYTEST) tests/burnin -m burnin --report-dir reports/burnin --burnin-min $(BURNIN_MIN) $(ARGS)
 
 ## after an approved upgrade: merge this run's measurements into baselines/ (review the git diff)
 update-baselines:

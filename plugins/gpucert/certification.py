@@ -23,7 +23,9 @@ NOT_APPLICABLE = "not applicable: "
 EXIT_NOT_CERTIFIED = 6
 # the few ids a line names before it says how many more
 _NAMED = 3
-
+# runs of one kind that certify nothing by themselves: their verdict's words
+RUN_WORDS = {"study": ("STUDY PASSED", "STUDY FAILED"), "forensics": ("FORENSICS PASSED", "FORENSICS FAILED"),
+             "burnin": ("BURN-IN PASSED", "BURN-IN FAILED")}
 
 def not_applicable(reason: str) -> str:
     """A skip reason that does not count against certification (the node's shape makes it moot)."""
@@ -83,10 +85,12 @@ def decide(data: dict[str, Any]) -> dict[str, Any]:
     if not checks:
         problems.append("no check ran")
     certified = not problems
-    # a run of studies alone (make study) measures settings, it does not certify the node: the
-    # same verdict, in words that do not claim a certification
-    study = bool(checks) and all("study" in (c.get("markers") or []) for c in checks)
-    passed, failed_word = ("STUDY PASSED", "STUDY FAILED") if study else ("CERTIFIED", "NOT CERTIFIED")
+    # a run of studies, trace captures or a burn-in alone (make study, forensics, burnin) does not
+    # certify the node: the same verdict, in words that do not claim a certification
+    passed, failed_word = "CERTIFIED", "NOT CERTIFIED"
+    for marker, words in RUN_WORDS.items():
+        if checks and all(marker in (c.get("markers") or []) for c in checks):
+            passed, failed_word = words
     if certified:
         extras = [f"{warned} warning(s)" if warned else "",
                   f"{len(moot)} not applicable here" if moot else "",

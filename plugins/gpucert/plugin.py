@@ -33,10 +33,11 @@ MARKERS = {
     "inference": "inference check: a real serving engine under load (TTFT, TPOT, ITL, throughput)",
     "forensics": "forensics check: explains latency spikes from traces and monitor samples",
     "study": "optimization study: KV-cache saturation, batching, precision, capacity under SLO (make study)",
+    "burnin": "burn-in: minutes of sustained GEMM and HBM load on every GPU, with the monitor's slowdowns, ECC and XIDs (make burnin)",
     "gpucert_check(name=None, family=None)": "override a check's stable name and baseline family "
                                               "(default: test function and module name without 'test_')",
 }
-CHECK_MARKERS = ("hardware", "inference", "forensics", "study")
+CHECK_MARKERS = ("hardware", "inference", "forensics", "study", "burnin")
 RUN_KEY = pytest.StashKey[Run]()
 MONITOR_KEY = pytest.StashKey[SessionMonitor]()
 SECRETS_KEY = pytest.StashKey[int]()  # this session's scope in gpucert.redaction
@@ -110,6 +111,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     studies = parser.getgroup("gpucert studies", "gpucert optimization studies (tests/studies, make study)")
     studies.addoption("--studies-file", default=None, metavar="FILE",
                       help="the study plan: what each study varies (default: gpucert/data/studies.yaml)")
+    burn = parser.getgroup("gpucert burn-in", "gpucert burn-in (tests/burnin, make burnin)")
+    burn.addoption("--burnin-min", type=float, default=10.0, metavar="MIN",
+                   help="burn-in duration in minutes, split over its GEMM, HBM and together phases (default: 10)")
+    burn.addoption("--burnin-devices", default=None, metavar="LIST",
+                   help="devices to burn in, e.g. cuda:0,cuda:1, or cpu,cpu to rehearse on the CPU (certifies "
+                        "nothing) (default: every visible GPU)")
+    burn.addoption("--burnin-dtype", default=None, metavar="DTYPE",
+                   help="the GEMM's dtype, the served model's (default: bf16 on GPUs, fp32 on the CPU)")
     forensics = parser.getgroup("gpucert forensics", "gpucert trace forensics (tests/forensics, make forensics)")
     forensics.addoption("--forensics-file", default=None, metavar="FILE",
                         help="the captures: engines, load levels, profiler window "
@@ -164,6 +173,14 @@ def pytest_configure(config: pytest.Config) -> None:
             load_plan(config.getoption("--studies-file"))
         except PlanError as exc:
             raise pytest.UsageError(f"gpucert: {exc}") from None
+    burnin_min = config.getoption("--burnin-min", None)
+    if burnin_min is not None and not (burnin_min > 0 and math.isfinite(burnin_min)):
+        raise pytest.UsageError(f"gpucert: --burnin-min must be a positive number of minutes, got {burnin_min:g}")
+    if config.getoption("--burnin-dtype", None):
+        from .physics.gemm import DTYPES as GEMM_DTYPES
+        if config.getoption("--burnin-dtype") not in GEMM_DTYPES:
+            raise pytest.UsageError(f"gpucert: --burnin-dtype must be one of {', '.join(GEMM_DTYPES)}, "
+                                    f"got {config.getoption('--burnin-dtype')!r}")
     if config.getoption("--forensics-file", None):
         from .forensics.plan import PlanError as ForensicsPlanError, load_plan as load_forensics_plan
         try:

@@ -53,6 +53,7 @@ def values(check: dict) -> dict:
 def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4))
     assert run.returncode == 0, run.stdout[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("gpucert: FORENSICS PASSED no-gpu"), run.stdout[-500:]
     check = metrics["checks"][0]
     assert check["check_id"] == "trace_served[capture=default,concurrency=4]", check["check_id"]
     got = values(check)
@@ -325,3 +326,13 @@ def test_the_card_sets_eager_against_graphs_and_served_against_offline():
     assert view["rows"][0]["beside"] == ("Without the profiler 5.00 ms between tokens (p50); with it a decode step "
                                          "of 10.00 ms (p50) (the profiler cost 40 % of the throughput).")
     assert comparisons([]) == [] and forensics_view({"checks": []}) is None
+
+
+def test_findings_of_one_kind_may_differ_and_nested_data_stays_out_of_the_table():
+    """Rows of one finding kind with other keys (a notice beside the settings) get every column,
+    blank where a row has none; a trace's analysis (nested) is drawn in its section, not dumped."""
+    from gpucert.report.card import finding_columns
+
+    rows = [{"capture": "default", "profiler": "torch"}, {"notice": "the load ended before the window closed"},
+            {"path": "/t.json.gz", "analysis": {"devices": {}}, "window": None, "rank": 0}]
+    assert finding_columns(rows) == ["capture", "profiler", "notice", "path", "window", "rank"]

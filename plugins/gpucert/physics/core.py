@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable
@@ -142,10 +143,26 @@ class L2Flusher:
         self._buffer.zero_()
 
 
+SUSTAIN_BLOCK_S = 0.1  # a sustained sample: ~100 ms of back-to-back iterations (the monitor's interval)
+
+
 def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 20,
-            max_time_s: float = 30.0, flush: Callable[[], None] | None = None) -> tuple[list[float], str | None]:
+            max_time_s: float = 30.0, flush: Callable[[], None] | None = None,
+            sustain_s: float | None = None, warmup_s: float = 0.0, block_s: float = SUSTAIN_BLOCK_S,
+            timeline: list[float] | None = None) -> tuple[list[float], str | None]:
     """THE timing loop: (per-iteration seconds, note). Stops early, keeping what it has, once the
-    time budget is spent (the note says so). Work is never timed on its first launch."""
+    time budget is spent (the note says so). Work is never timed on its first launch.
+
+    Burst (the default): `reps` iterations after `warmup`, each timed on its own. Sustained
+    (`sustain_s` given): `warmup_s` seconds of back-to-back iterations first, untimed (the GPU
+    reaches the clocks and power it holds under load), then back-to-back iterations for
+    `sustain_s` seconds in blocks of about `block_s`: one sample per block, its mean seconds per
+    iteration; `timeline` (when given) gets each block's end (time.monotonic()). A burst of a few
+    milliseconds finishes inside the GPU's power-averaging window, at boost clocks; a sustained
+    figure is what seconds of work see (issue 17: 829 burst against 687 sustained TFLOP/s). No L2
+    flush between sustained iterations: they run back to back, as a workload's do."""
+    if sustain_s is not None:
+        return _time_sustained(op, device, warmup_s, sustain_s, block_s, timeline)
     if is_cuda(device):
         import torch
         # Events record on the *current* device's stream: without this guard, timing cuda:1 from a
@@ -165,6 +182,71 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
         if time.monotonic() > deadline and i + 1 < reps:
             return samples, _budget_note(max_time_s, i + 1, reps)
     return samples, None
+
+
+def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: float,
+                    timeline: list[float] | None) -> tuple[list[float], str | None]:
+    """Back-to-back blocks; on CUDA the host waits on the block before the one it just queued, so
+    the GPU always has the next block and never idles between them (a wait on the block just
+    queued would leave it empty while the host launches the next)."""
+    cuda = is_cuda(device)
+    if cuda:
+        import torch
+    # events record on the current device's stream (as in time_op's burst path)
+    with torch.cuda.device(torch.device(device)) if cuda else nullcontext():
+        op()  # never time a first launch
+        synchronize(device)
+        # iterations per block: doubled until a batch fills a quarter block (one iteration of a
+        # µs kernel is all launch overhead and jitter)
+        count = 1
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(count):
+                op()
+            synchronize(device)
+            took = time.perf_counter() - t0
+            if took >= block_s / 4 or count >= 1 << 20:
+                break
+            count *= 2
+        per_block = max(1, round(block_s / max(took / count, 1e-9)))
+        end = time.monotonic() + warmup_s
+        while time.monotonic() < end:
+            for _ in range(per_block):
+                op()
+            synchronize(device)
+        samples: list[float] = []
+        deadline = time.monotonic() + sustain_s
+        if not cuda:
+            while time.monotonic() < deadline or not samples:
+                t0 = time.perf_counter()
+                for _ in range(per_block):
+                    op()
+                samples.append((time.perf_counter() - t0) / per_block)
+                if timeline is not None:
+                    timeline.append(time.monotonic())
+            return samples, None
+        pending = None
+        while True:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(per_block):
+                op()
+            stop.record()
+            if pending is not None:
+                _take_block(pending, per_block, samples, timeline)
+            pending = (start, stop)
+            if time.monotonic() >= deadline:
+                break
+        _take_block(pending, per_block, samples, timeline)
+    return samples, None
+
+
+def _take_block(events, per_block: int, samples: list[float], timeline: list[float] | None) -> None:
+    start, stop = events
+    stop.synchronize()
+    samples.append(start.elapsed_time(stop) / 1e3 / per_block)
+    if timeline is not None:
+        timeline.append(time.monotonic())
 
 
 # A GPU busy-wait queued ahead of each block of HOLD_BLOCK iterations: the host enqueues the whole
@@ -252,7 +334,8 @@ def _budget_note(max_time_s: float, done: int, reps: int) -> str:
     return f"time budget {max_time_s:g} s reached after {done} of {reps} repetitions"
 
 
-def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, max_time_s: float = 30.0) -> Result:
+def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, max_time_s: float = 30.0,
+            sustain_s: float | None = None, warmup_s: float = 0.0, timeline: list[float] | None = None) -> Result:
     """Run one benchmark through its lifecycle. Never raises for the benchmark's own failures:
     the Result carries status and error text, so a sweep keeps everything measured so far."""
     result = Result(bench.name, dict(bench.params), str(device), warmup=warmup)
@@ -263,7 +346,12 @@ def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, m
         label = ",".join(f"{k}={v}" for k, v in bench.params.items())
         with phase(f"{bench.name}[{label}]"):  # named in an nsys / profiler trace of the suite
             result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
-                                                    max_time_s=max_time_s, flush=flush)
+                                                    max_time_s=max_time_s, flush=flush, sustain_s=sustain_s,
+                                                    warmup_s=warmup_s, timeline=timeline)
+        if sustain_s is not None:
+            result.note = "; ".join(filter(None, (result.note, f"sustained: {warmup_s:g} s warm-up, then "
+                                                  f"{len(result.samples_s)} blocks of back-to-back iterations "
+                                                  f"over {sustain_s:g} s (median block)")))
         wrong = bench.check()
         if wrong:
             result.status, result.error = "error", f"wrong result: {wrong}"

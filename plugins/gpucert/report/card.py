@@ -58,6 +58,19 @@ def interval(ci: Any) -> str:
     return interval_text((ci[0], ci[1]))
 
 
+def finding_columns(rows: list[dict]) -> list[str]:
+    """The columns of a findings table: every key any row has, in first-seen order (rows of one
+    kind may differ: a notice beside the settings), except those holding nested data — a
+    trace's analysis, drawn in its own section, is not a table cell."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        for key, value in row.items():
+            if not isinstance(value, (dict, list)):
+                columns.setdefault(key)
+    return list(columns)
+
+
+_ENV.filters["finding_columns"] = finding_columns
 _ENV.filters["number"] = number
 _ENV.filters["percent"] = percent
 _ENV.filters["interval"] = interval

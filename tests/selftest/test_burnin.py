@@ -1,0 +1,122 @@
+"""`make burnin` rehearsed on the CPU (`--burnin-devices cpu,cpu`: two ranks, gloo for the
+all-reduce): the phases, the sustained figures against the burst, the time series for the card,
+and the faults a burn-in is for — a GPU that runs slow is named, a GPU that dies is reported with
+what it measured while the others complete (planted through the engine's test hook)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpucert.physics import burnin, core
+from gpucert.physics.gemm import Gemm
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# two ranks sharing two busy cores differ by up to a third (a GPU node's differ by a few %): the
+# rehearsal names an outlier 50 % below the median, not thresholds.yaml's 10 %
+CPU_OUTLIER_RULE = {"check": "burnin", "metric": "vs_median_tflops_pct", "min": -50, "warn_min": -40}
+
+
+def pytest_burnin(tmp_path, *args, fault: dict | None = None):
+    thresholds = tmp_path / "thresholds.yaml"
+    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
+    rules["rules"].append(CPU_OUTLIER_RULE)
+    thresholds.write_text(yaml.safe_dump(rules))
+    cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/burnin", "-m", "burnin",
+           "-p", "no:cacheprovider", "-q", f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}",
+           f"--thresholds={thresholds}", "--burnin-devices", "cpu,cpu", "--burnin-min", "0.08", *args]
+    env = {**os.environ, **({"GPUCERT_BURNIN_FAULT": json.dumps(fault)} if fault else {})}
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    path = tmp_path / "r" / "metrics.json"
+    return run, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def by_gpu(check: dict) -> dict:
+    out: dict = {}
+    for m in check["metrics"]:
+        gpu = m.get("params", {}).get("gpu")
+        out.setdefault(None if gpu is None else int(gpu), {})[m["metric"]] = m
+    return out
+
+
+def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
+    run, metrics = pytest_burnin(tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("gpucert: BURN-IN PASSED no-gpu — 1 checks"), run.stdout[-500:]
+    (check,) = metrics["checks"]
+    gpus = by_gpu(check)
+    for rank in (0, 1):
+        got = gpus[rank]
+        for name in ("sustained_tflops", "sustained_gbps", "together_tflops", "together_gbps", "burst_tflops",
+                     "allreduce_busbw_gbps", "tflops_of_burst_pct", "vs_median_tflops_pct"):
+            assert got[name]["value"] is not None and got[name]["status"] == "ok", (rank, name, got.get(name))
+        assert 20 < got["tflops_of_burst_pct"]["value"] < 200
+    assert abs(gpus[0]["vs_median_tflops_pct"]["value"] + gpus[1]["vs_median_tflops_pct"]["value"]) < 1e-6
+    overlays = check["monitor"]["overlays"]  # drawn over the monitor's charts on the card
+    assert {"GPU 0 gemm TFLOP/s", "GPU 1 hbm GB/s", "GPU 1 together TFLOP/s"} <= set(overlays), list(overlays)
+    series = overlays["GPU 0 gemm TFLOP/s"]
+    assert len(series["t_s"]) >= 3 and series["t_s"] == sorted(series["t_s"]) and all(v > 0 for v in series["values"])
+
+
+def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
+    run, metrics = pytest_burnin(tmp_path, fault={"rank": 1, "slow_s": 0.01})
+    assert run.returncode == 1, run.stdout[-3000:]
+    (check,) = metrics["checks"]
+    gpus = by_gpu(check)
+    assert gpus[1]["vs_median_tflops_pct"]["verdict"] == "fail", gpus[1]["vs_median_tflops_pct"]
+    assert gpus[0]["vs_median_tflops_pct"]["verdict"] != "fail"
+    notices = [row["notice"] for row in check["findings"]["burnin"] if row.get("notice")]
+    assert any(n.startswith("slowest GPU: 1 (") for n in notices), notices
+
+
+def test_a_gpu_that_dies_is_reported_and_the_other_completes(tmp_path):
+    started = time.monotonic()
+    run, metrics = pytest_burnin(tmp_path, fault={"rank": 1, "exit_after_s": 1.5})
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert time.monotonic() - started < 240
+    (check,) = metrics["checks"]
+    assert check["outcome"] == "failed" and "rank 1 exited with status 70" in check["message"], check["message"]
+    gpus = by_gpu(check)
+    assert gpus[0]["sustained_tflops"]["value"] > 0 and gpus[0]["together_tflops"]["value"] > 0
+    assert gpus[1]["sustained_tflops"]["status"] == "error"
+    # the survivor's all-reduce had no peer: an error of its own, reported
+    assert gpus[0]["allreduce_busbw_gbps"]["status"] == "error", gpus[0]["allreduce_busbw_gbps"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--burnin-min", "0"], "--burnin-min must be a positive number of minutes, got 0"),
+    (["--burnin-dtype", "int4"], "--burnin-dtype must be one of fp8, bf16, fp16, tf32, fp32, got 'int4'"),
+])
+def test_bad_burnin_options_are_one_line(tmp_path, args, message):
+    run, _ = pytest_burnin(tmp_path, *args)
+    assert run.returncode == 4 and message in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+
+
+def test_the_sustained_timing_loop_blocks_and_warms_up():
+    """core.time_op's sustained mode: an untimed warm-up, then ~block_s blocks of back-to-back
+    iterations until sustain_s, each stamped; the Result says it is a sustained figure."""
+    times: list[float] = []
+    started = time.monotonic()
+    result = core.measure(Gemm("fp32", 64, 64, 64), "cpu", sustain_s=0.6, warmup_s=0.3, timeline=times)
+    assert result.status == "ok" and "sustained: 0.3 s warm-up" in result.note, result.note
+    assert times[0] - started >= 0.3 + 0.05  # no sample from the warm-up
+    assert 3 <= len(result.samples_s) <= 40 and len(times) == len(result.samples_s)  # ~0.1 s blocks
+    assert times[-1] - times[0] >= 0.4 and times == sorted(times)
+
+
+def test_outliers_and_sustained_fractions():
+    assert burnin.outliers({0: 100.0}) == {}
+    gaps = burnin.outliers({0: 100.0, 1: 100.0, 2: 80.0, 3: None})
+    assert gaps == {0: 0.0, 1: 0.0, 2: -20.0}
+    figures = burnin.sustained({"burst": {"gemm_tflops": 800.0, "hbm_gbps": 4000.0},
+                                "phases": {"gemm": {"median": 680.0}, "hbm": {"median": 3800.0},
+                                           "together": {"median": 600.0, "median_gbps": 3000.0}}})
+    assert figures["tflops_of_burst_pct"] == pytest.approx(85.0) and figures["gbps_of_burst_pct"] == pytest.approx(95.0)
