@@ -59,6 +59,8 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
             assert got[name]["value"] is not None and got[name]["status"] == "ok", (rank, name, got.get(name))
         assert 20 < got["tflops_of_burst_pct"]["value"] < 200
     assert abs(gpus[0]["vs_median_tflops_pct"]["value"] + gpus[1]["vs_median_tflops_pct"]["value"]) < 1e-6
+    card = (tmp_path / "r" / "report.html").read_text()
+    assert '<section id="burnin">' in card and "GPU 1 passed: sustained" in card, card[-2000:]
     overlays = check["monitor"]["overlays"]  # drawn over the monitor's charts on the card
     assert {"GPU 0 gemm TFLOP/s", "GPU 1 hbm GB/s", "GPU 1 together TFLOP/s"} <= set(overlays), list(overlays)
     series = overlays["GPU 0 gemm TFLOP/s"]
@@ -120,3 +122,19 @@ def test_outliers_and_sustained_fractions():
                                 "phases": {"gemm": {"median": 680.0}, "hbm": {"median": 3800.0},
                                            "together": {"median": 600.0, "median_gbps": 3000.0}}})
     assert figures["tflops_of_burst_pct"] == pytest.approx(85.0) and figures["gbps_of_burst_pct"] == pytest.approx(95.0)
+
+
+def test_the_burnin_in_words():
+    from gpucert.report.burnin_view import sentence
+
+    metrics = {"sustained_tflops": {"value": 687.0, "peak": 989.0, "verdict": "pass"},
+               "tflops_of_burst_pct": {"value": 83.0}, "sustained_gbps": {"value": 4100.0, "peak": 4800.0},
+               "gbps_of_burst_pct": {"value": 97.0}, "thermal_slowdown_s": {"value": 0.0},
+               "power_slowdown_s": {"value": 212.0}, "sm_clock_drop_pct": {"value": 9.0},
+               "temp_peak_c": {"value": 71.0}, "xid_count": {"value": 0}, "row_remap_new": {"value": 0}}
+    assert sentence(0, metrics) == ("GPU 0 passed: sustained 687.0 TFLOP/s (83 % of its burst, 69 % of the "
+                                    "datasheet); 4,100 GB/s (97 % of its burst, 85 % of the datasheet); 0 s in "
+                                    "thermal slowdown, 212 s in power slowdown; clocks 9 % below their highest; "
+                                    "peak 71 °C; no XID, ECC error or remap.")
+    metrics["xid_count"] = {"value": 2, "verdict": "fail"}
+    assert sentence(1, metrics).startswith("GPU 1 FAILED (xid_count): ") and "2 xid count" in sentence(1, metrics)
