@@ -18,7 +18,47 @@ pytestmark = pytest.mark.burnin
 # the monitor's per-GPU figures judged here (thresholds.yaml, "burnin"): name → unit
 MONITOR_FIGURES = {"thermal_slowdown_s": "s", "power_slowdown_s": "s", "sm_clock_drop_pct": "%",
                    "temp_peak_c": "°C", "xid_count": "events", "ecc_uncorrected_new": "errors",
-                   "ecc_corrected_new": "errors", "row_remap_new": "rows", "retired_pages_new": "pages"}
+                   "ecc_corrected_new": "errors"}
+
+
+def _repairs():
+    """Every GPU's row-remap and retired-page counters now (NVML, as the monitor reads them), or
+    None where NVML is not there (a CPU rehearsal)."""
+    import importlib
+
+    from gpucert.monitor.attach import nvml_module
+    from gpucert.monitor.events import read_repairs
+    try:
+        nv = importlib.import_module(nvml_module())
+        nv.nvmlInit()
+        handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+        return read_repairs(nv, handles)
+    except Exception:  # noqa: BLE001 — no NVML here: the repairs are unknown, not zero
+        return None
+
+
+def _record_repairs(gpucert, before, after, ranks: int) -> None:
+    """Rows remapped and pages retired during the burn-in, per GPU: any fails."""
+    from gpucert.monitor.summary import repair_figures
+
+    if before is None or after is None:
+        gpucert.finding("burnin", notice="row remaps and retired pages not read (no NVML here)")
+        return
+    for note in sorted(set(before[1]) | set(after[1])):
+        gpucert.finding("burnin", notice=note)
+    for rank in range(ranks):
+        grown = repair_figures(rank, {"repairs_start": before[0]}, after[0])
+        remap, pages = grown["row_remap_new"], grown["retired_pages_new"]
+        if remap is not None:
+            rows = (remap["corrected"] or 0) + (remap["uncorrected"] or 0)
+            gpucert.record("row_remap_new", rows + int(remap["failure"] or remap["pending"]), unit="rows",
+                           direction="lower", params={"gpu": rank},
+                           note=f"{remap['corrected']} corrected, {remap['uncorrected']} uncorrected; pending "
+                                f"{remap['pending']}, failure {remap['failure']} (a pending or failed remap counts one)")
+        if pages is not None:
+            gpucert.record("retired_pages_new", sum(v or 0 for v in pages.values()), unit="pages",
+                           direction="lower", params={"gpu": rank},
+                           note=f"{pages['single_bit']} single-bit, {pages['double_bit']} double-bit")
 
 
 def _devices(config: pytest.Config) -> list[str]:
@@ -41,7 +81,10 @@ def test_burnin(gpucert, request, gpucert_report_dir, gpucert_monitor):
                     gemm=f"{config.gemm_size}³", copy_gib=f"{config.copy_bytes / 2**30:g}")
     if not any(d.startswith("cuda") for d in devices):
         gpucert.finding("burnin", notice="a rehearsal on the CPU (--burnin-devices): it certifies no GPU")
+    before = _repairs() if any(d.startswith("cuda") for d in devices) else None
     result = burnin.run(config)
+    after = _repairs() if before is not None else None
+    _record_repairs(gpucert, before, after, len(devices))
     gpucert.work(window=(result.started_monotonic, result.ended_monotonic))
     figures = gpucert_monitor.figures(result.started_monotonic, result.ended_monotonic) if gpucert_monitor else None
     tflops = {}

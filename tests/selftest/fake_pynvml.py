@@ -10,14 +10,37 @@ counters growing at 10 GB/s on GPU 0 (the older KiB counters, per link and summe
 with scopeId UINT_MAX, as driver 580 on H100 answers them) and RX at 5 GB/s on GPU 1 (the newer
 byte counters, per link only), a power-cap slowdown on GPU 1, PCIe counters absent
 (NOT_SUPPORTED) as on drivers before 535.
-FAKE_NVML_GAUGE_CPU_MS / FAKE_NVML_ENERGY_CPU_MS make a call burn that much CPU, as a slow driver's does."""
+FAKE_NVML_GAUGE_CPU_MS / FAKE_NVML_ENERGY_CPU_MS make a call burn that much CPU, as a slow driver's does.
 
+Faults planted for real (FAKE_NVML_PLAN: a JSON file, re-read whenever it changes — a test writes
+the timed part after the sampler started; `write_plan` writes it whole at once): every time is an
+absolute time.monotonic() (one clock for every process of the host), a GPU index is a string key.
+  "events": [{"at": s, "gpu": i, "type": "xid" | "ecc_single_bit" | "ecc_double_bit", "data": n}]
+      delivered by nvmlEventSetWait_v2 from `at` on, once, to a set registered for that type;
+  "register_not_supported": [i], "remapped_rows_not_supported": [i], "retired_pages_not_supported": [i]
+      those calls raise NVMLError_NotSupported on those GPUs (as on GPUs without the feature);
+  "supported_events": {i: mask}  what nvmlDeviceGetSupportedEventTypes answers (default: all);
+  "remapped_rows": {i: [[at, corrected, uncorrected, pending, failure], ...]},
+  "retired_pages": {i: [[at, single_bit, double_bit], ...]}   step functions: the last step with
+      at <= now holds (before the first: zeros);
+  "clock_events", "sm_clock_mhz", "util_gpu_pct": {i: [[from, to, value], ...]}
+      the value within [from, to), else the constant below.
+FAKE_NVML_POINTER_HANDLES=1: device handles are ctypes pointers, a new pointer object from every
+call (an event's `device` too), as pynvml's are — two of them to one GPU compare unequal."""
+
+import ctypes
+import functools
+import json
 import os
-
 import time
 from types import SimpleNamespace
 
 NOT_SUPPORTED = 3
+TIMEOUT = 10
+NO_INSTANCE = 0xFFFFFFFF
+EVENT_BITS = {"ecc_single_bit": 0x1, "ecc_double_bit": 0x2, "xid": 0x8}
+ALL_EVENTS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10  # ECC, P-state, XID, clock: what an H100 answers
+SM_CLOCK_MHZ, UTIL_GPU_PCT = 1980, 90
 ALL_LINKS = 0xFFFFFFFF
 _T0 = time.monotonic()
 POWER_MW = (300_000, 200_000)
@@ -55,6 +78,55 @@ def _elapsed():
     return time.monotonic() - _T0
 
 
+def write_plan(path, plan) -> None:
+    """The plan as one file, replaced whole (a reader never sees half of it)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(plan, f)
+    os.replace(tmp, path)
+
+
+_plan_cache = {"key": None, "plan": {}}
+
+
+def _plan():
+    path = os.environ.get("FAKE_NVML_PLAN")
+    if not path:
+        return {}
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if key != _plan_cache["key"]:
+        with open(path) as f:
+            _plan_cache["plan"], _plan_cache["key"] = json.load(f), key
+    return _plan_cache["plan"]
+
+
+def _planned(name, handle, default):
+    """A planned value within one of its [from, to) spans, else the default."""
+    now = time.monotonic()
+    for start, end, value in _plan().get(name, {}).get(str(handle), ()):
+        if start <= now < end:
+            return value
+    return default
+
+
+def _step(name, handle, zeros):
+    now = time.monotonic()
+    value = zeros
+    for at, *values in _plan().get(name, {}).get(str(handle), ()):
+        if at <= now:
+            value = values
+    return value
+
+
+def _refuse(name, handle):
+    if handle in _plan().get(name, ()):
+        raise NVMLError(NOT_SUPPORTED)
+
+
 def nvmlInit():
     # a driver whose init takes seconds (FAKE_NVML_INIT_S), announced by writing this process's pid
     # to FAKE_NVML_INIT_MARKER first: a test can then Ctrl-C while the sampler is still starting
@@ -73,8 +145,29 @@ def nvmlDeviceGetCount():
     return 2
 
 
-def nvmlDeviceGetHandleByIndex(index):
+class _Device(ctypes.Structure):
+    _fields_ = [("index", ctypes.c_uint)]
+
+
+_DEVICES = [_Device(i) for i in range(2)]
+
+
+def _handle(index):
+    if os.environ.get("FAKE_NVML_POINTER_HANDLES"):
+        return ctypes.pointer(_DEVICES[index])
     return index
+
+
+def _index(handle):
+    return handle.contents.index if isinstance(handle, ctypes._Pointer) else handle
+
+
+def nvmlDeviceGetHandleByIndex(index):
+    return _handle(index)
+
+
+def nvmlDeviceGetIndex(handle):
+    return handle
 
 
 def nvmlDeviceGetName(handle):
@@ -83,7 +176,7 @@ def nvmlDeviceGetName(handle):
 
 def nvmlDeviceGetUtilizationRates(handle):
     _burn("FAKE_NVML_GAUGE_CPU_MS")
-    return SimpleNamespace(gpu=90, memory=40)
+    return SimpleNamespace(gpu=_planned("util_gpu_pct", handle, UTIL_GPU_PCT), memory=40)
 
 
 def nvmlDeviceGetMemoryInfo(handle):
@@ -100,7 +193,7 @@ def nvmlDeviceGetTotalEnergyConsumption(handle):
 
 
 def nvmlDeviceGetClockInfo(handle, clock):
-    return {1: 1980, 2: 2619}[clock]
+    return _planned("sm_clock_mhz", handle, SM_CLOCK_MHZ) if clock == 1 else {2: 2619}[clock]
 
 
 def nvmlDeviceGetTemperature(handle, sensor):
@@ -108,7 +201,7 @@ def nvmlDeviceGetTemperature(handle, sensor):
 
 
 def nvmlDeviceGetCurrentClocksEventReasons(handle):
-    return CLOCK_EVENTS[handle]
+    return _planned("clock_events", handle, CLOCK_EVENTS[handle])
 
 
 def nvmlDeviceGetTotalEccErrors(handle, error_type, counter_type):
@@ -131,3 +224,88 @@ def nvmlDeviceGetFieldValues(handle, requests):
             value = SimpleNamespace(nvmlReturn=NOT_SUPPORTED, valueType=3, value=SimpleNamespace(ullVal=0))
         answers.append(value)
     return answers
+
+
+def nvmlDeviceGetRemappedRows(handle):
+    _refuse("remapped_rows_not_supported", handle)
+    corrected, uncorrected, pending, failure = _step("remapped_rows", handle, [0, 0, 0, 0])
+    return corrected, uncorrected, pending, failure
+
+
+def nvmlDeviceGetRetiredPages(handle, cause):
+    _refuse("retired_pages_not_supported", handle)
+    counts = _step("retired_pages", handle, [0, 0])
+    return [0x1000 * (k + 1) for k in range(counts[cause])]  # page addresses: only their number matters
+
+
+# ---- events: a set registered per device for a mask, waited on with a timeout ------------------
+
+class _EventSet:
+    def __init__(self):
+        self.registered = {}  # handle -> event mask
+        self.delivered = set()
+        self.freed = False
+
+
+def nvmlEventSetCreate():
+    return _EventSet()
+
+
+def nvmlDeviceGetSupportedEventTypes(handle):
+    return int(_plan().get("supported_events", {}).get(str(handle), ALL_EVENTS))
+
+
+def nvmlDeviceRegisterEvents(handle, event_types, event_set):
+    _refuse("register_not_supported", handle)
+    if event_types & ~nvmlDeviceGetSupportedEventTypes(handle):  # as NVML: one unsupported type refuses all
+        raise NVMLError(NOT_SUPPORTED)
+    event_set.registered[handle] = event_set.registered.get(handle, 0) | event_types
+
+
+def _due(event_set, now):
+    """The earliest planned event not yet delivered that the set listens for: (at, key, event)."""
+    due = None
+    for event in _plan().get("events", ()):
+        key = json.dumps(event, sort_keys=True)
+        bit = EVENT_BITS[event["type"]]
+        if key in event_set.delivered or not event_set.registered.get(event["gpu"], 0) & bit:
+            continue
+        if due is None or event["at"] < due[0]:
+            due = (event["at"], key, event)
+    return due
+
+
+def nvmlEventSetWait_v2(event_set, timeout_ms):
+    """The next planned event once its time has come, else NVMLError(TIMEOUT) after timeout_ms.
+    Sleeps in short steps: a plan written meanwhile is seen within one."""
+    deadline = time.monotonic() + timeout_ms / 1e3
+    while True:
+        now = time.monotonic()
+        due = _due(event_set, now)
+        if due is not None and due[0] <= now:
+            event_set.delivered.add(due[1])
+            event = due[2]
+            return SimpleNamespace(device=_handle(event["gpu"]), eventType=EVENT_BITS[event["type"]],
+                                   eventData=event.get("data", 0), gpuInstanceId=NO_INSTANCE,
+                                   computeInstanceId=NO_INSTANCE)
+        if now >= deadline:
+            raise NVMLError(TIMEOUT)
+        until = min(deadline, due[0] if due is not None else deadline, now + 0.02)
+        time.sleep(max(0.0, until - now))
+
+
+def nvmlEventSetFree(event_set):
+    event_set.freed = True
+
+
+def _takes_index(fn):
+    @functools.wraps(fn)
+    def call(handle, *args):
+        return fn(_index(handle), *args)
+    return call
+
+
+# every per-device call takes a handle: here, the GPU's index whatever form the handle has
+for _name, _fn in list(globals().items()):
+    if _name.startswith("nvmlDevice") and _name not in ("nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex"):
+        globals()[_name] = _takes_index(_fn)

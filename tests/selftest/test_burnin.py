@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 CPU_OUTLIER_RULE = {"check": "burnin", "metric": "vs_median_tflops_pct", "min": -50, "warn_min": -40}
 
 
-def pytest_burnin(tmp_path, *args, fault: dict | None = None):
+def pytest_burnin(tmp_path, *args, fault: dict | None = None, env: dict | None = None):
     thresholds = tmp_path / "thresholds.yaml"
     rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
     rules["rules"].append(CPU_OUTLIER_RULE)
@@ -32,7 +32,7 @@ def pytest_burnin(tmp_path, *args, fault: dict | None = None):
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/burnin", "-m", "burnin",
            "-p", "no:cacheprovider", "-q", f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}",
            f"--thresholds={thresholds}", "--burnin-devices", "cpu,cpu", "--burnin-min", "0.08", *args]
-    env = {**os.environ, **({"GPUCERT_BURNIN_FAULT": json.dumps(fault)} if fault else {})}
+    env = {**os.environ, **({"GPUCERT_BURNIN_FAULT": json.dumps(fault)} if fault else {}), **(env or {})}
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     path = tmp_path / "r" / "metrics.json"
     return run, (json.loads(path.read_text()) if path.exists() else None)
@@ -47,7 +47,7 @@ def by_gpu(check: dict) -> dict:
 
 
 def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
-    run, metrics = pytest_burnin(tmp_path)
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin")
     assert run.returncode == 0, run.stdout[-3000:]
     assert run.stdout.strip().splitlines()[-1].startswith("gpucert: BURN-IN PASSED no-gpu — 1 checks"), run.stdout[-500:]
     (check,) = metrics["checks"]
@@ -68,7 +68,7 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
 
 
 def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
-    run, metrics = pytest_burnin(tmp_path, fault={"rank": 1, "slow_s": 0.01})
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_s": 0.01})
     assert run.returncode == 1, run.stdout[-3000:]
     (check,) = metrics["checks"]
     gpus = by_gpu(check)
@@ -80,7 +80,7 @@ def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
 
 def test_a_gpu_that_dies_is_reported_and_the_other_completes(tmp_path):
     started = time.monotonic()
-    run, metrics = pytest_burnin(tmp_path, fault={"rank": 1, "exit_after_s": 1.5})
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "exit_after_s": 1.5})
     assert run.returncode == 1, run.stdout[-3000:]
     assert time.monotonic() - started < 240
     (check,) = metrics["checks"]
@@ -138,3 +138,37 @@ def test_the_burnin_in_words():
                                     "peak 71 °C; no XID, ECC error or remap.")
     metrics["xid_count"] = {"value": 2, "verdict": "fail"}
     assert sentence(1, metrics).startswith("GPU 1 FAILED (xid_count): ") and "2 xid count" in sentence(1, metrics)
+
+
+def test_gemm_bench_times_sustained_figures_on_request(capsys):
+    """`gpucert bench gemm --sustain-s`: every shape (and the search) over seconds of back-to-back
+    work after a warm-up, the figure to set beside mamf-finder's, not a burst."""
+    from gpucert import cli
+
+    assert cli.main(["bench", "gemm", "--device", "cpu", "--dtype", "fp32", "--shapes", "search",
+                     "--search-range", "64:128:64", "--sustain-s", "0.2", "--warmup-s", "0.05",
+                     "--preheat-s", "0.1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["shape"] == "search" and row["status"] == "ok" and row["tflops"] > 0
+    assert cli.main(["bench", "gemm", "--device", "cpu", "--sustain-s", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "gpucert: error: --sustain-s must be > 0, got 0"
+
+
+def test_the_memtest_check_passes_clean_memory_and_fails_a_planted_flip(tmp_path):
+    run, metrics = pytest_burnin(tmp_path, "-k", "memtest")
+    assert run.returncode == 0, run.stdout[-3000:]
+    checks = {c["check_id"]: c for c in metrics["checks"]}
+    assert set(checks) == {"memtest[memtest_device=0]", "memtest[memtest_device=1]"}, list(checks)
+    clean = {m["metric"]: m for m in checks["memtest[memtest_device=0]"]["metrics"]}
+    assert clean["memtest_errors"]["value"] == 0 and clean["memtest_gbps"]["value"] > 0
+    # one bit of word 4,242 in chunk 0, flipped after the address pattern's write: found, located, failed
+    flip = {"pattern": "address", "chunk": 0, "word": 4242, "bit": 13}
+    (tmp_path / "planted").mkdir()
+    run, metrics = pytest_burnin(tmp_path / "planted", "-k", "memtest", env={"GPUCERT_MEMTEST_FAULT": json.dumps(flip)})
+    assert run.returncode == 1, run.stdout[-3000:]
+    check = next(c for c in metrics["checks"] if c["check_id"] == "memtest[memtest_device=0]")
+    errors = {m["metric"]: m for m in check["metrics"]}["memtest_errors"]
+    assert errors["value"] == 1 and errors["verdict"] == "fail", errors
+    (where,) = check["findings"]["memtest_error"]
+    assert where["pattern"].startswith("address") and where["chunk"] == "0", where
+    assert int(where["offset"]) == 4242 * 8 and where["flipped_bits"] == "[13]", where

@@ -43,8 +43,9 @@ class SessionMonitor:
 
     def wants(self, markers: list[str]) -> bool:
         # a study or a forensics capture runs vLLM under load like an inference check
+        # … and the burn-in is nothing without its clocks, temperatures, slowdowns and XIDs
         return self.mode == "all" or (self.mode == "inference"
-                                      and bool({"inference", "study", "forensics"} & set(markers)))
+                                      and bool({"inference", "study", "forensics", "burnin"} & set(markers)))
 
     def ensure_started(self) -> Monitor | None:
         if self.monitor is None and self.error is None:
@@ -92,8 +93,10 @@ class SessionMonitor:
         if not columns or not len(columns.get("t", ())):
             return
         path = self.report_dir / "monitor" / (re.sub(r"[^\w.=,-]+", "_", result.check_id)[:150] + ".npz")
-        store.save_slice(path, meta, columns)
-        figures = summary_engine.summarize_windows(columns, windows, output_tokens=work.get("output_tokens"))
+        events = self.monitor.events(t0, t1, flush=False)  # the whole check's, set-up included
+        store.save_slice(path, meta, columns, events)
+        figures = summary_engine.summarize_windows(columns, windows, output_tokens=work.get("output_tokens"),
+                                                   meta=meta, events=events)
         for metric, value, unit, direction, note in summary_engine.check_metrics(figures):
             # a level measured with repeats: each repeat's figure is a sample of the value
             repeats = figures.get(f"{metric}_repeats")
@@ -107,6 +110,8 @@ class SessionMonitor:
         reasons = sorted({r for g in figures["gpus"].values() for r in g["slowdown_reasons"]})
         if reasons:
             recorder.finding("monitor", notice="GPU clock slowdown reasons seen: " + ", ".join(reasons))
+        if events:  # an XID or ECC event during the check: said on it, wherever in the check it came
+            recorder.finding("monitor", notice=summary_engine.describe_events(events, t0))
         result.monitor = {"file": str(path), "samples": figures["samples"], "jitter_ms": figures["jitter_ms"],
                           "window_s": [round(w0 - t0, 3), round(w1 - t0, 3)],
                           "timeline": summary_engine.timeline(columns, t0),
@@ -118,10 +123,10 @@ class SessionMonitor:
         two engine configurations measured in one check); None without a monitor or samples."""
         if self.monitor is None:
             return None
-        _, columns = self.monitor.window(t0, t1)
+        meta, columns = self.monitor.window(t0, t1)
         if not columns or not len(columns.get("t", ())):
             return None
-        return summary_engine.summarize(columns)
+        return summary_engine.summarize(columns, meta=meta, events=self.monitor.events(t0, t1, flush=False))
 
     def stop(self) -> dict[str, Any]:
         if self.monitor is None:
@@ -138,11 +143,13 @@ class SessionMonitor:
                 "clock_offset_ms": (sampler_clock["wall_minus_monotonic"] - self.plugin_clock["wall_minus_monotonic"]) * 1e3
                 if sampler_clock and self.plugin_clock else None}
         try:  # the monitor's own cost over the whole session: lateness, CPU, bytes on disk
-            _, columns = self.monitor.window()  # after the stop: every chunk, read once more only where new
-            figures = summary_engine.summarize(columns)
+            figures = self.monitor.summary()  # after the stop: every chunk, read once more only where new
             info.update(samples=figures["samples"], jitter_ms=figures["jitter_ms"],
                         sampler_cpu_mean_pct=final.get("cpu_steady_pct"),
-                        file_bytes=Path(self.config.out_path).stat().st_size)
+                        file_bytes=Path(self.config.out_path).stat().st_size,
+                        # the GPUs' health over the whole session: events, repairs, slowdowns
+                        gpus={str(i): {key: gpu[key] for key in summary_engine.RUN_HEALTH_KEYS}
+                              for i, gpu in figures["gpus"].items()})
         except (OSError, ValueError, KeyError) as exc:
             info["notes"] = self.notes + [f"monitor file unreadable: {exc}"]
         return info

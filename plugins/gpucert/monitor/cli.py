@@ -10,7 +10,6 @@ from pathlib import Path
 
 from gpucert import redaction
 
-from . import summary as summary_engine
 from .attach import nvml_module
 from .sampler import Monitor, MonitorConfig
 
@@ -27,6 +26,9 @@ def register(subparsers) -> None:
     mon.add_argument("--vllm-metrics", metavar="URL",
                      help="a vLLM server's /metrics, e.g. http://127.0.0.1:8000/metrics (default: none, "
                           "GPUs and host only)")
+    mon.add_argument("--no-nvml-events", action="store_true",
+                     help="do not listen for NVML's XID and ECC events (default: listen; off, their figures are "
+                          "null — e.g. to compare the sampler's lateness without the listener)")
     mon.add_argument("--json", action="store_true", help="print the result as JSON")
     mon.set_defaults(run=run_monitor)
 
@@ -50,7 +52,7 @@ def _run(args, out: Path, kept: bool) -> int:
     try:
         config = MonitorConfig(str(out), interval_s=args.interval_ms / 1e3, vllm_metrics_url=args.vllm_metrics,
                                counter_interval_s=args.counter_interval_ms / 1e3,
-                               nvml_module=nvml_module())
+                               nvml_module=nvml_module(), nvml_events=not args.no_nvml_events)
     except ValueError as err:
         raise CommandError(str(err)) from None
     if out.exists() and out.is_dir():
@@ -66,12 +68,13 @@ def _run(args, out: Path, kept: bool) -> int:
         except KeyboardInterrupt:
             pass  # what was sampled so far is still summarized
         final = monitor.stop()
-        meta, columns = monitor.window()
+        # the whole run: its events, and the repair counters' growth from the start to the stop
+        figures = monitor.summary()
+        meta = monitor.meta
     finally:
         # every way out (also a Ctrl-C inside start() or a second one inside stop()) leaves no
         # sampler writing: the caller removes the temporary folder next. Once stopped, a no-op.
         monitor.stop()
-    figures = summary_engine.summarize(columns)
     # the figure the ≤ 2 % target is about: the sampler's own CPU after its first second (start-up
     # and the first /metrics connection would make a short run report several times what a long one costs)
     figures["host"]["sampler_cpu_steady_pct"] = final.get("cpu_steady_pct")
@@ -107,7 +110,7 @@ def _print_text(result: dict) -> None:
         print(f"gpu{index}: util {_fmt(gpu['util_gpu_mean_pct'])} % (peak {_fmt(gpu['util_gpu_peak_pct'])}), "
               f"memory peak {_fmt(gpu['mem_used_peak_gib'])} GiB, power {_fmt(gpu['power_mean_w'])} W "
               f"(peak {_fmt(gpu['power_peak_w'])}), energy {_fmt(gpu['energy_j'])} J, "
-              f"slowdowns {', '.join(gpu['slowdown_reasons']) or 'none'}")
+              f"slowdowns {', '.join(gpu['slowdown_reasons']) or 'none'}; {_health_text(gpu)}")
     host = result["sources"]["host"]
     print(f"host: CPU busy {_fmt(host['cpu_busy_mean_pct'])} % (peak {_fmt(host['cpu_busy_peak_pct'])}), "
           f"RAM peak {_fmt(host['mem_used_peak_gib'])} GiB, sampler {_fmt(host['sampler_cpu_steady_pct'])} % of a core (steady)")
@@ -115,6 +118,35 @@ def _print_text(result: dict) -> None:
         v = result["sources"]["vllm"]
         print(f"vllm: running peak {_fmt(v['running_peak'])}, waiting peak {_fmt(v['waiting_peak'])}, "
               f"KV cache peak {_fmt(v['kv_cache_usage_peak_pct'])} %, preemptions {_fmt(v['preemptions'])}")
+
+
+def _health_text(gpu: dict) -> str:
+    """The GPU's faults and slowdowns in words; "?" where the figure is unknown (None)."""
+    xids = gpu["xid_events"]
+    xid = "XID ?" if xids is None else f"XID {len(xids)}" + (
+        f" ({', '.join(str(e['xid']) for e in xids)})" if xids else "")
+    ecc = gpu["ecc_events"] or {}
+    ecc_text = f"ECC events {_count(ecc.get('single_bit'))} single-bit / {_count(ecc.get('double_bit'))} double-bit"
+    remap = gpu["row_remap_new"]
+    if remap is None:
+        remap_text = "row remaps ?"
+    else:
+        flags = [flag for flag in ("pending", "failure") if remap[flag]]
+        remap_text = (f"row remaps +{_count(remap['corrected'])} corrected / +{_count(remap['uncorrected'])} uncorrected"
+                      + (f" ({', '.join(flags)})" if flags else ""))
+    pages = gpu["retired_pages_new"]
+    pages_text = ("retired pages ?" if pages is None
+                  else f"retired pages +{_count(pages['single_bit'])} / +{_count(pages['double_bit'])}")
+    return (f"{xid}, {ecc_text}, {remap_text}, {pages_text}; slowdown thermal {_seconds(gpu['thermal_slowdown_s'])}, "
+            f"power {_seconds(gpu['power_slowdown_s'])}; SM clock drop {_fmt(gpu['sm_clock_drop_pct'])} %")
+
+
+def _count(value) -> str:
+    return "?" if value is None else str(value)
+
+
+def _seconds(value) -> str:
+    return "? s" if value is None else f"{value:.2f} s"
 
 
 def _fmt(value) -> str:

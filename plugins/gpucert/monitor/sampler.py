@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import store
+from . import summary as summary_engine
 from .sources import HostSource, NvmlSource, VllmMetricsSource
 
 MIN_INTERVAL_S = 0.020
@@ -40,6 +41,9 @@ class MonitorConfig:
     # often, and less often where reading them costs more than COUNTER_CPU_BUDGET of a core: their
     # differences lose nothing, and on H100 they are most of NVML's cost (METRICS.md, monitor)
     counter_interval_s: float = 1.0
+    # NVML's XID and ECC events, on a thread of the sampler blocked in NVML's wait (off: their
+    # figures are None — to compare the sampler's lateness with and without the listener)
+    nvml_events: bool = True
 
     def __post_init__(self):
         if not self.interval_s >= MIN_INTERVAL_S:
@@ -62,7 +66,7 @@ class _Sampler:
     def __init__(self, config: MonitorConfig, conn):
         self.config, self.conn = config, conn
         self.vllm_filtered: bool | None = None  # whether vLLM's /metrics sent our families only
-        self.nvml = NvmlSource(config.nvml_module)
+        self.nvml = NvmlSource(config.nvml_module, events=config.nvml_events)
         self.sources: list = [HostSource(), self.nvml]
         self.opened = [source for source in self.sources if source.open()]
         if config.vllm_metrics_url:
@@ -70,7 +74,13 @@ class _Sampler:
         self.meta = {"interval_s": config.interval_s, "counter_interval_s": config.counter_interval_s,
                      "counter_cpu_budget": COUNTER_CPU_BUDGET, "clock": clock_offset(), "gpus": self.nvml.gpus,
                      "sources": [source.name for source in self.opened],
-                     "notes": [source.note for source in self.sources if source.note]}
+                     "notes": [source.note for source in self.sources if source.note] + self.nvml.notes}
+        if self.nvml in self.opened:
+            # which GPUs listen for which events: the summary's "0 events" needs "listened" (a file
+            # without this key — older, or no NVML — has event figures None); and the repair
+            # counters at the start, for their growth over the run
+            self.meta["nvml_events"] = {"listening": self.nvml.listening, "enabled": config.nvml_events}
+            self.meta["repairs_start"] = self.nvml.repairs_start
         self.out = store.ColumnStore(config.out_path, self.meta)
         self.buffer: dict[str, list[float]] = {}
         self.ticks = self.missed = self.counter_reads = 0
@@ -80,6 +90,7 @@ class _Sampler:
     def flush(self) -> None:
         if self.buffer.get("t"):
             self.out.append(self.buffer)
+        self.out.append_events(self.nvml.take_events())
         columns = ["t", "scheduled"] + [c for source in self.opened for c in source.columns]
         self.buffer = {name: [] for name in columns}
 
@@ -161,7 +172,14 @@ class _Sampler:
         since = steady_from if steady_from is not None and time.monotonic() - steady_from[0] >= 1.0 else began
         cpu_steady = (100.0 * (time.process_time() - since[1]) / (time.monotonic() - since[0])
                       if time.monotonic() > since[0] else None)
-        notes = [s.note for s in self.opened + self.sources if s.note]
+        # the listener ends (within one wait), its last events go to the file, then the repair
+        # counters are read a second time: their growth over the run
+        self.nvml.stop_events()
+        self.flush()
+        repairs_end = self.nvml.read_repairs() if self.nvml in self.opened else None
+        if repairs_end is not None:
+            self.out.put_json(store.REPAIRS_END, repairs_end)
+        notes = [s.note for s in self.opened + self.sources if s.note] + self.nvml.notes
         self._detach()
         for source in self.opened:
             source.close()
@@ -170,7 +188,7 @@ class _Sampler:
                                    "counter_reads": self.counter_reads, "cpu_steady_pct": cpu_steady,
                                    # None: no vLLM attached, or it never answered
                                    "vllm_metrics_filtered": self.vllm_filtered,
-                                   "counter_spacing_s": self.counter_spacing_s}))
+                                   "counter_spacing_s": self.counter_spacing_s, "repairs_end": repairs_end}))
         except OSError:
             pass  # nobody is listening any more
 
@@ -279,6 +297,26 @@ class Monitor:
         t = columns["t"]
         keep = (t >= (t0 if t0 is not None else -math.inf)) & (t <= (t1 if t1 is not None else math.inf))
         return meta, {name: values[keep] for name, values in columns.items()}
+
+    def events(self, t0: float | None = None, t1: float | None = None, flush: bool = True) -> list[dict]:
+        """The NVML events received with t0 <= t <= t1 (monotonic), after a flush (`flush=False`:
+        right after a window(), which flushed)."""
+        if flush:
+            self.flush()
+        if not self.path.exists():
+            return []
+        self._reader.read()
+        lo, hi = (t0 if t0 is not None else -math.inf), (t1 if t1 is not None else math.inf)
+        return [e for e in self._reader.events if lo <= e["t"] <= hi]
+
+    def summary(self, t0: float | None = None, t1: float | None = None, **kwargs) -> dict[str, Any]:
+        """summary.summarize of the window with its events; the whole run (no t0, no t1) once
+        stopped also has the memory-repair counters' growth (their end is read at the stop)."""
+        meta, columns = self.window(t0, t1)
+        whole = t0 is None and t1 is None
+        end = (self.final.get("repairs_end") or self._reader.repairs_end) if whole else None
+        return summary_engine.summarize(columns, meta=meta, events=self.events(t0, t1, flush=False),
+                                        repairs_end=end, **kwargs)
 
     def stop(self, timeout_s: float = 10.0) -> dict:
         """Stop the sampler (it flushes what it holds first) and return its final figures. A pipe

@@ -17,6 +17,8 @@ import threading
 import time
 import urllib.parse
 
+from .events import EventListener, read_repairs
+
 NAN = math.nan
 
 # nvml.h values (stable C ABI; the same the snapshot reader uses)
@@ -46,15 +48,22 @@ GPU_FIELDS = ("util_gpu_pct", "util_mem_pct", "mem_used_mib", "power_w", "energy
 
 class NvmlSource:
     """Per-GPU fields through NVML. `module` names the binding (`pynvml`); the self-tests name a
-    fake one — the only seam, since NVML cannot exist without a GPU."""
+    fake one — the only seam, since NVML cannot exist without a GPU. Besides the columns: the fault
+    events (XID, ECC) on a listener thread of their own (`events`: listen or not), taken at each
+    flush, and the memory-repair counters (row remapping, retired pages) at open and on
+    `read_repairs()` (events.py)."""
 
     name = "nvml"
 
-    def __init__(self, module: str = "pynvml"):
+    def __init__(self, module: str = "pynvml", events: bool = True):
         self.module_name = module
         self.columns: list[str] = []
         self.note: str | None = None
         self.gpus: list[dict] = []
+        self.events = events
+        self.listener: EventListener | None = None
+        self.repairs_start: dict[str, dict] | None = None
+        self._notes: list[str] = []  # what the source reads only in part (the fields: NaN, unnoted)
         self._nv = None
         self._handles: list = []
         self._unsupported: set[tuple[int, str]] = set()
@@ -76,9 +85,39 @@ class NvmlSource:
             name = self._call(i, "name", "nvmlDeviceGetName", handle)
             self.gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name})
         self.columns = [f"gpu{i}.{field}" for i in range(count) for field in GPU_FIELDS]
+        self.repairs_start = self.read_repairs()
+        if self.events:
+            self.listener = EventListener(nv, self._handles)
+            self.listener.start()
         return True
 
+    @property
+    def notes(self) -> list[str]:
+        """What the events and the repair counters could not give (the listener's notes, live)."""
+        return self._notes + (self.listener.notes if self.listener is not None else [])
+
+    @property
+    def listening(self) -> dict[str, list[str]]:
+        """GPU index (as text, as in the file's JSON) → the event kinds registered there."""
+        return {str(i): kinds for i, kinds in (self.listener.listening.items() if self.listener else ())}
+
+    def read_repairs(self) -> dict[str, dict] | None:
+        """The memory-repair counters now (events.read_repairs); None without NVML."""
+        if self._nv is None:
+            return None
+        repairs, notes = read_repairs(self._nv, self._handles)
+        self._notes += [note for note in notes if note not in self._notes]
+        return repairs
+
+    def take_events(self) -> list[dict]:
+        return self.listener.take() if self.listener is not None else []
+
+    def stop_events(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+
     def close(self) -> None:
+        self.stop_events()  # never nvmlShutdown under a thread waiting in NVML
         if self._nv is not None:
             try:
                 self._nv.nvmlShutdown()

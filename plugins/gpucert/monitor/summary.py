@@ -14,6 +14,12 @@ SLOWDOWN_REASONS = {0x004: "sw_power_cap", 0x008: "hw_slowdown", 0x020: "sw_ther
                     0x040: "hw_thermal_slowdown", 0x080: "hw_power_brake_slowdown"}
 # of those, the ones a healthy node under a normal load does not show
 HARD_SLOWDOWNS = 0x008 | 0x020 | 0x040 | 0x080
+THERMAL_SLOWDOWNS = 0x020 | 0x040  # sw_thermal_slowdown, hw_thermal_slowdown
+POWER_SLOWDOWNS = 0x004 | 0x080  # sw_power_cap, hw_power_brake_slowdown
+# a sample's reading holds until the next sample, at most this many times the window's median
+# sample spacing: a sampler stalled for a second does not stretch one reading over the stall
+HOLD_LIMIT = 2.0
+BUSY_UTIL_PCT = 50.0  # "busy" for the SM clock drop: NVML GPU utilization above this
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -45,6 +51,113 @@ def _counter_span(values: np.ndarray, t: np.ndarray) -> tuple[float, float] | No
     return (float(v[-1] - v[0]), span) if span > 0 else None
 
 
+def held_seconds(t: np.ndarray) -> np.ndarray:
+    """Each sample's weight in seconds: the time to the next sample (the last sample: 0), at most
+    HOLD_LIMIT × the median spacing. Over a window without stalls the weights add up to its
+    sampled span, t[-1] − t[0]."""
+    t = np.asarray(t, dtype=float)
+    if len(t) < 2:
+        return np.zeros(len(t))
+    gaps = np.diff(t)
+    return np.append(np.minimum(gaps, HOLD_LIMIT * float(np.median(gaps))), 0.0)
+
+
+def slowdown_seconds(t: np.ndarray, clock_events: np.ndarray) -> dict[str, Any]:
+    """Time in slowdown, from the clock-event-reason samples, time-weighted (held_seconds), not
+    counted: `slowdown_s` {reason: seconds with that reason set} for each of SLOWDOWN_REASONS
+    (sw_power_cap, hw_slowdown, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown);
+    `thermal_slowdown_s` the seconds with sw_thermal_slowdown or hw_thermal_slowdown set,
+    `power_slowdown_s` with sw_power_cap or hw_power_brake_slowdown set (either or both: a second
+    counted once). A sample whose reasons are unread (NaN) counts nowhere; none read: all None.
+    A reason that starts or ends between two samples is counted from the first sample that shows
+    it to the first that does not: each edge is off by less than one sample interval."""
+    events = np.asarray(clock_events, dtype=float)
+    read = np.isfinite(events)
+    if not read.any():
+        return {"slowdown_s": None, "thermal_slowdown_s": None, "power_slowdown_s": None}
+    weight = held_seconds(t)[read]
+    bits = events[read].astype(np.int64)
+
+    def seconds(mask: int) -> float:
+        return float(weight[(bits & mask) != 0].sum())
+
+    return {"slowdown_s": {name: seconds(bit) for bit, name in SLOWDOWN_REASONS.items()},
+            "thermal_slowdown_s": seconds(THERMAL_SLOWDOWNS), "power_slowdown_s": seconds(POWER_SLOWDOWNS)}
+
+
+def sm_clock_drop(sm_clock_mhz: np.ndarray, util_gpu_pct: np.ndarray) -> dict[str, float | None]:
+    """`sm_clock_peak_mhz`: the highest SM clock of any sample; `sm_clock_busy_median_mhz`: the
+    median SM clock over the samples where the GPU was busy (NVML GPU utilization > 50 %: an idle
+    GPU's low clock is no slowdown); `sm_clock_drop_pct` = (peak − busy median) / peak × 100 — how
+    far below its own highest clock the GPU ran under load (0: at its peak clock for at least half
+    of its busy samples). None without a busy sample with a clock."""
+    clock = np.asarray(sm_clock_mhz, dtype=float)
+    util = np.asarray(util_gpu_pct, dtype=float)
+    peak = _stat(clock, "max")
+    busy = clock[np.isfinite(clock) & np.isfinite(util) & (util > BUSY_UTIL_PCT)]
+    median = float(np.median(busy)) if busy.size else None
+    drop = (peak - median) / peak * 100.0 if median is not None and peak else None
+    return {"sm_clock_peak_mhz": peak, "sm_clock_busy_median_mhz": median, "sm_clock_drop_pct": drop}
+
+
+def event_figures(gpu: int, meta: dict[str, Any] | None, events: list[dict] | None) -> dict[str, Any]:
+    """NVML's fault events of one GPU in the window (events.py): `xid_events` [{t, wall, xid}] —
+    each XID critical error the driver posted: `t` on time.monotonic() (the samples' clock) and
+    `wall` (time.time()) when the sampler received it, `xid` its number (e.g. 79: the GPU fell off
+    the bus; 48: a double-bit ECC error; 13, 31, 43: an application's fault) — and `xid_count`, how
+    many; `ecc_events` {single_bit, double_bit}: how many ECC error events NVML posted. A figure is
+    None where that GPU did not listen for that kind (registration refused or not supported, events
+    off, a file written without the listener, or no `events` given) — never 0 for "unknown"."""
+    listening = ((meta or {}).get("nvml_events") or {}).get("listening")
+    kinds = set(listening.get(str(gpu), ())) if isinstance(listening, dict) and events is not None else set()
+    mine = [e for e in events or () if e.get("gpu") == gpu]
+
+    def count(kind: str) -> int | None:
+        return sum(1 for e in mine if e["kind"] == kind) if kind in kinds else None
+
+    xids = [{"t": e["t"], "wall": e.get("wall"), "xid": e["data"]} for e in mine if e["kind"] == "xid"]
+    return {"xid_events": xids if "xid" in kinds else None, "xid_count": count("xid"),
+            "ecc_events": {"single_bit": count("ecc_single_bit"), "double_bit": count("ecc_double_bit")}
+            if kinds & {"ecc_single_bit", "ecc_double_bit"} else None}
+
+
+def repair_figures(gpu: int, meta: dict[str, Any] | None, repairs_end: dict | None) -> dict[str, Any]:
+    """The memory-repair counters' growth between the monitor's start and its end (events.py
+    read_repairs): `row_remap_new` {corrected, uncorrected: rows remapped in between (end − start),
+    pending, failure: the flags at the end — a remap waiting for a reset, a remap that failed};
+    `retired_pages_new` {single_bit, double_bit: pages retired in between}. None where either
+    reading is missing (NotSupported: no row remapping before Ampere, page retirement where the GPU
+    does not use it; and in a window of a run, which has no end reading)."""
+    start = ((meta or {}).get("repairs_start") or {}).get(str(gpu)) or {}
+    end = (repairs_end or {}).get(str(gpu)) or {}
+    remap0, remap1 = start.get("remapped_rows"), end.get("remapped_rows")
+    pages0, pages1 = start.get("retired_pages"), end.get("retired_pages")
+
+    def grew(a: dict, b: dict, key: str) -> int | None:
+        return b[key] - a[key] if a.get(key) is not None and b.get(key) is not None else None
+
+    return {"row_remap_new": {"corrected": grew(remap0, remap1, "corrected"),
+                              "uncorrected": grew(remap0, remap1, "uncorrected"),
+                              "pending": remap1["pending"], "failure": remap1["failure"]}
+            if remap0 and remap1 else None,
+            "retired_pages_new": {key: grew(pages0, pages1, key) for key in ("single_bit", "double_bit")}
+            if pages0 and pages1 else None}
+
+
+# per GPU, the figures of a whole run that say whether the GPU stayed healthy through it
+RUN_HEALTH_KEYS = ("xid_count", "xid_events", "ecc_events", "row_remap_new", "retired_pages_new", "slowdown_s",
+                   "thermal_slowdown_s", "power_slowdown_s", "sm_clock_drop_pct", "temp_peak_c")
+EVENT_WORDS = {"xid": "XID", "ecc_single_bit": "single-bit ECC error", "ecc_double_bit": "double-bit ECC error"}
+
+
+def describe_events(events: list[dict], t0: float, most: int = 10) -> str:
+    """One line: each event's GPU, kind (and XID number) and seconds after t0, the first `most`."""
+    words = [f"GPU {e['gpu']} {EVENT_WORDS.get(e['kind'], e['kind'])}"
+             + (f" {e['data']}" if e["kind"] == "xid" else "") + f" at +{e['t'] - t0:.2f} s" for e in events[:most]]
+    more = f"; and {len(events) - most} more" if len(events) > most else ""
+    return "NVML events: " + "; ".join(words) + more
+
+
 def gpu_indices(columns: dict[str, np.ndarray]) -> list[int]:
     return sorted({int(name[3:name.index(".")]) for name in columns if name.startswith("gpu")})
 
@@ -57,8 +170,12 @@ def jitter_ms(columns: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 
 def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None,
-              window_s: float | None = None) -> dict[str, Any]:
-    """Figures of one window. Rates of cumulative counters are their difference over the time
+              window_s: float | None = None, *, meta: dict[str, Any] | None = None,
+              events: list[dict] | None = None, repairs_end: dict | None = None) -> dict[str, Any]:
+    """Figures of one window. `meta` (the file's), `events` (the window's NVML events) and
+    `repairs_end` (the repair counters at the monitor's end: whole runs only) give the event and
+    repair figures (event_figures, repair_figures); without them those are None. Rates of
+    cumulative counters are their difference over the time
     between their first and last reads in the window (counters are read every
     `counter_interval_s`, not every tick). Energy per GPU is the NVML energy counter's difference,
     scaled from that span to the window — `window_s` (the length of what the check measured) or,
@@ -84,8 +201,8 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
             energy = float(integrate(power[ok], t[ok])) * to_window
         else:
             energy = None
-        events = _finite(col("clock_events")).astype(np.int64)
-        seen = int(np.bitwise_or.reduce(events)) if events.size else 0
+        reasons = _finite(col("clock_events")).astype(np.int64)
+        seen = int(np.bitwise_or.reduce(reasons)) if reasons.size else 0
         gpu = {
             "util_gpu_mean_pct": _stat(col("util_gpu_pct"), "mean"),
             "util_gpu_peak_pct": _stat(col("util_gpu_pct"), "max"),
@@ -96,10 +213,14 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
             "energy_j": energy,
             "temp_peak_c": _stat(col("temp_c"), "max"),
             "sm_clock_min_mhz": _stat(col("sm_clock_mhz"), "min"),
+            **sm_clock_drop(col("sm_clock_mhz"), col("util_gpu_pct")),
             "slowdown_reasons": [name for bit, name in SLOWDOWN_REASONS.items() if seen & bit],
-            "hard_slowdown_samples": int(np.count_nonzero(events & HARD_SLOWDOWNS)),
+            "hard_slowdown_samples": int(np.count_nonzero(reasons & HARD_SLOWDOWNS)),
+            **slowdown_seconds(t, col("clock_events")),
             "ecc_corrected_new": _counter_delta(col("ecc_corrected")),
             "ecc_uncorrected_new": _counter_delta(col("ecc_uncorrected")),
+            **event_figures(i, meta, events),
+            **repair_figures(i, meta, repairs_end),
         }
         for name, field, scale in (("pcie_tx_gbps", "pcie_tx_bytes", 1.0), ("pcie_rx_gbps", "pcie_rx_bytes", 1.0),
                                    ("nvlink_tx_gbps", "nvlink_tx_kib", 1024.0), ("nvlink_rx_gbps", "nvlink_rx_kib", 1024.0)):
@@ -123,13 +244,16 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
 
 
 def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float, float]],
-                      output_tokens: float | list[float] | None = None) -> dict[str, Any]:
+                      output_tokens: float | list[float] | None = None, *, meta: dict[str, Any] | None = None,
+                      events: list[dict] | None = None) -> dict[str, Any]:
     """Figures of what a check measured: one window, or one per repeat of the same workload. With
     several, the figures are of their samples alone (the pauses between repeats are no part of the
     workload), the energy is each window's own (`energy_j_repeats`), `energy_j` their median — one
     repeat's energy, whatever the number of repeats — and joules per output token all of their
     energy over all of their tokens; given tokens per window, each repeat's joules per token too
-    (`energy_j_per_output_token_repeats`, the samples of its interval)."""
+    (`energy_j_per_output_token_repeats`, the samples of its interval). The events counted are
+    those inside the windows; time in slowdown is each window's own, added up (a pause between
+    repeats holds no reading)."""
     per_window = list(output_tokens) if isinstance(output_tokens, (list, tuple)) else None
     if per_window is not None:
         output_tokens = sum(per_window)
@@ -138,14 +262,25 @@ def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float,
     def within(a: float, b: float) -> np.ndarray:
         return (t >= a) & (t <= b)
 
+    inside_events = None if events is None else [e for e in events if any(a <= e["t"] <= b for a, b in windows)]
     if len(windows) == 1:
         (a, b), = windows
         return summarize({name: values[within(a, b)] for name, values in columns.items()},
-                         output_tokens=output_tokens, window_s=b - a)
+                         output_tokens=output_tokens, window_s=b - a, meta=meta, events=inside_events)
     inside = np.zeros(len(t), dtype=bool)
     for a, b in windows:
         inside |= within(a, b)
-    out = summarize({name: values[inside] for name, values in columns.items()})
+    out = summarize({name: values[inside] for name, values in columns.items()}, meta=meta, events=inside_events)
+    for i, gpu in out["gpus"].items():
+        name = f"gpu{i}.clock_events"
+        if name not in columns:
+            continue
+        parts = [slowdown_seconds(t[within(a, b)], columns[name][within(a, b)]) for a, b in windows]
+        for key in ("thermal_slowdown_s", "power_slowdown_s"):
+            known = [p[key] for p in parts if p[key] is not None]
+            gpu[key] = sum(known) if known else None
+        known = [p["slowdown_s"] for p in parts if p["slowdown_s"] is not None]
+        gpu["slowdown_s"] = {r: sum(k[r] for k in known) for r in SLOWDOWN_REASONS.values()} if known else None
     energies = [summarize({name: values[within(a, b)] for name, values in columns.items()},
                           window_s=b - a)["energy_j"] for a, b in windows]
     known = None not in energies

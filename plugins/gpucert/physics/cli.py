@@ -11,6 +11,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "gpucert.physics.nccl_cli",
     "gpucert.physics.gemm_cli",
     "gpucert.physics.memory_cli",
+    "gpucert.physics.memtest_cli",
     "gpucert.physics.p2p_cli",
 )
 

@@ -274,22 +274,29 @@ class SearchResult:
 
 
 def search_max(dtype: str, device: str, m_values, n_values, k_values, *, budget_s: float = SEARCH_BUDGET_S,
-               warmup: int = 3, reps: int = 10) -> SearchResult:
+               warmup: int = 3, reps: int = 10, sustain_s: float | None = None, warmup_s: float = 0.0,
+               preheat_s: float = 0.0) -> SearchResult:
     """Measure every (m, n, k) of the grid until the time budget is spent; keep the fastest.
-    As in mamf-finder, the reported figure is the best median TFLOP/s over the shapes tried."""
+    As in mamf-finder, the reported figure is the best median TFLOP/s over the shapes tried.
+    `sustain_s`: each shape timed in core.time_op's sustained mode (after `warmup_s` of its own),
+    and before the first shape `preheat_s` of untimed back-to-back GEMMs (mamf-finder warms the GPU
+    up for 30 s first): figures of a GPU at the clocks and power it holds, not a burst's."""
     shapes = list(itertools.product(m_values, n_values, k_values))
     found = SearchResult(dtype, str(device), total=len(shapes))
     reason = unsupported_reason(dtype, device)
     if reason:
         found.status, found.error = "skipped", reason
         return found
+    if preheat_s > 0 and shapes:
+        m, n, k = shapes[0]
+        measure(Gemm(dtype, m, n, k, shape="preheat"), device, sustain_s=preheat_s)  # untimed: only heats
     started = time.monotonic()
     for index, (m, n, k) in enumerate(shapes):
         if index and time.monotonic() - started > budget_s:
             found.note = f"time budget {budget_s:g} s reached after {index} of {len(shapes)} shapes"
             break
         result = measure(Gemm(dtype, m, n, k, shape=f"search-{m}x{n}x{k}"), device,
-                         warmup=warmup, reps=reps, max_time_s=budget_s)
+                         warmup=warmup, reps=reps, max_time_s=budget_s, sustain_s=sustain_s, warmup_s=warmup_s)
         found.tried.append(result)
         if result.status == "ok" and (found.best is None or result.tflops > found.best.tflops):
             found.best = result

@@ -64,6 +64,14 @@ def register(engines) -> None:
                         help=f"time budget of the search per dtype (default: {engine.SEARCH_BUDGET_S:g})")
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations (default: 5; cpu 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed iterations (default: 20; cpu 5)")
+    parser.add_argument("--sustain-s", type=float, default=None, metavar="SECONDS",
+                        help="time each shape over this many seconds of back-to-back GEMMs in ~100 ms blocks (the "
+                             "median block), not --reps single iterations (default: off, a burst)")
+    parser.add_argument("--warmup-s", type=float, default=0.5, metavar="SECONDS",
+                        help="with --sustain-s: untimed back-to-back GEMMs before each shape's")
+    parser.add_argument("--preheat-s", type=float, default=0.0, metavar="SECONDS",
+                        help="with --sustain-s: untimed GEMMs before a dtype's search, the GPU at full power first "
+                             "(mamf-finder: 30)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.set_defaults(run=run)
 
@@ -165,6 +173,11 @@ def run(args) -> int:
     timing.update({k: v for k, v in (("warmup", args.warmup), ("reps", args.reps)) if v is not None})
     if timing["reps"] < 1 or timing["warmup"] < 0:
         raise CommandError("--reps must be >= 1 and --warmup >= 0")
+    if args.sustain_s is not None and not args.sustain_s > 0:
+        raise CommandError(f"--sustain-s must be > 0, got {args.sustain_s:g}")
+    if args.warmup_s < 0 or args.preheat_s < 0:
+        raise CommandError("--warmup-s and --preheat-s must be >= 0")
+    sustained = {"sustain_s": args.sustain_s, "warmup_s": args.warmup_s} if args.sustain_s else {}
     plan = [(dtype, _shapes(args, dtype, on_cpu)) for dtype in dtypes]  # bad input fails before any work
     search_grids = {dtype: [_search_values(getattr(args, f"{dim}_range") or args.search_range, dtype) for dim in "mnk"]
                     for dtype in dtypes} if args.shapes in ("search", "all") else {}
@@ -174,14 +187,15 @@ def run(args) -> int:
     for dtype, shapes in plan:
         peak = spec.dense_tflops.get(dtype) if spec else None
         for shape in shapes:
-            result = engine.run_shape(dtype, shape, device, **timing)
+            result = engine.run_shape(dtype, shape, device, **timing, **sustained)
             rows.append(_row(dtype, shape.name, shape.m, shape.n, shape.k, result.tflops, peak,
                              result.status, result.error))
             if table:
                 table.print(rows[-1], result.note)
         if dtype in search_grids:
             found = engine.search_max(dtype, device, *search_grids[dtype], budget_s=args.search_budget,
-                                      warmup=min(timing["warmup"], 3), reps=min(timing["reps"], 10))
+                                      warmup=min(timing["warmup"], 3), reps=min(timing["reps"], 10), **sustained,
+                                      preheat_s=args.preheat_s if sustained else 0.0)
             best = found.best.params if found.best else {}
             rows.append(_row(dtype, "search", best.get("m"), best.get("n"), best.get("k"),
                              found.best.tflops if found.best else None, peak, found.status, found.error))
