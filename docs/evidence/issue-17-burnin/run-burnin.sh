@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Issue 17 on the lent one-GPU H200, from the repo root after the vLLM bundle is staged (torch and
+# pynvml come with the node; the bundle is not needed for PART=peer). Start with device-bg.sh so it
+# outlives one call:
+#   bash docs/evidence/device-bg.sh start burnin bash docs/evidence/issue-17-burnin/run-burnin.sh burnin
+#   bash docs/evidence/device-bg.sh start peer bash docs/evidence/issue-17-burnin/run-burnin.sh peer   # carry .devbundle/mamf-finder.py
+# PART burnin (~12 min): `make burnin` as the README gives it (10 minutes, then the memtest); the
+# report comes back as burnin.tgz. PART peer (~5 min): mamf-finder (stas00/ml-engineering, the
+# version in .devbundle/mamf-finder.py: 30 s warm-up, mean of 100 back-to-back iterations per
+# shape) and gpucert's sustained search over the same bf16 grid, one after the other on the GPU.
+set -uo pipefail
+[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+part=${1:-burnin}
+case $part in
+  burnin)
+    report=reports/burnin; rm -rf "$report"; log=/tmp/burnin.log
+    start=$(date +%s)
+    make burnin PYTHON=python3 BURNIN_MIN=${BURNIN_MIN:-10} ARGS="--report-dir=$report --baselines-dir=/tmp/gpucert-burnin-baselines" > "$log" 2>&1
+    echo "burnin: exit $? in $(( $(date +%s) - start )) s" | tee -a "$log"
+    grep -E "^gpucert|passed|failed" "$log" | tail -4
+    cp "$log" "$report/make.log" 2>/dev/null
+    gzip -f "$report/metrics.json" "$report"/burnin/*.log 2>/dev/null
+    tar czf "$OUT/burnin.tgz" "$report" ;;
+  peer)
+    grid="4096 16384 4096"
+    start=$(date +%s)
+    python3 .devbundle/mamf-finder.py --m_range $grid --n_range $grid --k_range $grid --dtype bfloat16 \
+      --output_file "$OUT/mamf-finder-bf16.txt" > /tmp/mamf.log 2>&1
+    echo "mamf-finder: exit $? in $(( $(date +%s) - start )) s"; tail -3 "$OUT/mamf-finder-bf16.txt"
+    start=$(date +%s)
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
+      --sustain-s 1 --warmup-s 0.3 --preheat-s 30 --search-budget 900 --json > "$OUT/gpucert-search-sustained.json" 2> /tmp/gsearch.log
+    echo "gpucert sustained search: exit $? in $(( $(date +%s) - start )) s"
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
+      --search-budget 900 --json > "$OUT/gpucert-search-burst.json" 2>> /tmp/gsearch.log
+    echo "gpucert burst search: exit $?"
+    python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+for name in ("sustained", "burst"):
+    rows = json.load(open(f"{out}/gpucert-search-{name}.json"))
+    print(name, [(r["m"], r["n"], r["k"], round(r["tflops"] or 0, 1)) for r in rows if r["shape"] == "search"])
+PY
+    cp /tmp/mamf.log /tmp/gsearch.log "$OUT"/ ;;
+  *) echo "usage: run-burnin.sh burnin|peer"; exit 2 ;;
+esac
+nvidia-smi --query-gpu=index,memory.used,temperature.gpu,clocks.sm --format=csv,noheader | sed 's/^/after: gpu /'
