@@ -293,6 +293,7 @@ def merge(existing: dict[str, Any], metrics: list[Metric], artifacts: dict[str, 
             # the last run's own interval (relative, around the stored value) and what it is: the
             # next run's change is judged against both noises and the between-run noise of `runs`
             "stat": metric.statistic,
+            "method": metric.method,
             "ci": list(ci) if ci else None,
             "ci_method": metric.ci_method,
             # the separate runs the value is the median of (between-run noise, noise.run_noise), and
@@ -338,12 +339,14 @@ def runs_of(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def merged_runs(old: dict[str, Any] | None, metric: Metric, provenance: Provenance) -> list[dict[str, Any]]:
     """The runs kept after this one: the last MAX_RUNS of the same level. They start afresh when
-    the stack changed (another snapshot digest: the approved upgrade `make update-baselines` is for)
+    the metric is measured another way than its baseline (Metric.method), when the stack changed (another snapshot digest: the approved upgrade `make update-baselines` is for)
     or when this run's change from the baseline was real — beyond its band and outside the noise
     (judge's `changed`: other settings, a repaired node): runs of another level are not the same
     node's noise, and their median would hold the baseline at the old level."""
     past = runs_of(old)
     if past and past[-1].get("snapshot_digest") != provenance.snapshot_digest:
+        past = []
+    if old is not None and old.get("method") != metric.method:  # burst runs are not a sustained figure's noise
         past = []
     if metric.judgement is not None and metric.judgement.changed:
         past = []

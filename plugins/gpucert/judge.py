@@ -166,6 +166,10 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     findings: list[tuple[str, str]] = []  # (verdict, why) of every rule that applied
     thresholds: list[str] = []
     base_value = baseline.get("value") if baseline and not rule.drift else None
+    # a baseline measured another way (a burst against a sustained figure) is not this metric's
+    other_method = bool(baseline) and base_value is not None and baseline.get("method") != metric.method
+    if other_method:
+        base_value = None
     delta_pct = None
     delta_ci = None
     within_noise = False
@@ -175,8 +179,10 @@ def judge(metric: Metric, rule: Rule, baseline: dict | None, *, missing_baseline
     if rule.drift:
         pass  # the value is itself a difference from the baseline: only absolute limits apply
     elif base_value is None:
-        findings.append(("fail", "no baseline for this metric (--missing-baseline=fail)") if missing_baseline == "fail"
-                        else ("new", "no baseline yet"))
+        method = (f"measured {metric.method or 'as a burst'}, its baseline {baseline.get('method') or 'as a burst'}: "
+                  "no baseline of this method yet") if other_method else None
+        findings.append(("fail", f"{method or 'no baseline for this metric'} (--missing-baseline=fail)")
+                        if missing_baseline == "fail" else ("new", method or "no baseline yet"))
     elif informational:
         delta_pct = (metric.value - float(base_value)) / abs(float(base_value)) * 100 if base_value else None
         change = f"{_fmt(metric.value)} {metric.unit} vs baseline {_fmt(float(base_value))}"

@@ -148,6 +148,10 @@ class Metric:
     # it is: used instead of one from `samples`, which would be of another estimand
     given_ci: tuple[float, float] | None = None
     given_ci_method: str | None = None
+    # how it was measured where a check can measure one metric more than one way ("sustained": over
+    # seconds of back-to-back work after a warm-up); None: the check's one (burst) way. A baseline
+    # measured another way is not compared with (judge.py), nor merged into (baselines.py)
+    method: str | None = None
 
     @property
     def key(self) -> str:

@@ -77,12 +77,14 @@ class CheckRecorder:
                params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
                status: str = "ok", error: str | None = None, note: str | None = None,
                stat: str | None = None, ci: tuple[float, float] | None = None,
-               ci_method: str | None = None) -> Metric:
+               ci_method: str | None = None, method: str | None = None) -> Metric:
         """Record one metric. `params` add to the test's own parameters (e.g. one size of a sweep).
         `stat`: which statistic of `samples` the value is (median, mean, pNN) when its name does
         not say (`…_p99` is the p99; otherwise the median): its confidence interval is of that.
         `ci` and `ci_method`: an interval the measurement computed itself, with what it is (or,
-        `ci` None, why there is none), used instead of one from `samples`."""
+        `ci` None, why there is none), used instead of one from `samples`. `method`: how it was
+        measured where a check can measure it more than one way ("sustained"); a baseline of
+        another method is neither compared with nor merged into."""
         if ci is not None and (ci_method is None or len(ci) != 2 or not all(math.isfinite(b) for b in ci)):
             raise ValueError(f"{metric}: ci must be two finite bounds with its ci_method")
         if status not in STATUSES:
@@ -110,6 +112,7 @@ class CheckRecorder:
             stat=stat,
             given_ci=(min(ci), max(ci)) if ci is not None else None,
             given_ci_method=ci_method,
+            method=method,
         )
         self._result.metrics.append(record)
         return record
@@ -126,7 +129,7 @@ class CheckRecorder:
                                status="skipped" if result.status == "skipped" else "error",
                                error=result.error, note=note)
         return self.record(metric, value, unit=unit, direction=direction, samples=samples, peak=peak,
-                           params=params, note=note)
+                           params=params, note=note, method=getattr(result, "method", None))
 
     def record_error(self, metric: str, error: str, *, unit: str, params: dict[str, Any] | None = None) -> Metric:
         """A measurement that could not be taken: kept on the card with its error, and it fails."""

@@ -172,3 +172,24 @@ def test_the_memtest_check_passes_clean_memory_and_fails_a_planted_flip(tmp_path
     (where,) = check["findings"]["memtest_error"]
     assert where["pattern"].startswith("address") and where["chunk"] == "0", where
     assert int(where["offset"]) == 4242 * 8 and where["flipped_bits"] == "[13]", where
+
+
+def test_a_baseline_measured_another_way_is_not_compared_nor_merged(tmp_path):
+    """A GEMM figure measured sustained against a baseline of bursts: not judged against it (a
+    regression of 15 % would be the method, not the node), shown as having no baseline of its
+    method; --update-baselines starts its runs afresh instead of taking the burst's median."""
+    from gpucert.baselines import Provenance, merged_runs
+    from gpucert.judge import judge
+    from gpucert.metrics import Metric
+    from gpucert.thresholds import Rule
+
+    burst = {"value": 812.0, "runs": [{"value": 812.0, "at": "x", "snapshot_digest": "d"}], "ci": None}
+    sustained = Metric(check="gemm_square", family="gemm", metric="tflops", unit="TFLOP/s", value=687.0,
+                       direction="higher", method="sustained")
+    verdict = judge(sustained, Rule(), burst)
+    assert verdict.verdict == "new" and "measured sustained, its baseline as a burst" in verdict.reason, verdict
+    assert judge(sustained, Rule(), burst, missing_baseline="fail").verdict == "fail"
+    same = judge(sustained, Rule(), {**burst, "method": "sustained"})
+    assert same.verdict == "fail" and "vs baseline 812" in same.reason, same  # −15 % against its own method
+    runs = merged_runs(burst, sustained, Provenance(snapshot_digest="d", git_revision=None, when="y"))
+    assert [r["value"] for r in runs] == [687.0]

@@ -89,6 +89,7 @@ class Result:
     flops: float | None = None
     bytes: float | None = None
     note: str | None = None
+    method: str | None = None  # "sustained" (time_op's sustained mode); None: a burst
 
     @property
     def median_s(self) -> float | None:
@@ -143,6 +144,7 @@ class L2Flusher:
         self._buffer.zero_()
 
 
+SUSTAINED = "sustained"  # Result.method of a figure timed in time_op's sustained mode
 SUSTAIN_BLOCK_S = 0.1  # a sustained sample: ~100 ms of back-to-back iterations (the monitor's interval)
 
 
@@ -349,6 +351,7 @@ def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, m
                                                     max_time_s=max_time_s, flush=flush, sustain_s=sustain_s,
                                                     warmup_s=warmup_s, timeline=timeline)
         if sustain_s is not None:
+            result.method = SUSTAINED
             result.note = "; ".join(filter(None, (result.note, f"sustained: {warmup_s:g} s warm-up, then "
                                                   f"{len(result.samples_s)} blocks of back-to-back iterations "
                                                   f"over {sustain_s:g} s (median block)")))
