@@ -336,3 +336,24 @@ def test_findings_of_one_kind_may_differ_and_nested_data_stays_out_of_the_table(
     rows = [{"capture": "default", "profiler": "torch"}, {"notice": "the load ended before the window closed"},
             {"path": "/t.json.gz", "analysis": {"devices": {}}, "window": None, "rank": 0}]
     assert finding_columns(rows) == ["capture", "profiler", "notice", "path", "window", "rank"]
+
+
+def test_the_steps_that_left_cuda_graphs_are_named_with_their_batches():
+    """vLLM replays CUDA graphs up to its capture size; bigger decode batches launch every kernel
+    from the host. 10 steps of batch 256 by cudaGraphLaunch (GPU idle 0.5 ms a 5 ms step) and 4 of
+    batch 1024 launched kernel by kernel (idle 3 ms of 8): the finding says so with the numbers."""
+    from gpucert.forensics.timeline import KERNEL, TimelineBuilder
+
+    b, t, corr = TimelineBuilder("pytorch", "synthetic"), 1000.0, 0
+    for batch, step_us, gap_us, launch in [(256, 5000.0, 500.0, "cudaGraphLaunch")] * 10 + \
+                                          [(1024, 8000.0, 3000.0, "cudaLaunchKernel")] * 4:
+        b.host_range(f"execute_context_0(0)_generation_{batch}({batch})", t, t + 100)
+        b.host_call(launch, t + gap_us - 5, t + gap_us, correlation=corr)
+        b.device_op(0, KERNEL, "decode", t + gap_us, t + step_us, correlation=corr)
+        t, corr = t + step_us, corr + 1
+    result = analyze(b.build(), gap_us=20)
+    graphs = result["steps"]["cuda_graphs"]
+    assert graphs["replayed"]["steps"] == 10 and graphs["eager"]["steps"] == 4
+    assert (graphs["eager"]["batch_min"], graphs["replayed"]["batch_max"]) == (1024, 256)
+    assert ("CUDA graphs replayed in 10 decode steps (batch 256); 4 decode steps (batch 1024) launched every "
+            "kernel from the host: 8.00 ms against 5.00 ms a step (p50)") in " ".join(result["findings"]), result["findings"]

@@ -125,6 +125,7 @@ def _step_findings(steps: dict, step_regex: re.Pattern) -> list[str]:
     if top_host:
         sentence += f"; worst steps while the host was in '{top_host}'"
     out.append(sentence)
+    out += _graph_findings(steps.get("cuda_graphs"), label)
     worst = steps["worst"][0] if steps["worst"] else None
     p50 = scope["step_ms"]["p50"]
     if worst and p50 and worst["step_ms"] >= 10 * p50:
@@ -132,6 +133,26 @@ def _step_findings(steps: dict, step_regex: re.Pattern) -> list[str]:
                    f"{worst['step_ms'] / p50:.0f}× the p50, with the GPU busy {fmt_ms(worst['gpu_ms'])} of it: "
                    "a step lasts until the next one starts, so an engine idle between requests shows here")
     return out
+
+
+def _graph_findings(graphs: dict | None, label: str) -> list[str]:
+    """CUDA graphs replayed in some steps and not in others: which batches, and what it cost."""
+    if not graphs or not graphs["eager"]["steps"] or not graphs["replayed"]["steps"]:
+        return []
+    replayed, eager = graphs["replayed"], graphs["eager"]
+
+    def batches(side: dict) -> str:
+        low, high = side["batch_min"], side["batch_max"]
+        if low is None:
+            return ""
+        return f" (batch {low})" if low == high else f" (batches {low}–{high})"
+    text = (f"CUDA graphs replayed in {replayed['steps']:,} {label}s{batches(replayed)}; "
+            f"{eager['steps']:,} {label}s{batches(eager)} launched every kernel from the host")
+    if replayed["step_ms_p50"] is not None and eager["step_ms_p50"] is not None:
+        text += (f": {fmt_ms(eager['step_ms_p50'])} against {fmt_ms(replayed['step_ms_p50'])} a step (p50), "
+                 f"the GPU waiting on the host {_pct_text(eager['host_wait_pct'])} of the time against "
+                 f"{_pct_text(replayed['host_wait_pct'])}")
+    return [text]
 
 
 def _commonest_top_host(worst_steps: list[dict], step_regex: re.Pattern) -> str | None:

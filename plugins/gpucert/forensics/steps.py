@@ -189,7 +189,41 @@ def summarize_steps(timeline: Timeline, gaps: dict[int, DeviceGaps], host: HostI
         "top_kernels": [] if device is None else _top_kernels(timeline, gaps[device], steps, scope, gpu, top),
         "worst": _worst_steps(timeline, steps, scope, gpu, wait, host,
                                     None if device is None else gaps[device], max(1, top // 2)),
+        "cuda_graphs": cuda_graph_use(timeline, steps, scope, wait),
     }
+
+
+_GRAPH_LAUNCH = re.compile(r"^(cudaGraphLaunch|cuGraphLaunch)")
+
+
+def cuda_graph_use(timeline: Timeline, steps: Steps, scope: np.ndarray, wait: np.ndarray) -> dict | None:
+    """Which steps of the scope replayed a CUDA graph (a cudaGraphLaunch / cuGraphLaunch host call
+    started inside the step's window) and which launched every kernel from the host: counts, the
+    batch (generation requests) each side ran, and each side's host-wait share. vLLM captures
+    graphs up to `max_cudagraph_capture_size` (min(2 × max_num_seqs, 512) by default): larger
+    decode batches run eagerly. None where the trace has no graph launch at all."""
+    calls = timeline.host_calls
+    if not len(calls):
+        return None
+    is_graph = np.array([bool(_GRAPH_LAUNCH.match(name)) for name in timeline.names], dtype=bool)
+    launches = np.sort(calls.start_us[is_graph[calls.name]])
+    if not len(launches):
+        return None
+    replayed = (np.searchsorted(launches, steps.end, side="left")
+                - np.searchsorted(launches, steps.start, side="left")) > 0
+    batch = steps.counts.get("generation")
+
+    def side(mask: np.ndarray) -> dict:
+        chosen = mask & scope
+        wall = steps.wall[chosen]
+        sizes = batch[chosen] if batch is not None else np.zeros(0, dtype=np.int64)
+        sizes = sizes[sizes >= 0]
+        return {"steps": int(chosen.sum()),
+                "batch_min": int(sizes.min()) if len(sizes) else None,
+                "batch_max": int(sizes.max()) if len(sizes) else None,
+                "step_ms_p50": _ms(float(np.percentile(wall, 50))) if len(wall) else None,
+                "host_wait_pct": _pct(float(wait[chosen].sum()), float(wall.sum())) if len(wall) else None}
+    return {"replayed": side(replayed), "eager": side(~replayed)}
 
 
 def _scope_stats(wall: np.ndarray, gpu: np.ndarray, wait: np.ndarray) -> dict:
