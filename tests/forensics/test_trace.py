@@ -92,7 +92,7 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
     records = plain.measured + profiled.measured
     gpucert.record("failed_requests", sum(not r.ok for r in records), unit="requests", direction="lower",
                    note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
-    if window.stopped_mono > max((r.ended_at or 0) for r in profiled.measured):
+    if window.stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
         gpucert.finding("capture", notice="the load ended before the window closed: the trace's tail is idle")
     _record_overhead(gpucert, profiled.measured, window, plan.warmup_s)
 
