@@ -21,7 +21,7 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly study forensics burnin clean setup
+.PHONY: test hardware inference certify update-baselines nightly study forensics burnin fleet clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
 # needs that: pytest tests/selftest -m fault --fault-table FILE)
@@ -71,6 +71,15 @@ nightly:
 study:
 	$(SETUP_NODE)
 	$(PYTEST) tests/studies -m study --report-dir reports/study $(ARGS)
+
+## the node-level checks on every GPU node of a Ray cluster at once (tests/fleet): a check per node,
+## its own verdict and its figures against the fleet's median; every node needs this repository at
+## the same path and its venv. RAY_ADDRESS: auto, HOST:PORT or ray://HOST:PORT; the nodes' pytest
+## arguments: ARGS='--fleet-args "tests/hardware -m hardware"'
+RAY_ADDRESS ?= auto
+fleet:
+	$(SETUP_NODE)
+	$(PYTEST) tests/fleet -m fleet --ray-address $(RAY_ADDRESS) --report-dir reports/fleet $(ARGS)
 
 ## forensics (tests/forensics, gpucert/data/forensics.yaml or ARGS="--forensics-file FILE"): a
 ## profiler window under load per capture (CUDA graphs, enforce_eager), read for its idle gaps and

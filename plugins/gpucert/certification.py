@@ -25,7 +25,9 @@ EXIT_NOT_CERTIFIED = 6
 _NAMED = 3
 # runs of one kind that certify nothing by themselves: their verdict's words
 RUN_WORDS = {"study": ("STUDY PASSED", "STUDY FAILED"), "forensics": ("FORENSICS PASSED", "FORENSICS FAILED"),
-             "burnin": ("BURN-IN PASSED", "BURN-IN FAILED")}
+             "burnin": ("BURN-IN PASSED", "BURN-IN FAILED"),
+             # the driver of a fleet run judges the nodes, not the machine it runs on
+             "fleet": ("FLEET PASSED", "FLEET FAILED")}
 
 def not_applicable(reason: str) -> str:
     """A skip reason that does not count against certification (the node's shape makes it moot)."""

@@ -34,10 +34,11 @@ MARKERS = {
     "forensics": "forensics check: explains latency spikes from traces and monitor samples",
     "study": "optimization study: KV-cache saturation, batching, precision, capacity under SLO (make study)",
     "burnin": "burn-in: minutes of sustained GEMM and HBM load on every GPU, with the monitor's slowdowns, ECC and XIDs (make burnin)",
+    "fleet": "fleet check: one node of a Ray cluster, its node-level checks run there, judged against the fleet (make fleet)",
     "gpucert_check(name=None, family=None)": "override a check's stable name and baseline family "
                                               "(default: test function and module name without 'test_')",
 }
-CHECK_MARKERS = ("hardware", "inference", "forensics", "study", "burnin")
+CHECK_MARKERS = ("hardware", "inference", "forensics", "study", "burnin", "fleet")
 RUN_KEY = pytest.StashKey[Run]()
 MONITOR_KEY = pytest.StashKey[SessionMonitor]()
 SECRETS_KEY = pytest.StashKey[int]()  # this session's scope in gpucert.redaction
@@ -123,6 +124,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     forensics.addoption("--forensics-file", default=None, metavar="FILE",
                         help="the captures: engines, load levels, profiler window "
                              "(default: gpucert/data/forensics.yaml)")
+    fleet = parser.getgroup("gpucert fleet", "gpucert across a Ray cluster (tests/fleet, make fleet)")
+    fleet.addoption("--ray-address", default=None, metavar="ADDRESS",
+                    help="run the node-level checks on every GPU node of this Ray cluster (auto, HOST:PORT or "
+                         "ray://HOST:PORT); every node needs this repository at the same path and its venv")
+    fleet.addoption("--fleet-args", default="tests/hardware -m hardware", metavar="ARGS",
+                    help="the pytest arguments each node runs, one shell-quoted string (default: %(default)s)")
+    fleet.addoption("--fleet-python", default=sys.executable, metavar="PATH",
+                    help="the Python on the nodes that has gpucert (default: this one, %(default)s)")
+    fleet.addoption("--fleet-timeout-min", type=float, default=60.0, metavar="MIN",
+                    help="a node still running this long after the start is stopped and reported hung (default: 60)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -186,6 +197,12 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             load_forensics_plan(config.getoption("--forensics-file"))
         except ForensicsPlanError as exc:
+            raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--ray-address", None):  # (--fleet-args has a default: it matters only with one)
+        from .fleet.options import FleetError, configure as configure_fleet
+        try:
+            configure_fleet(config)  # the node args parse; the cluster answers (before anything runs)
+        except FleetError as exc:
             raise pytest.UsageError(f"gpucert: {exc}") from None
     budget = config.option.time_budget_min
     if budget is not None and not (budget > 0 and math.isfinite(budget)):

@@ -17,6 +17,7 @@ from ..progress import duration_text
 from ..metrics import metric_check_id
 from . import charts
 from .burnin_view import burnin_view
+from .fleet_view import fleet_view
 from .forensics_view import forensics_view
 from .studies_view import batching_view, kv_capacity_view, slo_capacity_view, tuned_view
 
@@ -231,7 +232,7 @@ def render(data: dict[str, Any]) -> str:
         serving=serving_view(data), monitored=monitor_view(data), trends=trend_view(data),
         physics=physics_view(data), skipped_groups=skipped_groups(data),
         kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data), slo_capacity=slo_capacity_view(data),
-        forensics=forensics_view(data), burnin=burnin_view(data),
+        forensics=forensics_view(data), burnin=burnin_view(data), fleet=fleet_view(data),
     )
 
 

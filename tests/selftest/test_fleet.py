@@ -1,0 +1,275 @@
+"""The fleet path (`make fleet`, issue 18) on a real local Ray cluster of 4 nodes on this machine
+(ray.cluster_utils.Cluster, CPU, the `gpucert_node` rehearsal resource): every node runs the
+stack check from a captured nvidia-smi folder and the NCCL sweep on gloo, the driver's pytest
+gathers them — and a node removed mid-run for real is reported with what it measured while the
+other three complete. Plus the fleet arithmetic and the bad-input lines, without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpucert.fleet import fleet
+from gpucert.fleet.guard import GRACE_S
+from gpucert.fleet.nodes import short_names
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = 4
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+# the stack first (done in seconds), then the gloo sweep (tens of seconds on two shared cores):
+# the window in which the planted fault removes a node that has measured something
+NODE_ARGS = ("tests/hardware/test_stack.py tests/hardware/test_nccl.py -m hardware --nccl-backend gloo "
+             "--nccl-max-bytes 64K --snapshot-from tests/fixtures/h100x2-nvlink --baselines-dir {baselines}")
+DRIVER_TIMEOUT_S = 300
+
+
+# gloo's bandwidth on two shared cores swings from −60 % to +385 % around the fleet median (a GPU
+# fleet's within a few %): the rehearsal names an outlier 90 % below the median, not 10 %
+CPU_FLEET_RULE = {"check": "fleet_node", "metric": "vs_fleet_median_pct", "min": -90, "warn_min": -80}
+
+
+def driver(tmp_path: Path, *args: str) -> list[str]:
+    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
+    rules["rules"].append(CPU_FLEET_RULE)
+    thresholds = tmp_path / "thresholds.yaml"
+    thresholds.write_text(yaml.safe_dump(rules))
+    return [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p", "no:cacheprovider",
+            str(REPO / "tests" / "fleet"), "-m", "fleet", "--report-dir", str(tmp_path / "report"),
+            f"--thresholds={thresholds}", *args]
+
+
+# ---- the fleet's arithmetic -----------------------------------------------------------------
+def node_doc(busbw: float | None, *, failed: int = 0, status: str = "complete") -> dict:
+    checks = [{"check": "stack", "check_id": "stack", "outcome": "passed", "verdict": "pass", "metrics": []}]
+    checks += [{"check": "nccl", "check_id": f"nccl[{i}]", "outcome": "failed", "verdict": "fail", "metrics": []}
+               for i in range(failed)]
+    if busbw is not None:
+        checks.append({"check": "nccl_large_message_busbw", "check_id": "nccl_large_message_busbw",
+                       "outcome": "passed", "verdict": "pass",
+                       "metrics": [{"metric": "busbw_gbps", "value": busbw, "status": "ok", "params": {}}]})
+    checks.append({"check": "memory", "check_id": "memory[gpu=1]", "outcome": "passed", "verdict": "pass",
+                   "metrics": [{"metric": "gbps", "value": 3000.0 + busbw if busbw else 3000.0, "status": "ok",
+                                "params": {"kind": "device_copy", "gpu": 1}},
+                               {"metric": "gbps", "value": 50.0, "status": "ok", "params": {"kind": "h2d_pinned"}}]})
+    checks.append({"check": "p2p", "check_id": "p2p", "outcome": "pending", "metrics": []})
+    return {"status": status, "checks": checks, "certification": {"line": "CERTIFIED 2xH200"}}
+
+
+def test_summary_counts_checks_and_picks_headline_figures():
+    summary = fleet.summarize(node_doc(400.0, failed=2), "x\ngpucert: NOT CERTIFIED 2xH200 — 2 regression(s)\n")
+    assert summary.checks_run == 5  # the pending one did not run
+    assert summary.failed == ["nccl[0]", "nccl[1]"]
+    assert summary.figures == {"nccl_busbw_gbps": 400.0, "hbm_gbps": 3400.0}  # device copies only
+    assert summary.verdict_line == "gpucert: NOT CERTIFIED 2xH200 — 2 regression(s)"
+
+
+def test_verdict_line_falls_back_to_metrics_json_when_the_log_has_none():
+    summary = fleet.summarize(node_doc(None, status="running"), "")
+    assert summary.verdict_line == "gpucert: CERTIFIED 2xH200 (metrics.json, run unfinished)"
+    assert fleet.summarize(None).checks_run == 0
+
+
+def test_outlier_named_by_its_distance_from_the_fleet_median():
+    summaries = {name: fleet.summarize(node_doc(value)) for name, value in
+                 {"a": 400.0, "b": 410.0, "c": 390.0, "d": 300.0}.items()}
+    medians = fleet.medians(summaries)
+    assert medians["nccl_busbw_gbps"] == 395.0
+    assert fleet.distance_pct(300.0, 395.0) == pytest.approx(-24.05, abs=0.01)
+    lines = fleet.outliers(summaries, medians)
+    assert len(lines) == 1 and lines[0].startswith("fleet outlier: d nccl_busbw_gbps 300 GB/s is -24.1%")
+    assert "d" in fleet.table([{"name": n, "host": "h", "ip": "i", "state": "completed", "reason": ""}
+                                for n in summaries], summaries, medians)
+
+
+def test_short_names_tell_nodes_of_one_host_apart():
+    assert short_names([("gpu-07.example.com", "abcdef12"), ("gpu-08.example.com", "12345678")]) == \
+        {"abcdef12": "gpu-07", "12345678": "gpu-08"}
+    assert short_names([("vm", "abcdef12"), ("vm", "12345678")]) == {"abcdef12": "vm-abcdef", "12345678": "vm-123456"}
+    assert short_names([("10.0.0.5", "abcdef12")]) == {"abcdef12": "10.0.0.5"}
+
+
+# ---- bad input: one line, exit 4 --------------------------------------------------------------
+@pytest.mark.parametrize("args, expected", [
+    pytest.param(["--ray-address", "127.0.0.1:1"], "ERROR: gpucert: --ray-address 127.0.0.1:1: cannot be reached",
+                 marks=pytest.mark.fault("fleet", "--ray-address names a port nothing listens on",
+                                         "one line, exit 4, before anything runs"), id="unreachable"),
+    pytest.param(["--ray-address", "127.0.0.1:1", "--fleet-args", '"unclosed'],
+                 "ERROR: gpucert: --fleet-args '\"unclosed' does not parse", id="fleet-args"),
+    pytest.param(["--ray-address", "nowhere"], "ERROR: gpucert: --ray-address 'nowhere': expected auto", id="address"),
+])
+def test_bad_fleet_input_is_one_line_and_exit_4(tmp_path, args, expected):
+    pytest.importorskip("ray")
+    proc = subprocess.run(driver(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_without_ray_address_the_fleet_check_is_skipped_with_the_reason(tmp_path):
+    proc = subprocess.run(driver(tmp_path, "-rs"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--ray-address not given" in proc.stdout
+
+
+# ---- a real local cluster -----------------------------------------------------------------------
+@pytest.fixture
+def local_cluster(request):
+    """A head and three more nodes on this machine (or `indirect` parametrization's count), each a
+    raylet of its own; all of it shut down after."""
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    count = getattr(request, "param", NODES)
+    node_args = {"num_cpus": 1, "resources": {"gpucert_node": 1}, "object_store_memory": OBJECT_STORE_BYTES}
+    cluster = cluster_utils.Cluster(initialize_head=True,
+                                    head_node_args={**node_args, "include_dashboard": False})
+    raylets = []
+    try:
+        for _ in range(count - 1):
+            cluster.add_node(**node_args)
+        cluster.wait_for_nodes()
+        raylets = [p.process for node in cluster.list_all_nodes()
+                   for p in node.all_processes.get("raylet", [])]
+        yield cluster
+    finally:
+        cluster.shutdown()
+    assert all(raylet.poll() is not None for raylet in raylets), "a raylet outlived the cluster"
+
+
+def wait_for_measuring_worker(cluster, report: Path, proc: subprocess.Popen, timeout_s: float):
+    """The first non-head node whose run has ended a check and not yet finished, per the driver's
+    copy of its metrics.json (fleet.json maps names to node ids)."""
+    head = cluster.head_node.node_id
+    workers = {node.node_id: node for node in cluster.worker_nodes}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            rows = json.loads((report / "fleet.json").read_text())["nodes"]
+        except (OSError, ValueError, KeyError):
+            rows = []
+        for row in rows:
+            if row["node_id"] == head or row["node_id"] not in workers or row["state"] != "running":
+                continue
+            try:
+                doc = json.loads((report / "nodes" / row["name"] / "metrics.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if doc.get("status") == "running" and fleet.summarize(doc).checks_run >= 1:
+                return row["name"], workers[row["node_id"]]
+        time.sleep(0.2)
+    return None, None
+
+
+def processes_running(marker: str, within_s: float) -> list[str]:
+    """Command lines of processes naming `marker` still there after `within_s` (read from /proc)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in args:
+                found.append(args)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.5)
+
+
+def driver_checks(report: Path) -> dict[str, dict]:
+    doc = json.loads((report / "metrics.json").read_text())
+    return {check["params"]["node"]: check for check in doc["checks"] if check["check"] == "fleet_node"}
+
+
+def metric_values(check: dict) -> dict[str, float]:
+    return {m["key"].split("::")[1] + (f"[{m['params']['figure']}]" if "figure" in m["params"] else ""): m["value"]
+            for m in check["metrics"]}
+
+
+@pytest.mark.fault("fleet", "a node of a 4-node local Ray cluster removed while its checks run",
+                   "that node reported died with the checks it had ended; the other 3 complete; exit 1")
+def test_four_node_fleet_with_a_node_removed_mid_run(tmp_path, local_cluster):
+    report = tmp_path / "report"
+    (tmp_path / "baselines").mkdir()  # no baselines: the gloo figures are judged on absolute limits
+    started = time.monotonic()
+    proc = subprocess.Popen(driver(tmp_path, "--ray-address", local_cluster.address, "--fleet-timeout-min", "4",
+                                   "--fleet-args", NODE_ARGS.format(baselines=tmp_path / "baselines")),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        victim, node = wait_for_measuring_worker(local_cluster, report, proc, timeout_s=DRIVER_TIMEOUT_S)
+        if node is not None:
+            local_cluster.remove_node(node)  # the planted fault: raylet and workers gone, for real
+        output, _ = proc.communicate(timeout=DRIVER_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wall_s = time.monotonic() - started
+    print(f"4-node fleet run: {wall_s:.1f} s wall (driver start to exit, the node removed: {victim})")
+    if (report / "fleet.md").exists():
+        print((report / "fleet.md").read_text())
+    assert victim is not None, "no worker node was caught mid-run:\n" + output[-3000:]
+    assert proc.returncode == 1, output[-3000:]
+
+    rows = {row["name"]: row for row in json.loads((report / "fleet.json").read_text())["nodes"]}
+    assert len(rows) == NODES
+    assert rows[victim]["state"] == "died" and "actor died" in rows[victim]["reason"], rows[victim]
+    checks = driver_checks(report)
+    assert set(checks) == set(rows)
+    dead = checks[victim]
+    assert dead["outcome"] == "failed" and "died" in dead["message"], dead
+    assert metric_values(dead)["node_checks_run"] >= 1  # what it measured before it went is kept
+    assert dead["findings"]["node"][0]["state"] == "died"
+    for name in set(rows) - {victim}:
+        assert rows[name]["state"] == "completed", rows[name]
+        check = checks[name]
+        values = metric_values(check)
+        assert values["node_checks_failed"] == 0 and values["node_checks_run"] == 52, values
+        assert values["nccl_busbw_gbps"] > 0 and "vs_fleet_median_pct[nccl_busbw_gbps]" in values, values
+        assert check["findings"]["node"][0]["verdict"].startswith("gpucert: CERTIFIED 2xH100"), check["findings"]
+        assert check["outcome"] == "passed", check["message"]
+    assert victim in (report / "fleet.md").read_text()
+    card = (report / "report.html").read_text()
+    assert '<section id="fleet">' in card and f"<code>{victim}</code>" in card
+    assert output.strip().splitlines()[-1].startswith("gpucert: FLEET FAILED"), output[-500:]
+    # the guard ended the removed node's pytest (orphaned by its actor) within its grace
+    assert not processes_running(rows[victim]["workdir"], GRACE_S + 10), "the removed node's run outlived it"
+    for row in rows.values():  # each node's own report folder (on the node: here, this machine)
+        if row.get("workdir"):
+            shutil.rmtree(row["workdir"], ignore_errors=True)
+
+
+@pytest.mark.fault("fleet", "both nodes' runs still going at a 24 s fleet deadline (a 128 MB gloo sweep)",
+                   "each node stopped and reported hung with the checks it had ended; exit 1; no process left")
+@pytest.mark.parametrize("local_cluster", [2], indirect=True)  # two nodes show it, at half the cost
+def test_nodes_past_the_deadline_are_stopped_and_reported_hung(tmp_path, local_cluster):
+    (tmp_path / "baselines").mkdir()
+    args = NODE_ARGS.format(baselines=tmp_path / "baselines").replace("--nccl-max-bytes 64K", "--nccl-max-bytes 128M")
+    started = time.monotonic()
+    proc = subprocess.run(driver(tmp_path, "--ray-address", local_cluster.address, "--fleet-timeout-min", "0.4",
+                                 "--fleet-args", args),
+                          cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
+    print(f"2-node fleet run past its deadline: {time.monotonic() - started:.1f} s wall")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
+    report = tmp_path / "report"
+    rows = json.loads((report / "fleet.json").read_text())["nodes"]
+    checks = driver_checks(report)
+    assert len(rows) == 2
+    for row in rows:
+        assert row["state"] == "hung" and "fleet deadline (24 s): stopped" in row["reason"], row
+        check = checks[row["name"]]
+        assert check["outcome"] == "failed" and "hung" in check["message"], check
+        assert metric_values(check)["node_checks_run"] >= 1  # the stack check, ended before the stop
+        assert not processes_running(row["workdir"], 10), f"{row['name']}: its run outlived the stop"
+        print(f"{row['name']}: {row['reason']}; its log ends:\n" + "".join(
+            (Path(row["workdir"]) / "node.log").read_text(errors="replace").splitlines(True)[-4:]))
+        shutil.rmtree(row["workdir"], ignore_errors=True)
