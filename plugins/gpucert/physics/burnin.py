@@ -167,10 +167,17 @@ def _null():
     return nullcontext()
 
 
-def run_rank(config: BurninConfig, rank: int, dist=None, save=None) -> dict:
-    """The phases on this rank's device; `dist` is torch.distributed once the group is joined
-    (two or more ranks), else None. `save(out)` after each phase: a rank killed later (a hung
-    collective) keeps what it measured before (`complete` says whether it got to the end)."""
+def join_timeout_s(config: BurninConfig) -> float:
+    """How long a rank waits for the others at the together phase's rendezvous: the ranks get there
+    within seconds of each other (same phases, started together); a rank that died never comes."""
+    return max(30.0, 0.2 * config.duration_s)
+
+
+def run_rank(config: BurninConfig, rank: int, join=None, save=None) -> dict:
+    """The phases on this rank's device. `join()` (two or more ranks) joins the process group and
+    returns torch.distributed; it is called only before the together phase, so a peer that died
+    early costs this rank its all-reduce, not its own phases. `save(out)` after each phase: a rank
+    killed later keeps what it measured before (`complete` says whether it got to the end)."""
     save = save or (lambda _: None)
     device = config.devices[rank]
     slow_s = float(config.fault.get("slow_s", 0.0)) if config.fault.get("rank") == rank else 0.0
@@ -196,9 +203,10 @@ def run_rank(config: BurninConfig, rank: int, dist=None, save=None) -> dict:
                               warmup_s=phases[name] * WARMUP_SHARE, timeline=times)
         out["phases"][name] = _series(result, times, metric)
         save(out)
-    loop, calibration_error = None, None
-    if dist is not None:
+    loop, calibration_error, dist = None, None, None
+    if join is not None:
         try:
+            dist = join()
             loop = _start_allreduce(config, device, dist, phases["together"])
         except Exception as exc:  # noqa: BLE001 — a peer gone before the phase: GEMM and copy still run
             calibration_error = f"{type(exc).__name__}: {exc}"

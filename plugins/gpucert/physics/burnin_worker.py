@@ -31,15 +31,21 @@ def main(argv: list[str]) -> int:
     config = burnin.BurninConfig(**json.loads(config_path.read_text()))
     if config.fault.get("rank") == rank and config.fault.get("exit_after_s") is not None:
         _exit_later(float(config.fault["exit_after_s"]))
-    dist = None
-    if len(config.devices) > 1:
-        from gpucert.physics.nccl import worker
-        worker.init(config.backend, rank, len(config.devices), timeout_s=300.0,
-                    rendezvous=str(config_path.parent / "rendezvous"))
-        import torch.distributed as dist
     if config.devices[rank].startswith("cuda"):
         import torch
         torch.cuda.set_device(config.devices[rank])
+    joined = []
+
+    def join():
+        """The process group, joined only before the together phase: a rank that died earlier
+        costs the others the all-reduce, never the phases they run alone."""
+        from gpucert.physics.nccl import worker
+        worker.init(config.backend, rank, len(config.devices), timeout_s=burnin.join_timeout_s(config),
+                    rendezvous=str(config_path.parent / "rendezvous"))
+        import torch.distributed
+        joined.append(torch.distributed)
+        return torch.distributed
+
     out = config_path.parent / f"rank{rank}.json"
 
     def save(result: dict) -> None:
@@ -47,10 +53,10 @@ def main(argv: list[str]) -> int:
         part.write_text(json.dumps(result))
         os.replace(part, out)
 
-    result = burnin.run_rank(config, rank, dist, save)
+    result = burnin.run_rank(config, rank, join if len(config.devices) > 1 else None, save)
     allreduce = result["phases"]["together"].get("allreduce") or {}
-    if dist is not None and not allreduce.get("error"):
-        dist.destroy_process_group()  # not with a collective still pending: it would wait on it
+    if joined and not allreduce.get("error"):
+        joined[0].destroy_process_group()  # not with a collective still pending: it would wait on it
     sys.stdout.flush()
     os._exit(0)  # a collective thread stuck on a dead peer must not hold the interpreter's exit
 
