@@ -193,3 +193,14 @@ def test_a_baseline_measured_another_way_is_not_compared_nor_merged(tmp_path):
     assert same.verdict == "fail" and "vs baseline 812" in same.reason, same  # −15 % against its own method
     runs = merged_runs(burst, sustained, Provenance(snapshot_digest="d", git_revision=None, when="y"))
     assert [r["value"] for r in runs] == [687.0]
+
+
+def test_sustained_blocks_follow_the_speed():
+    """A GPU that slows under minutes of load (or a shared CPU) still gives a sample about every
+    100 ms: the next block's iterations halve or double with the last block's time."""
+    from gpucert.physics.core import _rescaled
+
+    assert _rescaled(1000, 1.0, 0.1) == 125  # 1 ms an iteration: 125 iterations ≈ 0.125 s
+    assert _rescaled(10, 0.001, 0.1) == 640  # 0.1 ms an iteration: doubled until ≥ 0.05 s
+    assert _rescaled(8, 0.1, 0.1) == 8 and _rescaled(1, 5.0, 0.1) == 1
+    assert _rescaled(100, 0.5, 0.1, counted=400) == 100  # the block timed was of 400 iterations

@@ -226,6 +226,7 @@ def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: floa
                 samples.append((time.perf_counter() - t0) / per_block)
                 if timeline is not None:
                     timeline.append(time.monotonic())
+                per_block = _rescaled(per_block, samples[-1] * per_block, block_s)
             return samples, None
         pending = None
         while True:
@@ -234,21 +235,40 @@ def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: floa
             for _ in range(per_block):
                 op()
             stop.record()
+            queued = per_block
             if pending is not None:
-                _take_block(pending, per_block, samples, timeline)
-            pending = (start, stop)
+                took = _take_block(pending, samples, timeline)
+                per_block = _rescaled(per_block, took, block_s, pending[2])
+            pending = (start, stop, queued)
             if time.monotonic() >= deadline:
                 break
-        _take_block(pending, per_block, samples, timeline)
+        _take_block(pending, samples, timeline)
     return samples, None
 
 
-def _take_block(events, per_block: int, samples: list[float], timeline: list[float] | None) -> None:
-    start, stop = events
+def _rescaled(per_block: int, took_s: float, block_s: float, counted: int | None = None) -> int:
+    """Iterations for the next block: halved or doubled while a block takes over twice or under half
+    of `block_s` — a GPU that slows under minutes of load (or a CPU that is shared) still gives a
+    sample every ~block_s. `counted`: the iterations `took_s` was of, when not `per_block`."""
+    per_iteration = took_s / max(counted or per_block, 1)
+    if per_iteration <= 0:
+        return per_block
+    while per_block > 1 and per_block * per_iteration > 2 * block_s:
+        per_block //= 2
+    while per_block * per_iteration < block_s / 2:
+        per_block *= 2
+    return per_block
+
+
+def _take_block(block, samples: list[float], timeline: list[float] | None) -> float:
+    """Wait for a queued block; its mean seconds per iteration becomes a sample. Returns the block's seconds."""
+    start, stop, count = block
     stop.synchronize()
-    samples.append(start.elapsed_time(stop) / 1e3 / per_block)
+    took = start.elapsed_time(stop) / 1e3
+    samples.append(took / count)
     if timeline is not None:
         timeline.append(time.monotonic())
+    return took
 
 
 # A GPU busy-wait queued ahead of each block of HOLD_BLOCK iterations: the host enqueues the whole
