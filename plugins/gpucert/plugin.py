@@ -100,8 +100,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       help="the Python that has vLLM, to run `vllm serve` with (default: this one)")
     serving.addoption("--engine-cmd", default=None, metavar="JSON",
                       help="start this command instead of `vllm serve`, as a JSON list with {port} where the "
-                           "port goes (another OpenAI-compatible engine or build, under the same lifecycle: "
-                           "health wait, log, SIGTERM); gpucert does not check its GPUs")
+                           "port goes and {tensor_parallel_size} etc. an engine setting's value (another "
+                           "OpenAI-compatible engine or build, under the same lifecycle: health wait, log, "
+                           "SIGTERM); gpucert does not check its GPUs")
     serving.addoption("--engine-opt", action="append", default=[], metavar="KEY=VALUE",
                       help="override an engine setting of gpucert/data/serving.yaml (model, "
                            "tensor_parallel_size, max_num_seqs, distributed_executor_backend, …); repeatable")
@@ -134,6 +135,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="the Python on the nodes that has gpucert (default: this one, %(default)s)")
     fleet.addoption("--fleet-timeout-min", type=float, default=60.0, metavar="MIN",
                     help="a node still running this long after the start is stopped and reported hung (default: 60)")
+    fleet.addoption("--fleet-nccl-ops", default="all_reduce,all_gather,reduce_scatter,alltoall", metavar="OPS",
+                    help="collectives of the sweep across nodes, comma-separated (default: %(default)s); its "
+                         "sizes and backend follow --nccl-max-bytes and --nccl-backend")
+    fleet.addoption("--fleet-ranks-per-node", type=int, default=None, metavar="N",
+                    help="ranks per node of the sweeps across nodes (default: every GPU of the node with nccl, "
+                         "1 with gloo)")
+    fleet.addoption("--fleet-pairs", default="parallel", choices=("parallel", "serial", "off"),
+                    help="the pairwise node tests: each round's disjoint pairs at once (default), one pair at a "
+                         "time, or none")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -73,6 +73,11 @@ class CheckRecorder:
         """What this check recorded so far (a study hands its figures to a later study)."""
         return list(self._result.metrics)
 
+    def rule(self, metric: str, params: dict[str, Any] | None = None):
+        """The thresholds.yaml rule that will judge `metric` of this check: where one check's
+        finding depends on its peers' figures (the fleet's pairs), it takes its limit from there."""
+        return self._run.options.thresholds.rule_for(self.check, metric, {**self.params, **(params or {})})
+
     def record(self, metric: str, value: float | None, *, unit: str, samples: list[float] | None = None,
                params: dict[str, Any] | None = None, direction: str | None = None, peak: float | None = None,
                status: str = "ok", error: str | None = None, note: str | None = None,

@@ -17,19 +17,9 @@ from gpucert.fleet import fleet
 from gpucert.fleet.options import node_args
 from gpucert.fleet.runner import run_fleet
 
+from .conftest import NO_ADDRESS, NO_NODES, REPO, cluster_nodes
+
 pytestmark = [pytest.mark.fleet, pytest.mark.gpucert_check(name="fleet_node", family="fleet")]
-
-REPO = Path(__file__).resolve().parents[2]
-NO_ADDRESS = "--ray-address not given: the fleet checks run across a Ray cluster (make fleet RAY_ADDRESS=…)"
-NO_NODES = "none"
-
-
-def cluster_nodes(config: pytest.Config) -> list:
-    if not config.getoption("--ray-address", None):
-        return []
-    from gpucert.fleet.nodes import alive_nodes  # connected in pytest_configure
-    return alive_nodes()
-
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "node" not in metafunc.fixturenames:

@@ -18,26 +18,15 @@ from gpucert.certification import not_applicable
 from gpucert.physics import nccl
 from gpucert.physics.nccl import peak, rows
 
+from .nccl_record import TIMING, headline_row, record_row, sweep_plan
+
 pytestmark = pytest.mark.hardware
-
-
-
-def sweep_plan(config: pytest.Config) -> tuple[str, list[int]]:
-    """(backend, sizes) from the options (checked at configure)."""
-    backend = config.getoption("--nccl-backend")
-    largest = nccl.parse_size(config.getoption("--nccl-max-bytes") or ("8G" if backend == "nccl" else "1M"))
-    return backend, [size for size in nccl.HARDWARE_SIZES if size <= largest]
 
 
 def pytest_generate_tests(metafunc):
     if metafunc.function.__name__ == "test_nccl":  # ids read op first: all_reduce-8B
         metafunc.parametrize("op", nccl.OPS)
         metafunc.parametrize("size", [nccl.format_size(size) for size in sweep_plan(metafunc.config)[1]])
-
-
-# 20 timed iterations per size (fewer where they would take over 1 s); the whole sweep is bounded
-# so `pytest -m hardware` keeps its 5-minute budget even on a node far below its physics
-TIMING = {"warmup": 5, "iters": 20, "size_budget_s": 1.0, "timeout_s": 300.0, "stall_timeout_s": 60.0}
 
 
 @pytest.fixture(scope="module")
@@ -63,45 +52,12 @@ def nvlink_peak(gpucert, sweep):
     return peak.nvlink_peak(gpucert.snapshot, sweep.config.nproc)
 
 
-def record_failed(gpucert, row, metrics):
-    """A row that did not measure, or measured wrong data: every metric fails with the row's error
-    (values kept where there are some), so no baseline ever learns them."""
-    for metric, key, unit, direction in metrics:
-        gpucert.record(metric, row.get(key), unit=unit, direction=direction, status="error", error=row["error"])
-
-
-# wrong first: where data is wrong, the check's first failure line names it
-ROW_METRICS = (("wrong", "wrong", "elements", "lower"), ("busbw_gbps", "busbw_gbps", "GB/s", "higher"),
-               ("algbw_gbps", "algbw_gbps", "GB/s", "higher"), ("time_us", "time_us", "us", "lower"))
-
-
 def test_nccl(gpucert, sweep, op, size):
     row = sweep.row(op, nccl.parse_size(size))
     if row is None:
         pytest.skip(not_applicable(f"{size} rounds down to 0 bytes for {op} on {sweep.config.nproc} ranks"))
-    if row["status"] != "ok":
-        record_failed(gpucert, row, ROW_METRICS)
-        return
-    gpucert.record("wrong", row["wrong"], unit="elements", direction="lower")
     nvlink, why = nvlink_peak(gpucert, sweep)
-    gpucert.record("busbw_gbps", row["busbw_gbps"], unit="GB/s", direction="higher", peak=nvlink,
-                   samples=rows.busbw_samples(row, sweep.config.nproc),
-                   note="; ".join(n for n in (row["note"], why) if n) or None)
-    gpucert.record("algbw_gbps", row["algbw_gbps"], unit="GB/s", direction="higher",
-                   samples=rows.algbw_samples(row))
-    gpucert.record("time_us", row["time_us"], unit="us", direction="lower", samples=row["samples_us"])
-
-
-def headline_row(gpucert, sweep, size, metric, key, unit, direction):
-    """The all_reduce row at `size`, or its failure recorded; None if there is nothing to add."""
-    params = {"op": "all_reduce", "size": nccl.format_size(size)}
-    row = sweep.row("all_reduce", size)
-    if row is None or row["status"] != "ok":
-        error = row["error"] if row else "no all_reduce row in the sweep"
-        gpucert.record(metric, row.get(key) if row else None, unit=unit, direction=direction, params=params,
-                       status="error", error=error)
-        return None, params
-    return row, params
+    record_row(gpucert, row, sweep.config.nproc, nvlink, why)
 
 
 def test_nccl_small_message_latency(gpucert, sweep):

@@ -20,7 +20,7 @@ from gpucert import redaction
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.target import ServingTarget
 
-from .engine_setup import engine_config, engine_in_words, load_from_options, no_local_engine
+from .engine_setup import check_ray_engine, engine_config, engine_in_words, load_from_options, no_local_engine
 from gpucert.serving.vllm_config import engine_command
 from gpucert.monitor.attach import nvml_module as nvml_binding
 from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(items):
     ordered = sorted((items[i] for i in slots), key=lambda item: first.get(item.path.name, 2))
     for slot, item in zip(slots, ordered):
         items[slot] = item
+
+
+@pytest.hookimpl(tryfirst=True)  # before gpucert claims the report folder: bad input leaves no card
+def pytest_collection_finish(session):
+    """A Ray cluster that does not answer stops the run before the first check (one line, exit 4)."""
+    here = Path(__file__).parent
+    if any(item.path.parent == here for item in session.items):
+        check_ray_engine(session.config)
 
 
 def pytest_generate_tests(metafunc):
@@ -76,7 +84,10 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
     command = None
     if config.getoption("--engine-cmd"):  # another engine on the port the lifecycle would give vLLM
         engine = engine.with_overrides({"port": free_port(engine.host)})
-        command = engine_command(config.getoption("--engine-cmd"), engine.port)  # checked at configure
+        try:  # the JSON was checked at configure; `{tensor_parallel_size}` etc. take the resolved values
+            command = engine_command(config.getoption("--engine-cmd"), engine.port, engine)
+        except ValueError as exc:
+            pytest.fail(f"gpucert: {exc}", pytrace=False)
     else:
         missing = no_local_engine(engine)
         if missing:

@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from gpucert import gpus
+from gpucert.serving import ray_cluster
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
-from gpucert.serving.vllm_config import default_config, parallelism
+from gpucert.serving.vllm_config import default_config, parallelism, serving_defaults
 
 
 def load_from_options(config: pytest.Config) -> LoadSettings:
@@ -31,7 +32,15 @@ def _vllm_missing(python: str) -> str | None:
 
 
 def _gpus_missing(engine) -> str | None:
-    count, reason = gpus.visible_to(engine.engine_python)  # the GPUs vLLM will see, not ours
+    address = engine.env.get(ray_cluster.ENV)
+    if engine.distributed_executor_backend == "ray" and address:
+        # vLLM places its workers on the cluster's GPUs, wherever they are: count those
+        try:
+            count, reason = sum(ray_cluster.gpus_per_node(address)), f"on the Ray cluster at {address}"
+        except ray_cluster.RayClusterError as exc:
+            return str(exc)
+    else:
+        count, reason = gpus.visible_to(engine.engine_python)  # the GPUs vLLM will see, not ours
     if count < engine.world_size:
         return f"vLLM on {engine.world_size} GPU(s) needs {engine.world_size}, found {count}" + (f" ({reason})" if reason else "")
     return None
@@ -49,11 +58,30 @@ def engine_overrides(config: pytest.Config) -> dict:
 
 def engine_config(config: pytest.Config, study: dict | None = None):
     """serving.yaml's engine section with a study point's settings (`study`), then `--engine-opt`
-    and `--engine-python`, applied (tensor_parallel_size `auto` resolved to a number)."""
+    and `--engine-python`, applied (tensor/pipeline_parallel_size `auto` resolved to numbers).
+    Under the Ray backend the engine's environment gets RAY_ADDRESS — `--ray-address`, else the
+    caller's — so vLLM joins that cluster rather than starting a Ray of its own, and `auto` is
+    planned from that cluster's GPU nodes."""
+    overrides = {**(study or {}), **engine_overrides(config)}
+    settings = {**serving_defaults()["engine"], **overrides}
+    address, source = ray_cluster.address(config.getoption("--ray-address", None))
+    if str(settings.get("distributed_executor_backend")).lower() == "ray" and address:
+        overrides["env"] = {**(settings.get("env") or {}), ray_cluster.ENV: address}
     try:
-        return default_config({**(study or {}), **engine_overrides(config)})
+        return default_config(overrides)
+    except ray_cluster.RayClusterError as exc:
+        raise pytest.UsageError(f"gpucert: {exc} (from {source})") from None
     except ValueError as exc:
         raise pytest.UsageError(f"gpucert: {exc}") from None
+
+
+def check_ray_engine(config: pytest.Config) -> None:
+    """Under the Ray backend, the cluster is asked before any check runs: no Ray or no cluster at
+    the address is one line and exit 4 (pytest.UsageError from a collection hook), not an error
+    in every check's setup."""
+    backend = {**serving_defaults()["engine"], **engine_overrides(config)}.get("distributed_executor_backend")
+    if str(backend).lower() == "ray" and not config.getoption("--endpoint", None):
+        engine_config(config)
 
 
 def engine_in_words(config: pytest.Config, engine) -> str:

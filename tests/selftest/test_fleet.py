@@ -22,9 +22,11 @@ from gpucert.fleet import fleet
 from gpucert.fleet.guard import GRACE_S
 from gpucert.fleet.nodes import short_names
 
+from . import ray_clusters
+from .ray_clusters import processes_running
+
 REPO = Path(__file__).resolve().parents[2]
 NODES = 4
-OBJECT_STORE_BYTES = 80 * 1024 * 1024
 # the stack first (done in seconds), then the gloo sweep (tens of seconds on two shared cores):
 # the window in which the planted fault removes a node that has measured something
 NODE_ARGS = ("tests/hardware/test_stack.py tests/hardware/test_nccl.py -m hardware --nccl-backend gloo "
@@ -43,7 +45,7 @@ def driver(tmp_path: Path, *args: str) -> list[str]:
     thresholds = tmp_path / "thresholds.yaml"
     thresholds.write_text(yaml.safe_dump(rules))
     return [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p", "no:cacheprovider",
-            str(REPO / "tests" / "fleet"), "-m", "fleet", "--report-dir", str(tmp_path / "report"),
+            str(REPO / "tests" / "fleet" / "test_fleet.py"), "-m", "fleet", "--report-dir", str(tmp_path / "report"),
             f"--thresholds={thresholds}", *args]
 
 
@@ -125,22 +127,8 @@ def test_without_ray_address_the_fleet_check_is_skipped_with_the_reason(tmp_path
 def local_cluster(request):
     """A head and three more nodes on this machine (or `indirect` parametrization's count), each a
     raylet of its own; all of it shut down after."""
-    cluster_utils = pytest.importorskip("ray.cluster_utils")
-    count = getattr(request, "param", NODES)
-    node_args = {"num_cpus": 1, "resources": {"gpucert_node": 1}, "object_store_memory": OBJECT_STORE_BYTES}
-    cluster = cluster_utils.Cluster(initialize_head=True,
-                                    head_node_args={**node_args, "include_dashboard": False})
-    raylets = []
-    try:
-        for _ in range(count - 1):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        raylets = [p.process for node in cluster.list_all_nodes()
-                   for p in node.all_processes.get("raylet", [])]
+    with ray_clusters.local_cluster(getattr(request, "param", NODES), resources={"gpucert_node": 1}) as cluster:
         yield cluster
-    finally:
-        cluster.shutdown()
-    assert all(raylet.poll() is not None for raylet in raylets), "a raylet outlived the cluster"
 
 
 def wait_for_measuring_worker(cluster, report: Path, proc: subprocess.Popen, timeout_s: float):
@@ -165,23 +153,6 @@ def wait_for_measuring_worker(cluster, report: Path, proc: subprocess.Popen, tim
                 return row["name"], workers[row["node_id"]]
         time.sleep(0.2)
     return None, None
-
-
-def processes_running(marker: str, within_s: float) -> list[str]:
-    """Command lines of processes naming `marker` still there after `within_s` (read from /proc)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in args:
-                found.append(args)
-        if not found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.5)
 
 
 def driver_checks(report: Path) -> dict[str, dict]:

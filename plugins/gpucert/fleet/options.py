@@ -11,7 +11,7 @@ import pytest
 
 from .nodes import FleetError, connect
 
-__all__ = ["FleetError", "configure", "node_args"]
+__all__ = ["FleetError", "configure", "nccl_ops", "node_args"]
 
 
 def node_args(config: pytest.Config) -> list[str]:
@@ -28,8 +28,24 @@ def node_args(config: pytest.Config) -> list[str]:
     return args
 
 
+def nccl_ops(config: pytest.Config) -> tuple[str, ...]:
+    """--fleet-nccl-ops as a tuple of known collectives."""
+    from gpucert.physics.nccl import OPS
+
+    ops = tuple(op.strip() for op in (config.getoption("--fleet-nccl-ops", None) or "").split(",") if op.strip())
+    unknown = [op for op in ops if op not in OPS]
+    if unknown or not ops:
+        raise FleetError(f"--fleet-nccl-ops: {'unknown collective ' + repr(unknown[0]) if unknown else 'none given'} "
+                         f"(valid: {', '.join(OPS)})")
+    return ops
+
+
 def configure(config: pytest.Config) -> None:
     node_args(config)
+    nccl_ops(config)
+    per_node = config.getoption("--fleet-ranks-per-node", None)
+    if per_node is not None and per_node < 1:
+        raise FleetError(f"--fleet-ranks-per-node must be at least 1, got {per_node}")
     timeout = config.getoption("--fleet-timeout-min", None)
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
         raise FleetError(f"--fleet-timeout-min must be a positive number of minutes, got {timeout:g}")

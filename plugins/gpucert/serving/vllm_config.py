@@ -228,9 +228,9 @@ def serving_defaults() -> dict[str, Any]:
 AUTO = "auto"
 
 
-def _shard_dims(model: str) -> tuple[int | None, int | None, int | None]:
-    """(attention heads, KV heads, MLP intermediate size) from a preset's or a local folder's
-    config.json; Nones for a hub id (not fetched: the node may be air-gapped)."""
+def _model_config(model: str) -> dict:
+    """A preset's or a local folder's config.json ({} for a hub id: not fetched, the node may be
+    air-gapped); a multimodal config's decoder part."""
     from . import presets
     config: dict = {}
     if presets.is_preset(model):
@@ -240,24 +240,29 @@ def _shard_dims(model: str) -> tuple[int | None, int | None, int | None]:
             config = json.loads((Path(model) / "config.json").read_text())
         except (OSError, ValueError):
             config = {}
-    config = config.get("text_config", config)  # multimodal configs nest the decoder's
-
-    def positive(name: str) -> int | None:
-        value = config.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-    heads = positive("num_attention_heads")
-    return heads, positive("num_key_value_heads") or heads, positive("intermediate_size")
+    return config.get("text_config", config)  # multimodal configs nest the decoder's
 
 
-def auto_tensor_parallel(model: str, gpu_count: int) -> tuple[int, str]:
+def _positive(config: dict, name: str) -> int | None:
+    value = config.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _shard_dims(model: str) -> tuple[int | None, int | None, int | None]:
+    """(attention heads, KV heads, MLP intermediate size); Nones where the config is not known here."""
+    config = _model_config(model)
+    heads = _positive(config, "num_attention_heads")
+    return heads, _positive(config, "num_key_value_heads") or heads, _positive(config, "intermediate_size")
+
+
+def auto_tensor_parallel(model: str, gpu_count: int, found: str | None = None) -> tuple[int, str]:
     """`tensor_parallel_size: auto`: the node's GPU count, lowered to the largest size vLLM can
     shard the model over — attention heads divisible by it, KV heads either divisible by it or
     replicated evenly, the MLP's intermediate size divisible by it (vLLM's column/row-parallel
-    layers assert each) — and why."""
+    layers assert each) — and why. `found` words where the count came from (default: the node's)."""
     limit = max(gpu_count, 1)
     heads, kv, mlp = _shard_dims(model)
-    found = f"the node's {gpu_count} GPU(s)"
+    found = found or f"the node's {gpu_count} GPU(s)"
     if heads is None:
         return limit, f"{found}; the model's attention heads are not known here"
     for size in range(limit, 0, -1):
@@ -267,30 +272,93 @@ def auto_tensor_parallel(model: str, gpu_count: int) -> tuple[int, str]:
     return 1, found  # unreachable: size 1 always divides
 
 
-def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
-    if str(settings.get("tensor_parallel_size", "")).lower() != AUTO:
-        return settings
+def auto_pipeline_parallel(model: str, node_count: int) -> tuple[int, str]:
+    """`pipeline_parallel_size: auto` under the Ray backend: one stage per GPU node, at most one
+    per hidden layer (vLLM splits the layers unevenly where they do not divide, so no divisor is
+    needed) — and why, where lowered."""
+    limit = max(node_count, 1)
+    layers = _positive(_model_config(model), "num_hidden_layers")
+    if layers is not None and layers < limit:
+        return layers, f"pipeline parallel lowered: the model's {layers} layer(s) do not make {limit} stages"
+    return limit, ""
+
+
+@dataclass(frozen=True)
+class AutoParallel:
+    """What `auto` resolves to, and why, in words for the card."""
+    tensor: int
+    pipeline: int
+    found: str  # "the node's 2 GPU(s)", "8 GPU(s) per node on 2 node(s)"
+    tensor_why: str = ""  # where the tensor size is lowered below the GPUs found
+    pipeline_why: str = ""
+    ray_nodes: int | None = None  # the Ray cluster's GPU nodes; None: one node (mp, or a private Ray)
+
+    def reason(self, tensor_auto: bool, pipeline_auto: bool) -> str:
+        return "; ".join(part for part in (self.found + (self.tensor_why if tensor_auto else ""),
+                                           self.pipeline_why if pipeline_auto else "") if part)
+
+
+def auto_parallel(model: str, engine_python: str | None, backend: str | None, env: dict | None) -> AutoParallel:
+    """Tensor and pipeline parallel sizes for `auto`. mp (or Ray without RAY_ADDRESS: vLLM starts
+    a one-node Ray of its own): tensor over the GPUs the engine's Python sees, one stage. The Ray
+    backend with RAY_ADDRESS in the engine's environment: tensor over the GPUs of a node of that
+    cluster (its smallest GPU node), one stage per GPU node — vLLM's advice for many nodes."""
+    address = (env or {}).get("RAY_ADDRESS")
+    if backend == "ray" and address:
+        from . import ray_cluster
+        per_node = ray_cluster.gpus_per_node(address)
+        found = ray_cluster.in_words(per_node)
+        tensor, why = auto_tensor_parallel(model, min(per_node, default=0), found)
+        pipeline, pipeline_why = auto_pipeline_parallel(model, len(per_node))
+        return AutoParallel(tensor, pipeline, found, why.removeprefix(found), pipeline_why, ray_nodes=len(per_node))
     from .. import gpus
-    found, _ = gpus.visible_to(settings.get("engine_python"))  # the GPUs the engine's Python sees
-    size, _ = auto_tensor_parallel(str(settings.get("model") or EngineConfig.model), found)
-    return {**settings, "tensor_parallel_size": size}
+    count = gpus.visible_to(engine_python)[0]  # the GPUs the engine's Python sees, not ours
+    found = f"the node's {count} GPU(s)"
+    tensor, why = auto_tensor_parallel(model, count, found)
+    return AutoParallel(tensor, 1, found, why.removeprefix(found))
+
+
+def _is_auto(value: Any) -> bool:
+    return str(value).lower() == AUTO
+
+
+def _resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    wanted = [name for name in ("tensor_parallel_size", "pipeline_parallel_size") if _is_auto(settings.get(name))]
+    if not wanted:
+        return settings
+    plan = auto_parallel(str(settings.get("model") or EngineConfig.model), settings.get("engine_python"),
+                         settings.get("distributed_executor_backend"), settings.get("env"))
+    sizes = {"tensor_parallel_size": plan.tensor, "pipeline_parallel_size": plan.pipeline}
+    return {**settings, **{name: sizes[name] for name in wanted}}
 
 
 def default_config(overrides: dict[str, Any] | None = None) -> EngineConfig:
-    """serving.yaml's engine section, then `overrides` on top; `tensor_parallel_size: auto`
-    becomes a number here (auto_tensor_parallel)."""
+    """serving.yaml's engine section, then `overrides` on top; `tensor_parallel_size: auto` and
+    `pipeline_parallel_size: auto` become numbers here (auto_parallel)."""
     return EngineConfig().with_overrides(_resolved({**serving_defaults()["engine"], **(overrides or {})}))
 
 
 def parallelism(engine: EngineConfig, overrides: dict[str, Any] | None = None) -> str:
-    """How the engine is split, in words for the card: "tensor parallel 1 (auto: the node's 1 GPU(s))"."""
+    """How the engine is split, in words for the card: "tensor parallel 1 (auto: the node's 1 GPU(s))",
+    "tensor parallel 8, pipeline parallel 2 across 2 Ray nodes (auto: 8 GPU(s) per node on 2 node(s))"."""
+    requested = {**serving_defaults()["engine"], **(overrides or {})}
+    tensor_auto, pipeline_auto = (_is_auto(requested.get(name)) for name in ("tensor_parallel_size",
+                                                                           "pipeline_parallel_size"))
+    auto = tensor_auto or pipeline_auto
+    plan = None
+    if auto or engine.distributed_executor_backend == "ray":
+        plan = auto_parallel(engine.model, engine.engine_python, engine.distributed_executor_backend, engine.env)
     text = f"tensor parallel {engine.tensor_parallel_size}"
-    if engine.pipeline_parallel_size > 1 or engine.data_parallel_size > 1:
+    if plan is not None and plan.ray_nodes is not None:
+        if engine.pipeline_parallel_size > 1:
+            text += f", pipeline parallel {engine.pipeline_parallel_size}"
+        if engine.data_parallel_size > 1:
+            text += f", data parallel {engine.data_parallel_size}"
+        text += f" across {plan.ray_nodes} Ray node{'' if plan.ray_nodes == 1 else 's'}"
+    elif engine.pipeline_parallel_size > 1 or engine.data_parallel_size > 1:
         text += f", pipeline parallel {engine.pipeline_parallel_size}, data parallel {engine.data_parallel_size}"
-    requested = {**serving_defaults()["engine"], **(overrides or {})}.get("tensor_parallel_size")
-    if str(requested).lower() == AUTO:
-        from .. import gpus
-        text += f" (auto: {auto_tensor_parallel(engine.model, gpus.visible_to(engine.engine_python)[0])[1]})"
+    if auto and plan is not None:
+        text += f" (auto: {plan.reason(tensor_auto, pipeline_auto)})"
     return text
 
 

@@ -7,33 +7,48 @@ GPUCERT_NCCL_FAULT holds one or more comma-separated faults, `kind:key=value:…
     hang:rank=1:op=all_gather         rank 1 sleeps forever before the first all_gather, so its
                                       peers block in the collective (the sweep's stall timeout)
     crash:rank=1:op=reduce            rank 1 raises before the first reduce (a rank that dies)
+    slow:node=gpu-07:ms=20            every rank on node gpu-07 waits 20 ms before each timed
+                                      eager collective, so its peers wait in it: a slow node
+    slow:node=gpu-07:peer=gpu-08:ms=20  the same, only in a group that has a rank on gpu-08: a
+                                      slow link between the two (a cross-node sweep's pairs)
 
-Keys: rank (required), op (default: any), bytes (default: any size). The worker reads the variable;
-the sweep parses it before launching so a typo is an error, not a silently healthy run.
+Keys: rank or node (one required; node: the names of a cross-node sweep, gpucert.fleet), op
+(default: any), bytes (default: any size), peer and ms (slow only). The worker reads the variable;
+the sweep parses it before launching so a typo is an error, not a silently healthy run. A bad link
+or a sick NIC cannot exist on the self-tests' one host: `slow` stands in for them there.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from .formulas import OPS
 
 ENV = "GPUCERT_NCCL_FAULT"
-KINDS = ("corrupt", "hang", "crash")
+KINDS = ("corrupt", "hang", "crash", "slow")
+KEYS = ("rank", "node", "peer", "op", "bytes", "ms")
 CORRUPTED_ELEMENTS = 3
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    rank: int
+    rank: int | None = None
     op: str | None = None
     nbytes: int | None = None
+    node: str | None = None
+    peer: str | None = None
+    ms: float = 0.0
 
-    def applies(self, kind: str, rank: int, op: str, nbytes: int) -> bool:
-        return (self.kind == kind and self.rank == rank and self.op in (None, op)
-                and self.nbytes in (None, nbytes))
+    def applies(self, kind: str, rank: int, op: str, nbytes: int, nodes: list[str] | None = None) -> bool:
+        """`nodes`: the node of every rank of the group (a cross-node sweep), else None."""
+        if self.kind != kind or self.op not in (None, op) or self.nbytes not in (None, nbytes):
+            return False
+        if self.node is not None:
+            return bool(nodes) and nodes[rank] == self.node and (self.peer is None or self.peer in nodes)
+        return self.rank == rank
 
 
 def parse(text: str | None) -> list[Fault]:
@@ -47,17 +62,36 @@ def parse(text: str | None) -> list[Fault]:
         fields = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
-            if not sep or key not in ("rank", "op", "bytes"):
-                raise ValueError(f"{ENV}: bad field {pair!r} in {spec!r} (expected rank=N, op=NAME, bytes=N)")
+            if not sep or key not in KEYS:
+                raise ValueError(f"{ENV}: bad field {pair!r} in {spec!r} (expected rank=N or node=NAME, "
+                                 "op=NAME, bytes=N, and for slow ms=N, peer=NAME)")
             fields[key] = value
-        if "rank" not in fields:
-            raise ValueError(f"{ENV}: {spec!r} names no rank")
+        if "rank" not in fields and "node" not in fields:
+            raise ValueError(f"{ENV}: {spec!r} names no rank (rank=N) nor node (node=NAME)")
         if fields.get("op") not in (None, *OPS):
             raise ValueError(f"{ENV}: unknown op {fields['op']!r} in {spec!r}")
-        faults.append(Fault(kind, int(fields["rank"]), fields.get("op"),
-                            int(fields["bytes"]) if "bytes" in fields else None))
+        if (kind == "slow") != ("ms" in fields) or ("peer" in fields and kind != "slow"):
+            raise ValueError(f"{ENV}: {spec!r}: ms=N (and peer=NAME) belong to slow, which needs ms")
+        try:
+            fault = Fault(kind, int(fields["rank"]) if "rank" in fields else None, fields.get("op"),
+                          int(fields["bytes"]) if "bytes" in fields else None, fields.get("node"),
+                          fields.get("peer"), float(fields.get("ms", 0)))
+        except ValueError:
+            raise ValueError(f"{ENV}: {spec!r}: rank, bytes and ms must be numbers") from None
+        faults.append(fault)
     return faults
 
 
 def from_env() -> list[Fault]:
     return parse(os.environ.get(ENV))
+
+
+def slowed(run, delay_s: float):
+    """`run`, waiting `delay_s` before each call (the slow fault)."""
+    if delay_s <= 0:
+        return run
+
+    def late() -> None:
+        time.sleep(delay_s)
+        run()
+    return late

@@ -7,6 +7,10 @@ size (no progress from rank 0 for that long means a rank hangs or a peer never j
 collective), `timeout_s` for the whole sweep. On any of them, or when a rank dies, every rank's
 process group gets SIGTERM, then SIGKILL; rows finished before stay, the others say `timeout`
 (or `error`, for a crash) with the reason.
+
+Where the ranks run is a `Ranks` object: `LocalRanks` starts one process per rank on this host;
+gpucert.fleet.nccl_ranks starts them across the nodes of a Ray cluster, one actor per GPU. The
+timeouts, the rows and the naming of a failed rank are the same for both.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gpucert import gpus, process_group
 
@@ -81,8 +86,9 @@ class SweepResult:
                 "notes": self.notes, "wall_s": self.wall_s, "rows": self.rows}
 
 
-def validate(config: SweepConfig) -> SweepConfig:
-    """Reject what cannot run, with one line naming it; returns the config with a canonical dtype."""
+def validate(config: SweepConfig, local: bool = True) -> SweepConfig:
+    """Reject what cannot run, with one line naming it; returns the config with a canonical dtype.
+    `local`: the ranks run here, so this host must have the GPUs (a cluster's are counted by its launcher)."""
     if config.backend not in BACKENDS:
         raise SweepError(f"unknown backend {config.backend!r} (valid: {', '.join(BACKENDS)})")
     unknown = [op for op in config.ops if op not in formulas.OPS]
@@ -99,17 +105,20 @@ def validate(config: SweepConfig) -> SweepConfig:
         faults.from_env()
     except ValueError as err:
         raise SweepError(str(err)) from None
-    _check_backend(config.backend, config.nproc)
+    _check_backend(config.backend, config.nproc if local else 0)
     return SweepConfig(**{**asdict(config), "dtype": dtype, "ops": tuple(config.ops), "sizes": tuple(config.sizes)})
 
 
 def _check_backend(backend: str, nproc: int) -> None:
+    """This host can run `nproc` ranks of `backend` (0: the ranks run elsewhere, nothing to ask here)."""
     import torch
     import torch.distributed as dist
 
     if backend == "gloo":
         if not dist.is_available() or not dist.is_gloo_available():
             raise SweepError(f"this PyTorch {torch.__version__} has no gloo backend")
+        return
+    if not nproc:
         return
     found = gpus.count()
     if found < nproc:
@@ -133,28 +142,63 @@ def plan(config: SweepConfig) -> list[tuple[str, int, int]]:
     return planned
 
 
-def run(config: SweepConfig) -> SweepResult:
-    """Validate, run every rank, and return the rows (never raises for what happens in a rank)."""
-    config = validate(config)
+class Ranks(Protocol):
+    """The ranks of one sweep, wherever they run."""
+
+    poll_s: float
+
+    def collect(self, offsets: list[int]) -> list[bytes]:
+        """Every rank's event lines from its offset on (and the exit codes, refreshed)."""
+
+    def exit_codes(self) -> list[int | None]:
+        """Per rank: None while it runs, else its exit status (negative: the signal)."""
+
+    def wait(self, rank: int, timeout_s: float) -> int | None:
+        """The rank's exit status once it has one, None after `timeout_s`."""
+
+    def log_tail(self, rank: int, lines: int) -> str:
+        """The last lines the rank printed, or why there are none."""
+
+    def label(self, rank: int) -> str:
+        """How the errors name the rank: "rank 1", "rank 1 (node gpu-07)"."""
+
+    def gone(self) -> list[int]:
+        """Ranks whose host is gone (a node of a cluster): the cause, whatever their peers said."""
+
+    def stop(self) -> None:
+        """End every rank and all it started, SIGTERM then SIGKILL."""
+
+
+RankLauncher = Callable[[SweepConfig, dict[str, Any], Path], Ranks]
+
+
+def run(config: SweepConfig, launch: RankLauncher | None = None) -> SweepResult:
+    """Validate, run every rank, and return the rows (never raises for what happens in a rank).
+    `launch` starts the ranks from the sweep's config document (LocalRanks: here, one process each)."""
+    config = validate(config, local=launch is None)
     planned = plan(config)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpucert-nccl-") as tmp:
         folder = Path(tmp)
-        config_file = folder / "config.json"
-        config_file.write_text(json.dumps({
-            **asdict(config), "plan": planned,
-            # the rendezvous: a FileStore in this private (0700) folder, so no TCP listener at all
-            "rendezvous": str(folder / "rendezvous"),
-            # backstop for a rank whose parent is gone; the parent's own timeouts come first
-            "pg_timeout_s": max(config.startup_timeout_s, config.stall_timeout_s) + 30}))
-        watch = _Watch(folder, config.nproc)
-        env, env_notes = rank_environment(dict(os.environ))
-        procs = _launch(config, config_file, env)
+        document = {**asdict(config), "plan": planned,
+                    # backstop for a rank whose parent is gone; the parent's own timeouts come first
+                    "pg_timeout_s": max(config.startup_timeout_s, config.stall_timeout_s) + 30}
+        env_notes: list[str] = []
+        ranks = None
         try:
-            stop = _monitor(config, procs, watch, started)
+            if launch is None:
+                env, env_notes = rank_environment(dict(os.environ))
+                ranks = LocalRanks(config, document, folder, env)
+            else:
+                ranks = launch(config, document, folder)
+            watch = _Watch(ranks, config.nproc)
+            stop = _monitor(config, ranks, watch, started)
+        except SweepError as exc:  # the ranks could not be placed or started (a cluster's answer)
+            watch, stop = _Watch(None, config.nproc), _Stop("error", str(exc))
         finally:
             # also on KeyboardInterrupt: no rank (nor what it started) outlives the sweep
-            process_group.stop_groups(procs, TERM_GRACE_S)
+            if ranks is not None:
+                ranks.stop()
         watch.poll()  # a row written while the ranks were being stopped still counts
         measured = {(r["op"], r["bytes"]): r for r in watch.rows}
         result = SweepResult(config, _complete(planned, measured, config.dtype, stop), stop.status,
@@ -184,26 +228,77 @@ def rank_environment(inherited: dict[str, str]) -> tuple[dict[str, str], list[st
     return env, notes
 
 
-def _launch(config: SweepConfig, config_file: Path, env: dict[str, str]) -> list[subprocess.Popen]:
-    env = {**env, "WORLD_SIZE": str(config.nproc), "LOCAL_WORLD_SIZE": str(config.nproc)}
-    procs = []
-    for rank in range(config.nproc):
-        log = (config_file.parent / f"rank{rank}.log").open("wb")
-        # a fresh interpreter per rank (never a fork after CUDA init), in its own process group
-        # so a hung rank and anything it started can be killed together
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gpucert.physics.nccl.worker", str(config_file), str(rank)],
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        log.close()
-    return procs
+class LocalRanks:
+    """Every rank a process on this host, meeting through a FileStore in the sweep's folder."""
+
+    poll_s = POLL_S
+
+    def __init__(self, config: SweepConfig, document: dict[str, Any], folder: Path, env: dict[str, str]):
+        self.folder = folder
+        config_file = folder / "config.json"
+        # the rendezvous: a FileStore in this private (0700) folder, so no TCP listener at all
+        config_file.write_text(json.dumps({**document, "rendezvous": str(folder / "rendezvous")}))
+        env = {**env, "WORLD_SIZE": str(config.nproc), "LOCAL_WORLD_SIZE": str(config.nproc)}
+        self.procs: list[subprocess.Popen] = []
+        for rank in range(config.nproc):
+            log = (folder / f"rank{rank}.log").open("wb")
+            # a fresh interpreter per rank (never a fork after CUDA init), in its own process group
+            # so a hung rank and anything it started can be killed together
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "gpucert.physics.nccl.worker", str(config_file), str(rank)],
+                env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            log.close()
+
+    def collect(self, offsets: list[int]) -> list[bytes]:
+        return [read_from(self.folder / f"rank{rank}.jsonl", offset) for rank, offset in enumerate(offsets)]
+
+    def exit_codes(self) -> list[int | None]:
+        return [p.poll() for p in self.procs]
+
+    def wait(self, rank: int, timeout_s: float) -> int | None:
+        try:
+            return self.procs[rank].wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, rank: int, lines: int) -> str:
+        return tail_of(self.folder / f"rank{rank}.log", lines)
+
+    def label(self, rank: int) -> str:
+        return f"rank {rank}"
+
+    def gone(self) -> list[int]:
+        return []  # this host runs the sweep: it is not gone
+
+    def stop(self) -> None:
+        process_group.stop_groups(self.procs, TERM_GRACE_S)
+
+
+def read_from(path: Path, offset: int) -> bytes:
+    """A file's bytes from `offset` on (nothing yet: b"")."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except FileNotFoundError:
+        return b""
+
+
+def tail_of(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no output)"
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return _clip(" | ".join(tail) or "(no output)")
 
 
 class _Watch:
     """Reads every rank's event lines as they grow."""
 
-    def __init__(self, folder: Path, nranks: int):
-        self.folder = folder
+    def __init__(self, ranks: Ranks | None, nranks: int):
+        self.ranks = ranks
         self.offsets = [0] * nranks
         self.rows: list[dict[str, Any]] = []
         self.info: dict[int, dict[str, Any]] = {}
@@ -214,9 +309,16 @@ class _Watch:
 
     def poll(self) -> bool:
         """Read new lines; True when rank 0 made progress."""
+        if self.ranks is None:
+            return False
         progressed = False
-        for rank in range(len(self.offsets)):
-            for event in self._new_events(rank):
+        for rank, data in enumerate(self.ranks.collect(self.offsets)):
+            complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+            self.offsets[rank] += len(complete)
+            for line in complete.splitlines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
                 kind = event["event"]
                 if kind == "ready":
                     self.ready.add(rank)
@@ -232,26 +334,6 @@ class _Watch:
                 progressed |= rank == 0
         return progressed
 
-    def _new_events(self, rank: int) -> list[dict[str, Any]]:
-        path = self.folder / f"rank{rank}.jsonl"
-        try:
-            with path.open("rb") as fh:
-                fh.seek(self.offsets[rank])
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
-        self.offsets[rank] += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-    def log_tail(self, rank: int, lines: int = 3) -> str:
-        try:
-            text = (self.folder / f"rank{rank}.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no output)"
-        tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-        return _clip(" | ".join(tail) or "(no output)")
-
 
 def _clip(text: str, limit: int = 600) -> str:
     text = " ".join(text.split())
@@ -265,14 +347,14 @@ class _Stop:
     notes: list[str] = field(default_factory=list)
 
 
-def _monitor(config: SweepConfig, procs: list[subprocess.Popen], watch: _Watch, started: float) -> _Stop:
+def _monitor(config: SweepConfig, ranks: Ranks, watch: _Watch, started: float) -> _Stop:
     last_progress = started
     exit_deadline = None
     while True:
         now = time.monotonic()
         if watch.poll():
             last_progress = now
-        codes = [p.poll() for p in procs]
+        codes = ranks.exit_codes()
         if watch.done:
             if all(c is not None for c in codes):
                 return _Stop(notes=[f"rank {r} exited with status {c} after the sweep finished"
@@ -284,43 +366,44 @@ def _monitor(config: SweepConfig, procs: list[subprocess.Popen], watch: _Watch, 
         elif any(c is not None and c != 0 for c in codes):
             time.sleep(0.5)  # let the other ranks' failures land, to name the first one
             watch.poll()
-            return _crashed(procs, watch)
+            return _crashed(ranks, watch)
         elif all(c is not None for c in codes):
             return _Stop("error", "every rank exited without finishing the sweep")
         elif len(watch.ready) < config.nproc and now - started > config.startup_timeout_s:
-            return _Stop("timeout", f"ranks {sorted(set(range(config.nproc)) - watch.ready)} not ready after "
+            missing = ", ".join(ranks.label(r) for r in sorted(set(range(config.nproc)) - watch.ready))
+            return _Stop("timeout", f"{missing} not ready after "
                                     f"{config.startup_timeout_s:g} s (interpreter, CUDA or process-group start)")
         elif len(watch.ready) == config.nproc and now - last_progress > config.stall_timeout_s:
             where = watch.position.get(0)
             return _Stop("timeout", f"no progress for {config.stall_timeout_s:g} s in {where} (a rank hangs or "
-                                    f"never joined the collective; {_positions(watch)}); ranks stopped")
+                                    f"never joined the collective; {_positions(ranks, watch)}); ranks stopped")
         elif now - started > config.timeout_s:
             where = watch.position.get(0)
             return _Stop("timeout", f"sweep budget of {config.timeout_s:g} s spent in {where}; ranks stopped")
-        time.sleep(POLL_S)
+        time.sleep(ranks.poll_s)
 
 
-def _positions(watch: _Watch) -> str:
-    return ", ".join(f"rank {r} last started {pos}" for r, pos in sorted(watch.position.items()))
+def _positions(ranks: Ranks, watch: _Watch) -> str:
+    return ", ".join(f"{ranks.label(r)} last started {pos}" for r, pos in sorted(watch.position.items()))
 
 
 CRASH_EXIT_WAIT_S = 5.0
 
 
-def _crashed(procs: list[subprocess.Popen], watch: _Watch) -> _Stop:
+def _crashed(ranks: Ranks, watch: _Watch) -> _Stop:
     """Name the rank that failed first: the earliest error event, else the first non-zero exit."""
-    failed = [r for r, p in enumerate(procs) if p.poll() not in (None, 0)]
+    failed = [r for r, code in enumerate(ranks.exit_codes()) if code not in (None, 0)]
     reported = sorted((e["t"], r) for r, e in watch.errors.items())
-    rank = reported[0][1] if reported else failed[0]
-    try:  # a rank that reported its error may still be tearing down: let its exit status land
-        code = procs[rank].wait(timeout=CRASH_EXIT_WAIT_S)
-    except subprocess.TimeoutExpired:
-        code = None
+    # a rank whose node is gone cannot report; its peers' errors (connection reset) follow from it
+    gone = ranks.gone()
+    rank = gone[0] if gone else reported[0][1] if reported else failed[0]
+    # a rank that reported its error may still be tearing down: let its exit status land
+    code = ranks.wait(rank, CRASH_EXIT_WAIT_S)
     event = watch.errors.get(rank)
     where = event.get("where") if event else watch.position.get(rank)
-    text = _clip(event["error"]) if event else watch.log_tail(rank)
+    text = _clip(event["error"]) if event else ranks.log_tail(rank, 3)
     status = f"status {code}" if code is not None and code >= 0 else f"signal {-code}" if code else "an error"
-    error = f"rank {rank} failed ({status}) in {where or 'startup'}: {text}"
+    error = f"{ranks.label(rank)} failed ({status}) in {where or 'startup'}: {text}"
     others = [str(r) for r in failed if r != rank]
     if others:
         error += f" (then rank {', '.join(others)} failed too)"

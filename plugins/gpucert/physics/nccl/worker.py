@@ -3,7 +3,8 @@
 sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), with RANK,
 WORLD_SIZE and LOCAL_RANK set, and the sockets of gloo/NCCL pinned to loopback; the ranks meet
 through a FileStore (the config's `rendezvous` file), not torch's TCPStore, which would listen on
-every interface (sweep.rank_environment says why). The rank writes its progress
+every interface (sweep.rank_environment says why); across nodes (gpucert.fleet.nccl_ranks) there
+is no shared folder, and `rendezvous` is rank 0's tcp://IP:PORT. The rank writes its progress
 as JSON lines to rank<R>.jsonl beside the config: `ready` once initialized, `start` before each
 size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
 traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
@@ -57,18 +58,20 @@ class Events:
 
 
 def init(backend: str, rank: int, nranks: int, timeout_s: float, rendezvous: str) -> tuple[str, dict]:
-    """Join the process group through the FileStore at `rendezvous`; returns the device string
-    and what the rank runs on."""
+    """Join the process group through `rendezvous` (a FileStore path, or tcp://IP:PORT across
+    nodes); returns the device string and what the rank runs on."""
     timeout = timedelta(seconds=timeout_s)
-    init_method = Path(rendezvous).as_uri()
+    init_method = rendezvous if "://" in rendezvous else Path(rendezvous).as_uri()
     info = {"torch": torch.__version__, "host": socket.gethostname(), "pid": os.getpid()}
     if backend == "nccl":
-        torch.cuda.set_device(rank)
-        device = f"cuda:{rank}"
+        # LOCAL_RANK: this rank's GPU among those visible (a Ray actor sees only its own: 0)
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
         # device_id makes the communicator initialize here (eagerly), not inside the first timed op
         dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=nranks,
                                 timeout=timeout, device_id=torch.device(device))
-        info.update(device=torch.cuda.get_device_name(rank), cuda=torch.version.cuda,
+        info.update(device=torch.cuda.get_device_name(local), cuda=torch.version.cuda,
                     nccl=_nccl_version(),
                     nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE"))
     else:
@@ -152,16 +155,23 @@ def check_case(case: collectives.Case, device: str, corrupt: bool) -> int:
 def run_size(config: dict, buffers: collectives.Buffers, device: str, op: str, count: int, nbytes: int,
              active: list[faults.Fault]) -> dict | None:
     rank, nranks = buffers.rank, buffers.nranks
-    if any(f.applies("hang", rank, op, nbytes) for f in active):
+    nodes = config.get("nodes")  # each rank's node, in a sweep across nodes
+
+    def planted(kind: str) -> list[faults.Fault]:
+        return [f for f in active if f.applies(kind, rank, op, nbytes, nodes)]
+    if planted("hang"):
         while True:  # test hook: a rank that never joins the collective
             time.sleep(3600)
-    if any(f.applies("crash", rank, op, nbytes) for f in active):
+    if planted("crash"):
         raise RuntimeError(f"injected crash on rank {rank} before {op} at {nbytes} B ({faults.ENV})")
     case = collectives.BUILDERS[op](buffers, count)
     case.prepare()
     graph_batch = GRAPH_BATCH if core.is_cuda(device) and nbytes <= GRAPH_MAX_BYTES else 0
+    delay_s = sum(f.ms for f in planted("slow")) / 1e3
+    if delay_s:  # test hook: a slow node or link, on eager timing only (a graph replay skips Python)
+        case.run, graph_batch = faults.slowed(case.run, delay_s), 0
     samples, how = time_case(case, device, config["warmup"], config["iters"], config["size_budget_s"], graph_batch)
-    wrong = check_case(case, device, any(f.applies("corrupt", rank, op, nbytes) for f in active))
+    wrong = check_case(case, device, bool(planted("corrupt")))
     gathered = gather_floats(samples + [float(wrong)], device, nranks)
     if rank != 0:
         return None
@@ -190,6 +200,8 @@ def main(argv: list[str]) -> int:
         # allocated once for the largest size; every size is a slice of these
         buffers = collectives.Buffers(rank, nranks, torch.empty(elements, dtype=dtype, device=device),
                                       torch.empty(elements, dtype=dtype, device=device))
+        if config.get("nodes"):  # across nodes: the rank's node, as the cluster names it
+            info["node"] = config["nodes"][rank]
         events.write("ready", **info)
         for op, count, nbytes in config["plan"]:
             where = f"{op} at {nbytes} B"
