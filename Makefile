@@ -21,7 +21,7 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly study forensics burnin fleet clean setup
+.PHONY: test hardware inference certify update-baselines nightly study workloads forensics burnin fleet clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
 # needs that: pytest tests/selftest -m fault --fault-table FILE)
@@ -71,6 +71,12 @@ nightly:
 study:
 	$(SETUP_NODE)
 	$(PYTEST) tests/studies -m study --report-dir reports/study $(ARGS)
+
+## production-like workloads (tests/workloads): shared prefixes, multi-turn conversations, a trace
+## replayed at its timestamps; the prefix cache's hit rate and TTFT with and without it
+workloads:
+	$(SETUP_NODE)
+	$(PYTEST) tests/workloads -m inference --report-dir reports/workloads $(ARGS)
 
 ## the node-level checks on every GPU node of a Ray cluster at once (tests/fleet): a check per node,
 ## its own verdict and its figures against the fleet's median; every node needs this repository at

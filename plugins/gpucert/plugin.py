@@ -113,6 +113,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     studies = parser.getgroup("gpucert studies", "gpucert optimization studies (tests/studies, make study)")
     studies.addoption("--studies-file", default=None, metavar="FILE",
                       help="the study plan: what each study varies (default: gpucert/data/studies.yaml)")
+    studies.addoption("--workloads-file", default=None, metavar="FILE",
+                      help="the workload plan: prefix, multi-turn and trace workloads, their levels "
+                           "(tests/workloads, make workloads; default: gpucert/data/workloads.yaml)")
     burn = parser.getgroup("gpucert burn-in", "gpucert burn-in (tests/burnin, make burnin)")
     burn.addoption("--burnin-min", type=float, default=10.0, metavar="MIN",
                    help="burn-in duration in minutes, split over its GEMM, HBM and together phases (default: 10)")
@@ -193,6 +196,12 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             load_plan(config.getoption("--studies-file"))
         except PlanError as exc:
+            raise pytest.UsageError(f"gpucert: {exc}") from None
+    if config.getoption("--workloads-file", None):
+        from .serving.workload_plan import PlanError as WorkloadPlanError, load_plan as load_workloads
+        try:
+            load_workloads(config.getoption("--workloads-file"))
+        except WorkloadPlanError as exc:
             raise pytest.UsageError(f"gpucert: {exc}") from None
     burnin_min = config.getoption("--burnin-min", None)
     if burnin_min is not None and not (burnin_min > 0 and math.isfinite(burnin_min)):

@@ -15,32 +15,41 @@ from gpucert.serving.summary import (client_check, itl_gaps_s, measured_window, 
                                      token_count_mismatches, tpot_s)
 
 
-def prompts_for(load, count: int, level: int, repeat: int = 0) -> list[datasets.Prompt]:
-    """`count` prompts of their own for `level` and `repeat` (no prefix-cache hits across them)."""
+def prompts_for(load, count: int | None, level: int, repeat: int = 0) -> list[datasets.Prompt]:
+    """`count` prompts of their own for `level` and `repeat` (no prefix-cache hits across them);
+    None: a trace's every request."""
     return datasets.for_load(load.dataset, count, input_len=load.input_len, output_len=load.output_len,
                              token_ids=load.token_ids, vocab_size=load.vocab_size, range_ratio=load.range_ratio,
-                             seed=datasets.level_seed(load.seed, level, repeat), path=load.dataset_path)
+                             seed=datasets.level_seed(load.seed, level, repeat), path=load.dataset_path,
+                             prefix_groups=load.prefix_groups, prefix_len=load.prefix_len,
+                             trace_speed=load.trace_speed, trace_block_size=load.trace_block_size,
+                             turns=load.turns, think_s=load.think_s)
 
 
 def run_level(target, concurrency: int | None, requests: int, level: int | None = None, repeat: int = 0,
-              rate: float | None = None) -> RunRecords:
+              rate: float | None = None, prompts: list[datasets.Prompt] | None = None) -> RunRecords:
     """`requests` measured requests (plus the warm-up ones) at fixed `concurrency` — or, with
     `rate` (requests/s), arriving as a Poisson process (burstiness 1) with no cap on concurrency —
     over as many client processes as the load settings say (the client must never be the limit).
     `level` picks the prompts (default: the concurrency, else the rate; the sanity check uses 0),
-    `repeat` a fresh set. The run ends at its deadline (`level_timeout_s`, else from its load): a
-    server that never answers fails the level with what it measured, it does not hold it."""
+    `repeat` a fresh set; `prompts` gives them instead (the warm-up's first). A trace's prompts
+    (their send times) are replayed at those times, `concurrency` then a cap. The run ends at its
+    deadline (`level_timeout_s`, else from its load): a server that never answers fails the level
+    with what it measured, it does not hold it."""
     load = target.load
+    replay = load.dataset == "trace"
     config = LoadConfig(
         base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency, request_rate=rate,
         num_requests=requests, warmup_requests=load.warmup, seed=load.seed, ignore_eos=load.ignore_eos,
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
         request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s,
-        deadline_s=load.level_timeout_s or None)  # None: the deadline from the level's load
+        deadline_s=load.level_timeout_s or None,  # None: the deadline from the level's load
+        replay=replay)
     workers = resolve_workers(load.client_workers, config)
-    if level is None:
-        level = concurrency if concurrency is not None else round(rate * 1000)  # prompts per rate, by mreq/s
-    prompts = prompts_for(load, requests + load.warmup, level, repeat)
+    if prompts is None:
+        if level is None:
+            level = concurrency if concurrency is not None else round(rate * 1000)  # prompts per rate, by mreq/s
+        prompts = prompts_for(load, requests + load.warmup, level, repeat)
     return run_load_spread(config, prompts, workers)
 
 

@@ -21,6 +21,19 @@ from gpucert.progress import take_back_sigint
 _ROWS = pytest.StashKey[list]()
 
 
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only():
+    """Each self-test's secrets in a redaction scope of their own, forgotten after it: an engine a
+    test started with a key registers it for the process, and a later test on the same xdist
+    worker that checks `redaction.active()` would find it (seen in CI: the loadgen secrets test
+    after the engine lifecycle's)."""
+    from gpucert import redaction
+
+    depth = redaction.push_scope()
+    yield
+    redaction.pop_scope(depth)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--fault-table", default=None, metavar="FILE",
                      help="write the markdown table of the fault-planting self-tests (marker `fault`) and how each ended")

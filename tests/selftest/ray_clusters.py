@@ -4,6 +4,7 @@ each node a raylet of its own), shut down after — with a check that no raylet 
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -18,6 +19,11 @@ def local_cluster(count: int, **node_args):
     """`count` nodes (the head included), each with `node_args` (resources, num_gpus, …) on top of
     one CPU and a small object store."""
     cluster_utils = pytest.importorskip("ray.cluster_utils")
+    import ray
+    # ray.init in this process (a test that connects, as gpucert's session does) installs its own
+    # SIGTERM and SIGINT handlers and leaves them after shutdown: the next test on this xdist
+    # worker would find them (the engine lifecycle installs its own only over the default)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     node_args = {"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES, **node_args}
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
     raylets = []
@@ -28,7 +34,11 @@ def local_cluster(count: int, **node_args):
         raylets = [p.process for node in cluster.list_all_nodes() for p in node.all_processes.get("raylet", [])]
         yield cluster
     finally:
+        if ray.is_initialized():
+            ray.shutdown()
         cluster.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     assert all(raylet.poll() is not None for raylet in raylets), "a raylet outlived the cluster"
 
 

@@ -57,7 +57,9 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
         for name in ("sustained_tflops", "sustained_gbps", "together_tflops", "together_gbps", "burst_tflops",
                      "allreduce_busbw_gbps", "tflops_of_burst_pct", "vs_median_tflops_pct"):
             assert got[name]["value"] is not None and got[name]["status"] == "ok", (rank, name, got.get(name))
-        assert 20 < got["tflops_of_burst_pct"]["value"] < 200
+        # a percentage of the burst figure: on two shared cores burst and sustained swing apart by up
+        # to a few times (CI under load: 241 %); a fraction (≈1) or a double ×100 (≈10,000) is out
+        assert 10 < got["tflops_of_burst_pct"]["value"] < 1000
     assert abs(gpus[0]["vs_median_tflops_pct"]["value"] + gpus[1]["vs_median_tflops_pct"]["value"]) < 1e-6
     card = (tmp_path / "r" / "report.html").read_text()
     assert '<section id="burnin">' in card and "GPU 1 passed: sustained" in card, card[-2000:]

@@ -90,7 +90,7 @@ def test_connection_refused_is_measured_failure(capsys):
     (["--concurrency", "1", "--num-requests", "1", "--api-key-env", "GPUCERT_UNSET_VAR_X"],
      "environment variable GPUCERT_UNSET_VAR_X is not set"),
     (["--concurrency", "1", "--num-requests", "1", "--dataset", "lmsys"],
-     "unknown dataset 'lmsys' (valid: random, synthetic, sharegpt, jsonl)"),
+     "unknown dataset 'lmsys' (valid: random, synthetic, sharegpt, jsonl, prefix, multiturn, trace)"),
     (["--concurrency", "1", "--num-requests", "1", "--dataset", "sharegpt"],
      "dataset sharegpt needs a file (load setting dataset_path, or --dataset-path)"),
     (["--concurrency", "1", "--num-requests", "1", "--dataset", "jsonl", "--dataset-path", "/nonexistent.jsonl"],

@@ -102,7 +102,7 @@ def test_jsonl_errors_name_file_and_line(tmp_path, body, message):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown dataset 'lmsys' \(valid: random, synthetic, sharegpt, jsonl\)"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'lmsys' \(valid: random, synthetic, sharegpt, jsonl, prefix, multiturn, trace\)"):
         datasets.get("lmsys")
 
 

@@ -18,6 +18,7 @@ from ..metrics import metric_check_id
 from . import charts
 from .burnin_view import burnin_view
 from .fleet_view import fleet_view
+from .workloads_view import workloads_view
 from .forensics_view import forensics_view
 from .studies_view import batching_view, kv_capacity_view, slo_capacity_view, tuned_view
 
@@ -233,6 +234,7 @@ def render(data: dict[str, Any]) -> str:
         physics=physics_view(data), skipped_groups=skipped_groups(data),
         kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data), slo_capacity=slo_capacity_view(data),
         forensics=forensics_view(data), burnin=burnin_view(data), fleet=fleet_view(data),
+        workloads=workloads_view(data),
     )
 
 

@@ -82,9 +82,23 @@ def register(subparsers) -> None:
     load.add_argument("--duration", type=float,
                       help="stop sending new requests after S s (default: none, the run ends at --num-requests)")
     load.add_argument("--dataset", default="random",
-                      help="random (token ids with --token-ids, else text) | synthetic | sharegpt | jsonl")
-    load.add_argument("--dataset-path", help="the ShareGPT JSON or JSONL file (default: none; required by "
-                                             "sharegpt and jsonl)")
+                      help="random (token ids with --token-ids, else text) | synthetic | sharegpt | jsonl | "
+                           "prefix (shared prefixes) | multiturn (conversations) | trace (replay a Mooncake-format "
+                           "JSONL trace at its timestamps)")
+    load.add_argument("--dataset-path", help="the ShareGPT JSON, JSONL or trace file (default: none; required by "
+                                             "sharegpt, jsonl and trace)")
+    load.add_argument("--prefix-groups", type=_positive_int, default=16, metavar="G",
+                      help="prefix: groups, each sharing one prefix (default: 16)")
+    load.add_argument("--prefix-len", type=_positive_int, default=1024, metavar="P",
+                      help="prefix: tokens of each group's shared prefix, before --input-len of its own (default: 1024)")
+    load.add_argument("--turns", type=_positive_int, default=4, metavar="T",
+                      help="multiturn: turns per conversation; --concurrency conversations run at once (default: 4)")
+    load.add_argument("--think-s", type=float, default=0.0, metavar="S",
+                      help="multiturn: seconds between an answer and the next turn (default: 0)")
+    load.add_argument("--trace-speed", type=_positive_float, default=1.0, metavar="X",
+                      help="trace: replay X times as fast as recorded (default: 1)")
+    load.add_argument("--trace-block-size", type=_positive_int, default=512, metavar="N",
+                      help="trace: tokens per hash id (default: 512, Mooncake's)")
     load.add_argument("--range-ratio", type=float, default=0.0, metavar="R",
                       help="input/output lengths uniform in len·[1−R, 1+R] (random, synthetic)")
     load.add_argument("--input-len", type=_positive_int, default=128, help="prompt tokens per request")
@@ -157,6 +171,14 @@ def register(subparsers) -> None:
                            "POST /start_profile and /stop_profile write a trace to DIR (default: no profiler)")
     prof.add_argument("--host-gap-ms", type=float, default=0.0,
                       help="per step (one every --itl-ms), how long the emulated GPU waits on the host")
+    cache = emu.add_argument_group("prefix cache", "vLLM's automatic prefix caching, counted on /metrics as "
+                                                    "vllm:prefix_cache_queries and _hits (emulator_prefix.py)")
+    cache.add_argument("--prefix-cache", action="store_true",
+                       help="cache prompts' full blocks (--block-size tokens) as vLLM does (default: off)")
+    cache.add_argument("--prefill-ms-per-token", type=float, default=0.0, metavar="MS",
+                       help="TTFT grows by this per prompt token the cache did not hold (default: 0)")
+    cache.add_argument("--prefix-cache-blocks", type=_positive_int, default=None, metavar="N",
+                       help="the cache's capacity, least recently used out first (default: unbounded)")
     emu.set_defaults(run=run_emulator)
 
 
@@ -175,26 +197,35 @@ def _slos(pairs: list[str]) -> dict[str, float]:
 
 def load_result(args) -> tuple[dict, int]:
     """Run the load the arguments describe; (JSON-ready result, number of failed requests)."""
-    if args.concurrency is None and args.request_rate is None:
+    replay = args.dataset == "trace"
+    if args.concurrency is None and args.request_rate is None and not replay:
         raise CommandError("give --concurrency N or --request-rate R")
+    if replay and args.request_rate is not None:
+        raise CommandError("--dataset trace sends at the trace's timestamps: no --request-rate")
+    if not args.think_s >= 0:
+        raise CommandError(f"--think-s must be >= 0, got {args.think_s}")
     if args.token_ids and args.endpoint == "chat":
         raise CommandError("--token-ids needs --endpoint completions")
     if not isinstance(args.extra_body, dict):
         raise CommandError("--extra-body must be a JSON object")
-    count = args.num_requests or 1000
+    # a replay without --num-requests replays the whole trace
+    count = args.num_requests or (None if replay else 1000)
     try:
-        config = LoadConfig(
-            base_url=args.base_url, model=args.model, endpoint=args.endpoint,
-            concurrency=args.concurrency, request_rate=args.request_rate,
-            burstiness=args.burstiness, num_requests=args.num_requests,
-            duration_s=args.duration, warmup_requests=args.warmup, seed=args.seed,
-            ramp_up_s=args.ramp_up, return_token_ids=args.token_ids, extra_body=args.extra_body,
-            api_key_env=args.api_key_env, request_timeout_s=args.timeout, deadline_s=args.deadline)
         slos = _slos(args.slo)
         summarize([], slos)  # validates the SLO names before any request is sent
         prompts = datasets.for_load(args.dataset, count, input_len=args.input_len, output_len=args.output_len,
                                     token_ids=args.token_ids, vocab_size=DEFAULT_VOCAB_SIZE,
-                                    range_ratio=args.range_ratio, seed=args.seed, path=args.dataset_path)
+                                    range_ratio=args.range_ratio, seed=args.seed, path=args.dataset_path,
+                                    prefix_groups=args.prefix_groups, prefix_len=args.prefix_len,
+                                    trace_speed=args.trace_speed, trace_block_size=args.trace_block_size,
+                                    turns=args.turns, think_s=args.think_s)
+        config = LoadConfig(
+            base_url=args.base_url, model=args.model, endpoint=args.endpoint,
+            concurrency=args.concurrency, request_rate=args.request_rate,
+            burstiness=args.burstiness, num_requests=args.num_requests or (len(prompts) if replay else None),
+            duration_s=args.duration, warmup_requests=args.warmup, seed=args.seed,
+            ramp_up_s=args.ramp_up, return_token_ids=args.token_ids, extra_body=args.extra_body,
+            api_key_env=args.api_key_env, request_timeout_s=args.timeout, deadline_s=args.deadline, replay=replay)
         workers = resolve_workers(args.workers, config)
         if not config.model:  # asked last: bad input fails before the server is contacted
             config = dataclasses.replace(config, model=server_model(config))
@@ -298,7 +329,9 @@ def run_emulator(args) -> int:
                                 exit_after=args.exit_after, record_timings=args.record_timings,
                                 max_running=args.max_running, kv_blocks=args.kv_blocks,
                                 block_size=args.block_size, max_model_len=args.max_model_len,
-                                profiler_config=args.profiler_config, host_gap_ms=args.host_gap_ms)
+                                profiler_config=args.profiler_config, host_gap_ms=args.host_gap_ms,
+                                prefix_cache=args.prefix_cache, prefill_ms_per_token=args.prefill_ms_per_token,
+                                prefix_cache_blocks=args.prefix_cache_blocks)
     except ValueError as err:
         raise CommandError(str(err)) from None
     if args.record_timings and args.processes > 1:
@@ -306,6 +339,8 @@ def run_emulator(args) -> int:
     if config.scheduled and args.processes > 1:
         raise CommandError("--max-running and --kv-blocks need --processes 1: each process would schedule "
                            "its own share, and the capacity would depend on how the kernel spread the connections")
+    if config.prefix_cache and args.processes > 1:
+        raise CommandError("--prefix-cache needs --processes 1: each process would cache its own share")
     if config.profiler_config and args.processes > 1:
         raise CommandError("--profiler-config needs --processes 1: one process profiles its own steps")
     print(f"gpucert emulator on http://{args.host}:{args.port}/v1 ({args.processes} process"

@@ -27,6 +27,15 @@ class Prompt:
     prompt: str | list[int]
     prompt_tokens: int | None
     output_tokens: int
+    # seconds after the run's start at which a trace replay sends it (workloads.trace); None: the
+    # load's own schedule (a concurrency, a rate)
+    send_at: float | None = None
+    # a multi-turn conversation's turn (workloads.conversations): `prompt` is the new user
+    # message only; the load generator sends it after the conversation's history (every earlier
+    # turn and the server's answer to it), `think_s` after the previous answer ended
+    conversation: int | None = None
+    turn: int = 0
+    think_s: float = 0.0
 
 
 def level_seed(seed: int, level: int, repeat: int = 0) -> int:
@@ -92,6 +101,17 @@ def _read(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason})") from None
 
 
+def json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of each non-blank line; a line that does not parse is named."""
+    for lineno, line in enumerate(_read(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+
+
 def sharegpt(path: str | Path, num_prompts: int | None = None, output_len: int | None = None,
              seed: int = 0, shuffle: bool = True) -> Iterator[Prompt]:
     """ShareGPT JSON: a list of {"conversations": [{"from": "human"|"gpt", "value": ...}, ...]}.
@@ -128,13 +148,7 @@ def jsonl(path: str | Path, num_prompts: int | None = None, output_len: int | No
     Lines without output_tokens need `output_len`. Blank lines are skipped."""
     path = Path(path)
     rows: list[Prompt] = []
-    for lineno, line in enumerate(_read(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
+    for lineno, obj in json_lines(path):
         if not isinstance(obj, dict) or "prompt" not in obj:
             raise ValueError(f"{path}:{lineno}: expected an object with a 'prompt' key")
         prompt = obj["prompt"]
@@ -156,11 +170,29 @@ def jsonl(path: str | Path, num_prompts: int | None = None, output_len: int | No
     yield from rows[:num_prompts]
 
 
+def _shared_prefix(**kwargs) -> Iterator[Prompt]:
+    from .workloads import shared_prefix  # workloads builds on this module's Prompt and words
+    return shared_prefix(**kwargs)
+
+
+def _conversations(**kwargs) -> Iterator[Prompt]:
+    from .workloads import conversations
+    return conversations(**kwargs)
+
+
+def _trace(**kwargs) -> Iterator[Prompt]:
+    from .workloads import trace
+    return trace(**kwargs)
+
+
 DATASETS: dict[str, Callable[..., Iterator[Prompt]]] = {
     "random": random_tokens,
     "synthetic": synthetic_text,
     "sharegpt": sharegpt,
     "jsonl": jsonl,
+    "prefix": _shared_prefix,
+    "multiturn": _conversations,
+    "trace": _trace,
 }
 
 
@@ -171,11 +203,13 @@ def get(name: str, **kwargs) -> list[Prompt]:
     return list(DATASETS[name](**kwargs))
 
 
-FILE_DATASETS = ("sharegpt", "jsonl")
+FILE_DATASETS = ("sharegpt", "jsonl", "trace")
 
 
-def for_load(name: str, count: int, *, input_len: int, output_len: int, token_ids: bool, vocab_size: int,
-             range_ratio: float = 0.0, seed: int = 0, path: str | Path | None = None) -> list[Prompt]:
+def for_load(name: str, count: int | None, *, input_len: int, output_len: int, token_ids: bool, vocab_size: int,
+             range_ratio: float = 0.0, seed: int = 0, path: str | Path | None = None,
+             prefix_groups: int = 16, prefix_len: int = 1024, trace_speed: float = 1.0,
+             trace_block_size: int = 512, turns: int = 4, think_s: float = 0.0) -> list[Prompt]:
     """`count` prompts of one load (a level, the sanity check, the offline sweep), as the load
     settings and `gpucert loadgen` name them:
     - `random`: random token ids when `token_ids`, else synthetic text (no tokenizer here to turn
@@ -183,7 +217,25 @@ def for_load(name: str, count: int, *, input_len: int, output_len: int, token_id
     - `synthetic`: synthetic text;
     - `sharegpt`, `jsonl`: the file at `path`, shuffled by `seed` (so each level draws its own
       order), repeated when it holds fewer than `count`; ShareGPT output lengths from its answers,
-      JSONL's from each line or `output_len`. Text prompts need a server with a tokenizer."""
+      JSONL's from each line or `output_len`. Text prompts need a server with a tokenizer;
+    - `prefix`: `prefix_groups` shared prefixes of `prefix_len` tokens, each prompt one of them
+      then `input_len` tokens of its own (workloads.shared_prefix);
+    - `multiturn`: ⌈count ÷ `turns`⌉ conversations of `turns` turns, each a new user message of
+      `input_len` tokens sent after the history, `think_s` after the last answer (workloads.conversations);
+    - `trace`: the Mooncake-format trace at `path`, its first `count` requests in time order, each
+      with its send time (its timestamps ÷ `trace_speed`) and its hash ids' blocks of
+      `trace_block_size` tokens (workloads.trace)."""
+    if name == "prefix":
+        return get("prefix", num_prompts=count, groups=prefix_groups, prefix_len=prefix_len, suffix_len=input_len,
+                   output_len=output_len, vocab_size=vocab_size, seed=seed, token_ids=token_ids)
+    if name == "multiturn":  # at least `count` turns: ⌈count ÷ turns⌉ conversations
+        return get("multiturn", num_conversations=max(1, -(-count // turns)), turns=turns, input_len=input_len,
+                   output_len=output_len, think_s=think_s, vocab_size=vocab_size, seed=seed, token_ids=token_ids)
+    if name == "trace":
+        if not path:
+            raise ValueError("dataset trace needs a file (load setting dataset_path, or --dataset-path)")
+        return get("trace", path=path, vocab_size=vocab_size, seed=seed, speed=trace_speed,
+                   block_size=trace_block_size, token_ids=token_ids, num_prompts=count)
     if name == "random" and token_ids:
         return get("random", num_prompts=count, input_len=input_len, output_len=output_len,
                    vocab_size=vocab_size, range_ratio=range_ratio, seed=seed)

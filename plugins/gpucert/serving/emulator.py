@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .emulator_prefix import PrefixCache
 from .emulator_profile import StepProfiler, profiler_dir, profiler_kind
 
 DEFAULT_OUTPUT_TOKENS = 16
@@ -130,6 +131,12 @@ class EmulatorConfig:
     profiler_config: str | None = None
     # per step, how long the emulated GPU waits on the host (the step's scheduling) in the trace
     host_gap_ms: float = 0.0
+    # vLLM's automatic prefix caching (emulator_prefix.py), counted on /metrics; each prompt token
+    # the cache does not hold adds prefill_ms_per_token to the request's TTFT (without the
+    # scheduler), so a hit shows in TTFT as it does on a GPU
+    prefix_cache: bool = False
+    prefill_ms_per_token: float = 0.0
+    prefix_cache_blocks: int | None = None  # capacity in blocks (None: no eviction)
 
     def __post_init__(self):
         if self.tokens_per_chunk < 1:
@@ -155,6 +162,14 @@ class EmulatorConfig:
             self.cache_config = self._consistent_cache_config(dict(self.cache_config))
         if self.host_gap_ms < 0:
             raise ValueError("host_gap_ms must be >= 0")
+        if self.prefill_ms_per_token < 0:
+            raise ValueError("prefill_ms_per_token must be >= 0")
+        if self.prefill_ms_per_token and self.scheduled:
+            raise ValueError("prefill_ms_per_token applies without the scheduler (--max-running, --kv-blocks)")
+        if self.prefix_cache_blocks is not None and self.prefix_cache_blocks < 1:
+            raise ValueError("prefix_cache_blocks must be >= 1")
+        if self.cache_config is not None and "enable_prefix_caching" in self.cache_config:
+            self.cache_config["enable_prefix_caching"] = str(self.prefix_cache)
         if self.profiler_config:
             try:
                 trace_dir = profiler_dir(self.profiler_config)
@@ -196,11 +211,13 @@ class EmulatorConfig:
                     labels[name] = value
         return labels
 
-    def chunk_offsets_s(self, output_tokens: int) -> list[tuple[float, int, int]]:
-        """(offset from request start in s, first token index, token count) of every chunk."""
+    def chunk_offsets_s(self, output_tokens: int, prefill_tokens: int = 0) -> list[tuple[float, int, int]]:
+        """(offset from request start in s, first token index, token count) of every chunk;
+        `prefill_tokens` (those the prefix cache did not hold) add prefill_ms_per_token each."""
         chunks, k = [], self.tokens_per_chunk
+        prefill_ms = prefill_tokens * self.prefill_ms_per_token
         for i, first in enumerate(range(0, output_tokens, k)):
-            offset_ms = self.ttft_ms + i * self.itl_ms
+            offset_ms = self.ttft_ms + prefill_ms + i * self.itl_ms
             if self.stall_after is not None and first >= self.stall_after:
                 offset_ms += self.stall_ms
             chunks.append((offset_ms / 1000.0, first, min(k, output_tokens - first)))
@@ -395,14 +412,15 @@ async def sleep_until(deadline: float) -> None:
         await asyncio.sleep(0)
 
 
-def _prompt_tokens(body: dict, chat: bool) -> int:
-    """A token-id prompt counts exactly; text counts as whitespace words (no tokenizer here)."""
+def _prompt_units(body: dict, chat: bool) -> list:
+    """The prompt as the emulator counts it: token ids, else whitespace words (no tokenizer); a
+    chat's messages one after another, so a conversation's history is a prefix of its next turn."""
     if chat:
-        return sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        return [w for m in body.get("messages", []) for w in str(m.get("content", "")).split()]
     prompt = body.get("prompt", "")
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return len(prompt)
-    return len(str(prompt).split())
+        return prompt
+    return str(prompt).split()
 
 
 def _sse(payload) -> bytes:
@@ -417,6 +435,7 @@ class Emulator:
         self.running = 0  # requests between arrival and their last byte: vLLM's "running" gauge
         self.timings: dict[str, dict] = {}
         self.scheduler = Scheduler(config) if config.scheduled else None
+        self.prefix_cache = PrefixCache(config.block_size, config.prefix_cache_blocks) if config.prefix_cache else None
         trace_dir = profiler_dir(config.profiler_config)
         self.profiler = None if trace_dir is None else StepProfiler(
             trace_dir, config.itl_ms / 1e3, config.host_gap_ms / 1e3, lambda: self.running)
@@ -462,6 +481,13 @@ class Emulator:
             values["vllm:kv_cache_usage_perc"] = sched.kv_usage
         return values
 
+    def counters(self) -> dict[str, float]:
+        """The prefix cache's counters, as vLLM publishes them while prefix caching is on."""
+        if self.prefix_cache is None:
+            return {}
+        return {"vllm:prefix_cache_queries_total": self.prefix_cache.queries,
+                "vllm:prefix_cache_hits_total": self.prefix_cache.hits}
+
     async def _metrics(self, request: web.Request) -> web.Response:
         """vLLM's Prometheus names for what an emulator has: the requests in service and queued,
         the preemptions, the KV cache's usage (a fraction, 1 = full, as vLLM's
@@ -470,7 +496,7 @@ class Emulator:
         multiprocess collector writes them, are the cache config's fields and the engine."""
         labels = f'engine="0",model_name="{_label_value(self.config.model)}"'
         lines = []
-        for name, value in self.gauges().items():
+        for name, value in {**self.gauges(), **self.counters()}.items():
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]  # as prometheus_client writes
         if self.config.cache_config is not None:
@@ -513,7 +539,8 @@ class Emulator:
                                                 "type": "InternalServerError"}}, status=500)
         output_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens")
                             or DEFAULT_OUTPUT_TOKENS)
-        prompt_tokens = _prompt_tokens(body, chat)
+        units = _prompt_units(body, chat)
+        prompt_tokens = len(units)
         limit = self.config.context_limit
         if limit is not None and prompt_tokens + output_tokens > limit:
             return web.json_response(context_length_error(limit, prompt_tokens, output_tokens), status=400)
@@ -522,12 +549,18 @@ class Emulator:
             (body.get("stream_options") or {}).get("include_usage"))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": output_tokens,
                  "total_tokens": prompt_tokens + output_tokens}
-        chunks = self.config.chunk_offsets_s(output_tokens)
+        cached, computed = 0, []
+        if self.prefix_cache is not None:
+            cached, computed = self.prefix_cache.lookup(units)
+        chunks = self.config.chunk_offsets_s(output_tokens, prefill_tokens=prompt_tokens - cached)
         request_id = request.headers.get("X-Request-Id", f"emu-{self.requests_seen}")
         served = _Served(self, start, prompt_tokens, chunks)
+        if self.config.record_timings:
+            served.record["cached_tokens"] = cached
         try:
             if not body.get("stream"):
                 await served.until(len(chunks))
+                self._cache(computed)
                 return web.json_response(self._whole(chat, output_tokens, usage))
 
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -545,6 +578,8 @@ class Emulator:
                 self.timings[request_id] = served.record
             for n, (_, first, count) in enumerate(chunks):
                 await served.until(n + 1)
+                if n == 0:  # the prefill is done: its blocks are cached from now on
+                    self._cache(computed)
                 text = "".join(f" t{first + j}" for j in range(count))
                 choice: dict = {"index": 0, "finish_reason": "length" if n == len(chunks) - 1 else None}
                 if chat:
@@ -559,6 +594,9 @@ class Emulator:
                 # client arrivals 18 ms "before" such a stamp)
                 writes.append(time.monotonic())
                 await response.write(_sse({**base, "choices": [choice]}))
+            # decode filled blocks too: vLLM caches a block once its KV is computed, and the KV of
+            # every answer token but the last one (sampled, never fed back) is
+            self._cache_answer(units, output_tokens, want_ids and not chat)
             if want_usage:
                 await response.write(_sse({**base, "choices": [], "usage": usage}))
             if self.config.send_done:
@@ -567,6 +605,18 @@ class Emulator:
             return response
         finally:
             served.leave()
+
+    def _cache(self, keys: list[int]) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.insert(keys)
+
+    def _cache_answer(self, units: list, output_tokens: int, ids: bool) -> None:
+        """The prompt and the answer but its last token, as the client will send them back in a
+        conversation's next turn: the token ids streamed, or the words of the streamed text."""
+        if self.prefix_cache is not None and output_tokens > 1:
+            answer = ([FAKE_TOKEN_BASE + j % 1000 for j in range(output_tokens - 1)] if ids
+                      else [f"t{j}" for j in range(output_tokens - 1)])
+            self.prefix_cache.insert(self.prefix_cache.keys([*units, *answer]))
 
     def _whole(self, chat: bool, output_tokens: int, usage: dict) -> dict:
         text = "".join(f" t{i}" for i in range(output_tokens))

@@ -19,7 +19,8 @@ import os
 import secrets
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import httptools
@@ -50,6 +51,8 @@ DEADLINE_ERROR = "deadline"
 # the requests waiting behind them would otherwise be sent into the last instant and fail as
 # "in flight" or "not sent" by chance
 DEADLINE_SLACK_S = 0.010
+# a schedule's sends (a rate, a replay) wake this early and yield to the loop until their time
+SCHEDULE_SPIN_S = 0.002
 
 
 @dataclass
@@ -78,12 +81,17 @@ class LoadConfig:
     # the whole run (warm-up and measured) ends this many seconds after it starts: requests in
     # flight then fail, unsent ones are recorded as not sent. None: default_deadline_s of the load
     deadline_s: float | None = None
+    # a trace replay: each prompt is sent at its own `send_at` (workloads.trace), whether or not
+    # the ones before it have ended; a concurrency, if given, caps the requests in flight
+    replay: bool = False
 
     def __post_init__(self):
         if self.endpoint not in ENDPOINT_PATHS:
             raise ValueError(f"unknown endpoint {self.endpoint!r}; valid: "
                              f"{', '.join(ENDPOINT_PATHS)}")
-        if self.concurrency is None and self.request_rate is None:
+        if self.replay and self.request_rate is not None:
+            raise ValueError("a trace replay sends at the trace's times, not at a request rate")
+        if self.concurrency is None and self.request_rate is None and not self.replay:
             raise ValueError("give a concurrency or a request rate")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -130,7 +138,9 @@ class LoadConfig:
     def body(self, prompt: Prompt) -> bytes:
         body: dict = {"model": self.model, "max_tokens": prompt.output_tokens, "stream": True}
         if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt.prompt}]
+            # a conversation's turn brings its messages (history and the new one); else one message
+            body["messages"] = prompt.prompt if _is_messages(prompt.prompt) else [
+                {"role": "user", "content": prompt.prompt}]
         else:
             body["prompt"] = prompt.prompt
         if self.include_usage:
@@ -141,6 +151,10 @@ class LoadConfig:
             body["return_token_ids"] = True
         body.update(self.extra_body)
         return json.dumps(body).encode()
+
+
+def _is_messages(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
 
 
 class SSEParser:
@@ -227,6 +241,10 @@ class _StreamCount:
 
     ids: int = 0
     saw_ids: bool = False  # some chunk carried a token_ids list: the streamed count is exact
+    # a conversation's turn keeps the answer for its next turn's history: "ids" (token ids) or
+    # "text" (the streamed text), into `kept`
+    keep: str | None = None
+    kept: list = field(default_factory=list)
 
 
 def _apply_event(record: RequestRecord, payload, arrived: float, chat: bool, count: _StreamCount) -> None:
@@ -281,6 +299,10 @@ def _apply_event(record: RequestRecord, payload, arrived: float, chat: bool, cou
         record.token_times.extend([arrived] * tokens)
         record.content_chunks += 1
         count.ids += len(token_ids or ())
+        if count.keep == "ids":
+            count.kept.extend(token_ids or ())
+        elif count.keep == "text" and text:
+            count.kept.append(text)
 
 
 def settle_token_count(record: RequestRecord, count: _StreamCount, exact: bool) -> None:
@@ -314,13 +336,16 @@ def settle_token_count(record: RequestRecord, count: _StreamCount, exact: bool) 
 
 
 async def send_request(client: StreamingClient, config: LoadConfig, headers: dict,
-                       body: bytes, record: RequestRecord, deadline: float | None = None) -> RequestRecord:
+                       body: bytes, record: RequestRecord, deadline: float | None = None,
+                       answer: list | None = None, answer_kind: str = "text") -> RequestRecord:
     """Send one streaming request and fill `record`; errors end up in the record, not raised.
     The body's pieces are parsed as they arrive, in the read's own callback (http_stream.py).
     `deadline` (time.monotonic()): the run's end; the request fails there if still in flight,
-    and is not sent at all past it."""
+    and is not sent at all past it. `answer`: a list that receives the streamed answer, as
+    `answer_kind` "ids" (token ids) or "text" (a conversation's next turn sends it back)."""
     chat = config.endpoint == "chat"
-    parser, count = SSEParser(), _StreamCount()
+    parser = SSEParser()
+    count = _StreamCount() if answer is None else _StreamCount(keep=answer_kind, kept=answer)
     done = False
     if record.x_request_id:
         headers = {**headers, "X-Request-Id": record.x_request_id}
@@ -437,6 +462,12 @@ class LoadGenerator:
             raise ValueError("no prompts")
         if config.endpoint == "chat" and any(not isinstance(p.prompt, str) for p in prompts):
             raise ValueError("token-id prompts need the completions endpoint")
+        self.conversational = any(p.conversation is not None for p in prompts)
+        if self.conversational and config.endpoint == "completions" and not config.return_token_ids \
+                and any(isinstance(p.prompt, list) for p in prompts):
+            raise ValueError("token-id conversations need the answers' token ids (return_token_ids) for their history")
+        if self.conversational and (config.request_rate is not None or config.replay or config.concurrency is None):
+            raise ValueError("a multi-turn load runs at a concurrency (conversations in flight), not a rate or a replay")
         self.config = config
         self.prompts = prompts
         self.headers = config.headers()  # fails early when the key variable is missing
@@ -444,13 +475,19 @@ class LoadGenerator:
         # unique per run and per worker process: vLLM refuses a request id already in flight
         self._id_prefix = f"gpucert-{os.getpid()}-{secrets.token_hex(4)}"
 
-    def _record(self, scheduled_at: float, warmup: bool) -> tuple[RequestRecord, bytes]:
+    def _record(self, scheduled_at: float, warmup: bool, slot: int | None = None,
+                prompt: Prompt | None = None) -> tuple[RequestRecord, bytes]:
+        """The next request; its prompt `prompt` (a conversation's turn with its history), the
+        `slot`-th (a replay's schedule slot) or, by default, the next in turn."""
         request_id, self._next_id = self._next_id, self._next_id + 1
-        prompt = self.prompts[request_id % len(self.prompts)]
+        if prompt is None:
+            prompt = self.prompts[(request_id if slot is None else slot) % len(self.prompts)]
         record = RequestRecord(request_id=request_id, scheduled_at=scheduled_at,
                                prompt_tokens=prompt.prompt_tokens, warmup=warmup,
                                requested_output_tokens=prompt.output_tokens,
-                               x_request_id=f"{self._id_prefix}-{request_id}")
+                               x_request_id=f"{self._id_prefix}-{request_id}",
+                               conversation=None if warmup else prompt.conversation,
+                               turn=None if warmup or prompt.conversation is None else prompt.turn)
         return record, self.config.body(prompt)
 
     async def run(self) -> RunRecords:
@@ -470,7 +507,11 @@ class LoadGenerator:
             probe_task = asyncio.create_task(probe.run())
             started, started_wall, cpu_before = time.monotonic(), time.time(), time.process_time()
             try:
-                if cfg.request_rate is not None:
+                if self.conversational:
+                    records += await self._conversations(session)
+                elif cfg.replay:
+                    records += await self._replay(session)
+                elif cfg.request_rate is not None:
                     records += await self._at_rate(session)
                 else:
                     records += await self._concurrent(session, cfg.num_requests, cfg.duration_s,
@@ -519,6 +560,59 @@ class LoadGenerator:
             done += self._unsent(count - issued, warmup)
         return done
 
+    async def _conversations(self, session) -> list[RequestRecord]:
+        """`concurrency` conversations at a time, each turn after the answer to the one before
+        (and its think time), sent with the conversation's whole history: its earlier messages
+        and the server's real answers. A failed turn ends its conversation: its later turns are
+        recorded failed, not sent (their history would be wrong)."""
+        cfg = self.config
+        waiting: deque[list[Prompt]] = deque()
+        for prompt in self.prompts:
+            if prompt.conversation is None:
+                raise ValueError("a multi-turn load needs every prompt in a conversation (dataset multiturn)")
+            if not waiting or waiting[-1][0].conversation != prompt.conversation:
+                waiting.append([])
+            waiting[-1].append(prompt)
+        limit = cfg.num_requests if cfg.num_requests is not None else len(self.prompts)
+        issued, done = 0, []
+
+        async def worker() -> None:
+            nonlocal issued
+            while waiting and issued < limit and time.monotonic() < self._deadline - DEADLINE_SLACK_S:
+                history: list | str | None = None
+                turns = sorted(waiting.popleft(), key=lambda p: p.turn)
+                for index, turn in enumerate(turns):
+                    if issued >= limit:
+                        return
+                    if index and turn.think_s:  # from the previous answer's end
+                        await sleep_until(done[-1].ended_at + turn.think_s)
+                    issued += 1
+                    full, kind = with_history(history, turn, cfg.endpoint)
+                    record, body = self._record(time.monotonic(), warmup=False, prompt=full)
+                    answer: list = []
+                    done.append(await send_request(session, cfg, self.headers, body, record,
+                                                   deadline=self._deadline, answer=answer, answer_kind=kind))
+                    if not done[-1].ok:
+                        left = turns[index + 1:][:limit - issued]
+                        issued += len(left)
+                        done.extend(self._broken(left, done[-1]))
+                        break
+                    history = after_answer(full.prompt, answer, kind, cfg.endpoint)
+
+        await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+        if issued < limit:
+            done += self._unsent(limit - issued, warmup=False)
+        return done
+
+    def _broken(self, turns: list[Prompt], failed: RequestRecord) -> list[RequestRecord]:
+        records = []
+        for turn in turns:
+            record, _ = self._record(time.monotonic(), warmup=False, prompt=turn)
+            record.error = (f"not sent: turn {failed.turn} of its conversation failed "
+                            f"({(failed.error or '')[:120]})")
+            records.append(record)
+        return records
+
     async def _at_rate(self, session) -> list[RequestRecord]:
         """Send on the arrival schedule (absolute times, so one late send does not delay the
         rest); a concurrency, if given, caps the requests in flight as vLLM's max-concurrency."""
@@ -528,7 +622,23 @@ class LoadGenerator:
             expected = cfg.duration_s * (cfg.request_rate if math.isfinite(cfg.request_rate)
                                          else 1000.0)
             count = int(expected * 2 + 100)
-        offsets = arrival_offsets(count, cfg.request_rate, cfg.burstiness, cfg.seed)
+        return await self._on_schedule(session, arrival_offsets(count, cfg.request_rate, cfg.burstiness, cfg.seed))
+
+    async def _replay(self, session) -> list[RequestRecord]:
+        """Each prompt at its own send time (a trace's), in the prompts' order."""
+        if any(p.send_at is None for p in self.prompts):
+            raise ValueError("a replay needs prompts with send times (dataset trace)")
+        count = len(self.prompts) if self.config.num_requests is None else self.config.num_requests
+        # prompt i at its own time; past the prompts' end, the schedule goes round again after it
+        span = self.prompts[-1].send_at
+        offsets = [self.prompts[i % len(self.prompts)].send_at + (i // len(self.prompts)) * span
+                   for i in range(count)]
+        return await self._on_schedule(session, np.asarray(offsets, dtype=float), prompt_by_slot=True)
+
+    async def _on_schedule(self, session, offsets: np.ndarray, prompt_by_slot: bool = False) -> list[RequestRecord]:
+        """Send at `offsets` (s after now; absolute times, so one late send does not delay the
+        rest); a concurrency, if given, caps the requests in flight as vLLM's max-concurrency."""
+        cfg = self.config
         gate = asyncio.Semaphore(cfg.concurrency) if cfg.concurrency else None
         start, tasks = time.monotonic(), []
 
@@ -544,16 +654,45 @@ class LoadGenerator:
             scheduled = start + float(offset)
             if scheduled >= self._deadline:
                 break
-            delay = scheduled - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            while time.monotonic() < scheduled:  # uvloop's timers may fire up to 1 ms early
-                await asyncio.sleep(0)
-            tasks.append(asyncio.create_task(one(*self._record(scheduled, warmup=False))))
+            await sleep_until(scheduled)
+            slot = len(tasks) if prompt_by_slot else None
+            tasks.append(asyncio.create_task(one(*self._record(scheduled, warmup=False, slot=slot))))
         records = list(await asyncio.gather(*tasks))
         if cfg.num_requests is not None and len(records) < cfg.num_requests:
             records += self._unsent(cfg.num_requests - len(records), warmup=False)
         return records
+
+
+async def sleep_until(deadline: float) -> None:
+    """Until time.monotonic() reaches `deadline`: uvloop's timers have 1 ms granularity (they fire
+    up to 1 ms early, or late), so sleep to SCHEDULE_SPIN_S before it, then yield to the loop
+    until it comes."""
+    delay = deadline - time.monotonic() - SCHEDULE_SPIN_S
+    if delay > 0:
+        await asyncio.sleep(delay)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0)
+
+
+def with_history(history, turn: Prompt, endpoint: str) -> tuple[Prompt, str]:
+    """The turn as sent — its conversation's history, then its new message — and how its answer
+    is kept: chat, a list of messages (answers as text); completions, token ids after token ids
+    (the answers' ids) or text after text."""
+    if endpoint == "chat":
+        messages = [*(history or []), {"role": "user", "content": turn.prompt}]
+        return replace(turn, prompt=messages, prompt_tokens=None), "text"
+    if isinstance(turn.prompt, list):
+        ids = [*(history or []), *turn.prompt]
+        return replace(turn, prompt=ids, prompt_tokens=len(ids)), "ids"
+    text = f"{history} {turn.prompt}" if history else turn.prompt
+    return replace(turn, prompt=text, prompt_tokens=None), "text"
+
+
+def after_answer(sent, answer: list, kind: str, endpoint: str):
+    """The history after a turn: what was sent and the server's answer."""
+    if endpoint == "chat":
+        return [*sent, {"role": "assistant", "content": "".join(answer)}]
+    return [*sent, *answer] if kind == "ids" else sent + "".join(answer)
 
 
 @contextlib.contextmanager

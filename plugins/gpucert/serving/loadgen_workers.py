@@ -121,7 +121,12 @@ def split_config(config: LoadConfig, workers: int) -> list[LoadConfig]:
 
 def split_prompts(prompts: list[Prompt], workers: int) -> list[list[Prompt]]:
     """Strided shares (each worker sees the whole mix of lengths); all prompts to every worker
-    when there are fewer prompts than workers."""
+    when there are fewer prompts than workers. A multi-turn load is split by whole conversations
+    (a conversation's turns need its history, which only one worker holds)."""
+    if any(p.conversation is not None for p in prompts):
+        conversations = sorted({p.conversation for p in prompts})
+        shares = [set(conversations[i::workers]) for i in range(workers)]
+        return [[p for p in prompts if p.conversation in share] or prompts for share in shares]
     return [prompts[i::workers] or prompts for i in range(workers)]
 
 

@@ -41,6 +41,9 @@ class RequestRecord:
     # sent as the X-Request-Id header: vLLM names the request after it (cmpl-<id>-0) in its logs
     # and traces, and the emulator keys its own send times by it, so both sides can be matched
     x_request_id: str | None = None
+    # a multi-turn conversation's request: which conversation, which turn (0-based)
+    conversation: int | None = None
+    turn: int | None = None
 
     @property
     def ok(self) -> bool:

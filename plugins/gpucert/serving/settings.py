@@ -17,9 +17,19 @@ from .vllm_config import parse_bool, serving_defaults
 @dataclass(frozen=True)
 class LoadSettings:
     endpoint: str = "completions"
-    # random (token ids, or text without token_ids) | synthetic | sharegpt | jsonl (datasets.for_load)
+    # random (token ids, or text without token_ids) | synthetic | sharegpt | jsonl | prefix | trace
+    # (datasets.for_load)
     dataset: str = "random"
     dataset_path: str = ""
+    # prefix: this many groups, each sharing a prefix of prefix_len tokens (then input_len of its own)
+    prefix_groups: int = 16
+    prefix_len: int = 1024
+    # multiturn: turns per conversation, and the think time between an answer and the next turn (s)
+    turns: int = 4
+    think_s: float = 0.0
+    # trace: its timestamps divided by this (2: twice as fast); tokens per hash id (Mooncake: 512)
+    trace_speed: float = 1.0
+    trace_block_size: int = 512
     token_ids: bool = True
     input_len: int = 128
     output_len: int = 256
@@ -54,8 +64,18 @@ class LoadSettings:
     @property
     def label(self) -> str:
         """The dataset in a few words, for notes on the card."""
+        if self.dataset == "trace":
+            speed = f" at {self.trace_speed:g}× speed" if self.trace_speed != 1 else ""
+            return f"trace {Path(self.dataset_path).name}{speed}"
         if self.dataset in FILE_DATASETS:
             return f"{self.dataset} {Path(self.dataset_path).name}"
+        if self.dataset == "multiturn":
+            think = f", {self.think_s:g} s think time" if self.think_s else ""
+            return (f"conversations of {self.turns} turns, {self.input_len} new in / {self.output_len} out per turn"
+                    f"{think} ({'token ids' if self.token_ids else 'text'})")
+        if self.dataset == "prefix":
+            return (f"{self.prefix_groups} groups sharing {self.prefix_len} tokens + {self.input_len} own in / "
+                    f"{self.output_len} out ({'token ids' if self.token_ids else 'text'})")
         spread = f" ±{self.range_ratio:.0%}" if self.range_ratio else ""
         kind = "token ids" if self.dataset == "random" and self.token_ids else "text"
         return f"{self.input_len} in / {self.output_len} out{spread} ({kind})"
@@ -63,7 +83,7 @@ class LoadSettings:
 
 _FIELDS = {f.name: f for f in fields(LoadSettings)}
 # numbers that may be 0 (every other number must be > 0)
-_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s", "range_ratio", "level_timeout_s")
+_ZERO_ALLOWED = ("warmup", "seed", "ramp_up_s", "range_ratio", "level_timeout_s", "think_s")
 
 
 def _coerce(key: str, value: Any) -> Any:

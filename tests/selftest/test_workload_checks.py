@@ -1,0 +1,101 @@
+"""The workload checks (issue 20, `make workloads`) end to end on the emulator as the engine
+(--engine-cmd, its prefix cache on or off as the point's {enable_prefix_caching} says): every
+point a check, the hit rate from the server's own counters beside the expected share, the
+cache-off point's TTFT saving, the replay's schedule lag; a plain rerun passes against the
+baselines of the first run and a slower prefill fails. Tokens 5 ms apart after a 20 ms TTFT: a
+shared 2-core box delays the emulator's sends by a few ms, which moves shorter times by more than
+the serving rules' 20 % (as the studies' self-test found)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = {"workloads": {
+    "prefix": {"load": {"dataset": "prefix", "prefix_groups": 4, "prefix_len": 256, "input_len": 16, "output_len": 4},
+               "concurrency": [1], "cache_off": True},
+    "multiturn": {"load": {"dataset": "multiturn", "turns": 3, "input_len": 24, "output_len": 4}, "concurrency": [2]},
+    "trace": {"load": {"dataset": "trace", "trace_block_size": 16},
+              "synthetic": {"seconds": 2, "rate": 15, "burstiness": 0.25, "input_len": 64, "output_len": 4,
+                            "documents": 2, "shared_blocks": 2, "seed": 1}},
+}}
+LOAD = ["--load-opt", "min_requests=24", "--load-opt", "requests_per_level=2", "--load-opt", "warmup=0"]
+
+
+def engine(prefill_ms: float) -> list[str]:
+    stand_in = ("import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
+                f"serve(EmulatorConfig(ttft_ms=20, itl_ms=5, prefix_cache=sys.argv[2] == 'True', "
+                f"prefill_ms_per_token={prefill_ms}), port=int(sys.argv[1]))\n")
+    return [sys.executable, "-c", stand_in, "{port}", "{enable_prefix_caching}"]
+
+
+def run_workloads(tmp_path: Path, prefill_ms: float, *args: str):
+    plan = tmp_path / "workloads.yaml"
+    plan.write_text(yaml.safe_dump(PLAN, sort_keys=False))
+    report = tmp_path / "r"
+    cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/workloads", "-m", "inference",
+           "-p", "no:cacheprovider", "-q", "--monitor", "off", f"--baselines-dir={tmp_path / 'b'}",
+           f"--report-dir={report}", f"--workloads-file={plan}", "--engine-cmd", json.dumps(engine(prefill_ms)),
+           *LOAD, *args]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    doc = json.loads((report / "metrics.json").read_text())
+    return run, {c["params"]["workload_point"]: c for c in doc["checks"]}
+
+
+def values(check: dict) -> dict[str, float]:
+    return {m["metric"]: m["value"] for m in check["metrics"]}
+
+
+def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
+    run, checks = run_workloads(tmp_path, 0.05, "--update-baselines")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert list(checks) == ["prefix-c1", "prefix-c1-cache_off", "multiturn-c2", "trace-replay"]
+    prefix = values(checks["prefix-c1"])
+    # one request at a time: the server's counters give exactly the share the prompts imply
+    assert prefix["prefix_cache_hit_pct"] == pytest.approx(prefix["expected_prefix_hit_pct"], abs=1e-9)
+    assert prefix["prefix_cache_hit_pct"] == pytest.approx(100 * 20 * 256 / (24 * 272))
+    off = values(checks["prefix-c1-cache_off"])
+    assert "prefix_cache_hit_pct" not in off and off["ttft_cache_saving_pct"] > 20  # 256 × 0.05 ms of ~34 ms
+    assert values(checks["multiturn-c2"])["prefix_cache_hit_pct"] > 0
+    trace = values(checks["trace-replay"])
+    assert {"schedule_lag_ms_p50", "schedule_lag_ms_p99", "schedule_lag_ms_max"} <= set(trace)
+    assert trace["prefix_cache_hit_pct"] > 0 and trace["expected_prefix_hit_pct"] > 0
+    assert (tmp_path / "r" / "workloads" / "trace-trace.jsonl").is_file()  # the synthetic trace, kept
+
+    rerun, _ = run_workloads(tmp_path, 0.05)  # the same engine again: passes against those baselines
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+
+
+@pytest.mark.fault("workloads", "the prefill ten times slower per uncached token (the emulator's cost per token)",
+                   "the cache-off point's TTFT and throughput fail against the baselines; exit 1")
+def test_a_slower_prefill_fails_against_the_baselines(tmp_path):
+    first, _ = run_workloads(tmp_path, 0.05, "--update-baselines")
+    assert first.returncode == 0, first.stdout[-3000:]
+    slow, checks = run_workloads(tmp_path, 0.5)
+    assert slow.returncode == 1, slow.stdout[-3000:]
+    assert checks["prefix-c1-cache_off"]["outcome"] == "failed"
+    assert "ttft_ms_p50" in slow.stdout
+
+
+@pytest.mark.parametrize("plan, error", [
+    ({"workloads": {"x": {"load": {"dataset": "random"}, "concurrency": [1]}}}, "needs dataset: one of prefix"),
+    ({"workloads": {"x": {"load": {"dataset": "prefix"}, "concurrency": [0]}}}, "expected a list of concurrencies"),
+    ({"workloads": {"x": {"load": {"dataset": "trace"}}}}, "a trace needs load.dataset_path"),
+    ({"workloads": {"x": {"load": {"dataset": "prefix", "prefx_len": 3}, "concurrency": [1]}}}, "unknown load setting"),
+    ({"workloads": {"x": {"load": {"dataset": "prefix"}, "concurrency": [1], "cache_of": True}}}, "unknown key"),
+])
+def test_a_bad_workload_plan_is_one_line_and_exit_4(tmp_path, plan, error):
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/workloads",
+                          "-p", "no:cacheprovider", f"--workloads-file={path}", f"--report-dir={tmp_path / 'r'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 4, run.stdout[-2000:] + run.stderr[-2000:]
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("ERROR: gpucert: ") and error in lines[0], lines

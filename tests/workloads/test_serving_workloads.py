@@ -1,0 +1,134 @@
+"""Workloads that look like production (`make workloads`; docs/METRICS.md, Workloads): shared
+prefixes, multi-turn conversations and the replay of a request trace, each level served and judged
+like a serving level (TTFT, TPOT, ITL, throughput, failures), plus what the workload is about:
+
+- `prefix_cache_hit_pct`: vLLM's own counters (prefix_cache_hits ÷ prefix_cache_queries, in
+  tokens) over the level's window, read from /metrics just before and after each repeat, beside
+  `expected_prefix_hit_pct`, the share a prefix cache can serve for these prompts sent one after
+  another with nothing evicted (token-id prompts of prefix and trace workloads);
+- a cache-off point (`cache_off: true` in the plan) serves the same level on an engine with prefix
+  caching off and records `ttft_cache_saving_pct`: how much lower the cache-on TTFT p50 was;
+- a replay's `schedule_lag_ms_p50/p99/max`: how late the client sent each request against the
+  trace's time; past SCHEDULE_LAG_BOUND_MS at p99 the finding says the client, not the server, was
+  late for that level.
+
+Certify keeps its random levels: these checks live here, not in tests/inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gpucert.serving import prefix_counters, vllm_metrics, workloads
+from gpucert.serving.summary import client_check
+from gpucert.studies.engines import EngineUnavailable
+
+from ..inference.engine_setup import engine_config, no_local_engine
+from ..inference.load import prompts_for, record_level, run_level
+from .conftest import point_load
+
+pytestmark = pytest.mark.inference
+
+SCHEDULE_LAG_BOUND_MS = 5.0
+
+
+def test_serving_workloads(gpucert, workload_point, point, workload_engines, workload_results, gpucert_report_dir,
+                           request):
+    config = request.config
+    load = point_load(config, point, gpucert_report_dir / "workloads")
+    if point.concurrency is None:  # a replay is one pass of its trace, with no warm-up of its prompts
+        load = dataclasses.replace(load, warmup=0, repeats=1)
+    engine = engine_config(config, point.engine_settings)
+    if not config.getoption("--engine-cmd"):
+        missing = no_local_engine(engine)
+        if missing:
+            pytest.skip(missing)
+    try:
+        target = workload_engines.target(engine, load, point.id)
+    except EngineUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    gpucert.finding("workload", workload=point.workload, dataset=load.label, prefix_cache="on" if point.cache else "off",
+                    level="replay" if point.concurrency is None else f"concurrency {point.concurrency}")
+
+    runs, windows, prompts_sent = [], [], []
+    for repeat in range(load.repeats):
+        if target.crashed():
+            pytest.fail(f"the engine is down before this level (repeat {repeat + 1}): {target.crashed()}", pytrace=False)
+        if point.concurrency is None:  # the whole trace, at its own times
+            prompts = prompts_for(load, None, 0, repeat)
+            requests = len(prompts)
+        else:
+            requests = load.requests_at(point.concurrency)
+            prompts = prompts_for(load, requests + load.warmup, point.concurrency, repeat)
+        before = _counters(target)
+        runs.append(run_level(target, point.concurrency, requests, repeat=repeat, prompts=prompts))
+        windows.append(prefix_counters.window(before, _counters(target)))
+        prompts_sent.append(prompts)
+    summary = record_level(gpucert, target, runs)
+    _record_cache(gpucert, target, point, windows, prompts_sent)
+    if point.concurrency is None:
+        _record_schedule_lag(gpucert, runs)
+    _compare_cache(gpucert, point, summary, workload_results)
+    crashed = target.crashed(grace_s=2.0 if summary.failed else 0.0)
+    if crashed:
+        pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)
+
+
+def _counters(target):
+    try:
+        return prefix_counters.parse(vllm_metrics.fetch(target.v1_url.removesuffix("/v1")))
+    except vllm_metrics.MetricsError:
+        return None
+
+
+def _record_cache(gpucert, target, point, windows, prompts_sent) -> None:
+    queried = [w["queried_tokens"] for w in windows]
+    if None in queried:
+        gpucert.finding("prefix_cache", notice="no prefix-cache counters on /metrics for this level "
+                                               f"({'caching off' if not point.cache else 'the server does not publish them'})")
+    else:
+        hits = sum(w["hit_tokens"] for w in windows)
+        per_repeat = [w["hit_pct"] for w in windows if w["hit_pct"] is not None]
+        gpucert.record("prefix_cache_hit_pct", 100.0 * hits / sum(queried) if sum(queried) else None, unit="%",
+                       direction="higher", samples=per_repeat if len(per_repeat) > 1 else None,
+                       note=f"vLLM's prefix_cache_hits ÷ prefix_cache_queries over the level: {hits:.0f} of "
+                            f"{sum(queried):.0f} prompt tokens")
+    block = int(target.facts.get("block_size") or 16)
+    # a conversation's history is its answers too: only prefix and trace prompts say it alone
+    if point.cache and point.load["dataset"] != "multiturn" and all(
+            isinstance(p.prompt, list) and isinstance(p.prompt[0], int) for ps in prompts_sent for p in ps):
+        expected = [workloads.expected_prefix_hits(ps, block) for ps in prompts_sent]
+        gpucert.record("expected_prefix_hit_pct", 100.0 * sum(h for h, _ in expected) / sum(t for _, t in expected),
+                       unit="%", direction="higher",
+                       note=f"full {block}-token blocks an earlier prompt of the level had, prompts one after another, "
+                            "nothing evicted")
+
+
+def _record_schedule_lag(gpucert, runs) -> None:
+    lags = [client_check(run)["send_delay_ms"] for run in runs]
+    for q in ("p50", "p99", "max"):
+        values = [lag[q] for lag in lags if lag[q] is not None]
+        if values:
+            gpucert.record(f"schedule_lag_ms_{q}", max(values), unit="ms", direction="lower",
+                           note="the client's send against the trace's time (worst repeat)")
+    worst = max((lag["p99"] for lag in lags if lag["p99"] is not None), default=None)
+    if worst is not None and worst > SCHEDULE_LAG_BOUND_MS:
+        gpucert.finding("client", notice=f"the replay's schedule lag p99 {worst:.1f} ms is past {SCHEDULE_LAG_BOUND_MS:g} "
+                                         "ms: the client, not the server, was late; this level's arrivals are not the trace's")
+
+
+def _compare_cache(gpucert, point, summary, results: dict) -> None:
+    key = (point.workload, point.concurrency)
+    ttft = summary.ttft_ms.get("p50") if summary.ttft_ms.get("count") else None
+    if point.cache:
+        results[key] = ttft
+        return
+    with_cache = results.get(key)
+    if ttft and with_cache is not None:
+        gpucert.record("ttft_cache_saving_pct", 100.0 * (ttft - with_cache) / ttft, unit="%", direction="higher",
+                       note=f"TTFT p50 {with_cache:.4g} ms with the prefix cache, {ttft:.4g} ms without "
+                            "(each with its interval on its own check)")
+    else:
+        gpucert.finding("prefix_cache", notice="no cache-on TTFT of this level in this session to compare with")
