@@ -44,6 +44,10 @@ studies' tests compare against:
   cannot fit) and defaults to them, so no admitted request can wait forever for blocks.
 
 Prompt tokens: a token-id prompt counts exactly; text counts as whitespace words (no tokenizer).
+
+Prefix cache (`prefix_cache`, emulator_prefix.py): vLLM's automatic prefix caching as its counters
+see it (`vllm:prefix_cache_queries` / `_hits` on /metrics), and with `prefill_ms_per_token` the
+TTFT a hit saves.
 """
 
 from __future__ import annotations
@@ -168,8 +172,8 @@ class EmulatorConfig:
             raise ValueError("prefill_ms_per_token applies without the scheduler (--max-running, --kv-blocks)")
         if self.prefix_cache_blocks is not None and self.prefix_cache_blocks < 1:
             raise ValueError("prefix_cache_blocks must be >= 1")
-        if self.cache_config is not None and "enable_prefix_caching" in self.cache_config:
-            self.cache_config["enable_prefix_caching"] = str(self.prefix_cache)
+        if self.prefix_cache and self.cache_config is not None:  # it says so as vLLM does
+            self.cache_config["enable_prefix_caching"] = "True"
         if self.profiler_config:
             try:
                 trace_dir = profiler_dir(self.profiler_config)
