@@ -20,23 +20,22 @@ from gpucert.forensics.timeline import TraceError
 from gpucert.forensics.window import window_view
 from gpucert.serving.offline import run_offline
 from gpucert.serving.summary import summarize
-from gpucert.studies.engines import EngineUnavailable
 
-from ..inference.engine_setup import engine_config, load_from_options, no_local_engine
+from ..inference.engine_setup import engine_config, load_from_options, no_local_engine, pool_target
 from ..inference.load import prompts_for, run_level
 
 pytestmark = pytest.mark.forensics
 
 
-def _engine(request, plan, point, trace_dir, kind):
+def _engine_settings(plan, point, trace_dir, kind) -> dict:
+    """The capture's engine settings over the configured engine (engine_config's study settings)."""
     trace_dir.mkdir(parents=True, exist_ok=True)  # nsys writes its report there, it makes no folder
     launcher = ()
     if kind == "nsys":
         launcher = cap.nsys_launcher(shutil.which("nsys"), trace_dir / "engine")
-    settings = {**plan.engine, **point.engine,
-                "profiler_config": cap.profiler_config(kind, trace_dir, plan.delay_iterations, plan.max_iterations),
-                "launcher": list(launcher)}
-    return engine_config(request.config, settings)
+    return {**plan.engine, **point.engine,
+            "profiler_config": cap.profiler_config(kind, trace_dir, plan.delay_iterations, plan.max_iterations),
+            "launcher": list(launcher)}
 
 
 def _profiled_requests(rate: float | None, concurrency: int, seconds: float) -> int:
@@ -50,16 +49,9 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
     point = plan.capture(capture)
     kind = cap.resolve_kind(plan.profiler)
     trace_dir = gpucert_report_dir / "forensics" / "traces" / point.id
-    engine = _engine(request, plan, point, trace_dir, kind)
-    if not request.config.getoption("--engine-cmd"):
-        missing = no_local_engine(engine)
-        if missing:
-            pytest.skip(missing)
     load = load_from_options(request.config)
-    try:
-        target = forensics_engines.target(engine, load, point.id)
-    except EngineUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    target = pool_target(request.config, forensics_engines, _engine_settings(plan, point, trace_dir, kind), load,
+                         point.id)
     gpucert.finding("capture", capture=point.id, profiler=kind, level=f"concurrency {concurrency}",
                     **{k: str(v) for k, v in point.engine.items()})
 
@@ -111,7 +103,7 @@ def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, reque
     profiler (the worker is a process of gpucert's own, not a server nsys could be put around)."""
     point = plan.capture(capture)
     trace_dir = gpucert_report_dir / "forensics" / "traces" / f"{point.id}-offline"
-    engine = _engine(request, plan, point, trace_dir, "torch")
+    engine = engine_config(request.config, _engine_settings(plan, point, trace_dir, "torch"))
     missing = no_local_engine(engine)
     if missing:
         pytest.skip(missing)

@@ -13,6 +13,7 @@ from gpucert import gpus
 from gpucert.serving import ray_cluster
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
 from gpucert.serving.vllm_config import default_config, parallelism, serving_defaults
+from gpucert.studies.engines import EnginePool, EngineUnavailable
 
 
 def load_from_options(config: pytest.Config) -> LoadSettings:
@@ -94,6 +95,22 @@ def no_local_engine(engine) -> str | None:
     return _vllm_missing(engine.engine_python or sys.executable) or _gpus_missing(engine)
 
 
+def pool_target(config: pytest.Config, pool, settings: dict, load, name: str):
+    """A ServingTarget on `pool`'s engine (an EnginePool: engine_pool) with `settings` over the
+    configured engine (engine_config), its log folder named `name`: skips where vLLM cannot run
+    here (unless --engine-cmd starts the engine), fails the check with the log's reason where the
+    engine does not start."""
+    engine = engine_config(config, settings)
+    if not config.getoption("--engine-cmd"):
+        missing = no_local_engine(engine)
+        if missing:
+            pytest.skip(missing)
+    try:
+        return pool.target(engine, load, name)
+    except EngineUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def deselect_absent(config: pytest.Config, items: list, folder) -> None:
     """Checks of `folder` whose parametrization came out empty (a study or a capture the plan
     leaves out) are deselected, not shown as a row of skips."""
@@ -109,8 +126,6 @@ def engine_pool(config: pytest.Config, workdir, monitor, note, why_not_endpoint:
     """One engine at a time for checks that restart vLLM with settings of their own (studies,
     forensics captures); skips under --endpoint (a server gpucert did not start cannot be
     reconfigured). The caller closes it."""
-    from gpucert.studies.engines import EnginePool
-
     if config.getoption("--endpoint"):
         pytest.skip(f"{why_not_endpoint}; an --endpoint gpucert did not start cannot be reconfigured")
     return EnginePool(workdir, command_text=config.getoption("--engine-cmd"),

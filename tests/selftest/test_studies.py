@@ -143,16 +143,33 @@ def test_the_tuned_configuration_from_the_batching_study_with_its_gain(tmp_path)
     assert "Study: the tuned configuration" in html and "--api-server-count 2" in html
 
 
+# The KV-capacity self-tests' emulator timing. The emulator schedules on its own arrival times (a
+# request arrives when its handler starts), so which requests of a wave share the cache depends on
+# how fast the box lets it take a wave in. A request of 8 in / 24 out is admitted on 1 block, takes
+# its 2nd at token 9 (TTFT + 9 ITL after admission) and frees both at token 23 (TTFT + 23 ITL); 40
+# usable blocks preempt when 20 hold 2 while a 21st holds 1. So 21 at once preempt only when the
+# 21st is admitted within TTFT + 9 ITL of the 20th (later, it finds no free block and waits: a wait
+# is no preemption) and the 20th arrives within 14 ITL of the first (later, the first has finished).
+# At TTFT 1 / ITL 2 ms those windows are 19 and 28 ms, while the emulator, busy sending the first
+# arrivals' tokens every 2 ms, took a wave's handlers in over 66 ms on a shared 2-core box and
+# 100-150 ms under a CPU hog on both cores: no preemption at 21 or 24, onsets of 25 and 52 (CI).
+# At TTFT 100 / ITL 20 ms both windows are 280 ms and nothing is sent while a wave arrives: under
+# two hogs its handlers started within 15-41 ms. Timing can only raise the onset (20 requests never
+# need more than 40 blocks), and only with a wave taken in over 280 ms.
+KV_WAVE_TIMING = "ttft_ms=100, itl_ms=20"
+
+
 def test_kv_capacity_finds_the_onset_the_reported_capacity_predicts(tmp_path):
     """The emulator's scheduler as the engine: a KV cache of 41 blocks of 16 tokens (published as
     vLLM does), requests preempted when a running one needs a block and none is free. With 8 in /
     24 out a request is admitted on 1 block and holds ⌈31 / 16⌉ = 2 at its longest: 40 usable
     blocks (one is the null block) hold 20 to the end, so 21 at once must preempt — the study must
     measure the onset the capacity predicts, the longest prompt max_model_len allows, and put its
-    probes on the card."""
+    probes on the card. The emulator's timing: KV_WAVE_TIMING (why the onset does not move with
+    the box's load)."""
     stand_in = ("import sys\n"
                 "from gpucert.serving.emulator import EmulatorConfig, serve\n"
-                "serve(EmulatorConfig(ttft_ms=1, itl_ms=2, kv_blocks=int(sys.argv[2]), block_size=16,\n"
+                f"serve(EmulatorConfig({KV_WAVE_TIMING}, kv_blocks=int(sys.argv[2]), block_size=16,\n"
                 "                     max_model_len=int(sys.argv[3])), port=int(sys.argv[1]))\n")
     plan = {"kv_capacity": {"engine": {"max_model_len": 512, "max_num_seqs": 256}, "configurations": [{}],
                             "context": {"input_len": 8, "output_len": 24}, "knee_fractions": [0.25, 0.5],
@@ -187,7 +204,7 @@ def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
                 "            print('torch.OutOfMemoryError: CUDA out of memory', flush=True)\n"
                 "            os._exit(70)\n"
                 "        return await super()._generate(request, chat)\n"
-                "config = EmulatorConfig(ttft_ms=1, itl_ms=2, kv_blocks=41, block_size=16, max_model_len=512)\n"
+                f"config = EmulatorConfig({KV_WAVE_TIMING}, kv_blocks=41, block_size=16, max_model_len=512)\n"
                 "web.run_app(DiesUnderLoad(config).app(), host='127.0.0.1', port=int(sys.argv[1]), print=None)\n")
     plan = {"kv_capacity": {"engine": {"max_model_len": 512, "max_num_seqs": 256}, "configurations": [{}],
                             "context": {"input_len": 8, "output_len": 24}, "knee_fractions": [0.25, 0.5],

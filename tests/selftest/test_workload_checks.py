@@ -2,9 +2,11 @@
 (--engine-cmd, its prefix cache on or off as the point's {enable_prefix_caching} says): every
 point a check, the hit rate from the server's own counters beside the expected share, the
 cache-off point's TTFT saving, the replay's schedule lag; a plain rerun passes against the
-baselines of the first run and a slower prefill fails. Tokens 5 ms apart after a 20 ms TTFT: a
-shared 2-core box delays the emulator's sends by a few ms, which moves shorter times by more than
-the serving rules' 20 % (as the studies' self-test found)."""
+baselines of the first run and a slower prefill fails. Tokens 20 ms apart after a 50 ms TTFT, as
+the studies' and forensics' reruns: a CPU hog on both cores of a 2-core box delays a few of the
+emulator's sends by ~10 ms, and a TPOT or ITL p99 of 24 or 72 samples is close to their worst
+one — at 5 ms apart the same engine's rerun failed CI with TPOT p99 +60 % and ITL p99 +41 %, where
+at 20 ms such delays stay inside the serving rules' tolerance and between-run noise."""
 
 from __future__ import annotations
 
@@ -28,9 +30,15 @@ PLAN = {"workloads": {
 LOAD = ["--load-opt", "min_requests=24", "--load-opt", "requests_per_level=2", "--load-opt", "warmup=0"]
 
 
+# the emulator's cost per prompt token the prefix cache does not hold: 272 × 0.2 ms ≈ 54 ms of a
+# cache-off TTFT of ~104 ms, against ~3 ms (16 uncached tokens) for a hit — a saving large beside
+# the box's jitter; the planted slowdown is ten times it
+PREFILL_MS = 0.2
+
+
 def engine(prefill_ms: float) -> list[str]:
     stand_in = ("import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
-                f"serve(EmulatorConfig(ttft_ms=20, itl_ms=5, prefix_cache=sys.argv[2] == 'True', "
+                f"serve(EmulatorConfig(ttft_ms=50, itl_ms=20, prefix_cache=sys.argv[2] == 'True', "
                 f"prefill_ms_per_token={prefill_ms}), port=int(sys.argv[1]))\n")
     return [sys.executable, "-c", stand_in, "{port}", "{enable_prefix_caching}"]
 
@@ -53,7 +61,7 @@ def values(check: dict) -> dict[str, float]:
 
 
 def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
-    run, checks = run_workloads(tmp_path, 0.05, "--update-baselines")
+    run, checks = run_workloads(tmp_path, PREFILL_MS, "--update-baselines")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert list(checks) == ["prefix-c1", "prefix-c1-cache_off", "multiturn-c2", "trace-replay"]
     prefix = values(checks["prefix-c1"])
@@ -61,23 +69,23 @@ def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
     assert prefix["prefix_cache_hit_pct"] == pytest.approx(prefix["expected_prefix_hit_pct"], abs=1e-9)
     assert prefix["prefix_cache_hit_pct"] == pytest.approx(100 * 20 * 256 / (24 * 272))
     off = values(checks["prefix-c1-cache_off"])
-    assert "prefix_cache_hit_pct" not in off and off["ttft_cache_saving_pct"] > 20  # 256 × 0.05 ms of ~34 ms
+    assert "prefix_cache_hit_pct" not in off and off["ttft_cache_saving_pct"] > 30  # 256 × 0.2 ms of ~104 ms
     assert values(checks["multiturn-c2"])["prefix_cache_hit_pct"] > 0
     trace = values(checks["trace-replay"])
     assert {"schedule_lag_ms_p50", "schedule_lag_ms_p99", "schedule_lag_ms_max"} <= set(trace)
     assert trace["prefix_cache_hit_pct"] > 0 and trace["expected_prefix_hit_pct"] > 0
     assert (tmp_path / "r" / "workloads" / "trace-trace.jsonl").is_file()  # the synthetic trace, kept
 
-    rerun, _ = run_workloads(tmp_path, 0.05)  # the same engine again: passes against those baselines
+    rerun, _ = run_workloads(tmp_path, PREFILL_MS)  # the same engine again: passes against those baselines
     assert rerun.returncode == 0, rerun.stdout[-3000:]
 
 
 @pytest.mark.fault("workloads", "the prefill ten times slower per uncached token (the emulator's cost per token)",
                    "the cache-off point's TTFT and throughput fail against the baselines; exit 1")
 def test_a_slower_prefill_fails_against_the_baselines(tmp_path):
-    first, _ = run_workloads(tmp_path, 0.05, "--update-baselines")
+    first, _ = run_workloads(tmp_path, PREFILL_MS, "--update-baselines")
     assert first.returncode == 0, first.stdout[-3000:]
-    slow, checks = run_workloads(tmp_path, 0.5)
+    slow, checks = run_workloads(tmp_path, 10 * PREFILL_MS)
     assert slow.returncode == 1, slow.stdout[-3000:]
     assert checks["prefix-c1-cache_off"]["outcome"] == "failed"
     assert "ttft_ms_p50" in slow.stdout

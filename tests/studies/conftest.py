@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpucert.studies.engines import EngineUnavailable
 from gpucert.studies.plan import PlanError, load_plan
 
-from ..inference.engine_setup import deselect_absent, engine_config, engine_pool, load_from_options, no_local_engine
+from ..inference.engine_setup import deselect_absent, engine_pool, load_from_options, pool_target
 
 
 def study_plan(config: pytest.Config):
@@ -81,15 +80,7 @@ def study_target(request, study_engines):
 
     def target(study_engine: dict, point, load):
         """`point`: a plan Point (its id names the engine's log folder)."""
-        engine = engine_config(config, {**study_engine, **point.engine})
-        if not config.getoption("--engine-cmd"):
-            missing = no_local_engine(engine)
-            if missing:
-                pytest.skip(missing)
-        try:
-            return study_engines.target(engine, load, point.id)
-        except EngineUnavailable as exc:
-            pytest.fail(str(exc), pytrace=False)
+        return pool_target(config, study_engines, {**study_engine, **point.engine}, load, point.id)
 
     return target
 

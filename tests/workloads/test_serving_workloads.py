@@ -23,9 +23,8 @@ import pytest
 
 from gpucert.serving import prefix_counters, vllm_metrics, workloads
 from gpucert.serving.summary import client_check
-from gpucert.studies.engines import EngineUnavailable
 
-from ..inference.engine_setup import engine_config, no_local_engine
+from ..inference.engine_setup import pool_target
 from ..inference.load import prompts_for, record_level, run_level
 from .conftest import point_load
 
@@ -40,15 +39,7 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
     load = point_load(config, point, gpucert_report_dir / "workloads")
     if point.concurrency is None:  # a replay is one pass of its trace, with no warm-up of its prompts
         load = dataclasses.replace(load, warmup=0, repeats=1)
-    engine = engine_config(config, point.engine_settings)
-    if not config.getoption("--engine-cmd"):
-        missing = no_local_engine(engine)
-        if missing:
-            pytest.skip(missing)
-    try:
-        target = workload_engines.target(engine, load, point.id)
-    except EngineUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    target = pool_target(config, workload_engines, point.engine_settings, load, point.id)
     gpucert.finding("workload", workload=point.workload, dataset=load.label, prefix_cache="on" if point.cache else "off",
                     level="replay" if point.concurrency is None else f"concurrency {point.concurrency}")
 
