@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 import urllib.request
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def main() -> int:
     client = client_check(run)
     result = {"requests": len(prompts), "seconds": args.seconds, "burstiness": args.burstiness,
               "completed": sum(r.ok for r in run.measured), "schedule_lag_ms": client["send_delay_ms"],
-              "loop_lag_ms": client["loop_lag_ms"], "client_cpu_fraction": client["cpu_fraction"]}
+              "loop_lag_ms": client["loop_lag_ms"], "client_cpu_fraction": client["cpu_fraction"],
+              # why the others failed (a lag figure over fewer requests than the trace's must say so)
+              "errors": dict(Counter((r.error or "")[:120] for r in run.measured if not r.ok).most_common(5))}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -67,6 +70,8 @@ def main() -> int:
         print(f"{result['completed']}/{len(prompts)} requests over {args.seconds:g} s (gamma shape {args.burstiness:g}): "
               f"schedule lag p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, max {lag['max']:.3f} ms; "
               f"event-loop oversleep p99 {loop['p99']:.3f} ms")
+        for error, count in result["errors"].items():
+            print(f"  failed: {count} × {error}")
     return 0
 
 

@@ -31,6 +31,9 @@ case $cmd in
     deadline=$(( $(date +%s) + $1 ))
     while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )) && [[ -z $(ls -A "$base/out" 2>/dev/null) ]]; do sleep 5; done
     tail -n 40 "$base/log"
+    # the newest gpucert.log: a check's progress (engine starts, levels) while make's output waits
+    newest=$(ls -t reports/*/gpucert.log 2>/dev/null | head -1)
+    [[ -n $newest ]] && { echo "-- $newest"; tail -n 6 "$newest" | cut -c1-240; }
     moved=0
     for f in "$base/out"/*; do
       [[ -e $f ]] && (( moved < 7 )) || continue

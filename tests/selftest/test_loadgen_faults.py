@@ -270,6 +270,22 @@ def test_the_deadline_comes_from_the_load():
     assert default_deadline_s(timed, 2) == 60 + 30 + 1 * (60 + 1)
 
 
+@pytest.mark.fault("loadgen", "a trace replay longer than the default deadline's start-up allowance (the H200's "
+                              "150 s replay lost 315 of 1,630 requests as 'not sent')",
+                   "the deadline counts the replay's schedule: its last send time, the schedule gone round again "
+                   "for more requests than the trace holds")
+def test_a_replays_deadline_counts_its_schedule():
+    from gpucert.serving.datasets import Prompt
+    from gpucert.serving.loadgen import LoadConfig, run_deadline_s
+    trace = [Prompt([1, 2], 2, 4, send_at=t) for t in (0.0, 100.0, 300.0)]
+    replay = LoadConfig(base_url="http://x/v1", model="m", replay=True, num_requests=3)
+    assert run_deadline_s(replay, trace) == 60 + 300 + 1 * (60 + 2)
+    twice = LoadConfig(base_url="http://x/v1", model="m", replay=True, num_requests=6)
+    assert run_deadline_s(twice, trace) == 60 + 600 + 1 * (60 + 2)  # the schedule's second round ends at 600 s
+    capped = LoadConfig(base_url="http://x/v1", model="m", replay=True, duration_s=120.0)
+    assert run_deadline_s(capped, trace) == 60 + 120 + 1 * (60 + 2)
+
+
 def test_the_cli_reports_the_deadline_it_derived():
     with emulator_process("--ttft-ms", "1", "--itl-ms", "0") as emulator:
         done, result = loadgen(emulator.v1_url, "--concurrency", "1", "--num-requests", "1", "--token-ids")

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 15 on the lent one-GPU H200, from the repo root after the vLLM bundle is staged; start it
 # with docs/evidence/device-bg.sh so it outlives one call:
-#   bash docs/evidence/device-bg.sh start studies bash docs/evidence/issue-15-studies/run-studies.sh [PART]
-# PART: batching (batching + tuned, ~12 min) | kv (~11 min) | precision (~10 min; the real model
-# staged first: stage-model.sh) | slo (~5 min) | all (default). `make study` as the
-# README gives it, with this folder's plan; the report comes back as study-PART.tgz.
+#   bash docs/evidence/device-bg.sh start studies bash docs/evidence/issue-15-studies/run-studies.sh [PART [K]]
+# PART: batching (batching + tuned: the tuned study chooses from the batching results of the same
+# session; ~20 min: every point restarts vLLM, 94-119 s to healthy on the H200 in session 13) |
+# kv | precision (the real model staged first: stage-model.sh) | slo | all (default). K: a pytest
+# -k expression in place of the part's own (e.g. 'api1-c256 or api4-c256': two points, 4.5 min in
+# session 13). `make study` as the README gives it, with this folder's plan; the report comes
+# back as study-PART.tgz.
 set -uo pipefail
-[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
-export PYTHONUNBUFFERED=1
+source docs/evidence/device-env.sh
 part=${1:-all}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 here=docs/evidence/issue-15-studies
 case $part in
   batching) select="-k 'batching or tuned'" ;;  # make hands ARGS to its shell: the quotes hold
@@ -17,8 +18,9 @@ case $part in
   precision) select="-k precision" ;;
   slo) select="-k slo_capacity" ;;
   all) select="" ;;
-  *) echo "usage: run-studies.sh batching|kv|precision|slo|all"; exit 2 ;;
+  *) echo "usage: run-studies.sh batching|kv|precision|slo|all [K]"; exit 2 ;;
 esac
+[[ -n ${2:-} ]] && select="-k '$2'"
 report=reports/study-$part; rm -rf "$report"
 log=/tmp/study-$part.log
 start=$(date +%s)

@@ -6,9 +6,7 @@
 # at concurrency 256, offline 256 and 1,024 prompts; ~12 min), then `gpucert analyze` by hand on
 # the traces it took. The report comes back as forensics.tgz (traces: the smallest kept).
 set -uo pipefail
-[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source docs/evidence/device-env.sh
 report=reports/forensics; rm -rf "$report"
 log=/tmp/forensics.log
 start=$(date +%s)

@@ -9,9 +9,7 @@
 # version in .devbundle/mamf-finder.py: 30 s warm-up, mean of 100 back-to-back iterations per
 # shape) and gpucert's sustained search over the same bf16 grid, one after the other on the GPU.
 set -uo pipefail
-[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source docs/evidence/device-env.sh
 part=${1:-burnin}
 case $part in
   burnin)

@@ -10,9 +10,7 @@
 # serving check at concurrency 1,64 with vLLM's mp executor, then with distributed_executor_backend=ray
 # on the same cluster; the figures side by side.
 set -uo pipefail
-[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source docs/evidence/device-env.sh
 part=${1:-hardware}
 port=6390
 ray stop --force > /dev/null 2>&1

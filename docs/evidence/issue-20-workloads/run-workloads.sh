@@ -8,9 +8,7 @@
 # then the replay benchmark (tools/bench_replay.py) on the node's CPU. The report comes back as
 # workloads.tgz; the table printed last has the reach's figures.
 set -uo pipefail
-[[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+source docs/evidence/device-env.sh
 report=reports/workloads; rm -rf "$report"; log=/tmp/workloads.log
 start=$(date +%s)
 make workloads PYTHON=python3 ARGS="--baselines-dir=/tmp/gpucert-workloads-baselines" > "$log" 2>&1

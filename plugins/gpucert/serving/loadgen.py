@@ -406,10 +406,12 @@ def not_sent_error(config: LoadConfig) -> str:
     return f"{DEADLINE_ERROR}: not sent, the run's {config_deadline_text(config)} had passed"
 
 
-def default_deadline_s(config: LoadConfig, max_output_tokens: int | None) -> float:
+def default_deadline_s(config: LoadConfig, max_output_tokens: int | None,
+                       replay_span_s: float = 0.0) -> float:
     """A run's deadline from its load, when none is given (README "Inference checks", METRICS.md
     "Deadlines"): DEADLINE_START_S, plus the time the load takes to send (its duration, or its
-    requests at its rate, or its ramp-up), plus for every wave of requests — the requests one
+    requests at its rate, or a replay's schedule — `replay_span_s`, its last send time:
+    replay_offsets — or its ramp-up), plus for every wave of requests — the requests one
     concurrency's worth of streams carries one after another — DEADLINE_TTFT_S and
     DEADLINE_PER_TOKEN_S per output token of the longest output asked. Generous against any
     server that answers (5-10× vLLM's slowest TPOT at thousands of streams), finite against one
@@ -423,7 +425,9 @@ def default_deadline_s(config: LoadConfig, max_output_tokens: int | None) -> flo
             return 1
         return math.ceil(count / cap) if cap else 1
 
-    if config.request_rate is None:
+    if config.replay:
+        sending = replay_span_s if config.duration_s is None else min(replay_span_s, config.duration_s)
+    elif config.request_rate is None:
         sending = (config.duration_s or 0.0) + config.ramp_up_s
     elif config.duration_s is not None:
         sending = config.duration_s
@@ -431,6 +435,25 @@ def default_deadline_s(config: LoadConfig, max_output_tokens: int | None) -> flo
         sending = requests / config.request_rate if math.isfinite(config.request_rate) else 0.0
     warmup_waves = waves(warmup) if warmup else 0
     return DEADLINE_START_S + sending + (warmup_waves + waves(requests)) * (DEADLINE_TTFT_S + tokens * DEADLINE_PER_TOKEN_S)
+
+
+def run_deadline_s(config: LoadConfig, prompts: list[Prompt]) -> float:
+    """The run's deadline: the one given, or default_deadline_s of its load and prompts."""
+    if config.deadline_s is not None:
+        return config.deadline_s
+    span = float(replay_offsets(prompts, config.num_requests)[-1]) if config.replay else 0.0
+    return default_deadline_s(config, max((p.output_tokens or 0) for p in prompts), span)
+
+
+def replay_offsets(prompts: list[Prompt], count: int | None) -> np.ndarray:
+    """A replay's send offsets (s from its start): prompt i at its own send time, in the prompts'
+    order; `count` past the prompts' end goes round the schedule again after its last send."""
+    if any(p.send_at is None for p in prompts):
+        raise ValueError("a replay needs prompts with send times (dataset trace)")
+    count = len(prompts) if count is None else count
+    span = prompts[-1].send_at
+    return np.asarray([prompts[i % len(prompts)].send_at + (i // len(prompts)) * span for i in range(count)],
+                      dtype=float)
 
 
 def arrival_offsets(count: int, rate: float, burstiness: float, seed: int) -> np.ndarray:
@@ -492,8 +515,7 @@ class LoadGenerator:
 
     async def run(self) -> RunRecords:
         cfg = self.config
-        deadline_s = cfg.deadline_s if cfg.deadline_s is not None else default_deadline_s(
-            cfg, max((p.output_tokens or 0) for p in self.prompts))
+        deadline_s = run_deadline_s(cfg, self.prompts)
         self._deadline = time.monotonic() + deadline_s
         # no pool limit: the mode decides how many requests are in flight
         async with StreamingClient(connect_timeout_s=cfg.connect_timeout_s) as session:
@@ -626,14 +648,8 @@ class LoadGenerator:
 
     async def _replay(self, session) -> list[RequestRecord]:
         """Each prompt at its own send time (a trace's), in the prompts' order."""
-        if any(p.send_at is None for p in self.prompts):
-            raise ValueError("a replay needs prompts with send times (dataset trace)")
-        count = len(self.prompts) if self.config.num_requests is None else self.config.num_requests
-        # prompt i at its own time; past the prompts' end, the schedule goes round again after it
-        span = self.prompts[-1].send_at
-        offsets = [self.prompts[i % len(self.prompts)].send_at + (i // len(self.prompts)) * span
-                   for i in range(count)]
-        return await self._on_schedule(session, np.asarray(offsets, dtype=float), prompt_by_slot=True)
+        return await self._on_schedule(session, replay_offsets(self.prompts, self.config.num_requests),
+                                       prompt_by_slot=True)
 
     async def _on_schedule(self, session, offsets: np.ndarray, prompt_by_slot: bool = False) -> list[RequestRecord]:
         """Send at `offsets` (s after now; absolute times, so one late send does not delay the

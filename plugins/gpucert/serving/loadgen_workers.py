@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_connections
 
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, default_deadline_s, run_load
+from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, run_deadline_s, run_load
 from gpucert.serving.records import RequestRecord, RunRecords
 
 # Streams one client process is given before `auto` adds another. The one-process reach runs
@@ -167,8 +167,7 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
     if workers == 1:
         return run_load(config, prompts)
     # one deadline for every share (each worker's own default would be of its smaller share)
-    deadline_s = config.deadline_s if config.deadline_s is not None else default_deadline_s(
-        config, max((p.output_tokens or 0) for p in prompts))
+    deadline_s = run_deadline_s(config, prompts)
     configs = [replace(cfg, deadline_s=deadline_s) for cfg in split_config(config, workers)]
     shares = split_prompts(prompts, workers)
     config.headers()  # a missing key variable is a usage error here, not N failed workers
