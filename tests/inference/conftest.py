@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from gpucert import redaction
 from gpucert.serving.configuration import measured_with
 from gpucert.serving.target import ServingTarget
 
-from .engine_setup import check_ray_engine, engine_config, engine_in_words, load_from_options, no_local_engine
+from .engine_setup import (check_ray_engine, endpoint_session, endpoint_target, engine_config, engine_in_words,
+                           load_from_options, no_local_engine)
 from gpucert.serving.vllm_config import engine_command
 from gpucert.monitor.attach import nvml_module as nvml_binding
-from gpucert.serving.vllm_server import (EngineStartError, Endpoint, VllmServer, free_port, gpu_memory_used_mib,
+from gpucert.serving.vllm_server import (EngineStartError, VllmServer, free_port, gpu_memory_used_mib,
                                          memory_released)
 
 
@@ -65,19 +65,8 @@ def serving(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
                  f"{f', measured {load.repeats} times (the mean, with the repeats as samples)' if load.repeats > 1 else ''}; "
                  f"client processes {load.client_workers}; ramp-up {load.ramp_up_s:g} s")
     if config.getoption("--endpoint"):
-        try:
-            endpoint = Endpoint(config.getoption("--endpoint"), config.getoption("--endpoint-model"),
-                                config.getoption("--api-key-env")).discover_model()
-        except (ValueError, OSError) as exc:
-            shown = redaction.display_url(config.getoption("--endpoint"))
-            pytest.fail(f"endpoint {shown}: {redaction.redact(str(exc))}", pytrace=False)
-        if gpucert_monitor and not endpoint.keyed:  # a keyed endpoint's /metrics is not ours to read
-            gpucert_monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
-        # the configuration kept with the baseline shows the URL without its password or key
-        yield ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env,
-                            configuration=measured_with(load, endpoint=endpoint.display_url, model=endpoint.model))
-        if gpucert_monitor:
-            gpucert_monitor.detach_vllm()
+        with endpoint_session(config, gpucert_monitor) as endpoint:
+            yield endpoint_target(endpoint, load)
         return
 
     engine = engine_config(config)

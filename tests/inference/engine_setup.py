@@ -6,13 +6,17 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
-from gpucert import gpus
+from gpucert import gpus, redaction
 from gpucert.serving import ray_cluster
+from gpucert.serving.configuration import measured_with
 from gpucert.serving.settings import LoadSettings, load_settings, parse_assignments
+from gpucert.serving.target import ServingTarget
 from gpucert.serving.vllm_config import default_config, parallelism, serving_defaults
+from gpucert.serving.vllm_server import Endpoint
 from gpucert.studies.engines import EnginePool, EngineUnavailable
 
 
@@ -131,3 +135,30 @@ def engine_pool(config: pytest.Config, workdir, monitor, note, why_not_endpoint:
     return EnginePool(workdir, command_text=config.getoption("--engine-cmd"),
                       attach=monitor.attach_vllm if monitor else None,
                       detach=monitor.detach_vllm if monitor else None, note=note)
+
+
+@contextmanager
+def endpoint_session(config: pytest.Config, monitor):
+    """--endpoint's server (its model discovered; a bad URL or a dead server fails the check in
+    one line, the URL shown without its password), the session's monitor reading its /metrics
+    while it is used — unless keyed: a keyed endpoint's /metrics is not ours to read."""
+    try:
+        endpoint = Endpoint(config.getoption("--endpoint"), config.getoption("--endpoint-model"),
+                            config.getoption("--api-key-env")).discover_model()
+    except (ValueError, OSError) as exc:
+        shown = redaction.display_url(config.getoption("--endpoint"))
+        pytest.fail(f"endpoint {shown}: {redaction.redact(str(exc))}", pytrace=False)
+    if monitor and not endpoint.keyed:
+        monitor.attach_vllm(endpoint.v1_url.removesuffix("/v1") + "/metrics")
+    try:
+        yield endpoint
+    finally:
+        if monitor:
+            monitor.detach_vllm()
+
+
+def endpoint_target(endpoint: Endpoint, load: LoadSettings) -> ServingTarget:
+    """A ServingTarget on --endpoint's server; the configuration kept with the baseline shows the
+    URL without its password or key."""
+    return ServingTarget(endpoint.v1_url, endpoint.model, load, endpoint.api_key_env,
+                         configuration=measured_with(load, endpoint=endpoint.display_url, model=endpoint.model))

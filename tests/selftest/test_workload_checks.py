@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .emulators import emulator_process
+
 REPO = Path(__file__).resolve().parents[2]
 PLAN = {"workloads": {
     "prefix": {"load": {"dataset": "prefix", "prefix_groups": 4, "prefix_len": 256, "input_len": 16, "output_len": 4},
@@ -44,13 +46,17 @@ def engine(prefill_ms: float) -> list[str]:
 
 
 def run_workloads(tmp_path: Path, prefill_ms: float, *args: str):
+    """The plan on engines gpucert starts: the emulator as --engine-cmd."""
+    return run_plan(tmp_path, "--engine-cmd", json.dumps(engine(prefill_ms)), *args)
+
+
+def run_plan(tmp_path: Path, *args: str):
     plan = tmp_path / "workloads.yaml"
     plan.write_text(yaml.safe_dump(PLAN, sort_keys=False))
     report = tmp_path / "r"
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/workloads", "-m", "inference",
            "-p", "no:cacheprovider", "-q", "--monitor", "off", f"--baselines-dir={tmp_path / 'b'}",
-           f"--report-dir={report}", f"--workloads-file={plan}", "--engine-cmd", json.dumps(engine(prefill_ms)),
-           *LOAD, *args]
+           f"--report-dir={report}", f"--workloads-file={plan}", *LOAD, *args]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     doc = json.loads((report / "metrics.json").read_text())
     return run, {c["params"]["workload_point"]: c for c in doc["checks"]}
@@ -70,7 +76,9 @@ def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
     assert prefix["prefix_cache_hit_pct"] == pytest.approx(100 * 20 * 256 / (24 * 272))
     off = values(checks["prefix-c1-cache_off"])
     assert "prefix_cache_hit_pct" not in off and off["ttft_cache_saving_pct"] > 30  # 256 × 0.2 ms of ~104 ms
-    assert values(checks["multiturn-c2"])["prefix_cache_hit_pct"] > 0
+    multiturn = values(checks["multiturn-c2"])  # each turn's history, answers as served
+    assert multiturn["prefix_cache_hit_pct"] > 0
+    assert multiturn["prefix_cache_hit_pct"] == pytest.approx(multiturn["expected_prefix_hit_pct"], abs=1e-9)
     trace = values(checks["trace-replay"])
     assert {"schedule_lag_ms_p50", "schedule_lag_ms_p99", "schedule_lag_ms_max"} <= set(trace)
     assert trace["prefix_cache_hit_pct"] > 0 and trace["expected_prefix_hit_pct"] > 0
@@ -89,6 +97,24 @@ def test_a_slower_prefill_fails_against_the_baselines(tmp_path):
     assert slow.returncode == 1, slow.stdout[-3000:]
     assert checks["prefix-c1-cache_off"]["outcome"] == "failed"
     assert "ttft_ms_p50" in slow.stdout
+
+
+def test_an_endpoint_serves_every_point_that_needs_no_engine_of_its_own(tmp_path):
+    """--endpoint: a server gpucert did not start (the emulator with its prefix cache on) serves
+    the cache-on points, its hit rate read from its own /metrics; the cache-off point, which needs
+    an engine restarted with caching off, skips and says why."""
+    with emulator_process("--ttft-ms", "50", "--itl-ms", "20", "--prefix-cache",
+                          "--prefill-ms-per-token", str(PREFILL_MS)) as emulator:
+        run, checks = run_plan(tmp_path, "--endpoint", emulator.v1_url)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert [c["outcome"] for c in map(checks.get, ("prefix-c1", "multiturn-c2", "trace-replay"))] == ["passed"] * 3
+    prefix = values(checks["prefix-c1"])
+    assert prefix["prefix_cache_hit_pct"] > 0
+    assert prefix["prefix_cache_hit_pct"] == pytest.approx(prefix["expected_prefix_hit_pct"], abs=1e-9)
+    assert "schedule_lag_ms_p99" in values(checks["trace-replay"])
+    off = checks["prefix-c1-cache_off"]
+    assert off["outcome"] == "skipped" and "prefix caching off" in off["message"] \
+        and "cannot be reconfigured" in off["message"]
 
 
 @pytest.mark.parametrize("plan, error", [

@@ -13,6 +13,7 @@ import pytest
 from gpucert.cli import main
 from gpucert.serving import datasets, prefix_counters, workloads
 from gpucert.serving.loadgen import LoadConfig, LoadGenerator, run_in_new_loop, run_load
+from gpucert.serving.records import RequestRecord
 from gpucert.serving.settings import load_settings
 from gpucert.serving.summary import client_check
 
@@ -256,8 +257,10 @@ def test_each_turn_resends_the_history_with_the_servers_own_answers():
     later turn finds its whole history cached; a think time separates an answer from the next turn."""
     turns = list(workloads.conversations(4, turns=3, input_len=32, output_len=8, think_s=0.05, vocab_size=VOCAB, seed=5))
     with emulator_process("--ttft-ms", "2", "--itl-ms", "1", "--prefix-cache", "--record-timings") as emulator:
+        before = counters(emulator.v1_url)
         run = run_load(LoadConfig(base_url=emulator.v1_url, model="m", concurrency=2, num_requests=len(turns),
                                   return_token_ids=True), turns)
+        level = prefix_counters.window(before, counters(emulator.v1_url))
         with urllib.request.urlopen(emulator.v1_url.removesuffix("/v1") + "/emulator/timings", timeout=30) as answer:
             timings = json.load(answer)
     records = sorted(run.measured, key=lambda r: (r.conversation, r.turn))
@@ -271,6 +274,24 @@ def test_each_turn_resends_the_history_with_the_servers_own_answers():
         # the history in full blocks of 16, but for the answer's last token (its KV never computed)
         assert timings[second.x_request_id]["cached_tokens"] == (first.prompt_tokens + 8 - 1) // 16 * 16
     assert max(len([r for r in records if r.sent_at <= x.sent_at < r.ended_at]) for x in records) <= 2
+    # the expected share the check reports beside the counters: exactly what the server counted
+    assert workloads.expected_history_hits(records, 16) == (level["hit_tokens"], level["queried_tokens"])
+
+
+def test_the_expected_history_share_counts_each_turns_previous_prompt_and_answer():
+    """Blocks of 16: turn 0 of 32 + 8 answered holds (32 + 8 − 1) // 16 = 2 blocks for turn 1's
+    72-token prompt; a failed turn leaves its successor nothing to count, a first turn shares nothing."""
+    def turn(conversation, number, prompt, output, status="ok"):
+        return RequestRecord(request_id=0, scheduled_at=0.0, conversation=conversation, turn=number,
+                             prompt_tokens=prompt, output_tokens=output, status=status)
+    records = [turn(0, 0, 32, 8), turn(0, 1, 72, 8), turn(0, 2, 112, 8),
+               turn(1, 0, 32, 8, status="error"), turn(1, 1, 72, 8), turn(None, None, 40, 8)]
+    # conversation 0: 0 + 32 + 64 (turn 2: (72 + 8 − 1) // 16 × 16 = 64); conversation 1: its turn 1
+    # follows a failure; a warm-up message (conversation None) is queried, never a hit
+    assert workloads.expected_history_hits(records, 16) == (32 + 64, 32 + 72 + 112 + 72 + 40)
+    assert workloads.expected_history_hits([turn(0, 0, 16, 1), turn(0, 1, 17, 1)], 16) == (16, 33)
+    with pytest.raises(ValueError, match="block_size"):
+        workloads.expected_history_hits(records, 0)
 
 
 def test_chat_conversations_send_their_messages_and_answers_to_a_real_server():

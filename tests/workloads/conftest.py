@@ -1,6 +1,6 @@
 """The workload checks' shared parts: the plan (gpucert/data/workloads.yaml or --workloads-file), one
 engine at a time across the points (restarted only where a point's engine settings change: the
-cache-off points), and each point's load: the serving load, the workload's own settings over it,
+cache-off points) or --endpoint's server, and each point's load: the serving load, the workload's own settings over it,
 then --load-opt over both."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from gpucert.serving import workloads
 from gpucert.serving.settings import load_settings, parse_assignments
 from gpucert.serving.workload_plan import PlanError, load_plan
 
-from ..inference.engine_setup import engine_pool
+from ..inference.engine_setup import endpoint_session, engine_pool
 
 
 def workload_plan(config: pytest.Config):
@@ -37,8 +37,23 @@ def point(request, workload_point: str):
 
 
 @pytest.fixture(scope="session")
+def workload_endpoint(request, gpucert_monitor):
+    """--endpoint's server, which serves the points that need no engine of their own; None where
+    gpucert starts its engines."""
+    if not request.config.getoption("--endpoint"):
+        yield None
+        return
+    with endpoint_session(request.config, gpucert_monitor) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
 def workload_engines(request, gpucert_report_dir: Path, gpucert_monitor, gpucert_note):
-    """The one engine of the workload points (stopped at the end of the session)."""
+    """The one engine of the workload points (stopped at the end of the session); None under
+    --endpoint (workload_endpoint serves)."""
+    if request.config.getoption("--endpoint"):
+        yield None
+        return
     pool = engine_pool(request.config, gpucert_report_dir / "engine", gpucert_monitor, gpucert_note,
                        "a workload's cache-off level restarts the engine with prefix caching off")
     yield pool

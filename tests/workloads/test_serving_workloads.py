@@ -12,6 +12,10 @@ like a serving level (TTFT, TPOT, ITL, throughput, failures), plus what the work
   trace's time; past SCHEDULE_LAG_BOUND_MS at p99 the finding says the client, not the server, was
   late for that level.
 
+Under --endpoint the server given serves every point that needs no engine settings of its own (the
+cache-off points skip, saying why); its hit rate comes from its /metrics where it publishes vLLM's
+counters and is not keyed.
+
 Certify keeps its random levels: these checks live here, not in tests/inference.
 """
 
@@ -24,7 +28,7 @@ import pytest
 from gpucert.serving import prefix_counters, vllm_metrics, workloads
 from gpucert.serving.summary import client_check
 
-from ..inference.engine_setup import pool_target
+from ..inference.engine_setup import endpoint_target, pool_target
 from ..inference.load import prompts_for, record_level, run_level
 from .conftest import point_load
 
@@ -33,13 +37,19 @@ pytestmark = pytest.mark.inference
 SCHEDULE_LAG_BOUND_MS = 5.0
 
 
-def test_serving_workloads(gpucert, workload_point, point, workload_engines, workload_results, gpucert_report_dir,
-                           request):
+def test_serving_workloads(gpucert, workload_point, point, workload_engines, workload_endpoint, workload_results,
+                           gpucert_report_dir, request):
     config = request.config
     load = point_load(config, point, gpucert_report_dir / "workloads")
     if point.concurrency is None:  # a replay is one pass of its trace, with no warm-up of its prompts
         load = dataclasses.replace(load, warmup=0, repeats=1)
-    target = pool_target(config, workload_engines, point.engine_settings, load, point.id)
+    if workload_endpoint is None:
+        target = pool_target(config, workload_engines, point.engine_settings, load, point.id)
+    elif not point.cache or point.engine:
+        pytest.skip(f"{point.id} needs an engine of its own settings ({'prefix caching off' if not point.cache else point.engine}); "
+                    "an --endpoint gpucert did not start cannot be reconfigured")
+    else:
+        target = endpoint_target(workload_endpoint, load)
     gpucert.finding("workload", workload=point.workload, dataset=load.label, prefix_cache="on" if point.cache else "off",
                     level="replay" if point.concurrency is None else f"concurrency {point.concurrency}")
 
@@ -58,7 +68,7 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
         windows.append(prefix_counters.window(before, _counters(target)))
         prompts_sent.append(prompts)
     summary = record_level(gpucert, target, runs)
-    _record_cache(gpucert, target, point, windows, prompts_sent)
+    _record_cache(gpucert, target, point, windows, prompts_sent, runs)
     if point.concurrency is None:
         _record_schedule_lag(gpucert, runs)
     _compare_cache(gpucert, point, summary, workload_results)
@@ -68,17 +78,19 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
 
 
 def _counters(target):
+    if target.api_key_env:  # a keyed endpoint's /metrics is not ours to read (as the monitor's)
+        return None
     try:
         return prefix_counters.parse(vllm_metrics.fetch(target.v1_url.removesuffix("/v1")))
     except vllm_metrics.MetricsError:
         return None
 
 
-def _record_cache(gpucert, target, point, windows, prompts_sent) -> None:
+def _record_cache(gpucert, target, point, windows, prompts_sent, runs) -> None:
     queried = [w["queried_tokens"] for w in windows]
     if None in queried:
         gpucert.finding("prefix_cache", notice="no prefix-cache counters on /metrics for this level "
-                                               f"({'caching off' if not point.cache else 'the server does not publish them'})")
+                                               f"({_why_no_counters(target, point)})")
     else:
         hits = sum(w["hit_tokens"] for w in windows)
         per_repeat = [w["hit_pct"] for w in windows if w["hit_pct"] is not None]
@@ -87,14 +99,27 @@ def _record_cache(gpucert, target, point, windows, prompts_sent) -> None:
                        note=f"vLLM's prefix_cache_hits ÷ prefix_cache_queries over the level: {hits:.0f} of "
                             f"{sum(queried):.0f} prompt tokens")
     block = int(target.facts.get("block_size") or 16)
-    # a conversation's history is its answers too: only prefix and trace prompts say it alone
-    if point.cache and point.load["dataset"] != "multiturn" and all(
-            isinstance(p.prompt, list) and isinstance(p.prompt[0], int) for ps in prompts_sent for p in ps):
+    if not point.cache or not all(isinstance(p.prompt, list) and isinstance(p.prompt[0], int)
+                                  for ps in prompts_sent for p in ps):
+        return  # text prompts: their tokens are the server's tokenizer's to count
+    if point.load["dataset"] == "multiturn":  # a conversation's history holds the answers as served
+        expected = [workloads.expected_history_hits(run.records, block) for run in runs]
+        how = "each turn's history (the previous turn's prompt and answer) in full blocks, answers as served"
+    else:
         expected = [workloads.expected_prefix_hits(ps, block) for ps in prompts_sent]
-        gpucert.record("expected_prefix_hit_pct", 100.0 * sum(h for h, _ in expected) / sum(t for _, t in expected),
-                       unit="%", direction="higher",
-                       note=f"full {block}-token blocks an earlier prompt of the level had, prompts one after another, "
-                            "nothing evicted")
+        how = "full blocks an earlier prompt of the level had, prompts one after another"
+    total = sum(t for _, t in expected)
+    if total:
+        gpucert.record("expected_prefix_hit_pct", 100.0 * sum(h for h, _ in expected) / total, unit="%",
+                       direction="higher", note=f"{how}; {block}-token blocks, nothing evicted")
+
+
+def _why_no_counters(target, point) -> str:
+    if not point.cache:
+        return "caching off"
+    if target.api_key_env:
+        return "a keyed endpoint's /metrics is not read"
+    return "the server does not publish them"
 
 
 def _record_schedule_lag(gpucert, runs) -> None:

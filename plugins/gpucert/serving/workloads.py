@@ -180,6 +180,29 @@ def expected_prefix_hits(prompts: list[Prompt], block_size: int) -> tuple[int, i
     return hits, total
 
 
+def expected_history_hits(records, block_size: int) -> tuple[int, int]:
+    """(tokens a prefix cache can serve, prompt tokens) over a multi-turn load's completed
+    requests (RequestRecord with conversation, turn, prompt_tokens, output_tokens): a turn's prompt
+    opens with the previous turn's prompt and answer, whose full blocks the cache holds but for the
+    answer's last token (its KV is never computed: it is sampled, not fed back); never the turn's
+    own last prompt token (recomputed for its first output token). A conversation's first turn
+    shares nothing (its messages are its own), nor do the warm-up's single messages (conversation
+    None; counted in the total, as the server's counters count them); nothing evicted, as
+    expected_prefix_hits."""
+    _positive("block_size", block_size)
+    done = {(r.conversation, r.turn): r for r in records if r.ok and r.conversation is not None}
+    hits, total = 0, sum(r.prompt_tokens or 0 for r in records if r.ok and r.conversation is None)
+    for (conversation, turn), record in done.items():
+        if record.prompt_tokens is None:
+            raise ValueError("expected_history_hits needs each request's prompt token count")
+        total += record.prompt_tokens
+        previous = done.get((conversation, turn - 1))
+        if turn and previous is not None and previous.output_tokens is not None:
+            computed = previous.prompt_tokens + previous.output_tokens - 1
+            hits += min(computed // block_size * block_size, record.prompt_tokens - 1)
+    return hits, total
+
+
 def synthetic_trace(seconds: float, rate: float, burstiness: float, input_len: int, output_len: int,
                     documents: int, shared_blocks: int, block_size: int = MOONCAKE_BLOCK_TOKENS,
                     seed: int = 0) -> list[dict]:
