@@ -1,7 +1,7 @@
 """The workload checks' shared parts: the plan (gpucert/data/workloads.yaml or --workloads-file), one
 engine at a time across the points (restarted only where a point's engine settings change: the
-cache-off points) or --endpoint's server, and each point's load: the serving load, the workload's own settings over it,
-then --load-opt over both."""
+cache-off points) or --endpoint's server, and each point's load: the serving load, the workload's
+own settings over it, then --load-opt over both."""
 
 from __future__ import annotations
 
