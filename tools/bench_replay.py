@@ -19,8 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from gpucert.serving import workloads

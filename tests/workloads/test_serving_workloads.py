@@ -46,10 +46,13 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
     if workload_endpoint is None:
         target = pool_target(config, workload_engines, point.engine_settings, load, point.id)
     elif not point.cache or point.engine:
-        pytest.skip(f"{point.id} needs an engine of its own settings ({'prefix caching off' if not point.cache else point.engine}); "
+        needs = "prefix caching off" if not point.cache else point.engine
+        pytest.skip(f"{point.id} needs an engine of its own settings ({needs}); "
                     "an --endpoint gpucert did not start cannot be reconfigured")
     else:
         target = endpoint_target(workload_endpoint, load)
+    # Endpoint.keyed, the monitor's rule: a server that wants credentials keeps its /metrics
+    metrics_readable = workload_endpoint is None or not workload_endpoint.keyed
     gpucert.finding("workload", workload=point.workload, dataset=load.label, prefix_cache="on" if point.cache else "off",
                     level="replay" if point.concurrency is None else f"concurrency {point.concurrency}")
 
@@ -63,12 +66,12 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
         else:
             requests = load.requests_at(point.concurrency)
             prompts = prompts_for(load, requests + load.warmup, point.concurrency, repeat)
-        before = _counters(target)
+        before = _counters(target, metrics_readable)
         runs.append(run_level(target, point.concurrency, requests, repeat=repeat, prompts=prompts))
-        windows.append(prefix_counters.window(before, _counters(target)))
+        windows.append(prefix_counters.window(before, _counters(target, metrics_readable)))
         prompts_sent.append(prompts)
     summary = record_level(gpucert, target, runs)
-    _record_cache(gpucert, target, point, windows, prompts_sent, runs)
+    _record_cache(gpucert, target, point, windows, prompts_sent, runs, metrics_readable)
     if point.concurrency is None:
         _record_schedule_lag(gpucert, runs)
     _compare_cache(gpucert, point, summary, workload_results)
@@ -77,8 +80,8 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
         pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)
 
 
-def _counters(target):
-    if target.api_key_env:  # a keyed endpoint's /metrics is not ours to read (as the monitor's)
+def _counters(target, readable: bool):
+    if not readable:
         return None
     try:
         return prefix_counters.parse(vllm_metrics.fetch(target.v1_url.removesuffix("/v1")))
@@ -86,11 +89,11 @@ def _counters(target):
         return None
 
 
-def _record_cache(gpucert, target, point, windows, prompts_sent, runs) -> None:
+def _record_cache(gpucert, target, point, windows, prompts_sent, runs, metrics_readable: bool) -> None:
     queried = [w["queried_tokens"] for w in windows]
     if None in queried:
         gpucert.finding("prefix_cache", notice="no prefix-cache counters on /metrics for this level "
-                                               f"({_why_no_counters(target, point)})")
+                                               f"({_why_no_counters(point, metrics_readable)})")
     else:
         hits = sum(w["hit_tokens"] for w in windows)
         per_repeat = [w["hit_pct"] for w in windows if w["hit_pct"] is not None]
@@ -114,10 +117,10 @@ def _record_cache(gpucert, target, point, windows, prompts_sent, runs) -> None:
                        direction="higher", note=f"{how}; {block}-token blocks, nothing evicted")
 
 
-def _why_no_counters(target, point) -> str:
+def _why_no_counters(point, metrics_readable: bool) -> str:
     if not point.cache:
         return "caching off"
-    if target.api_key_env:
+    if not metrics_readable:
         return "a keyed endpoint's /metrics is not read"
     return "the server does not publish them"
 
