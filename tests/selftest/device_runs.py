@@ -19,3 +19,14 @@ CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.gz"
 def load(path: Path) -> dict:
     """A run's metrics.json, as the card and the exporters take it."""
     return json.loads(gzip.decompress(path.read_bytes()))
+# the lent H200 (session 10, GPU fdc826f6, driver 580, XML schema v13, busy with vLLM): `nvidia-smi
+# -q -x` and, one second later, `nvidia-smi -q`
+H200_SMI = EVIDENCE / "issue-14-newcomer/h200"
+H200_SMI_XML = H200_SMI / "nvidia-smi-q.xml.gz"
+H200_SMI_TEXT = H200_SMI / "nvidia-smi-q.txt"
+
+
+def text(path: Path) -> str:
+    """A captured text file, gzipped or not."""
+    raw = path.read_bytes()
+    return (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()

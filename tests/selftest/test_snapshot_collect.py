@@ -117,7 +117,10 @@ def test_live_without_driver_has_one_note_and_software():
 
 
 def fixture_smi(args):
-    """nvidia-smi as if run on the captured node."""
+    """nvidia-smi as if run on the captured node; its `-q -x` was not captured, so it fails as one
+    unsupported subcommand does (test_snapshot_xml reads a node's XML)."""
+    if tuple(args) == ("-q", "-x"):
+        raise SmiUnavailable("nvidia-smi -q -x exited 2: not captured on this node", fatal=False)
     files = {("-q",): "nvidia-smi-q.txt", ("topo", "-m"): "nvidia-smi-topo-m.txt",
              ("nvlink", "-s"): "nvidia-smi-nvlink-s.txt"}
     return (FIXTURE / files[tuple(args)]).read_text()
@@ -127,7 +130,9 @@ def test_live_falls_back_to_nvidia_smi_when_nvml_is_missing(captured):
     taken = collect_live(pynvml_module=NoNvml(), smi_runner=fixture_smi)
     assert taken["gpu_found"] is True
     assert taken["notes"] == ["NVML unavailable (NVML Shared Library Not Found): "
-                              "GPU fields read from nvidia-smi -q"]
+                              "GPU fields read from nvidia-smi -q",
+                              "nvidia-smi -q -x exited 2: not captured on this node: "
+                              "the text of nvidia-smi -q read instead"]
     for part in ("driver", "gpus", "topology"):
         assert taken[part] == captured[part]
 

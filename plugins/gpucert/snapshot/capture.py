@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import smi_query, smi_table, smi_topo
+from . import smi_query, smi_table, smi_topo, smi_xml
 from .profile import natural_key
-from .schema import SnapshotError
+from .schema import QUERY_FILE, SnapshotError
 from .values import to_int
 
 # Sections every `nvidia-smi -q` GPU block has had since the R3xx drivers, whatever the board:
@@ -84,11 +84,51 @@ def check_query(path: Path, raw: str) -> list[str]:
     return problems
 
 
+def check_query_xml(path: Path, raw: str) -> None:
+    """`nvidia-smi -q -x`: raises when it is not that output or GPUs are lost or unknown. (A cut
+    XML file is not well-formed: it cannot be read in part, as the text can.)"""
+    if not raw.strip():
+        raise SnapshotError(f"{path}: empty (the GPUs, and so the profile, come from it)")
+    try:
+        root = smi_xml.parse_root(raw)
+    except smi_xml.XmlError as err:
+        raise SnapshotError(f"{path}: {err}") from None
+    attached_text = smi_xml.value(root, "attached_gpus")
+    if attached_text is None:
+        raise SnapshotError(f"{path}: not `nvidia-smi -q -x` output (no <attached_gpus> element)")
+    attached = to_int(attached_text)
+    if attached is None or attached < 0:
+        raise SnapshotError(f"{path}: <attached_gpus> is {attached_text!r}, not a number")
+    gpus = smi_xml.gpu_elements(root)
+    names = ", ".join(gpu.get("id") or "?" for gpu in gpus)
+    if len(gpus) < attached:
+        raise SnapshotError(f"{path}: truncated: <attached_gpus>{attached}</attached_gpus> but {len(gpus)} "
+                            f"<gpu> element(s) ({names or 'none'})")
+    if len(gpus) > attached:
+        raise SnapshotError(f"{path}: {len(gpus)} <gpu> elements ({names}) but "
+                            f"<attached_gpus>{attached}</attached_gpus>: not one capture")
+    for gpu in gpus:
+        for tag in ("product_name", "uuid"):
+            if not smi_xml.value(gpu, tag):
+                raise SnapshotError(f"{path}: GPU {gpu.get('id') or '?'} has no <{tag}>: garbled")
+
+
+def check_same_gpus(path: Path, raw: str, gpus: list[dict], read_from: str) -> None:
+    """`nvidia-smi -q` text captured beside the XML the GPUs are read from: the same GPUs (UUIDs
+    in order), or the two are not one node's capture."""
+    check_query(path, raw)
+    here = [gpu["uuid"] for gpu in smi_query.parse(raw)["gpus"]]
+    there = [gpu["uuid"] for gpu in gpus]
+    if here != there:
+        raise SnapshotError(f"{path}: GPUs {', '.join(here) or 'none'} here, {', '.join(there) or 'none'} in "
+                            f"{read_from}: captured on different nodes or at different times")
+
+
 def _names(blocks) -> str:
     return ", ".join(bus for bus, _ in blocks)
 
 
-def check_topology(path: Path, raw: str, gpu_count: int) -> None:
+def check_topology(path: Path, raw: str, gpu_count: int, query_name: str = QUERY_FILE) -> None:
     """`nvidia-smi topo -m`: a square GPU matrix of known link kinds, as many GPUs as -q."""
     if not raw.strip():
         raise SnapshotError(f"{path}: empty (with {gpu_count} GPUs the profile's interconnect comes from it)")
@@ -111,11 +151,11 @@ def check_topology(path: Path, raw: str, gpu_count: int) -> None:
             if (column == label) != (link == "X") or not _LINK_KIND.match(link):
                 raise SnapshotError(f"{path}: {label}→{column} is {link!r}, not a link `topo -m` prints")
     if len(columns) != gpu_count:
-        raise SnapshotError(f"{path}: shows {len(columns)} GPU(s), nvidia-smi-q.txt {gpu_count}: "
+        raise SnapshotError(f"{path}: shows {len(columns)} GPU(s), {query_name} {gpu_count}: "
                             "captured on different nodes or at different times")
 
 
-def check_nvlink(path: Path, raw: str, gpus: list[dict]) -> None:
+def check_nvlink(path: Path, raw: str, gpus: list[dict], query_name: str = QUERY_FILE) -> None:
     """`nvidia-smi nvlink -s`: empty means no NVLink; otherwise one block per GPU of -q, same UUIDs."""
     if not raw.strip():
         return
@@ -126,12 +166,12 @@ def check_nvlink(path: Path, raw: str, gpus: list[dict]) -> None:
     if indices != list(range(len(gpus))):
         shown = ", ".join(map(str, indices))
         what = "truncated" if indices == list(range(len(indices))) and len(indices) < len(gpus) else "mismatched"
-        raise SnapshotError(f"{path}: {what}: blocks for GPU {shown}, nvidia-smi-q.txt has {len(gpus)} GPU(s)")
+        raise SnapshotError(f"{path}: {what}: blocks for GPU {shown}, {query_name} has {len(gpus)} GPU(s)")
     for match, gpu in zip(headers, gpus):
         uuid = match.group("uuid")
         if uuid and gpu.get("uuid") and uuid != gpu["uuid"]:
             raise SnapshotError(f"{path}: GPU {match.group('index')} is {uuid} here, {gpu['uuid']} in "
-                                "nvidia-smi-q.txt: captured on different nodes")
+                                f"{query_name}: captured on different nodes")
 
 
 def check_table(path: Path, raw: str) -> None:

@@ -14,6 +14,8 @@ TOPO_FILE = "nvidia-smi-topo-m.txt"      # nvidia-smi topo -m
 NVLINK_FILE = "nvidia-smi-nvlink-s.txt"  # nvidia-smi nvlink -s
 TABLE_FILE = "nvidia-smi.txt"            # plain nvidia-smi (driver / CUDA header)
 CAPTURE_FILES = (QUERY_FILE, TOPO_FILE, NVLINK_FILE, TABLE_FILE)
+# nvidia-smi -q -x: where captured, the GPUs are read from it (nvidia-smi-q.txt then optional)
+QUERY_XML_FILE = "nvidia-smi-q.xml"
 
 # Optional host files next to them (e.g. `hostname > hostname.txt; cp /etc/os-release
 # os-release.txt; uname -r > uname-r.txt; cp /proc/cpuinfo cpuinfo.txt; cp /proc/meminfo

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 QUERY = ("-q",)
+QUERY_XML = ("-q", "-x")  # the same as XML (nvsmi_device_v*.dtd), read first where it works
 TOPOLOGY = ("topo", "-m")
 NVLINK_STATUS = ("nvlink", "-s")
 TIMEOUT_S = 60  # -q on an 8-GPU node with persistence off can take tens of seconds
