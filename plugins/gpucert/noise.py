@@ -389,3 +389,35 @@ def ratio_interval(before, after) -> tuple[float, float, float, str] | None:
     half = float(sps.t.ppf(1 - _TAIL, df)) * se
     return (math.expm1(diff) * 100, math.expm1(diff - half) * 100, math.expm1(diff + half) * 100,
             f"Welch t 95% on ln, {a.size} vs {b.size} engine starts")
+
+
+# ---- a change between the medians of two sets of requests (the prefix cache's TTFT saving) ------
+def median_ratio_interval(before, after) -> tuple[float, float, float, str] | None:
+    """median(after) ÷ median(before) of two independent sets of many samples (TTFTs of one level
+    without and with a setting) as (ratio, low, high, label), 95 %: Price and Bonett's (2002)
+    distribution-free interval on ln of the ratio. Each median's standard error on ln comes from the
+    order statistics around it, (ln x₍ₙ₋c₊₁₎ − ln x₍c₎) / (2 z*), c = round(n/2 − √n) and z* the normal
+    quantile of that pair's exact binomial coverage; the ratio's interval is exp(ln m_a − ln m_b ±
+    z₀.₉₇₅ √(se_a² + se_b²)). The order-statistic interval of one median has no joint form for a
+    ratio; this one's simulated coverage is 94.5-97.6 % from n = 20 per side on skewed and bimodal
+    latencies (test_intervals.py). None below MEDIAN_RATIO_MIN_N samples on a side or for values ≤ 0.
+    Within one session's requests: an engine start's own noise is the judge's (RunNoise)."""
+    a, b = _finite(before), _finite(after)
+    if min(a.size, b.size) < MEDIAN_RATIO_MIN_N or (a <= 0).any() or (b <= 0).any():
+        return None
+    la, lb = np.log(np.sort(a)), np.log(np.sort(b))
+    diff = float(np.median(lb) - np.median(la))
+    half = float(sps.norm.ppf(1 - _TAIL)) * math.hypot(_ln_median_se(la), _ln_median_se(lb))
+    return (math.exp(diff), math.exp(diff - half), math.exp(diff + half),
+            f"Price-Bonett 95% on ln of the medians' ratio, n={b.size} vs {a.size}")
+
+
+MEDIAN_RATIO_MIN_N = 20  # below it a bimodal latency's coverage fell to 93 % (n = 10)
+
+
+def _ln_median_se(sorted_logs: np.ndarray) -> float:
+    n = sorted_logs.size
+    c = max(1, round(n / 2 - math.sqrt(n)))  # 1-based rank of the lower order statistic
+    tail = float(sps.binom.cdf(c - 1, n, 0.5))  # P(the median lies below x₍c₎)
+    z = float(sps.norm.isf(tail))
+    return float(sorted_logs[n - c] - sorted_logs[c - 1]) / (2 * z)

@@ -76,6 +76,9 @@ def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
     assert prefix["prefix_cache_hit_pct"] == pytest.approx(100 * 20 * 256 / (24 * 272))
     off = values(checks["prefix-c1-cache_off"])
     assert "prefix_cache_hit_pct" not in off and off["ttft_cache_saving_pct"] > 30  # 256 × 0.2 ms of ~104 ms
+    saving, = (m for m in checks["prefix-c1-cache_off"]["metrics"] if m["metric"] == "ttft_cache_saving_pct")
+    assert saving["ci_method"].startswith("Price-Bonett 95% on ln of the medians' ratio, n=")
+    assert 0 < saving["ci"][0] <= saving["value"] <= saving["ci"][1], saving  # the saving is sure, not 0
     multiturn = values(checks["multiturn-c2"])  # each turn's history, answers as served
     assert multiturn["prefix_cache_hit_pct"] > 0
     assert multiturn["prefix_cache_hit_pct"] == pytest.approx(multiturn["expected_prefix_hit_pct"], abs=1e-9)

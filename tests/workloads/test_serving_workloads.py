@@ -7,7 +7,8 @@ like a serving level (TTFT, TPOT, ITL, throughput, failures), plus what the work
   `expected_prefix_hit_pct`, the share a prefix cache can serve for these prompts sent one after
   another with nothing evicted (token-id prompts of prefix and trace workloads);
 - a cache-off point (`cache_off: true` in the plan) serves the same level on an engine with prefix
-  caching off and records `ttft_cache_saving_pct`: how much lower the cache-on TTFT p50 was;
+  caching off and records `ttft_cache_saving_pct`: how much lower the cache-on TTFT p50 was, with
+  the 95 % interval of the two medians' ratio (noise.median_ratio_interval);
 - a replay's `schedule_lag_ms_p50/p99/max`: how late the client sent each request against the
   trace's time; past SCHEDULE_LAG_BOUND_MS at p99 the finding says the client, not the server, was
   late for that level.
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
+from gpucert import noise
 from gpucert.serving import prefix_counters, vllm_metrics, workloads
 from gpucert.serving.summary import client_check
 
@@ -74,7 +77,7 @@ def test_serving_workloads(gpucert, workload_point, point, workload_engines, wor
     _record_cache(gpucert, target, point, windows, prompts_sent, runs, metrics_readable)
     if point.concurrency is None:
         _record_schedule_lag(gpucert, runs)
-    _compare_cache(gpucert, point, summary, workload_results)
+    _compare_cache(gpucert, point, runs, workload_results)
     crashed = target.crashed(grace_s=2.0 if summary.failed else 0.0)
     if crashed:
         pytest.fail(f"the engine died during this level: {crashed}", pytrace=False)
@@ -138,16 +141,26 @@ def _record_schedule_lag(gpucert, runs) -> None:
                                          "ms: the client, not the server, was late; this level's arrivals are not the trace's")
 
 
-def _compare_cache(gpucert, point, summary, results: dict) -> None:
+def _compare_cache(gpucert, point, runs, results: dict) -> None:
+    """The cache-off point: its TTFT p50 against the cache-on point's of the same level, with the
+    interval of the medians' ratio (noise.median_ratio_interval) over both points' requests."""
     key = (point.workload, point.concurrency)
-    ttft = summary.ttft_ms.get("p50") if summary.ttft_ms.get("count") else None
+    ttfts = [1e3 * (r.first_token_at - r.sent_at) for run in runs for r in run.measured if r.ok]
     if point.cache:
-        results[key] = ttft
+        results[key] = ttfts
         return
     with_cache = results.get(key)
-    if ttft and with_cache is not None:
-        gpucert.record("ttft_cache_saving_pct", 100.0 * (ttft - with_cache) / ttft, unit="%", direction="higher",
-                       note=f"TTFT p50 {with_cache:.4g} ms with the prefix cache, {ttft:.4g} ms without "
-                            "(each with its interval on its own check)")
-    else:
+    if not ttfts or not with_cache:
         gpucert.finding("prefix_cache", notice="no cache-on TTFT of this level in this session to compare with")
+        return
+    off_p50, on_p50 = float(np.median(ttfts)), float(np.median(with_cache))
+    found = noise.median_ratio_interval(ttfts, with_cache)
+    if found is None:
+        ci, method = None, (f"none: {len(with_cache)} vs {len(ttfts)} TTFTs, a medians' ratio needs "
+                            f"≥ {noise.MEDIAN_RATIO_MIN_N} a side")
+    else:  # the saving 1 − ratio falls as the ratio rises: the bounds swap
+        ci, method = (100.0 * (1 - found[2]), 100.0 * (1 - found[1])), found[3]
+    gpucert.record("ttft_cache_saving_pct", 100.0 * (1 - on_p50 / off_p50), unit="%", direction="higher",
+                   ci=ci, ci_method=method,
+                   note=f"TTFT p50 {on_p50:.4g} ms with the prefix cache ({len(with_cache)} requests), "
+                        f"{off_p50:.4g} ms without ({len(ttfts)})")
