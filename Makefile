@@ -24,9 +24,8 @@ CHECKS ?= tests/hardware tests/inference
 .PHONY: test hardware inference certify update-baselines nightly study workloads forensics burnin fleet clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
-# needs that: pytest tests/selftest -m fault --fault-table FILE). Not `--dist loadscope`: a module
-# to a worker ran the heavy emulator modules side by side at the end (30 min, not 25, and two
-# timing self-tests failed); `loadgroup` does nothing on pytest 9.2 (xdist 3.8 renames `_nodeid`)
+# needs that: pytest tests/selftest -m fault --fault-table FILE). `--dist loadgroup` would keep a
+# module's costly fixture on one worker, but does nothing on pytest 9.2 (xdist 3.8 sets `_nodeid`)
 XDIST ?= -n auto
 
 ## the suite's self-tests (CPU, no GPU needed; what CI runs)
