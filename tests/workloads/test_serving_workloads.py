@@ -29,7 +29,7 @@ import pytest
 
 from gpucert import noise
 from gpucert.serving import prefix_counters, vllm_metrics, workloads
-from gpucert.serving.summary import client_check
+from gpucert.serving.summary import client_check, ttft_s
 
 from ..inference.engine_setup import endpoint_target, pool_target
 from ..inference.load import prompts_for, record_level, run_level
@@ -145,7 +145,7 @@ def _compare_cache(gpucert, point, runs, results: dict) -> None:
     """The cache-off point: its TTFT p50 against the cache-on point's of the same level, with the
     interval of the medians' ratio (noise.median_ratio_interval) over both points' requests."""
     key = (point.workload, point.concurrency)
-    ttfts = [1e3 * (r.first_token_at - r.sent_at) for run in runs for r in run.measured if r.ok]
+    ttfts = [1e3 * ttft_s(r) for run in runs for r in run.measured if r.ok]
     if point.cache:
         results[key] = ttfts
         return
