@@ -33,12 +33,21 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
 
 LEVEL = 0.95
 _TAIL = (1 - LEVEL) / 2
 _PERCENTILE = re.compile(r"_p(\d{1,2}(?:\.\d+)?)$")
 STATS = ("median", "mean", "min", "max")
+
+
+@functools.cache
+def _sps():
+    """scipy.stats, imported at the first interval: its import is ~1.5 s of every pytest process
+    that loads the plugin, and a run that ends before judging anything (bad input, --help, a
+    skipped check) needs none of it."""
+    from scipy import stats
+
+    return stats
 
 
 def infer_stat(metric: str, has_samples: bool) -> str | None:
@@ -105,7 +114,7 @@ def t_bounds(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     data = np.atleast_2d(data)
     n = data.shape[1]
     mean = data.mean(axis=1)
-    half = sps.t.ppf(1 - _TAIL, n - 1) * data.std(axis=1, ddof=1) / math.sqrt(n)
+    half = _sps().t.ppf(1 - _TAIL, n - 1) * data.std(axis=1, ddof=1) / math.sqrt(n)
     return mean - half, mean + half
 
 
@@ -122,7 +131,7 @@ def order_ranks(n: int, q: float) -> tuple[int, int, float] | None:
     returned). None when n is too small for either tail."""
     if not 0 < q < 1 or n < 1:
         return None
-    binom = sps.binom(n, q)
+    binom = _sps().binom(n, q)
     # lower: the largest j with P(B ≤ j) ≤ 2.5 % (x_(j+1) lies above the quantile that rarely)
     j = int(binom.ppf(_TAIL))
     while j >= 0 and binom.cdf(j) > _TAIL:
@@ -216,7 +225,7 @@ class RunNoise:
     @property
     def quantile(self) -> float:
         # t with the estimate's degrees of freedom: few runs to estimate from widen the interval
-        return float(sps.norm.ppf(1 - _TAIL) if self.df is None else sps.t.ppf(1 - _TAIL, self.df))
+        return float(_sps().norm.ppf(1 - _TAIL) if self.df is None else _sps().t.ppf(1 - _TAIL, self.df))
 
     @property
     def baseline_share(self) -> float:
@@ -264,7 +273,7 @@ def _outlier_p(entry: np.ndarray, rest: np.ndarray) -> float | None:
     (ss, df), (ss_rest, df_rest) = entry[:2], rest[:2]
     if df < 1 or df_rest < 1 or ss_rest <= 0:
         return None
-    return float(sps.f.sf((ss / df) / (ss_rest / df_rest), df, df_rest))
+    return float(_sps().f.sf((ss / df) / (ss_rest / df_rest), df, df_rest))
 
 
 def run_noise(groups, default_rel: float, baseline_runs: int, what: str = "runs",
@@ -386,7 +395,7 @@ def ratio_interval(before, after) -> tuple[float, float, float, str] | None:
     if se == 0:
         return math.expm1(diff) * 100, math.expm1(diff) * 100, math.expm1(diff) * 100, "no spread (identical values)"
     df = (va + vb) ** 2 / ((va ** 2 / (a.size - 1) if va else 0) + (vb ** 2 / (b.size - 1) if vb else 0))
-    half = float(sps.t.ppf(1 - _TAIL, df)) * se
+    half = float(_sps().t.ppf(1 - _TAIL, df)) * se
     return (math.expm1(diff) * 100, math.expm1(diff - half) * 100, math.expm1(diff + half) * 100,
             f"Welch t 95% on ln, {a.size} vs {b.size} engine starts")
 
@@ -407,7 +416,7 @@ def median_ratio_interval(before, after) -> tuple[float, float, float, str] | No
         return None
     la, lb = np.log(np.sort(a)), np.log(np.sort(b))
     diff = float(np.median(lb) - np.median(la))
-    half = float(sps.norm.ppf(1 - _TAIL)) * math.hypot(_ln_median_se(la), _ln_median_se(lb))
+    half = float(_sps().norm.ppf(1 - _TAIL)) * math.hypot(_ln_median_se(la), _ln_median_se(lb))
     return (math.exp(diff), math.exp(diff - half), math.exp(diff + half),
             f"Price-Bonett 95% on ln of the medians' ratio, n={b.size} vs {a.size}")
 
@@ -418,6 +427,6 @@ MEDIAN_RATIO_MIN_N = 20  # below it a bimodal latency's coverage fell to 93 % (n
 def _ln_median_se(sorted_logs: np.ndarray) -> float:
     n = sorted_logs.size
     c = max(1, round(n / 2 - math.sqrt(n)))  # 1-based rank of the lower order statistic
-    tail = float(sps.binom.cdf(c - 1, n, 0.5))  # P(the median lies below x₍c₎)
-    z = float(sps.norm.isf(tail))
+    tail = float(_sps().binom.cdf(c - 1, n, 0.5))  # P(the median lies below x₍c₎)
+    z = float(_sps().norm.isf(tail))
     return float(sorted_logs[n - c] - sorted_logs[c - 1]) / (2 * z)
