@@ -7,10 +7,25 @@ torch.cuda.device_count() asks NVML first and creates no CUDA context.
 """
 
 import json
+from importlib import metadata
+
+
+def _cpu_wheel() -> "str | None":
+    """The installed PyTorch's version when its wheel is a CPU build (`2.13.0+cpu`, the local
+    label of PyTorch's CPU index), read from its metadata: importing torch costs seconds, paid by
+    every pytest run that collects the checks (the memory check parametrizes by GPU count)."""
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+    return version if version.endswith("+cpu") else None
 
 
 def visible() -> tuple[int, str]:
     """(CUDA device count, why there are none: "" when there are some)."""
+    cpu = _cpu_wheel()
+    if cpu:
+        return 0, f"no CUDA device: PyTorch {cpu} is a CPU build"
     try:
         import torch
     except ImportError:
