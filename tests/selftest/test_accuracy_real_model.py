@@ -9,10 +9,14 @@ test process and steal the CPU from the timing-exact self-tests that follow (cpu
 reason for converting in a child too).
 
 Measured on the 2-core box (AVX2, no native bfloat16: a bfloat16 matmul there is 6-15× a float32
-one), a CPU hog on the other core, one thread: the scoring child ~160 s (10 documents, 2,058 scored
-positions: float32 ~23 s, the corrupted float32 model ~23 s, bfloat16 ~115 s); the conversion
-~45 s, once per session (cpu_server.model_dir). The fault is planted in float32 so that the slow
-bfloat16 pass runs once.
+one): with 10 documents (2,058 scored positions) float32 took ~13 s, the corrupted float32 model
+~14 s and bfloat16 ~60 s on two idle cores, and the test 288 s of CI's `make test` (one thread, the
+other core busy), the suite's longest. Six documents (1,272 positions) score in ~60 % of that and
+still show both findings: on those 10 scores cut to 6, bfloat16's Δppl 0.52 % [0.04, 0.99] and
+greedy agreement 96.7 % [95.1, 97.8]; the corrupted layer's Δppl 21 % [9.2, 34.6] and agreement
+75.9 % [71.5, 79.7], its intervals apart from bfloat16's. The conversion takes ~45 s, once per
+session (cpu_server.model_dir). The fault is planted in float32 so that the slow bfloat16 pass runs
+once.
 """
 
 import json
@@ -27,7 +31,7 @@ from gpucert.accuracy import TEXT_SET_VERSION, ScoringResult, compare
 
 from . import cpu_server
 
-DOCUMENTS = 10  # of the set's 32: what fits the self-test's budget of < 60 s on two cores
+DOCUMENTS = 6  # of the set's 32: the fewest whose intervals still tell both findings apart (above)
 CORRUPTED_LAYER = 10
 
 CHILD = f"""
@@ -80,7 +84,7 @@ def test_bfloat16_against_float32_on_real_weights(scored):
     ref, cand = scored["float32"], scored["bfloat16"]
     assert len(ref.documents) == DOCUMENTS and ref.text_set == TEXT_SET_VERSION
     found = compare(ref, cand, "bfloat16")
-    assert found.documents == DOCUMENTS and found.tokens == ref.tokens > 1500
+    assert found.documents == DOCUMENTS and found.tokens == ref.tokens > 1000
     # a 135M model on short English passages: a perplexity of tens, not of thousands (a broken load)
     assert 5 < found.ppl_ref < 100
     # bfloat16 arithmetic on the same weights moves the perplexity by well under 1 % ...
