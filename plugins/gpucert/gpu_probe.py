@@ -6,19 +6,31 @@ as one line of JSON.
 torch.cuda.device_count() asks NVML first and creates no CUDA context.
 """
 
+import importlib.util
 import json
 from importlib import metadata
+from pathlib import Path
 
 
 def _cpu_wheel() -> "str | None":
     """The installed PyTorch's version when its wheel is a CPU build (`2.13.0+cpu`, the local
     label of PyTorch's CPU index), read from its metadata: importing torch costs seconds, paid by
-    every pytest run that collects the checks (the memory check parametrizes by GPU count)."""
+    every pytest run that collects the checks (the memory check parametrizes by GPU count). Only
+    when that wheel is the torch an import would find: a torch earlier on the path (a source
+    build, an engine's own) is asked by importing it."""
     try:
-        version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
+        dist = metadata.distribution("torch")
+        spec = importlib.util.find_spec("torch")
+    except (metadata.PackageNotFoundError, ImportError, ValueError):
         return None
-    return version if version.endswith("+cpu") else None
+    version = dist.version or ""
+    if not version.endswith("+cpu") or spec is None or not spec.origin:
+        return None
+    try:
+        same = Path(str(dist.locate_file("torch/__init__.py"))).samefile(spec.origin)
+    except OSError:  # the wheel's files are not where its metadata says
+        return None
+    return version if same else None
 
 
 def visible() -> tuple[int, str]:
