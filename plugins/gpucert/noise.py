@@ -416,7 +416,7 @@ def median_ratio_interval(before, after) -> tuple[float, float, float, str] | No
         return None
     la, lb = np.log(np.sort(a)), np.log(np.sort(b))
     diff = float(np.median(lb) - np.median(la))
-    half = float(_sps().norm.ppf(1 - _TAIL)) * math.hypot(_ln_median_se(la), _ln_median_se(lb))
+    half = _z_two_sided() * math.hypot(_ln_median_se(la), _ln_median_se(lb))
     return (math.exp(diff), math.exp(diff - half), math.exp(diff + half),
             f"Price-Bonett 95% on ln of the medians' ratio, n={b.size} vs {a.size}")
 
@@ -426,7 +426,20 @@ MEDIAN_RATIO_MIN_N = 20  # below it a bimodal latency's coverage fell to 93 % (n
 
 def _ln_median_se(sorted_logs: np.ndarray) -> float:
     n = sorted_logs.size
-    c = max(1, round(n / 2 - math.sqrt(n)))  # 1-based rank of the lower order statistic
-    tail = float(_sps().binom.cdf(c - 1, n, 0.5))  # P(the median lies below x₍c₎)
-    z = float(_sps().norm.isf(tail))
+    c, z = _median_pair(n)
     return float(sorted_logs[n - c] - sorted_logs[c - 1]) / (2 * z)
+
+
+@functools.cache
+def _z_two_sided() -> float:
+    """The normal quantile of a two-sided 95 % interval, z₀.₉₇₅."""
+    return float(_sps().norm.ppf(1 - _TAIL))
+
+
+@functools.lru_cache(maxsize=256)
+def _median_pair(n: int) -> tuple[int, float]:
+    """Price-Bonett's order statistics around the median of n: the lower one's 1-based rank c and
+    the normal quantile z* of the pair's exact binomial coverage (a function of n alone)."""
+    c = max(1, round(n / 2 - math.sqrt(n)))
+    tail = float(_sps().binom.cdf(c - 1, n, 0.5))  # P(the median lies below x₍c₎)
+    return c, float(_sps().norm.isf(tail))
