@@ -225,7 +225,7 @@ class RunNoise:
     @property
     def quantile(self) -> float:
         # t with the estimate's degrees of freedom: few runs to estimate from widen the interval
-        return float(_sps().norm.ppf(1 - _TAIL) if self.df is None else _sps().t.ppf(1 - _TAIL, self.df))
+        return _z_two_sided() if self.df is None else float(_sps().t.ppf(1 - _TAIL, self.df))
 
     @property
     def baseline_share(self) -> float:
