@@ -441,20 +441,20 @@ def run_deadline_s(config: LoadConfig, prompts: list[Prompt]) -> float:
     """The run's deadline: the one given, or default_deadline_s of its load and prompts."""
     if config.deadline_s is not None:
         return config.deadline_s
-    span = replay_offsets(prompts, config.num_requests, last_only=True)[-1] if config.replay else 0.0
-    return default_deadline_s(config, max((p.output_tokens or 0) for p in prompts), float(span))
+    span = float(replay_offsets(prompts, config.num_requests)[-1]) if config.replay else 0.0
+    return default_deadline_s(config, max((p.output_tokens or 0) for p in prompts), span)
 
 
-def replay_offsets(prompts: list[Prompt], count: int | None, last_only: bool = False) -> np.ndarray:
+def replay_offsets(prompts: list[Prompt], count: int | None) -> np.ndarray:
     """A replay's send offsets (s from its start): prompt i at its own send time, in the prompts'
     order; `count` past the prompts' end goes round the schedule again after its last send.
-    `last_only`: just the last one (the deadline needs the schedule's span, not every send)."""
+    Array arithmetic, not a loop: the deadline and the schedule each ask for it."""
     if any(p.send_at is None for p in prompts):
         raise ValueError("a replay needs prompts with send times (dataset trace)")
     count = len(prompts) if count is None else count
-    span = prompts[-1].send_at
-    which = range(count - 1, count) if last_only else range(count)
-    return np.asarray([prompts[i % len(prompts)].send_at + (i // len(prompts)) * span for i in which], dtype=float)
+    send_at = np.asarray([p.send_at for p in prompts], dtype=float)
+    i = np.arange(count)
+    return send_at[i % len(prompts)] + (i // len(prompts)) * send_at[-1]
 
 
 def arrival_offsets(count: int, rate: float, burstiness: float, seed: int) -> np.ndarray:
