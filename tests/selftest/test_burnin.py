@@ -112,8 +112,11 @@ def test_the_sustained_timing_loop_blocks_and_warms_up():
     result = core.measure(Gemm("fp32", 64, 64, 64), "cpu", sustain_s=0.6, warmup_s=0.3, timeline=times)
     assert result.status == "ok" and "sustained: 0.3 s warm-up" in result.note, result.note
     assert times[0] - started >= 0.3 + 0.05  # no sample from the warm-up
-    assert 3 <= len(result.samples_s) <= 40 and len(times) == len(result.samples_s)  # ~0.1 s blocks
-    assert times[-1] - times[0] >= 0.4 and times == sorted(times)
+    # ~0.1 s blocks, one sample each, until the 0.6 s are over. How many fit is the box's to say: a
+    # block sized while the CPU was free took 3.7 s when four xdist workers and two hogs shared the
+    # two cores (2 blocks). One block would mean no blocking; stopping before 0.9 s, no sustain.
+    assert 2 <= len(result.samples_s) <= 40 and len(times) == len(result.samples_s), result.samples_s
+    assert times[-1] - started >= 0.3 + 0.6 and times == sorted(times)
 
 
 def test_outliers_and_sustained_fractions():

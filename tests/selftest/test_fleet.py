@@ -21,6 +21,7 @@ import yaml
 from gpucert.fleet import fleet
 from gpucert.fleet.guard import GRACE_S
 from gpucert.fleet.nodes import short_names
+from gpucert.physics.nccl import faults as nccl_faults
 
 from . import ray_clusters
 from .ray_clusters import processes_running
@@ -124,10 +125,14 @@ def test_without_ray_address_the_fleet_check_is_skipped_with_the_reason(tmp_path
 
 # ---- a real local cluster -----------------------------------------------------------------------
 @pytest.fixture
-def local_cluster(request):
-    """A head and three more nodes on this machine (or `indirect` parametrization's count), each a
-    raylet of its own; all of it shut down after."""
-    with ray_clusters.local_cluster(getattr(request, "param", NODES), resources={"gpucert_node": 1}) as cluster:
+def local_cluster(request, monkeypatch):
+    """A head and three more nodes on this machine, each a raylet of its own; all of it shut down
+    after. `indirect` parametrization may give {"nodes": N, "env": {...}}: the environment the
+    cluster starts with, which its workers and so each node's run inherit."""
+    param = getattr(request, "param", {})
+    for name, value in param.get("env", {}).items():
+        monkeypatch.setenv(name, value)
+    with ray_clusters.local_cluster(param.get("nodes", NODES), resources={"gpucert_node": 1}) as cluster:
         yield cluster
 
 
@@ -219,15 +224,22 @@ def test_four_node_fleet_with_a_node_removed_mid_run(tmp_path, local_cluster):
             shutil.rmtree(row["workdir"], ignore_errors=True)
 
 
-@pytest.mark.fault("fleet", "both nodes' runs still going at a 24 s fleet deadline (a 128 MB gloo sweep)",
+# each node's gloo sweep held past the deadline by a planted 500 ms wait in every collective of its
+# rank 0 (GPUCERT_NCCL_FAULT, inherited through the cluster's workers): the ranks wait instead of
+# burning both cores for the 24 s (a 128 MB sweep did: 72 s of CPU for this test)
+SLOW_SWEEP = {nccl_faults.ENV: "slow:rank=0:ms=500"}
+
+
+@pytest.mark.fault("fleet", "both nodes' runs still going at a 24 s fleet deadline (a gloo sweep slowed 500 ms a "
+                            "collective)",
                    "each node stopped and reported hung with the checks it had ended; exit 1; no process left")
-@pytest.mark.parametrize("local_cluster", [2], indirect=True)  # two nodes show it, at half the cost
+@pytest.mark.parametrize("local_cluster", [{"nodes": 2, "env": SLOW_SWEEP}], indirect=True,
+                         ids=["2"])  # two nodes show it, at half the cost
 def test_nodes_past_the_deadline_are_stopped_and_reported_hung(tmp_path, local_cluster):
     (tmp_path / "baselines").mkdir()
-    args = NODE_ARGS.format(baselines=tmp_path / "baselines").replace("--nccl-max-bytes 64K", "--nccl-max-bytes 128M")
     started = time.monotonic()
     proc = subprocess.run(driver(tmp_path, "--ray-address", local_cluster.address, "--fleet-timeout-min", "0.4",
-                                 "--fleet-args", args),
+                                 "--fleet-args", NODE_ARGS.format(baselines=tmp_path / "baselines")),
                           cwd=REPO, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
     print(f"2-node fleet run past its deadline: {time.monotonic() - started:.1f} s wall")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -239,7 +251,9 @@ def test_nodes_past_the_deadline_are_stopped_and_reported_hung(tmp_path, local_c
         assert row["state"] == "hung" and "fleet deadline (24 s): stopped" in row["reason"], row
         check = checks[row["name"]]
         assert check["outcome"] == "failed" and "hung" in check["message"], check
-        assert metric_values(check)["node_checks_run"] >= 1  # the stack check, ended before the stop
+        # the stack check ended before the stop; the planted wait held the sweep (each row ≥ 3 s:
+        # 5 warm-ups and an iteration at 500 ms), where without it tens of 64 KiB rows end in 24 s
+        assert 1 <= metric_values(check)["node_checks_run"] <= 4, metric_values(check)
         assert not processes_running(row["workdir"], 10), f"{row['name']}: its run outlived the stop"
         print(f"{row['name']}: {row['reason']}; its log ends:\n" + "".join(
             (Path(row["workdir"]) / "node.log").read_text(errors="replace").splitlines(True)[-4:]))

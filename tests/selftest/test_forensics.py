@@ -73,7 +73,9 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     assert gaps["count"] == len(kernels) - 1  # one 4 ms host-bound gap before each kernel but the first
     assert abs(got["host_bound_pct"]["value"] - gaps["count"] * 4 / decode["wall_ms"] * 100) < 0.01
     assert 10 <= got["host_bound_pct"]["value"] <= 20.5, got["host_bound_pct"]["value"]
-    assert 19.5 <= got["decode_step_ms_p50"]["value"] <= 30, got["decode_step_ms_p50"]
+    # a busy box only lengthens a step (32.4 ms seen with four xdist workers and two hogs on the two
+    # cores); 40 ms is where the host-bound share above would fall below 10 %
+    assert 19.5 <= got["decode_step_ms_p50"]["value"] <= 40, got["decode_step_ms_p50"]
     assert got["decode_steps"]["value"] >= 30  # 1.5 s of 20 ms steps, less the ramp and late wake-ups
     assert abs(gaps["p50_us"] - 4000) < 0.01 and abs(gaps["p99_us"] - 4000) < 0.01, gaps
     assert 15 <= got["unprofiled_step_ms_p50"]["value"] <= 25  # the tokens' own 20 ms
