@@ -201,11 +201,13 @@ def test_the_interval_covers_the_true_capacity_at_its_stated_rate(kind, n):
 # verdict flips only where load adds more than the margin to enough of its requests. For the
 # rate's truth LOAD_MS bounds what load may add (the capacity with a 30 − LOAD_MS ms margin): the
 # best reads stay within 2 ms and the median read within 7.5 ms even at 256 streams under a CPU
-# hog on both cores of the 2-core box (test_serving_oracle.py); at 8 streams 15 ms is ample.
+# hog on both cores of the 2-core box (test_serving_oracle.py), but `make test`'s other worker on
+# top of the two hogs added more than 15 ms to over 5 % of a probe's requests (a sure failure at
+# 95.1 req/s, where the 15 ms model holds to 97.8): 25 ms (the model's capacity 82.1 req/s).
 E2E = EmulatorConfig(ttft_ms=20, itl_ms=10)
 STREAMS, RATE_SLOTS = 4, 8
 OUT, SLO_MS, TARGET, SEED = 5, 50.0, 0.95, 1
-LOAD_MS = 15.0
+LOAD_MS = 25.0
 E2E_N = 120  # requests per probe: min_probe_requests(0.95, 0.95, max_probes) is 99 at 8 probes, 94 at 6
 
 
