@@ -51,7 +51,7 @@ def load_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu
 
 def _slow_reduced_precision_cpu(model: Any, device: Any) -> bool:
     """A bfloat16/float16 model on a CPU without native support for them (no AVX512-BF16/AMX:
-    oneDNN says so): PyTorch's matmul falls back there to a scalar loop, 20-30× a float32 one."""
+    oneDNN says so): PyTorch's matmul falls back there to a scalar loop, 5-28× a float32 one."""
     import torch
     dtype = next(model.parameters()).dtype
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
