@@ -134,6 +134,10 @@ def _record_rank(gpucert, request, config, rank: int, device: str, out: dict, fi
         if figures_of.get(name) is not None:
             gpucert.record(name, figures_of[name], unit="%", direction="higher", params=where,
                            note="sustained ÷ burst: what minutes of work keep of a burst's figure")
+    if figures_of.get("together_work_pct") is not None:
+        gpucert.record("together_work_pct", figures_of["together_work_pct"], unit="%", direction="higher",
+                       params=where, note="together ÷ alone, GEMM's share plus the copy's: what the GPU "
+                                          "keeps of both when they share it")
     allreduce = phases.get("together", {}).get("allreduce")
     if allreduce:
         if allreduce.get("busbw_gbps") is not None:

@@ -127,6 +127,37 @@ def test_outliers_and_sustained_fractions():
                                 "phases": {"gemm": {"median": 680.0}, "hbm": {"median": 3800.0},
                                            "together": {"median": 600.0, "median_gbps": 3000.0}}})
     assert figures["tflops_of_burst_pct"] == pytest.approx(85.0) and figures["gbps_of_burst_pct"] == pytest.approx(95.0)
+    assert figures["together_work_pct"] == pytest.approx((600 / 680 + 3000 / 3800) * 100)
+
+
+def test_the_together_phase_is_judged_by_what_both_keep_not_by_the_datasheet():
+    """GEMM and copy at once share one GPU: on the H100 of session 17, 379 TFLOP/s beside
+    1,482 GB/s (38 % and 44 % of the datasheet) while alone each held 675 and 3,026 — a healthy
+    GPU the datasheet floors of the alone figures failed. The shipped thresholds judge their sum of
+    shares instead: too little of both warns on any node and fails against the node's baseline."""
+    from gpucert import thresholds
+    from gpucert.judge import judge
+    from gpucert.metrics import Metric
+
+    shipped = thresholds.load(Path(__file__).parents[2] / "thresholds.yaml")
+    figures = burnin.sustained({"burst": {"gemm_tflops": 793.9, "hbm_gbps": 3023.5},
+                                "phases": {"gemm": {"median": 675.5}, "hbm": {"median": 3026.1},
+                                           "together": {"median": 379.4, "median_gbps": 1482.1}}})
+    assert figures["together_work_pct"] == pytest.approx(105.1, abs=0.1)
+
+    def verdict(name, value, unit, peak=None, baseline=None):
+        metric = Metric(check="burnin", family="burnin", metric=name, unit=unit, value=value, direction="higher",
+                        params={"gpu": 0}, peak=peak)
+        stored = {"value": baseline, "runs": [{"value": baseline, "at": "x", "snapshot_digest": "d"}], "ci": None}
+        return judge(metric, shipped.rule_for("burnin", name, {"gpu": 0}), stored if baseline else None).verdict
+
+    assert verdict("together_tflops", 379.4, "TFLOP/s", peak=989.5) == "new"
+    assert verdict("together_gbps", 1482.1, "GB/s", peak=3350.0) == "new"
+    assert verdict("sustained_tflops", 379.4, "TFLOP/s", peak=989.5) == "fail"  # alone, the floor holds
+    assert verdict("together_work_pct", figures["together_work_pct"], "%") == "new"
+    assert verdict("together_work_pct", 85.0, "%") == "warn"
+    assert verdict("together_work_pct", 105.0, "%", baseline=105.1) == "pass"
+    assert verdict("together_work_pct", 85.0, "%", baseline=105.1) == "fail"  # −19 %
 
 
 def test_the_burnin_in_words():

@@ -212,7 +212,9 @@ def test_the_hit_rate_over_a_level_is_what_the_shared_prefixes_imply():
             assert (level["queried_tokens"], level["hit_tokens"]) == (expected_total, expected_hits)
             assert level["hit_pct"] == pytest.approx(100 * 44 * 256 / (48 * 280))
         else:
-            assert before is None and prefix_counters.window(before, after)["hit_pct"] is None
+            # as vLLM 0.26: both counters published and left at 0 — nothing looked up, no rate
+            assert before == after == prefix_counters.PrefixCounters(0, 0)
+            assert prefix_counters.level_hits([prefix_counters.window(before, after)], cache_on=False).absent
     # 256 cached tokens × 0.05 ms: the median request saves ~12.8 ms of prefill
     assert ttft[False] - ttft[True] == pytest.approx(256 * 0.05, abs=4.0), ttft
 
@@ -237,6 +239,22 @@ def test_counters_that_went_backwards_or_are_absent_give_no_rate():
             '# TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{engine="0"} 30.0\n')
     assert prefix_counters.parse(text) == prefix_counters.PrefixCounters(150.0, 30.0)
     assert prefix_counters.parse("vllm:num_requests_running 3\n") is None
+
+
+def test_a_level_with_no_lookups_has_no_hit_rate_and_fails_only_with_caching_on():
+    """vLLM 0.26 with prefix caching off publishes both counters at 0 (an H100, session 17): the
+    cache-off level has no hit rate to judge (it failed there as a value of None). With caching
+    on, prompts served and nothing looked up is a broken measurement, and fails."""
+    still = prefix_counters.window(prefix_counters.PrefixCounters(0, 0), prefix_counters.PrefixCounters(0, 0))
+    assert prefix_counters.level_hits([still, still], cache_on=False).absent
+    broken = prefix_counters.level_hits([still], cache_on=True)
+    assert not broken.absent and "did not move" in broken.error and broken.hit_pct is None
+    assert prefix_counters.level_hits([{"queried_tokens": None, "hit_tokens": None, "hit_pct": None}],
+                                      cache_on=True).absent
+    two = [prefix_counters.window(prefix_counters.PrefixCounters(0, 0), prefix_counters.PrefixCounters(100, 80)),
+           prefix_counters.window(prefix_counters.PrefixCounters(100, 80), prefix_counters.PrefixCounters(400, 140))]
+    level = prefix_counters.level_hits(two, cache_on=True)
+    assert (level.hit_pct, level.queried_tokens, level.hit_tokens, level.error) == (35.0, 400.0, 140.0, None)
 
 
 # ---- multi-turn conversations ---------------------------------------------------------------------

@@ -93,17 +93,18 @@ def _counters(target, readable: bool):
 
 
 def _record_cache(gpucert, target, point, windows, prompts_sent, runs, metrics_readable: bool) -> None:
-    queried = [w["queried_tokens"] for w in windows]
-    if None in queried:
-        gpucert.finding("prefix_cache", notice="no prefix-cache counters on /metrics for this level "
+    level = prefix_counters.level_hits(windows, cache_on=point.cache)
+    if level.absent:
+        gpucert.finding("prefix_cache", notice="no prefix-cache lookups on /metrics for this level "
                                                f"({_why_no_counters(point, metrics_readable)})")
+    elif level.error:
+        gpucert.record_error("prefix_cache_hit_pct", level.error, unit="%")
     else:
-        hits = sum(w["hit_tokens"] for w in windows)
         per_repeat = [w["hit_pct"] for w in windows if w["hit_pct"] is not None]
-        gpucert.record("prefix_cache_hit_pct", 100.0 * hits / sum(queried) if sum(queried) else None, unit="%",
+        gpucert.record("prefix_cache_hit_pct", level.hit_pct, unit="%",
                        direction="higher", samples=per_repeat if len(per_repeat) > 1 else None,
-                       note=f"vLLM's prefix_cache_hits ÷ prefix_cache_queries over the level: {hits:.0f} of "
-                            f"{sum(queried):.0f} prompt tokens")
+                       note=f"vLLM's prefix_cache_hits ÷ prefix_cache_queries over the level: {level.hit_tokens:.0f} "
+                            f"of {level.queried_tokens:.0f} prompt tokens")
     block = int(target.facts.get("block_size") or 16)
     if not point.cache or not all(isinstance(p.prompt, list) and isinstance(p.prompt[0], int)
                                   for ps in prompts_sent for p in ps):

@@ -14,7 +14,8 @@ start=$(date +%s)
 make workloads PYTHON=python3 ARGS="--baselines-dir=/tmp/gpucert-workloads-baselines" > "$log" 2>&1
 echo "workloads: exit $? in $(( $(date +%s) - start )) s" | tee -a "$log"
 grep -E "^gpucert|passed|failed" "$log" | tail -4
-PYTHONPATH=plugins python3 tools/bench_replay.py --requests 3000 --seconds 300 | tee "$OUT/bench-replay.txt"
+# gpucert is installed (device-env.sh); PYTHONPATH stays the bundle's, where httptools is
+python3 tools/bench_replay.py --requests 3000 --seconds 300 | tee "$OUT/bench-replay.txt"
 python3 - "$report/metrics.json" <<'PY'
 import json, sys
 doc = json.load(open(sys.argv[1]))

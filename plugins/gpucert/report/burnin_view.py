@@ -67,7 +67,7 @@ def burnin_view(data: dict[str, Any]) -> dict[str, Any] | None:
         gpus = _by_gpu(check)
         rows = [{"gpu": gpu, **{name: _value(m, name) for name in (
             "sustained_tflops", "burst_tflops", "tflops_of_burst_pct", "sustained_gbps", "gbps_of_burst_pct",
-            "together_tflops", "together_gbps", "allreduce_busbw_gbps", "thermal_slowdown_s", "power_slowdown_s",
+            "together_tflops", "together_gbps", "together_work_pct", "allreduce_busbw_gbps", "thermal_slowdown_s", "power_slowdown_s",
             "sm_clock_drop_pct", "temp_peak_c", "vs_median_tflops_pct")},
                  "tflops_of_peak_pct": _of_peak(m, "sustained_tflops"),
                  "faults": sum(_value(m, name) or 0 for name in FAULTS)} for gpu, m in sorted(gpus.items())]

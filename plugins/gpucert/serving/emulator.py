@@ -486,9 +486,10 @@ class Emulator:
         return values
 
     def counters(self) -> dict[str, float]:
-        """The prefix cache's counters, as vLLM publishes them while prefix caching is on."""
+        """The prefix cache's counters, as vLLM publishes them: with prefix caching off both stay
+        at 0 (vLLM 0.26.0 on an H100, session 17)."""
         if self.prefix_cache is None:
-            return {}
+            return {"vllm:prefix_cache_queries_total": 0, "vllm:prefix_cache_hits_total": 0}
         return {"vllm:prefix_cache_queries_total": self.prefix_cache.queries,
                 "vllm:prefix_cache_hits_total": self.prefix_cache.hits}
 
