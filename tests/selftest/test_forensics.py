@@ -27,11 +27,11 @@ LOAD = ["--load-opt", "input_len=4", "--load-opt", "output_len=48", "--load-opt"
         "--load-opt", "warmup=1", "--load-opt", 'slo={"ttft_ms": 60000}']
 
 
-def engine(host_gap_ms: float, itl_ms: float = 20) -> list[str]:
+def engine(host_gap_ms: float, itl_ms: float = 20, ttft_ms: float = 50) -> list[str]:
     """The emulator behind the lifecycle; its profiler config comes from the engine's own setting
     (the `{profiler_config}` placeholder), as vLLM's would from --profiler-config."""
     return [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
-            f"serve(EmulatorConfig(ttft_ms=50, itl_ms={itl_ms}, host_gap_ms={host_gap_ms}, "
+            f"serve(EmulatorConfig(ttft_ms={ttft_ms}, itl_ms={itl_ms}, host_gap_ms={host_gap_ms}, "
             "profiler_config=sys.argv[2]), port=int(sys.argv[1]))\n", "{port}", "{profiler_config:}"]
 
 
@@ -90,6 +90,20 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     assert view["ops"] and {g[2] for g in view["gaps"]} == {"host-bound"}, view
     card = (tmp_path / "r" / "report.html").read_text()
     assert "Forensics" in card and "host-bound" in card
+
+
+def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_path):
+    """Eager at 256 on an H100 streamed its first tokens after the plan's whole warm-up, so the
+    profiler's cost had no stretch before the window to be read against. Here a first token takes
+    1 s, so the warm-up request alone (~2 s) outlasts the plan's 1.5 s warm-up: the warm-up now
+    lasts until the unprofiled level's first measured token came, plus half its own length, and
+    the cost is measured."""
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4, ttft_ms=1000))
+    assert run.returncode == 0, run.stdout[-3000:]
+    got = values(metrics["checks"][0])
+    assert "output_tok_s_before_window" in got, (metrics["checks"][0]["findings"].get("capture"), sorted(got))
+    assert got["output_tok_s_before_window"]["value"] > 0 and "profiler_overhead_pct" in got, sorted(got)
+    assert not [n for n in metrics["checks"][0]["findings"].get("capture", []) if "not measured" in n.get("notice", "")]
 
 
 def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
