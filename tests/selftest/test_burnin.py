@@ -70,7 +70,8 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
 
 
 def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
-    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_s": 0.01})
+    # rank 1 does each GEMM 5 times: 1/5 of rank 0's figure, 67 % below the pair's median (−50 fails)
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_factor": 5})
     assert run.returncode == 1, run.stdout[-3000:]
     (check,) = metrics["checks"]
     gpus = by_gpu(check)

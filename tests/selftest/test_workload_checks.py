@@ -24,10 +24,13 @@ import yaml
 from .emulators import emulator_process
 
 REPO = Path(__file__).resolve().parents[2]
+# 17 tokens an answer: 24 requests give 384 inter-token gaps, enough for ITL p99 to have its own
+# order-statistic interval (n ≥ 368); at 4 tokens (72 gaps) one stall of a busy box moved it +50 %
+# and failed the plain rerun
 PLAN = {"workloads": {
-    "prefix": {"load": {"dataset": "prefix", "prefix_groups": 4, "prefix_len": 256, "input_len": 16, "output_len": 4},
+    "prefix": {"load": {"dataset": "prefix", "prefix_groups": 4, "prefix_len": 256, "input_len": 16, "output_len": 17},
                "concurrency": [1], "cache_off": True},
-    "multiturn": {"load": {"dataset": "multiturn", "turns": 3, "input_len": 24, "output_len": 4}, "concurrency": [2]},
+    "multiturn": {"load": {"dataset": "multiturn", "turns": 3, "input_len": 24, "output_len": 17}, "concurrency": [2]},
     "trace": {"load": {"dataset": "trace", "trace_block_size": 16},
               "synthetic": {"seconds": 2, "rate": 15, "burstiness": 0.25, "input_len": 64, "output_len": 32,
                             "documents": 2, "shared_blocks": 2, "seed": 1}},

@@ -53,8 +53,9 @@ class BurninConfig:
     allreduce_bytes: int
     backend: str = "nccl"  # gloo on the CPU
     workdir: str = ""
-    # a test hook, for the self-tests' planted faults: {"rank": R, "slow_s": S} sleeps S after each
-    # GEMM of rank R (a GPU that runs slow); {"rank": R, "exit_after_s": S} kills it mid-run
+    # a test hook, for the self-tests' planted faults: {"rank": R, "slow_factor": F} runs each GEMM
+    # of rank R F times (a GPU F× slower: busy all along, so a CPU shared with other work slows
+    # every rank alike); {"rank": R, "exit_after_s": S} kills it mid-run
     fault: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -82,9 +83,9 @@ class _Together(core.Benchmark):
 
     name = "burnin_together"
 
-    def __init__(self, gemm: Gemm, copy: MemoryCopy, slow_s: float = 0.0):
+    def __init__(self, gemm: Gemm, copy: MemoryCopy):
         super().__init__(dtype=gemm.params["dtype"], size=gemm.params["m"], copy_bytes=copy.size)
-        self.gemm, self.copy, self.slow_s = gemm, copy, slow_s
+        self.gemm, self.copy = gemm, copy
 
     def setup(self, device: str) -> None:
         self.gemm.setup(device)
@@ -106,8 +107,6 @@ class _Together(core.Benchmark):
                 with torch.cuda.stream(stream):
                     work()
                 current.wait_stream(stream)
-        if self.slow_s:
-            time.sleep(self.slow_s)
 
     def flops(self) -> float:
         return self.gemm.flops()
@@ -121,15 +120,17 @@ class _Together(core.Benchmark):
 
 
 class _SlowGemm(Gemm):
-    """The planted slow GPU: the same GEMM, then a sleep (test hook only)."""
+    """The planted slow GPU: the same GEMM `factor` times, counted once (test hook only). Not
+    a sleep: a sleeping rank leaves the CPU to the others, and on a shared box that made a
+    10 ms sleep a 43 % slowdown instead of the 67 % planted."""
 
-    def __init__(self, *args, slow_s: float, **kwargs):
+    def __init__(self, *args, factor: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.slow_s = slow_s
+        self.factor = factor
 
     def op(self) -> None:
-        super().op()
-        time.sleep(self.slow_s)
+        for _ in range(self.factor):
+            super().op()
 
 
 def _series(result: core.Result, times: list[float], metric: str) -> dict:
@@ -180,13 +181,13 @@ def run_rank(config: BurninConfig, rank: int, join=None, save=None) -> dict:
     killed later keeps what it measured before (`complete` says whether it got to the end)."""
     save = save or (lambda _: None)
     device = config.devices[rank]
-    slow_s = float(config.fault.get("slow_s", 0.0)) if config.fault.get("rank") == rank else 0.0
+    slow_factor = int(config.fault.get("slow_factor", 1)) if config.fault.get("rank") == rank else 1
     phases = config.phase_seconds()
     out: dict[str, Any] = {"rank": rank, "device": device, "phases": {}, "burst": {}, "complete": False}
 
     def gemm():
-        if slow_s:
-            return _SlowGemm(config.dtype, config.gemm_size, config.gemm_size, config.gemm_size, slow_s=slow_s)
+        if slow_factor > 1:
+            return _SlowGemm(config.dtype, config.gemm_size, config.gemm_size, config.gemm_size, factor=slow_factor)
         return Gemm(config.dtype, config.gemm_size, config.gemm_size, config.gemm_size)
 
     def copy():
@@ -211,7 +212,7 @@ def run_rank(config: BurninConfig, rank: int, join=None, save=None) -> dict:
         except Exception as exc:  # noqa: BLE001 — a peer gone before the phase: GEMM and copy still run
             calibration_error = f"{type(exc).__name__}: {exc}"
     times = []
-    result = core.measure(_Together(gemm(), copy(), slow_s=0.0), device,
+    result = core.measure(_Together(gemm(), copy()), device,
                           sustain_s=phases["together"] * (1 - WARMUP_SHARE),
                           warmup_s=phases["together"] * WARMUP_SHARE, timeline=times)
     together = _series(result, times, "tflops")
