@@ -69,6 +69,8 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
     assert len(series["t_s"]) >= 3 and series["t_s"] == sorted(series["t_s"]) and all(v > 0 for v in series["values"])
 
 
+@pytest.mark.fault("burn-in", "rank 1 of a two-rank CPU rehearsal doing each GEMM five times (a GPU 5× slower)",
+                   "vs_median_tflops_pct fails for rank 1 (−67 %), not rank 0; the slowest GPU named; exit 1")
 def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
     # rank 1 does each GEMM 5 times: 1/5 of rank 0's figure, 67 % below the pair's median (−50 fails)
     run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_factor": 5})
@@ -131,6 +133,9 @@ def test_outliers_and_sustained_fractions():
     assert figures["together_work_pct"] == pytest.approx((600 / 680 + 3000 / 3800) * 100)
 
 
+@pytest.mark.fault("burn-in", "an H100's together phase (GEMM and copy sharing the GPU: 38 % and 44 % of the "
+                   "datasheet), and one that keeps 85 % or −19 % of both", "the healthy one is not failed by the "
+                   "alone figures' datasheet floors; together_work_pct warns below 90 and fails against its baseline")
 def test_the_together_phase_is_judged_by_what_both_keep_not_by_the_datasheet():
     """GEMM and copy at once share one GPU: on the H100 of session 17, 379 TFLOP/s beside
     1,482 GB/s (38 % and 44 % of the datasheet) while alone each held 675 and 3,026 — a healthy
