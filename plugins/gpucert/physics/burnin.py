@@ -121,8 +121,8 @@ class _Together(core.Benchmark):
 
 class _SlowGemm(Gemm):
     """The planted slow GPU: the same GEMM `factor` times, counted once (test hook only). Not
-    a sleep: a sleeping rank leaves the CPU to the others, and on a shared box that made a
-    10 ms sleep a 43 % slowdown instead of the 67 % planted."""
+    a sleep: a sleeping rank leaves the CPU to the others, and on a shared box a 10 ms sleep
+    read only −43 % against the pair's median, short of the −50 % that fails."""
 
     def __init__(self, *args, factor: int, **kwargs):
         super().__init__(*args, **kwargs)
