@@ -56,13 +56,25 @@ def run_workloads(tmp_path: Path, prefill_ms: float, *args: str):
     return run_plan(tmp_path, "--engine-cmd", json.dumps(engine(prefill_ms)), *args)
 
 
+# What load on the box may add to a tail: one stall of the 2-core box under two CPU hogs beside
+# `make test` delays a gap of every stream in flight — the trace replay's ITL p99 read 75 ms against
+# a baseline of 25 (+196 %, p99 of 496 gaps) in a plain rerun. The rehearsal's tails may move by
+# that much; the planted slowdown (ten times the prefill) fails on throughput and TTFT p50.
+BOX_TAIL_RULES = [{"check": "serving_workloads", "metric": f"{name}_ms_p99", "abs_tol": 60.0, "warn_abs": 30.0}
+                  for name in ("ttft", "tpot", "itl")]
+
+
 def run_plan(tmp_path: Path, *args: str):
     plan = tmp_path / "workloads.yaml"
     plan.write_text(yaml.safe_dump(PLAN, sort_keys=False))
+    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
+    rules["rules"] += BOX_TAIL_RULES
+    thresholds = tmp_path / "thresholds.yaml"
+    thresholds.write_text(yaml.safe_dump(rules))
     report = tmp_path / "r"
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/workloads", "-m", "inference",
            "-p", "no:cacheprovider", "-q", "--monitor", "off", f"--baselines-dir={tmp_path / 'b'}",
-           f"--report-dir={report}", f"--workloads-file={plan}", *LOAD, *args]
+           f"--report-dir={report}", f"--workloads-file={plan}", f"--thresholds={thresholds}", *LOAD, *args]
     run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     doc = json.loads((report / "metrics.json").read_text())
     return run, {c["params"]["workload_point"]: c for c in doc["checks"]}
