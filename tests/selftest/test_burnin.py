@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gpucert.physics import burnin, core
 from gpucert.physics.gemm import Gemm
+from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,10 +25,7 @@ CPU_OUTLIER_RULE = {"check": "burnin", "metric": "vs_median_tflops_pct", "min": 
 
 
 def pytest_burnin(tmp_path, *args, fault: dict | None = None, env: dict | None = None):
-    thresholds = tmp_path / "thresholds.yaml"
-    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
-    rules["rules"].append(CPU_OUTLIER_RULE)
-    thresholds.write_text(yaml.safe_dump(rules))
+    thresholds = thresholds_with(tmp_path, CPU_OUTLIER_RULE)
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/burnin", "-m", "burnin",
            "-p", "no:cacheprovider", "-q", f"--baselines-dir={tmp_path / 'b'}", f"--report-dir={tmp_path / 'r'}",
            f"--thresholds={thresholds}", "--burnin-devices", "cpu,cpu", "--burnin-min", "0.08", *args]

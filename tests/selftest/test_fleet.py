@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gpucert.fleet import fleet
 from gpucert.fleet.guard import GRACE_S
@@ -25,6 +24,7 @@ from gpucert.physics.nccl import faults as nccl_faults
 
 from . import ray_clusters
 from .ray_clusters import processes_running
+from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = 4
@@ -41,10 +41,7 @@ CPU_FLEET_RULE = {"check": "fleet_node", "metric": "vs_fleet_median_pct", "min":
 
 
 def driver(tmp_path: Path, *args: str) -> list[str]:
-    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
-    rules["rules"].append(CPU_FLEET_RULE)
-    thresholds = tmp_path / "thresholds.yaml"
-    thresholds.write_text(yaml.safe_dump(rules))
+    thresholds = thresholds_with(tmp_path, CPU_FLEET_RULE)
     return [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p", "no:cacheprovider",
             str(REPO / "tests" / "fleet" / "test_fleet.py"), "-m", "fleet", "--report-dir", str(tmp_path / "report"),
             f"--thresholds={thresholds}", *args]

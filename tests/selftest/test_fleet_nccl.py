@@ -18,7 +18,6 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from gpucert.fleet import pairs
 from gpucert.fleet.nodes import short_names
@@ -26,6 +25,7 @@ from gpucert.physics.nccl import faults
 
 from . import ray_clusters
 from .ray_clusters import processes_running
+from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
 # gloo on two shared cores swings by several times between runs (a 64 KiB all-reduce of two ranks
@@ -102,10 +102,7 @@ def node_names(cluster) -> dict[str, str]:
 
 
 def driver(tmp_path: Path, address: str, *args: str) -> list[str]:
-    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
-    rules["rules"].append(CPU_PAIR_RULE)
-    thresholds = tmp_path / "thresholds.yaml"
-    thresholds.write_text(yaml.safe_dump(rules))
+    thresholds = thresholds_with(tmp_path, CPU_PAIR_RULE)
     return [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "-p", "no:cacheprovider",
             str(REPO / "tests" / "fleet" / "test_fleet_nccl.py"), "-m", "fleet", "--ray-address", address,
             "--nccl-backend", "gloo", "--report-dir", str(tmp_path / "report"), f"--thresholds={thresholds}",

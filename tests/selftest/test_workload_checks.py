@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from .emulators import emulator_process
+from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
 # 17 tokens an answer: 24 requests give 384 inter-token gaps, enough for ITL p99 to have its own
@@ -67,10 +68,7 @@ BOX_TAIL_RULES = [{"check": "serving_workloads", "metric": f"{name}_ms_p99", "ab
 def run_plan(tmp_path: Path, *args: str):
     plan = tmp_path / "workloads.yaml"
     plan.write_text(yaml.safe_dump(PLAN, sort_keys=False))
-    rules = yaml.safe_load((REPO / "thresholds.yaml").read_text())
-    rules["rules"] += BOX_TAIL_RULES
-    thresholds = tmp_path / "thresholds.yaml"
-    thresholds.write_text(yaml.safe_dump(rules))
+    thresholds = thresholds_with(tmp_path, *BOX_TAIL_RULES)
     report = tmp_path / "r"
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/workloads", "-m", "inference",
            "-p", "no:cacheprovider", "-q", "--monitor", "off", f"--baselines-dir={tmp_path / 'b'}",

@@ -7,7 +7,9 @@
 # PART burnin (~12 min): `make burnin` as the README gives it (10 minutes, then the memtest); the
 # report comes back as burnin.tgz. PART peer (~5 min): mamf-finder (stas00/ml-engineering, the
 # version in .devbundle/mamf-finder.py: 30 s warm-up, mean of 100 back-to-back iterations per
-# shape) and gpucert's sustained search over the same bf16 grid, one after the other on the GPU.
+# shape) and gpucert's sustained search over the same bf16 grid, one after the other on the GPU, then
+# make certify's method (ranked by bursts, 3 timed sustained). PART gemm (~2 min): make certify's GEMM
+# checks alone, judged by the shipped thresholds.
 set -uo pipefail
 source docs/evidence/device-env.sh
 part=${1:-burnin}
@@ -34,14 +36,26 @@ case $part in
     python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
       --search-budget 900 --json > "$OUT/gpucert-search-burst.json" 2>> /tmp/gsearch.log
     echo "gpucert burst search: exit $?"
+    # make certify's own method: the grid ranked by bursts, its 3 fastest shapes timed sustained
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
+      --sustain-s 1 --warmup-s 0.5 --sustain-top 3 --preheat-s 15 --json > "$OUT/gpucert-search-certify.json" 2>> /tmp/gsearch.log
+    echo "gpucert certify-mode search: exit $?"
     python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
-for name in ("sustained", "burst"):
+for name in ("sustained", "burst", "certify"):
     rows = json.load(open(f"{out}/gpucert-search-{name}.json"))
     print(name, [(r["m"], r["n"], r["k"], round(r["tflops"] or 0, 1)) for r in rows if r["shape"] == "search"])
 PY
     cp /tmp/mamf.log /tmp/gsearch.log "$OUT"/ ;;
-  *) echo "usage: run-burnin.sh burnin|peer"; exit 2 ;;
+  gemm)
+    # make certify's GEMM checks alone (sustained figures, issue 17 point 4), judged by the shipped
+    # thresholds; no baseline (a fresh folder), so the datasheet floors are what can fail
+    report=reports/gemm; rm -rf "$report"; start=$(date +%s)
+    python3 -m pytest tests/hardware/test_gemm.py -m hardware -p no:cacheprovider -q --report-dir=$report \
+      --baselines-dir=/tmp/gpucert-gemm-baselines > /tmp/gemm.log 2>&1
+    echo "certify GEMM checks: exit $? in $(( $(date +%s) - start )) s"; tail -3 /tmp/gemm.log
+    cp /tmp/gemm.log "$report/pytest.log"; gzip -f "$report/metrics.json"; tar czf "$OUT/gemm.tgz" "$report" ;;
+  *) echo "usage: run-burnin.sh burnin|peer|gemm"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,memory.used,temperature.gpu,clocks.sm --format=csv,noheader | sed 's/^/after: gpu /'

@@ -72,6 +72,9 @@ def register(engines) -> None:
     parser.add_argument("--preheat-s", type=float, default=0.0, metavar="SECONDS",
                         help="with --sustain-s: untimed GEMMs before a dtype's search, the GPU at full power first "
                              "(mamf-finder: 30)")
+    parser.add_argument("--sustain-top", type=int, default=None, metavar="N",
+                        help="with --sustain-s and a search: rank the grid by bursts, time only its N fastest shapes "
+                             f"sustained (make certify: {engine.SEARCH_SUSTAIN_TOP}; default: every shape sustained)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.set_defaults(run=run)
 
@@ -177,6 +180,8 @@ def run(args) -> int:
         raise CommandError(f"--sustain-s must be > 0, got {args.sustain_s:g}")
     if args.warmup_s < 0 or args.preheat_s < 0:
         raise CommandError("--warmup-s and --preheat-s must be >= 0")
+    if args.sustain_top is not None and (args.sustain_top < 1 or not args.sustain_s):
+        raise CommandError(f"--sustain-top needs --sustain-s and must be >= 1, got {args.sustain_top}")
     sustained = {"sustain_s": args.sustain_s, "warmup_s": args.warmup_s} if args.sustain_s else {}
     plan = [(dtype, _shapes(args, dtype, on_cpu)) for dtype in dtypes]  # bad input fails before any work
     search_grids = {dtype: [_search_values(getattr(args, f"{dim}_range") or args.search_range, dtype) for dim in "mnk"]
@@ -195,7 +200,8 @@ def run(args) -> int:
         if dtype in search_grids:
             found = engine.search_max(dtype, device, *search_grids[dtype], budget_s=args.search_budget,
                                       warmup=min(timing["warmup"], 3), reps=min(timing["reps"], 10), **sustained,
-                                      preheat_s=args.preheat_s if sustained else 0.0)
+                                      preheat_s=args.preheat_s if sustained else 0.0,
+                                      sustain_top=args.sustain_top if sustained else None)
             best = found.best.params if found.best else {}
             rows.append(_row(dtype, "search", best.get("m"), best.get("n"), best.get("k"),
                              found.best.tflops if found.best else None, peak, found.status, found.error))
