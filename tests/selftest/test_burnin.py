@@ -208,6 +208,42 @@ def test_gemm_bench_times_sustained_figures_on_request(capsys):
     assert capsys.readouterr().err.strip() == "gpucert: error: --sustain-s must be > 0, got 0"
 
 
+def test_certifys_search_ranks_by_bursts_and_times_its_fastest_shapes_sustained(capsys):
+    """Issue 17 point 4: make certify's gemm_max_achievable is a sustained figure within its budget —
+    the grid ranked by bursts, the `sustain_top` fastest timed back to back; the best of those."""
+    from gpucert import cli
+    from gpucert.physics import gemm as engine
+
+    found = engine.search_max("fp32", "cpu", [32, 128], [128], [32, 128], budget_s=30, sustain_s=0.1,
+                              warmup_s=0.02, sustain_top=2)
+    assert found.status == "ok" and len(found.tried) == 4 and len(found.sustained) == 2, found
+    assert all(r.method is None for r in found.tried)  # the ranking: bursts
+    ranked = sorted(found.tried, key=lambda r: r.tflops, reverse=True)
+    assert [r.params["shape"] for r in found.sustained] == [r.params["shape"] for r in ranked[:2]]
+    assert all(r.method == core.SUSTAINED for r in found.sustained)
+    assert found.best.method == core.SUSTAINED and found.best.tflops == max(r.tflops for r in found.sustained)
+    assert "the 2 fastest shapes timed sustained" in found.note
+    # the shipped check asks for exactly this, and a sustained figure for its squares and projections
+    assert engine.SQUARE_SUSTAIN["sustain_s"] >= 1 and engine.PROJECTION_SUSTAIN["sustain_s"] > 0
+    assert engine.SEARCH_SUSTAIN_TOP >= 1 and engine.PREHEAT_S > 0
+    assert cli.main(["bench", "gemm", "--device", "cpu", "--shapes", "search", "--sustain-top", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "gpucert: error: --sustain-top needs --sustain-s and must be >= 1, got 2"
+
+
+def test_the_card_says_which_gemm_figure_is_sustained_and_which_a_burst():
+    from gpucert.report import card
+
+    data = {"checks": [
+        {"check": "gemm_max_achievable", "check_id": "gemm_max_achievable[dtype=bf16]", "params": {"dtype": "bf16"},
+         "metrics": [{"metric": "tflops", "check": "gemm_max_achievable", "value": 687.0, "unit": "TFLOP/s",
+                      "peak": 989.5, "method": "sustained", "params": {"dtype": "bf16"}, "verdict": "pass"}]},
+        {"check": "memory", "check_id": "memory[gpu=0,kind=device_copy]", "params": {"gpu": "0", "kind": "device_copy"},
+         "metrics": [{"metric": "gbps", "check": "memory", "value": 4200.0, "unit": "GB/s", "peak": 4800.0,
+                      "params": {"gpu": "0", "kind": "device_copy"}, "verdict": "pass"}]}]}
+    rows = {r["check_id"]: r["timing"] for r in card.physics_view(data)}
+    assert rows == {"gemm_max_achievable[dtype=bf16]": "sustained", "memory[gpu=0,kind=device_copy]": "burst"}
+
+
 def test_the_memtest_check_passes_clean_memory_and_fails_a_planted_flip(tmp_path):
     run, metrics = pytest_burnin(tmp_path, "-k", "memtest")
     assert run.returncode == 0, run.stdout[-3000:]

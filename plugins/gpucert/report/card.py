@@ -188,7 +188,9 @@ def physics_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(m.get("peak"), (int, float)) and isinstance(m.get("value"), (int, float)) and m["peak"]:
                 rows.append({"check_id": metric_check_id(m), "metric": m["metric"], "value": m["value"],
                              "unit": m["unit"], "peak": m["peak"], "fraction": m["value"] / m["peak"],
-                             "verdict": m.get("verdict"), "threshold": m.get("threshold") or ""})
+                             "verdict": m.get("verdict"), "threshold": m.get("threshold") or "",
+                             # which figure is which: seconds of back-to-back work, or a burst of repetitions
+                             "timing": m.get("method") or "burst"})
     return rows
 
 
