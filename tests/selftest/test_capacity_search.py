@@ -240,8 +240,9 @@ def _measure(v1_url: str, **load) -> tuple[int, int]:
 
 def test_the_search_finds_the_emulators_capacity_with_the_real_load_generator():
     """The search driving the load generator against `gpucert emulator --max-running N`: at fixed
-    concurrency the interval is exactly [4, 5) streams; at Poisson rates it contains the model's
-    capacity for those arrivals, a bit under the N/S throughput bound."""
+    concurrency the interval lies in what the scheduler allows whatever the streams' phases; at
+    Poisson rates it contains the model's capacity for those arrivals, a bit under the N/S
+    throughput bound."""
     timing = ("--ttft-ms", str(E2E.ttft_ms), "--itl-ms", str(E2E.itl_ms))
     started = time.monotonic()
     with emulator_process(*timing, "--max-running", str(STREAMS)) as server:
@@ -252,8 +253,15 @@ def test_the_search_finds_the_emulators_capacity_with_the_real_load_generator():
                                   probe_requests=E2E_N, start=40.0, low=1.0, high=1000.0, target=TARGET,
                                   max_probes=6)
     elapsed = time.monotonic() - started
-    assert (by_concurrency.capacity, by_concurrency.surely_holds, by_concurrency.surely_fails) == (4, 4, 5), \
-        by_concurrency.to_dict()
+    # Fixed concurrency, 4 slots, a 140 ms service: up to 4 streams never wait (90 ms of margin); from
+    # 8 every request waits at least one whole service (140 > 90 ms), whatever the phases. In
+    # between, the wait depends on the phases: streams that start together stay in step on a quiet
+    # box (the 5th waits a whole service: [4, 5)), but a busy box staggers them and a closed loop
+    # keeps them so — 5 streams then wait 35 ms on average and hold (under two hogs: [4, 6)).
+    concurrency = by_concurrency.to_dict()
+    assert by_concurrency.surely_holds is not None and by_concurrency.surely_fails is not None, concurrency
+    assert STREAMS <= by_concurrency.surely_holds <= by_concurrency.capacity < by_concurrency.surely_fails, concurrency
+    assert by_concurrency.surely_fails <= 2 * STREAMS, concurrency
     truth = model_capacity((SLO_MS - E2E.ttft_ms) / 1000)
     truth_loaded = model_capacity((SLO_MS - E2E.ttft_ms - LOAD_MS) / 1000)
     assert truth_loaded <= truth < RATE_SLOTS / E2E.chunk_offsets_s(OUT)[-1][0]  # a bit under N/S

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from . import cpu_server
+from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
 # thresholds.yaml's informational warnings about the box rather than the engine: the sampler late
@@ -290,7 +291,11 @@ def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
     emulator = ("import runpy, sys\n"
                 "sys.argv = ['gpucert', 'emulator', '--port', sys.argv[1], '--ttft-ms', '2', '--itl-ms', '1']\n"
                 "runpy.run_module('gpucert.cli', run_name='__main__')\n")
-    common = ("-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8",
+    # what this test judges is the settings; the emulator's 2 ms TTFT read 9.6 ms in the rerun when
+    # two CPU hogs and two xdist workers shared the two cores, so its timing is held loosely here
+    loose = thresholds_with(tmp_path, {"check": "vllm_sanity", "metric": "ttft_ms", "abs_tol": 1000.0,
+                                       "warn_abs": 500.0})
+    common = ("-k", "sanity", "--load-opt", "output_len=8", "--load-opt", "input_len=8", f"--thresholds={loose}",
               "--engine-cmd", json.dumps([sys.executable, "-c", emulator, "{port}"]))
     first, metrics = pytest_inference(tmp_path, *common, "--update-baselines", "--engine-opt",
                                       "extra_args=--api-key s3cret")
