@@ -149,3 +149,26 @@ def test_the_tf32_switch_restores_what_was_set_before():
     assert _tf32_state() in ("ieee", False)
     undo()
     assert _tf32_state() == before
+
+
+@pytest.mark.parametrize("b_bytes, l2_bytes, copies", [
+    (4_718_592, 50 * 2**20, 23),      # an H100's 50 MiB L2, a 1536² bf16 weight: 23 copies fill 2× L2
+    (536_870_912, 50 * 2**20, 1),     # a 16384² bf16 B is 10× the L2 already: itself only
+    (2048, 60 * 2**20, 64),           # a tiny B stops at 64 copies
+    (4096, 0, 1),                     # no L2 figure (a CPU): one
+])
+def test_a_sustained_gemm_reads_its_weights_from_memory_not_from_l2(b_bytes, l2_bytes, copies):
+    """Back-to-back iterations cannot flush L2 between them: each reads the next copy of B instead,
+    so a small projection's weights come from HBM as a model's do (fails if they would fit L2)."""
+    assert gemm.weight_copies(b_bytes, l2_bytes) == copies
+
+
+def test_a_gemm_on_the_cpu_keeps_one_b_and_checks_its_result():
+    bench = gemm.Gemm("fp32", 32, 48, 64)
+    bench.setup("cpu")
+    try:
+        assert len(bench._weights) == 1
+        bench.op()
+        assert bench.check() is None
+    finally:
+        bench.teardown()

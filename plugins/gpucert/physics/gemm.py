@@ -183,7 +183,19 @@ def set_cublas_tf32(enabled: bool) -> Callable[[], None]:
     return lambda: setattr(matmul, "allow_tf32", saved)
 
 
+def weight_copies(b_bytes: int, l2_bytes: int, most: int = 64) -> int:
+    """How many copies of B a GEMM cycles through so that B is never in L2 from the iteration
+    before: enough to fill twice the L2 (what L2Flusher writes), at least one, at most `most`."""
+    if b_bytes <= 0 or l2_bytes <= 0:
+        return 1
+    return max(1, min(most, -(-2 * l2_bytes // b_bytes)))
+
+
 class Gemm(Benchmark):
+    """C = A @ B. On CUDA each iteration reads the next of `weight_copies` identical copies of B:
+    back-to-back iterations (the sustained mode, where no L2 flush can sit between them) then read
+    B from HBM, as a model's forward pass reads each layer's own weights, instead of from the L2
+    the previous iteration left it in (a small-m projection's B of a few MB would fit)."""
     name = "gemm"
     flush_l2 = True
 
@@ -211,6 +223,11 @@ class Gemm(Benchmark):
             self.c = torch.empty(self.m, self.n, device=device, dtype=dtype)
             if is_cuda(device) and self.dtype in ("tf32", "fp32"):
                 self._restore_precision = set_cublas_tf32(self.dtype == "tf32")
+        self._weights, self._turn = [self.b], 0
+        if is_cuda(device):
+            l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0)
+            copies = weight_copies(self.b.numel() * self.b.element_size(), l2)
+            self._weights += [self.b.clone() for _ in range(copies - 1)]  # clone keeps fp8's column-major strides
 
     def _setup_fp8(self, torch, device, gen) -> None:
         if self.n % 16 or self.k % 16:
@@ -229,12 +246,14 @@ class Gemm(Benchmark):
 
     def op(self) -> None:
         import torch
+        b = self._weights[self._turn]
+        self._turn = (self._turn + 1) % len(self._weights)
         if self.dtype == "fp8":
-            out = torch._scaled_mm(self.a, self.b, scale_a=self.scale_a, scale_b=self.scale_b,
+            out = torch._scaled_mm(self.a, b, scale_a=self.scale_a, scale_b=self.scale_b,
                                    out_dtype=torch.bfloat16, use_fast_accum=True)
             self.c = out[0] if isinstance(out, tuple) else out  # PyTorch < 2.5 returned (out, amax)
         else:
-            torch.mm(self.a, self.b, out=self.c)
+            torch.mm(self.a, b, out=self.c)
 
     def flops(self) -> float:
         return 2.0 * self.m * self.n * self.k
