@@ -279,11 +279,12 @@ class Gemm(Benchmark):
         super().teardown()
 
 
-def preheat(device: str, seconds: float) -> Result:
-    """`seconds` of untimed back-to-back GEMMs (bf16 8192³, or fp32 where bf16 has no kernel): the
-    GPU brought to the clocks, power and temperature it holds, before sustained figures."""
-    dtype = "bf16" if unsupported_reason("bf16", device) is None else "fp32"
-    return measure(Gemm(dtype, 8192, 8192, 8192, shape="preheat"), device, sustain_s=seconds)
+def preheat(device: str, seconds: float, dtype: str | None = None, m: int = 8192, n: int = 8192,
+            k: int = 8192) -> Result:
+    """`seconds` of untimed back-to-back GEMMs (default bf16 8192³, or fp32 where bf16 has no
+    kernel): the GPU brought to the clocks, power and temperature it holds, before sustained figures."""
+    dtype = dtype or ("bf16" if unsupported_reason("bf16", device) is None else "fp32")
+    return measure(Gemm(dtype, m, n, k, shape="preheat"), device, sustain_s=seconds)
 
 
 def run_shape(dtype: str, shape: GemmShape, device: str, **timing) -> Result:
@@ -331,8 +332,7 @@ def search_max(dtype: str, device: str, m_values, n_values, k_values, *, budget_
         found.status, found.error = "skipped", reason
         return found
     if preheat_s > 0 and shapes:
-        m, n, k = shapes[0]
-        measure(Gemm(dtype, m, n, k, shape="preheat"), device, sustain_s=preheat_s)  # untimed: only heats
+        preheat(device, preheat_s, dtype, *shapes[0])
     ranked_by_burst = sustain_s is not None and sustain_top is not None
     timing = {} if ranked_by_burst else {"sustain_s": sustain_s, "warmup_s": warmup_s}
     started = time.monotonic()
