@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gpucert.serving import http_stream, loadgen
+from gpucert.serving import summary as summary_module
 from gpucert.serving.emulator import EmulatorConfig, EmulatorServer
 from gpucert.serving.datasets import Prompt
 from gpucert.serving.loadgen import LoadConfig, LoadGenerator, frozen_heap, run_in_new_loop, run_load
@@ -98,8 +99,8 @@ def assert_server_kept_its_schedule_or_later(records, timings, k: int):
 @pytest.mark.parametrize("concurrency", [1, 256])
 def test_measures_configured_timing(concurrency, k):
     """The client measures what the server did: every read stamped after the server sent it and,
-    at its best, within 1 ms of it (a quiet 2-core box: median 0.04 ms); TPOT and ITL means as the
-    server's own send times give them. Judged against the server's stamps, so a busy box (the
+    at its best, within 1 ms of it (a quiet 2-core box: median 0.04 ms), also late in each stream;
+    TPOT and ITL means as the server's send times plus the client's own read lateness give them. Judged against the server's stamps, so a busy box (the
     server behind its schedule, the client reading late) cannot fail it while a client error can
     (test_the_oracle_catches_a_client_timing_error)."""
     emulator = EmulatorConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS, tokens_per_chunk=k)
@@ -129,7 +130,10 @@ def test_measures_configured_timing(concurrency, k):
 def test_a_burst_is_measured_as_queueing():
     """256 requests sent in the same instant: the emulator parses them one after another, so the
     later ones start tens of ms after they were sent. The client counts that in TTFT (it is server
-    time a user waits through) while TPOT and ITL, timed from each handler's own start, stay exact."""
+    time a user waits through) while TPOT and ITL stay what the server's sends and the client's
+    read lateness give (the requests end together here, so a stall of the client on a busy box
+    delays the last reads of all of them alike: their means are judged by that identity, not by a
+    standard error that assumes independent requests — see timing_oracle.py)."""
     records, timings = run_beside(EmulatorConfig(ttft_ms=TTFT_MS, itl_ms=ITL_MS), concurrency=256,
                                   num_requests=256, warmup_requests=256, return_token_ids=True)
     s, queued = summarize(records), lateness_s(records, timings, 1)["queued"]
@@ -155,6 +159,31 @@ def _defer_stamping(monkeypatch, delay_s: float):
     received = http_stream._Response.data_received
     monkeypatch.setattr(http_stream._Response, "data_received",
                         lambda self, data: self.loop.call_later(delay_s, received, self, data))
+
+
+def _stamp_later_as_the_stream_grows(monkeypatch, step_s: float):
+    """A client whose stamping work grows with the stream (as one re-reading all it got so far
+    before stamping): each response's n-th read is stamped n × `step_s` after it came."""
+    received, begin_response = http_stream._Response.data_received, http_stream._Response._begin
+
+    def begin(self, on_body):  # one response (a kept-alive connection carries one after another)
+        self.planted_reads = 0
+        begin_response(self, on_body)
+
+    def later(self, data):
+        self.planted_reads += 1
+        self.loop.call_later((self.planted_reads - 1) * step_s, received, self, data)
+    monkeypatch.setattr(http_stream._Response, "_begin", begin)
+    monkeypatch.setattr(http_stream._Response, "data_received", later)
+
+
+def _tpot_over_every_token(monkeypatch, _):
+    """A summary dividing each request's decode time by all its tokens, not by the gaps between
+    them (tokens − 1): TPOT 1/16 short at 16 tokens."""
+    def tpot(record):
+        ttft, e2e = summary_module.ttft_s(record), summary_module.e2e_s(record)
+        return None if ttft is None or e2e is None or not record.output_tokens else (e2e - ttft) / record.output_tokens
+    monkeypatch.setattr(summary_module, "tpot_s", tpot)
 
 
 def _clock(module, monkeypatch, monotonic):
@@ -190,6 +219,13 @@ def _send_stamped_late(monkeypatch, offset_s: float):
     pytest.param(_send_stamped_late, 0.003, 16, "before the client stamped them sent", id="send-stamped-3ms-late",
                  marks=pytest.mark.fault("timing", "the client stamps each send 3 ms after the request left (TTFT 3 ms short)",
                                          "the oracle fails it: the server started requests before they were stamped sent")),
+    pytest.param(_stamp_later_as_the_stream_grows, 0.0003, 16, "in the second half of each stream",
+                 id="stamps-later-as-the-stream-grows",
+                 marks=pytest.mark.fault("timing", "the client stamps each stream's n-th read n × 0.3 ms late (its first reads prompt; TPOT +0.3 ms)",
+                                         "the oracle fails it: even its best reads late in the streams are late")),
+    pytest.param(_tpot_over_every_token, None, 16, "TPOT mean", id="tpot-over-every-token",
+                 marks=pytest.mark.fault("timing", "the summary divides decode time by every token, not by the gaps (TPOT 1/16 short)",
+                                         "the oracle fails it: TPOT is not the server's plus the client's read lateness")),
 ])
 def test_the_oracle_catches_a_client_timing_error(monkeypatch, plant, amount, concurrency, caught):
     """A client that measures wrong by a few ms fails the oracle that a correct client passes on a
