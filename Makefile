@@ -23,8 +23,8 @@ CHECKS ?= tests/hardware tests/inference
 
 .PHONY: test hardware inference certify update-baselines nightly study workloads forensics burnin fleet clean setup
 
-# the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table
-# needs that: pytest tests/selftest -m fault --fault-table FILE). `--dist loadgroup` would keep a
+# the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table,
+# pytest tests/selftest -m fault --fault-table FILE, is right either way). `--dist loadgroup` would keep a
 # module's costly fixture on one worker, but does nothing on pytest 9.2 (xdist 3.8 sets `_nodeid`)
 XDIST ?= -n auto
 

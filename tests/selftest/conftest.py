@@ -18,7 +18,7 @@ import pytest
 
 from gpucert.progress import take_back_sigint
 
-_ROWS = pytest.StashKey[list]()
+_FAULT_PROPERTY = "gpucert_fault"
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     take_back_sigint()
     config.addinivalue_line("markers", "fault(area, planted, ending): this self-test plants a fault for real "
                                        "and asserts how it ends (one row of the fault table)")
-    config.stash[_ROWS] = []
+    if not hasattr(config, "workerinput"):  # an xdist worker sees only its share: its reports go to the controller
+        config.pluginmanager.register(FaultTable(config.getoption("--fault-table")), "gpucert-fault-table")
 
 
 def _fault(item: pytest.Item):
@@ -59,41 +60,56 @@ def _fault(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """The fault rides on each phase's report (as a user property, which xdist carries from its
+    workers to the controller): the table is written where every report arrives."""
     report = yield
     fault = _fault(item)
     if fault is not None:
-        rows = item.config.stash[_ROWS]
-        if report.when == "setup" or not rows or rows[-1]["nodeid"] != item.nodeid:
-            callspec = getattr(item, "callspec", None)
-            planted = fault[1] + (f" (case `{callspec.id}`)" if callspec is not None else "")
-            rows.append({"nodeid": item.nodeid, "area": fault[0], "planted": planted, "ending": fault[2],
-                         "result": "survived"})
-        row = rows[-1]
+        callspec = getattr(item, "callspec", None)
+        planted = fault[1] + (f" (case `{callspec.id}`)" if callspec is not None else "")
+        # a new list: the report's is the item's own, which each phase would extend again
+        report.user_properties = [*report.user_properties, (_FAULT_PROPERTY, (fault[0], planted, fault[2]))]
+    return report
+
+
+class FaultTable:
+    """Collects a row per fault test from the reports, where every report arrives (the one
+    process, or xdist's controller), and writes the table at the session's end."""
+
+    def __init__(self, target: str | None):
+        self.target = target
+        self.rows: dict[str, dict] = {}  # node id → its row
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        fault = dict(report.user_properties).get(_FAULT_PROPERTY)
+        if fault is None:
+            return
+        area, planted, ending = fault
+        row = self.rows.setdefault(report.nodeid, {"nodeid": report.nodeid, "area": area, "planted": planted,
+                                                   "ending": ending, "result": "survived"})
         if report.failed:
             row["result"] = "BROKEN"
         elif report.skipped and row["result"] == "survived":
             row["result"] = "UNCLEAR (skipped)"
-    return report
 
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    target = session.config.getoption("--fault-table")
-    rows = session.config.stash.get(_ROWS, [])
-    if not target or not rows:
-        return
-    counts = {r: sum(row["result"].split()[0] == r for row in rows) for r in ("survived", "BROKEN", "UNCLEAR")}
-    lines = [
-        "# Faults planted by the self-tests, and how each ended",
-        "",
-        f"{len(rows)} faults and bad inputs: {counts['survived']} survived as stated, {counts['BROKEN']} broken, "
-        f"{counts['UNCLEAR']} unclear. Written by `pytest tests/selftest -m fault --fault-table FILE`: "
-        "each row is a self-test that plants the fault for real and asserts the ending.",
-        "",
-        "| # | area | fault planted | how it must end | result | self-test |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for i, row in enumerate(sorted(rows, key=lambda r: (r["area"], r["nodeid"])), 1):
-        cells = [str(i), row["area"], row["planted"], row["ending"], row["result"], f"`{row['nodeid'].split('[')[0]}`"]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    Path(target).write_text("\n".join(lines) + "\n")
+    def pytest_sessionfinish(self) -> None:
+        rows = list(self.rows.values())
+        if not self.target or not rows:
+            return
+        counts = {r: sum(row["result"].split()[0] == r for row in rows) for r in ("survived", "BROKEN", "UNCLEAR")}
+        lines = [
+            "# Faults planted by the self-tests, and how each ended",
+            "",
+            f"{len(rows)} faults and bad inputs: {counts['survived']} survived as stated, {counts['BROKEN']} broken, "
+            f"{counts['UNCLEAR']} unclear. Written by `pytest tests/selftest -m fault --fault-table FILE`: "
+            "each row is a self-test that plants the fault for real and asserts the ending.",
+            "",
+            "| # | area | fault planted | how it must end | result | self-test |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for i, row in enumerate(sorted(rows, key=lambda r: (r["area"], r["nodeid"])), 1):
+            cells = [str(i), row["area"], row["planted"], row["ending"], row["result"],
+                     f"`{row['nodeid'].split('[')[0]}`"]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.target).write_text("\n".join(lines) + "\n")
