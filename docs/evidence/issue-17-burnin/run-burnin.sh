@@ -56,6 +56,29 @@ PY
       --baselines-dir=/tmp/gpucert-gemm-baselines > /tmp/gemm.log 2>&1
     echo "certify GEMM checks: exit $? in $(( $(date +%s) - start )) s"; tail -3 /tmp/gemm.log
     cp /tmp/gemm.log "$report/pytest.log"; gzip -f "$report/metrics.json"; tar czf "$OUT/gemm.tgz" "$report" ;;
-  *) echo "usage: run-burnin.sh burnin|peer|gemm"; exit 2 ;;
+  pershape)
+    ms=${SHAPES_M:-4096 12288}; ns=${SHAPES_N:-4096 12288}; ks=${SHAPES_K:-8192 16384}
+    python3 .devbundle/mamf-finder.py --m $ms --n $ns --k $ks --dtype bfloat16 \
+      --output_file "$OUT/pershape-mamf.txt" > /tmp/mamf-pershape.log 2>&1
+    echo "mamf-finder: exit $?"
+    g="python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --json"
+    preheat=15
+    for m in $ms; do for n in $ns; do for k in $ks; do
+      one="--m-range $m:$m:$m --n-range $n:$n:$n --k-range $k:$k:$k"
+      sus=$($g $one --sustain-s 1 --warmup-s 0.3 --preheat-s $preheat); preheat=0
+      burst=$($g $one)
+      python3 - "$m" "$n" "$k" "$sus" "$burst" <<'PY'
+import json, re, sys
+m, n, k, sus, burst = sys.argv[1:]
+tf = lambda text: json.loads(text)[0]["tflops"]
+mamf = re.search(rf"([\d.]+)\(mean\)\s+([\d.]+)\(median\)\s+([\d.]+)\(max\) @ {m}x{n}x{k}\b",
+                 open("/tmp/mamf-pershape.log").read())
+mean, mx = (float(mamf[1]), float(mamf[3])) if mamf else (float("nan"), float("nan"))
+print(f"{m}x{n}x{k}  mamf mean {mean:7.1f}  max {mx:7.1f}  |  gpucert sustained {tf(sus):7.1f} "
+      f"({100 * (tf(sus) / mean - 1):+.1f} % of mamf mean)  burst {tf(burst):7.1f}")
+PY
+    done; done; done | tee "$OUT/pershape.txt"
+    cp /tmp/mamf-pershape.log "$OUT"/ ;;
+  *) echo "usage: run-burnin.sh burnin|peer|gemm|pershape"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,memory.used,temperature.gpu,clocks.sm --format=csv,noheader | sed 's/^/after: gpu /'
