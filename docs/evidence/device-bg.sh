@@ -29,14 +29,22 @@ case $cmd in
     # returns when CMD ended, at the deadline, or once finished files wait in its out folder (so a
     # pipeline's results come back step by step, at most 7 a call: the device returns 8 files)
     deadline=$(( $(date +%s) + $1 ))
-    while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )) && [[ -z $(ls -A "$base/out" 2>/dev/null) ]]; do sleep 5; done
+    # a file the job still writes (a redirect's target is there, empty, from the command's start;
+    # mamf-finder appends to its output file shape by shape) is not finished: it waits for the end
+    finished() {
+      [[ -f $base/rc ]] && return 0
+      [[ -s $1 ]] || return 1
+      [[ -z $(find /proc/[0-9]*/fd -lname "$1" -print -quit 2>/dev/null) ]]
+    }
+    ready() { local f; for f in "$base/out"/*; do [[ -e $f ]] && finished "$f" && return 0; done; return 1; }
+    while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )) && ! ready; do sleep 5; done
     tail -n 40 "$base/log"
     # the newest gpucert.log: a check's progress (engine starts, levels) while make's output waits
     newest=$(ls -t reports/*/gpucert.log 2>/dev/null | head -1)
     [[ -n $newest ]] && { echo "-- $newest"; tail -n 6 "$newest" | cut -c1-240; }
     moved=0
     for f in "$base/out"/*; do
-      [[ -e $f ]] && (( moved < 7 )) || continue
+      [[ -e $f ]] && (( moved < 7 )) && finished "$f" || continue
       mv "$f" "${OUT:-/tmp/out}/" && moved=$((moved + 1)) && echo "fetched $(basename "$f")"
     done
     if [[ -f $base/rc ]] && [[ -z $(ls -A "$base/out" 2>/dev/null) ]]; then
