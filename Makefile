@@ -21,17 +21,23 @@ ARGS ?=
 # self-test can never stop a certification
 CHECKS ?= tests/hardware tests/inference
 
-.PHONY: test hardware inference certify update-baselines nightly study workloads forensics burnin fleet clean setup
+.PHONY: test test-slow hardware inference certify update-baselines nightly study workloads forensics burnin fleet clean setup
 
 # the self-tests on every core (pytest-xdist); XDIST= runs them in one process (the fault table,
 # pytest tests/selftest -m fault --fault-table FILE, is right either way). `--dist loadgroup` would keep a
 # module's costly fixture on one worker, but does nothing on pytest 9.2 (xdist 3.8 sets `_nodeid`)
 XDIST ?= -n auto
 
-## the suite's self-tests (CPU, no GPU needed; what CI runs)
+## the suite's self-tests (CPU, no GPU needed), all but the heavy ones marked `slow`
 test:
 	$(SETUP_SELFTEST)
-	$(PYTEST) tests/selftest -q $(XDIST) $(ARGS)
+	$(PYTEST) tests/selftest -q $(XDIST) -m "not slow" $(ARGS)
+
+## the heavy self-tests alone (real Ray clusters, the real CPU model, long emulator runs); CI runs
+## `make test test-slow`
+test-slow:
+	$(SETUP_SELFTEST)
+	$(PYTEST) tests/selftest -q $(XDIST) -m slow $(ARGS)
 
 ## create or refresh the virtualenv alone (every target below does it first)
 setup:

@@ -45,6 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
     take_back_sigint()
     config.addinivalue_line("markers", "fault(area, planted, ending): this self-test plants a fault for real "
                                        "and asserts how it ends (one row of the fault table)")
+    config.addinivalue_line("markers", "slow(why): a heavy self-test (a real Ray cluster, the real CPU model, a "
+                                       "long emulator run): `make test-slow`, not `make test`; CI runs both")
     if not hasattr(config, "workerinput"):  # an xdist worker sees only its share: its reports go to the controller
         config.pluginmanager.register(FaultTable(config.getoption("--fault-table")), "gpucert-fault-table")
 

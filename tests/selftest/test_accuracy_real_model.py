@@ -83,6 +83,7 @@ def scored(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow("the real CPU model")
 def test_bfloat16_against_float32_on_real_weights(scored):
     ref, cand = scored["float32"], scored["bfloat16"]
     assert len(ref.documents) == DOCUMENTS and ref.text_set == TEXT_SET_VERSION

@@ -43,6 +43,7 @@ def by_gpu(check: dict) -> dict:
     return out
 
 
+@pytest.mark.slow("gloo ranks under sustained load")
 def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
     run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin")
     assert run.returncode == 0, run.stdout[-3000:]
@@ -68,6 +69,7 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
 
 @pytest.mark.fault("burn-in", "rank 1 of a two-rank CPU rehearsal doing each GEMM five times (a GPU 5× slower)",
                    "vs_median_tflops_pct fails for rank 1 (−67 %), not rank 0; the slowest GPU named; exit 1")
+@pytest.mark.slow("gloo ranks under sustained load")
 def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
     # rank 1 does each GEMM 5 times: 1/5 of rank 0's figure, 67 % below the pair's median (−50 fails)
     run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_factor": 5})
@@ -80,6 +82,7 @@ def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
     assert any(n.startswith("slowest GPU: 1 (") for n in notices), notices
 
 
+@pytest.mark.slow("gloo ranks under sustained load")
 def test_a_gpu_that_dies_is_reported_and_the_other_completes(tmp_path):
     started = time.monotonic()
     run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "exit_after_s": 1.5})
@@ -244,6 +247,7 @@ def test_the_card_says_which_gemm_figure_is_sustained_and_which_a_burst():
     assert rows == {"gemm_max_achievable[dtype=bf16]": "sustained", "memory[gpu=0,kind=device_copy]": "burst"}
 
 
+@pytest.mark.slow("gloo ranks under sustained load")
 def test_the_memtest_check_passes_clean_memory_and_fails_a_planted_flip(tmp_path):
     run, metrics = pytest_burnin(tmp_path, "-k", "memtest")
     assert run.returncode == 0, run.stdout[-3000:]

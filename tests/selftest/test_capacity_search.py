@@ -238,6 +238,7 @@ def _measure(v1_url: str, **load) -> tuple[int, int]:
     return slo_counts(run.measured, {"ttft_ms": SLO_MS})
 
 
+@pytest.mark.slow("searches against the emulator")
 def test_the_search_finds_the_emulators_capacity_with_the_real_load_generator():
     """The search driving the load generator against `gpucert emulator --max-running N`: at fixed
     concurrency the interval lies in what the scheduler allows whatever the streams' phases; at

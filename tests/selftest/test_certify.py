@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.slow("child pytest sessions")
 def test_make_certify_without_a_gpu_runs_what_it_can_and_says_it_is_not_certified(tmp_path):
     report = tmp_path / "latest"
     run = subprocess.run(["make", "-s", "certify", f"PYTHON={sys.executable}",
@@ -49,6 +50,7 @@ def test_make_certify_without_a_gpu_runs_what_it_can_and_says_it_is_not_certifie
                    "ERROR: gpucert: one line naming the fix (--baselines-dir=/abs/path), exit 4; the '=' form runs, "
                    "and make certify (which passes -c pyproject.toml) runs either form")
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.slow("child pytest sessions")
 def test_a_path_option_that_moves_pytests_rootdir_is_one_line(tmp_path):
     def pytest_(*args):
         return subprocess.run([sys.executable, "-m", "pytest", "-m", "hardware", "--collect-only", "-q", *args],

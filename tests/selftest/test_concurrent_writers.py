@@ -71,6 +71,7 @@ def project(tmp_path):
 @pytest.mark.fault("concurrency", "two pytest processes run --update-baselines on one baselines folder at once, "
                    "each measuring one of a family's two metrics, both having read the family before either writes",
                    "both updates in the file; each run waited for the lock and said for whom (pid)")
+@pytest.mark.slow("child pytest sessions")
 def test_two_updating_runs_lose_nothing_and_the_waiter_says_so(project):
     lock_path = project / "baselines" / "toy-node" / LOCK_NAME
     lock_path.parent.mkdir(parents=True)
@@ -113,6 +114,7 @@ def _merge_one(root, n, start_at):
 
 @pytest.mark.fault("concurrency", "eight processes merge one metric each into one family file at the same instant",
                    "all eight entries in the file")
+@pytest.mark.slow("child pytest sessions")
 def test_eight_processes_merging_at_once_keep_every_entry(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 3.0
@@ -129,6 +131,7 @@ def test_eight_processes_merging_at_once_keep_every_entry(tmp_path):
 @pytest.mark.fault("concurrency", "a second run started on a report folder while the first still runs in it",
                    "the second refused with one line `ERROR: gpucert: … in use by another run (pid N)`, exit 4; "
                    "the first's gpucert.log and metrics.json hold only the first run")
+@pytest.mark.slow("child pytest sessions")
 def test_a_second_run_on_a_busy_report_folder_is_refused(project):
     release = project / "release"
     report = project / "shared-report"

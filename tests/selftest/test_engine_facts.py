@@ -200,6 +200,7 @@ def sanity_run(tmp_path, config):
     return by_check(metrics)["vllm_sanity"]
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_the_sanity_check_records_kv_capacity_from_metrics(tmp_path):
     """End to end (`pytest -m inference` through the engine lifecycle): the KV capacity on the card
     is the one /metrics published, the note says so; compile time still from the log."""
@@ -216,6 +217,7 @@ def test_the_sanity_check_records_kv_capacity_from_metrics(tmp_path):
 @pytest.mark.fault("serving", "vLLM's /metrics publishes cache_config_info with num_gpu_blocks=\"lots\" "
                               "(pytest -m inference, engine lifecycle)",
                    "the sanity check passes; KV capacity from the log, the bad label named in its note; no traceback")
+@pytest.mark.slow("child pytest sessions")
 def test_a_malformed_label_end_to_end_is_a_note_not_a_traceback(tmp_path):
     sanity = sanity_run(tmp_path, cache_config(num_gpu_blocks="lots", **WITHOUT_CAPACITY))
     assert sanity["_check"]["outcome"] == "passed"

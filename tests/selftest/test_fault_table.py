@@ -11,6 +11,7 @@ SELFTEST_CONFTEST = Path(__file__).with_name("conftest.py")
 
 
 @pytest.mark.parametrize("processes", [[], ["-n", "2"]], ids=["one-process", "two-xdist-workers"])
+@pytest.mark.slow("child pytest sessions")
 def test_the_fault_table_has_every_fault_however_the_run_is_spread(pytester, processes):
     """Under xdist each worker saw only its share of the tests, and each wrote the table over the
     last: a run on two workers once wrote 205 of 292 rows, saying nothing. The controller, which

@@ -169,6 +169,7 @@ def metric_values(check: dict) -> dict[str, float]:
 
 @pytest.mark.fault("fleet", "a node of a 4-node local Ray cluster removed while its checks run",
                    "that node reported died with the checks it had ended; the other 3 complete; exit 1")
+@pytest.mark.slow("a real local Ray cluster")
 def test_four_node_fleet_with_a_node_removed_mid_run(tmp_path, local_cluster):
     report = tmp_path / "report"
     (tmp_path / "baselines").mkdir()  # no baselines: the gloo figures are judged on absolute limits
@@ -232,6 +233,7 @@ SLOW_SWEEP = {nccl_faults.ENV: "slow:rank=0:ms=500"}
                    "each node stopped and reported hung with the checks it had ended; exit 1; no process left")
 @pytest.mark.parametrize("local_cluster", [{"nodes": 2, "env": SLOW_SWEEP}], indirect=True,
                          ids=["2"])  # two nodes show it, at half the cost
+@pytest.mark.slow("a real local Ray cluster")
 def test_nodes_past_the_deadline_are_stopped_and_reported_hung(tmp_path, local_cluster):
     (tmp_path / "baselines").mkdir()
     started = time.monotonic()

@@ -117,6 +117,7 @@ def checks_by_id(report: Path) -> dict[str, dict]:
                             "between two others slowed (GPUCERT_NCCL_FAULT slow)",
                    "every pair of the slow node fails naming the node; the slowed link's pair fails naming "
                    "the link; the other pairs pass; the cross-node sweep measures every row; exit 1")
+@pytest.mark.slow("a real local Ray cluster")
 def test_pairs_name_a_slow_node_and_a_slow_link_on_a_real_cluster(tmp_path, cluster):
     a, b, c, d = sorted(node_names(cluster).values())
     # slowed only where the pairs are judged (all_reduce at the largest size, 2 KiB): in every other
@@ -149,6 +150,7 @@ def test_pairs_name_a_slow_node_and_a_slow_link_on_a_real_cluster(tmp_path, clus
 
 @pytest.mark.fault("fleet", "a node of a 4-node local Ray cluster removed while the cross-node NCCL sweep runs",
                    "the sweep stops; its rows say which rank on which node failed; rows measured before kept")
+@pytest.mark.slow("a real local Ray cluster")
 def test_a_node_removed_mid_sweep_is_named_with_the_rows_before_it(tmp_path, cluster):
     victim = sorted(cluster.worker_nodes, key=lambda node: node.node_id)[-1]
     name = node_names(cluster)[victim.node_id]

@@ -50,6 +50,7 @@ def values(check: dict) -> dict:
     return {m["metric"]: m for m in check["metrics"]}
 
 
+@pytest.mark.slow("captures under load")
 def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4))
     assert run.returncode == 0, run.stdout[-3000:]
@@ -94,6 +95,7 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
 
 @pytest.mark.fault("forensics", "an engine whose warm-up request outlasts the plan's warm-up (1 s to a first token; "
                    "eager at 256 on an H100)", "the warm-up waits for the level to stream; the profiler's cost measured")
+@pytest.mark.slow("captures under load")
 def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_path):
     """Eager at 256 on an H100 streamed its first tokens after the plan's whole warm-up, so the
     profiler's cost had no stretch before the window to be read against. Here a first token takes
@@ -108,6 +110,7 @@ def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_
     assert not [n for n in metrics["checks"][0]["findings"].get("capture", []) if "not measured" in n.get("notice", "")]
 
 
+@pytest.mark.slow("captures under load")
 def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
     """The host-bound share and the step time are judged like any metric: baselines from one run,
     the same engine again passes, the host taking 10 ms of each 20 ms step instead of 0.5 fails.
@@ -126,6 +129,7 @@ def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
     assert verdicts["host_bound_pct"] == "fail", verdicts
 
 
+@pytest.mark.slow("captures under load")
 def test_a_profiler_that_is_not_there_fails_the_check_in_one_line(tmp_path):
     """An engine started without a profiler answers /start_profile with 404, as vLLM does."""
     plain = [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
@@ -138,6 +142,7 @@ def test_a_profiler_that_is_not_there_fails_the_check_in_one_line(tmp_path):
     assert "unprofiled_output_tok_s" in values(check)  # what was measured before is kept
 
 
+@pytest.mark.slow("captures under load")
 def test_the_emulator_profiler_writes_a_real_torch_trace(tmp_path):
     """The trace behind the self-tests above: a PyTorch profiler trace (Kineto JSON, gzip) with
     vLLM's step annotations, its emulated GPU work on the annotations' own clock."""
@@ -294,6 +299,7 @@ sys.exit(2)
 '''
 
 
+@pytest.mark.slow("captures under load")
 def test_where_nsys_is_installed_the_engine_runs_under_it(tmp_path):
     """profiler kind auto with `nsys` on PATH: the engine starts under `nsys profile
     --capture-range=cudaProfilerApi` with vLLM's "cuda" profiler, the window is marked by

@@ -109,6 +109,7 @@ def test_a_report_disk_that_fills_during_the_run(pytester, small_disk):
 @pytest.mark.fault("bad-input", "--update-baselines into a baselines folder on a full disk (its family file "
                    "already there)", "the old baseline file intact, 'baselines not written: … No space left on device' "
                    "on the card and terminal, exit 1, no traceback")
+@pytest.mark.slow("child pytest sessions")
 def test_a_full_baselines_disk_keeps_the_old_baseline(pytester, small_disk, tmp_path):
     baselines = small_disk / "baselines"
     first = run(pytester, "--baselines-dir", str(baselines), "--report-dir", str(tmp_path / "r1"), "--update-baselines")

@@ -61,6 +61,7 @@ def test_a_dead_endpoint_stores_nothing(tmp_path):
 
 @pytest.mark.fault("baselines", "--update-baselines against a real emulator answering 30 % of requests with "
                    "HTTP 500 (a degraded tok/s)", NOT_STORED + "; a healthy emulator's run is stored")
+@pytest.mark.slow("child pytest sessions")
 def test_a_thirty_percent_error_rate_stores_nothing(tmp_path):
     with emulator_process("--error-rate", "0.3", "--ttft-ms", "5", "--itl-ms", "1", "--seed", "3") as emu:
         sick = serving_update(tmp_path, emu.v1_url)

@@ -40,6 +40,7 @@ def smollm2(tmp_path_factory):
         yield url, model
 
 
+@pytest.mark.slow("the real CPU model")
 def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
     url, model = smollm2
     output_len = 12
@@ -76,6 +77,7 @@ def test_inference_checks_against_a_real_model_on_cpu(smollm2, tmp_path):
     assert "serving_baseline[concurrency=4]" in html
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(tmp_path):
     # the lifecycle starts the emulator in vLLM's place; it dies when its 12th request arrives
     argv = [sys.executable, "-m", "gpucert.cli", "emulator", "--port", "{port}", "--ttft-ms", "5",
@@ -106,6 +108,7 @@ def test_a_server_that_dies_mid_run_fails_the_check_and_keeps_what_was_measured(
                and "GPU memory not checked (no NVML)" in note for note in metrics["notes"]), metrics["notes"]
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_what_the_engine_log_reports_becomes_metrics_and_findings(tmp_path):
     """The lifecycle reads the engine's log: a stand-in that prints a real vLLM 0.26 start-up log
     (captured on 2× H100) and then serves as the emulator — publishing no vllm:cache_config_info on
@@ -250,6 +253,7 @@ def test_offline_throughput_keeps_levels_measured_before_a_crash(tmp_path):
     assert min(lengths) >= 8 and max(lengths) <= 24 and len(set(lengths)) > 1
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_repeats_make_each_level_the_mean_of_its_runs_with_an_interval(tmp_path):
     """`repeats=3`: every level is measured three times on its own prompts; its figures are the
     mean of the three, the three are its samples (repeat-to-repeat noise, a Student t interval)
@@ -284,6 +288,7 @@ def test_repeats_make_each_level_the_mean_of_its_runs_with_an_interval(tmp_path)
     assert entry["ci_method"] == "Student t 95%, mean of n=3" and len(entry["runs"]) == 1
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_a_run_under_other_settings_than_the_baselines_says_so(tmp_path):
     """The sanity check keeps the engine and load settings with its baseline; a later run with
     another executor and request count lists both as findings, warns on `config_changes` and puts
@@ -357,6 +362,7 @@ def test_an_interrupted_offline_sweep_stops_its_worker(tmp_path):
 @pytest.mark.fault("bad input", "--engine-python whose CUDA torch sees 1 GPU, --engine-opt tensor_parallel_size=2",
                    "the offline checks skip with 'vLLM on 2 GPU(s) needs 2, found 1' (the engine's GPUs, not "
                    "gpucert's CPU build); a bad --engine-cmd is one line, exit 4")
+@pytest.mark.slow("child pytest sessions")
 def test_the_engine_pythons_gpus_decide_and_a_bad_engine_cmd_is_one_line(tmp_path):
     engine_python = stand_in_engine_python(tmp_path)
     run, metrics = pytest_inference(tmp_path, "-k", "offline", "--load-opt", "concurrency=1",

@@ -147,6 +147,7 @@ def _level_runs(rng, truth, sigma_between, sigma_within, repeats=3):
                    "(σ 10 % within a run, 8 % between engine starts), baseline of 2 runs pooled over 5 levels",
                    "the change interval holds no change in >= 94% of reruns, and a planted 40% slowdown is "
                    "caught at least as often as before (no noise counted twice)")
+@pytest.mark.slow("coverage simulations")
 def test_a_runs_own_noise_is_not_counted_twice():
     rng = np.random.default_rng(SEED + 2)
     truth = [400.0, 5000.0, 15000.0, 30000.0, 25000.0]
@@ -198,6 +199,7 @@ def _noisy_level_coverage(sigmas, level: int, nights: int, seed: int, *, pool_al
                    "(TTFT p99 at an overloaded level: 0.40 vs 0.08-0.14 in ln on the H200)",
                    "not pooled once an F test shows it: unchanged reruns inside its interval 62% -> 76% "
                    "(2-run baseline), 95% with 6 history nights; equal levels keep 95%")
+@pytest.mark.slow("coverage simulations")
 def test_a_level_noisier_than_its_siblings_is_not_held_to_their_spread():
     noisy = [0.07, 0.07, 0.07, 0.07, 0.35]
     pooled = _noisy_level_coverage(noisy, 4, 0, SEED + 3, pool_all=True)
@@ -259,6 +261,7 @@ def _latencies(rng, shape: str, median: float, n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n_off, n_on", [(20, 20), (100, 80), (1000, 800)])
 @pytest.mark.parametrize("shape", ["lognormal", "bimodal"])
+@pytest.mark.slow("coverage simulations")
 def test_the_median_ratio_interval_covers_at_the_sample_sizes_used(n_off, n_on, shape):
     """noise.median_ratio_interval (the prefix cache's TTFT saving): seeded TTFT-like samples, the
     cache-on median 0.45 of the cache-off one, at the smallest n it gives an interval for and with

@@ -322,6 +322,7 @@ LEVEL_OPTS = ("--load-opt", "concurrency=2", "--load-opt", "output_len=4", "--lo
           "repeat, not 3; the run finishes with metrics.json and the card",
           "headers-then-stall", [HEADERS, STALL]),
 ])
+@pytest.mark.slow("child pytest sessions")
 def test_a_stalled_server_cannot_hold_a_level(tmp_path, script):
     with serving(lambda body: script) as server:
         started = time.monotonic()
@@ -394,6 +395,7 @@ def wait_for(path: Path, line: str, count: int, proc, timeout_s: float = 120) ->
     fault("time", "one SIGINT while the monitor reads the window of a check whose body finished",
           "the check is incomplete (interrupted), every metric it recorded kept in metrics.json", "once", False),
 ])
+@pytest.mark.slow("child pytest sessions")
 def test_ctrl_c_while_the_monitor_ends_keeps_the_check(tmp_path, sigint_in_repeat):
     from . import fake_pynvml
     plugin_dir = tmp_path / "plugin"

@@ -281,6 +281,7 @@ def test_repeats_energy_is_one_repeat_and_the_pauses_between_them_are_left_out()
         figures["energy_j_per_output_token"]
 
 
+@pytest.mark.slow("the sampler timed over seconds")
 def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, monkeypatch):
     """Energy, PCIe/NVLink bytes, ECC and host CPU are read on counter ticks only (on H100 the
     energy read alone is ~3 ms of CPU a GPU, 500x a gauge), NaN between; where a read costs more
@@ -470,6 +471,7 @@ def test_parse_picks_its_families_out_of_a_large_exposition():
     assert parse_vllm_metrics(text) == {"running": 3.0, "preemptions": 2.0}
 
 
+@pytest.mark.slow("the sampler timed over seconds")
 def test_the_sampler_reports_its_own_steady_cpu(tmp_path, monkeypatch):
     """The ≤ 2 % figure is the sampler process's CPU time after its first second over the wall time:
     a gauge read that burns 5 ms of CPU on each of 2 GPUs every 50 ms tick is 20 % of a core — on a

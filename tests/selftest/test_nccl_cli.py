@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -16,6 +18,7 @@ def bench_nccl(*args):
                            *args], cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ))
 
 
+@pytest.mark.slow("gloo ranks")
 def test_the_gloo_table_says_host_wall_clock_not_cuda_events():
     run = bench_nccl()
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr
@@ -25,6 +28,7 @@ def test_the_gloo_table_says_host_wall_clock_not_cuda_events():
     assert len(headers) == 2 and all(how in h for h in headers), run.stdout
 
 
+@pytest.mark.slow("gloo ranks")
 def test_the_gloo_rows_say_host_wall_clock_not_cuda_events():
     run = bench_nccl("--json")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr

@@ -32,6 +32,7 @@ def alive(pid):
     return True
 
 
+@pytest.mark.slow("gloo ranks")
 def test_cli_json_sweeps_every_op_and_size_with_right_data():
     run = gpucert_cmd("bench", "nccl", "--backend", "gloo", "--nproc", "2", "--max-bytes", "1M",
                       "--iters", "3", "--warmup", "1", "--json")
@@ -53,6 +54,7 @@ def test_cli_json_sweeps_every_op_and_size_with_right_data():
     assert "in place" in notes["all_reduce"] and "all_to_all_single" in notes["alltoall"]
 
 
+@pytest.mark.slow("gloo ranks")
 def test_three_ranks_round_sizes_and_check_every_collective():
     # an odd rank count: alltoall/sendrecv ring offsets and nccl-tests' rounding are exercised
     result = nccl.run(nccl.SweepConfig(backend="gloo", nproc=3, sizes=(8, 100, 4096), **QUICK))
@@ -66,6 +68,7 @@ def test_three_ranks_round_sizes_and_check_every_collective():
                for r in result.rows)
 
 
+@pytest.mark.slow("gloo ranks")
 def test_a_hung_rank_is_killed_at_the_stall_timeout(monkeypatch):
     monkeypatch.setenv(faults.ENV, "hang:rank=1:op=all_gather")
     result = nccl.run(nccl.SweepConfig(backend="gloo", nproc=2, ops=("all_reduce", "all_gather", "reduce"),
@@ -81,6 +84,7 @@ def test_a_hung_rank_is_killed_at_the_stall_timeout(monkeypatch):
     assert not any(alive(rank["pid"]) for rank in result.ranks)
 
 
+@pytest.mark.slow("gloo ranks")
 def test_a_crashed_rank_stops_the_others_with_its_error(monkeypatch):
     monkeypatch.setenv(faults.ENV, "crash:rank=1:op=reduce")
     result = nccl.run(nccl.SweepConfig(backend="gloo", nproc=2, ops=("all_reduce", "reduce"), sizes=(8,), **QUICK))
@@ -93,6 +97,7 @@ def test_a_crashed_rank_stops_the_others_with_its_error(monkeypatch):
     assert not any(alive(rank["pid"]) for rank in result.ranks)
 
 
+@pytest.mark.slow("gloo ranks")
 def test_corrupted_data_fails_the_hardware_check_on_wrong(tmp_path):
     env = {**os.environ, faults.ENV: "corrupt:rank=1:op=all_reduce"}
     run = subprocess.run(

@@ -145,6 +145,7 @@ def test_b(gpucert):
         "a check running past its time budget", "SIGINT restored at the first check: the check is interrupted at "
         "the budget and kept as incomplete")),
 ])
+@pytest.mark.slow("child pytest sessions")
 def test_a_check_running_past_budget_and_grace_is_interrupted_and_kept(pytester, launched):
     # "background": the process starts with SIGINT ignored, as `make certify &` from a script does
     ignore = "signal.signal(signal.SIGINT, signal.SIG_IGN)" if launched == "background" else ""

@@ -330,6 +330,7 @@ def test_gemm_like(gpucert):
 '''
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_monitor_attaches_to_inference_checks(suite, pytester, monkeypatch):
     """Each inference check gets the monitor's figures as metrics (judged, baselined), its samples
     as a file, and charts on the card; hardware checks only with --monitor all."""

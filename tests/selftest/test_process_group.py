@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from gpucert import process_group
 
 LEADER = textwrap.dedent('''
@@ -35,6 +37,7 @@ def test_a_group_that_ends_on_sigterm_is_stopped_with_it_workers_included():
     assert all(p.returncode == -signal.SIGTERM for p in procs)
 
 
+@pytest.mark.slow("a SIGTERM grace waited out")
 def test_a_group_that_ignores_sigterm_is_killed_after_the_grace():
     polite, stubborn = start("polite"), start("stubborn")
     # (a grace of seconds: the orphaned worker of the polite one is a zombie until init reaps it)

@@ -60,6 +60,7 @@ RAY_AUTO = ["distributed_executor_backend=ray", "tensor_parallel_size=auto", "pi
 
 
 # ---- the plan: auto sizes, argv, environment -----------------------------------------------------
+@pytest.mark.slow("a real local Ray cluster")
 def test_ray_backend_plans_tensor_per_node_and_pipeline_per_node(cluster, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     options = Options(RAY_AUTO, ray_address=cluster.address)
@@ -116,6 +117,7 @@ def pytest_inference(tmp_path: Path, *args: str, env: dict | None = None) -> sub
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
 
 
+@pytest.mark.slow("a real local Ray cluster")
 def test_serving_checks_run_on_a_two_node_ray_engine(cluster, tmp_path):
     import ray  # (the cluster fixture skips without it)
     record = tmp_path / "placed.json"

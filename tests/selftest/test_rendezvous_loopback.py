@@ -120,6 +120,7 @@ def sweep_and_watch(monkeypatch, env: dict[str, str]):
         "network", "the caller's environment names eth0 for gloo/NCCL sockets and MASTER_ADDR=0.0.0.0",
         "ignored: still loopback only (GPUCERT_SOCKET_IFNAME is the one override), a note says so")),
 ])
+@pytest.mark.slow("gloo ranks")
 def test_sweep_ranks_listen_on_loopback_only(monkeypatch, env):
     if env and not (PROC / "sys" / "net" / "ipv4" / "conf" / "eth0").exists():
         pytest.skip("no eth0 here to bind to")
@@ -136,6 +137,7 @@ def test_sweep_ranks_listen_on_loopback_only(monkeypatch, env):
 
 @pytest.mark.fault("network", "NCCL_SOCKET_IFNAME=eth0 inherited by an NCCL sweep (NCCL's bootstrap would listen on eth0)",
                    "each live rank's /proc/<pid>/environ has NCCL_/GLOO_SOCKET_IFNAME=lo and no MASTER_PORT")
+@pytest.mark.slow("gloo ranks")
 def test_rank_environment_pins_the_transports_to_loopback(monkeypatch):
     """NCCL cannot run here (no GPU): what it would read, each rank's environment, is checked."""
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "eth0")

@@ -120,6 +120,7 @@ KEY_CASES = [
 
 
 @pytest.mark.parametrize("mode, fails", KEY_CASES)
+@pytest.mark.slow("child pytest sessions")
 def test_a_server_echoing_the_api_key_never_gets_it_written(tmp_path, mode, fails):
     with leaky_server(mode, f"Bearer {KEY}") as port:
         run, metrics, texts = certify(tmp_path, f"http://127.0.0.1:{port}/v1", "--api-key-env", KEY_ENV,

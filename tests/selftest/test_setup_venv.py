@@ -34,6 +34,7 @@ def _cuda_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(site.parent))
 
 
+@pytest.mark.slow("real virtualenvs")
 def test_a_gpu_nodes_own_torch_is_used_not_downloaded(setup_venv, tmp_path, monkeypatch):
     _cuda_torch(tmp_path, monkeypatch)
     setup_venv.setup(tmp_path / "venv", selftest=False)
@@ -47,6 +48,7 @@ def test_a_gpu_nodes_own_torch_is_used_not_downloaded(setup_venv, tmp_path, monk
     assert setup_venv.calls == []
 
 
+@pytest.mark.slow("real virtualenvs")
 def test_without_cuda_torch_the_cpu_build_and_the_selftest_extras(setup_venv, tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     monkeypatch.setattr(setup_venv, "node_torch", lambda python: None)  # neither Python has torch
@@ -62,6 +64,7 @@ def test_without_cuda_torch_the_cpu_build_and_the_selftest_extras(setup_venv, tm
     assert setup_venv.calls == []
 
 
+@pytest.mark.slow("real virtualenvs")
 def test_a_node_whose_python_is_itself_a_venv_keeps_its_torch(tmp_path):
     """The lent H200's python3 is /opt/torch/.venv/bin/python3, its CUDA torch in that venv's own
     site-packages: `--system-site-packages` alone gives a venv made from it the base interpreter's

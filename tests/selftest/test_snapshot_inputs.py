@@ -159,6 +159,7 @@ def stack_check(report_dir: Path) -> tuple[dict, dict]:
 @pytest.mark.fault("snapshot", "nvidia-smi-q.txt cut inside GPU 1's section, after its name and UUID "
                                "(PCI, memory, ECC, clocks … lost)",
                    "usable: a note and stack health_critical FAIL (exit 1); --update-baselines keeps the old stack baseline")
+@pytest.mark.slow("child pytest sessions")
 def test_capture_cut_inside_the_last_gpu_is_partial_and_fails(tmp_path, baselined):
     directory = capture_copy(tmp_path)
     gpu1 = text(QUERY).index(GPU1_SECTION)
@@ -193,6 +194,7 @@ def one_gpu_capture(directory: Path) -> None:
 @pytest.mark.fault("snapshot", "a consistent capture of the baselined node with GPU 1 gone (derives profile "
                                "1xH100-80GB-HBM3, which has no baselines)",
                    "judged against this host's profile 2xH100-80GB-HBM3-NV18 (same GPU UUID): drift_critical FAIL, exit 1")
+@pytest.mark.slow("child pytest sessions")
 def test_node_that_lost_a_gpu_is_judged_against_its_own_profile(tmp_path, baselined):
     directory = capture_copy(tmp_path)
     one_gpu_capture(directory)

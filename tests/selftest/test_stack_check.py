@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .captures import DRIFT_EDITS, FIXTURE, edited_capture
 from .machine import without_gpu
 
@@ -21,6 +23,7 @@ def pytest_stack(snapshot_dir, baselines, report_dir, *extra):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow("child pytest sessions")
 def test_baseline_then_drift_fails_with_exactly_the_three_changes(tmp_path):
     baselines = tmp_path / "baselines"
     first = pytest_stack(FIXTURE, baselines, tmp_path / "r1", "--update-baselines")

@@ -29,6 +29,7 @@ def pytest_study(tmp_path, plan: dict, engine_cmd: list[str], *args):
     return run, (json.loads(path.read_text()) if path.exists() else None)
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_each_batching_point_gets_its_own_engine_and_the_card_its_front(tmp_path):
     seen = tmp_path / "engines.txt"
     # the emulator, told its point's max_num_seqs through the {max_num_seqs} placeholder; it notes
@@ -53,6 +54,7 @@ def test_each_batching_point_gets_its_own_engine_and_the_card_its_front(tmp_path
     assert "Study: batching" in html and "best under the SLOs" in html and "Pareto front" in html
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_a_point_whose_engine_does_not_start_fails_with_the_reason_and_the_next_runs(tmp_path):
     # the max_num_seqs=4 engine exits at start with vLLM's out-of-memory message
     stand_in = ("import sys\n"
@@ -110,6 +112,7 @@ def test_knee_and_pareto_front():
     assert "&lt;a&gt;" in svg and "<a>" not in svg
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_the_tuned_configuration_from_the_batching_study_with_its_gain(tmp_path):
     """A stand-in engine whose inter-token time halves with two API server processes: the batching
     study measures that point, the tuned study takes it (best under the SLOs at its level), reruns
@@ -161,6 +164,7 @@ def test_the_tuned_configuration_from_the_batching_study_with_its_gain(tmp_path)
 KV_WAVE_TIMING = "ttft_ms=100, itl_ms=20"
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_kv_capacity_finds_the_onset_the_reported_capacity_predicts(tmp_path):
     """The emulator's scheduler as the engine: a KV cache of 41 blocks of 16 tokens (published as
     vLLM does), requests preempted when a running one needs a block and none is free. With 8 in /
@@ -196,6 +200,7 @@ def test_kv_capacity_finds_the_onset_the_reported_capacity_predicts(tmp_path):
 @pytest.mark.fault("studies", "an engine that dies (as vLLM does out of memory) when a 23rd request runs at once, "
                    "during the KV-capacity search", "the probe counts as over capacity, the engine restarts, "
                    "the search goes on and finds the onset")
+@pytest.mark.slow("study runs against the emulator")
 def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
     stand_in = ("import os, sys\n"
                 "from aiohttp import web\n"
@@ -222,6 +227,7 @@ def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
     assert len(list((tmp_path / "r" / "engine").iterdir())) >= 2  # restarted after the crash
 
 
+@pytest.mark.slow("the real CPU model")
 def test_precision_accuracy_on_real_weights_on_cpu(tmp_path, tmp_path_factory):
     """The accuracy half of the precision study with the transformers backend on CPU: the real
     SmolLM2-135M, float32 reference, bfloat16 candidate on 2 documents of the text set; an fp8 KV
@@ -247,6 +253,7 @@ def test_precision_accuracy_on_real_weights_on_cpu(tmp_path, tmp_path_factory):
         "kv-fp8: the transformers backend scores dtypes only (no quantization, no fp8 KV cache)"
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     """The emulator serving at most 4 requests at once (vLLM's max_num_seqs), 32 tokens 3 ms
     apart: at concurrency 4 every request starts at once (TTFT ~1 ms), at 5 one in five waits a
@@ -270,6 +277,7 @@ def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     assert "Study: capacity under SLO" in (tmp_path / "r" / "report.html").read_text()
 
 
+@pytest.mark.slow("study runs against the emulator")
 def test_a_study_point_passes_a_plain_rerun_and_fails_a_planted_slowdown(tmp_path):
     """Study points are judged like any check: baselines from an --update-baselines run, a plain
     rerun of the same engine passes, the same point on an engine three times slower per token

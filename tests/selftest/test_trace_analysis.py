@@ -469,6 +469,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, says):
 
 # ---- scale ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow("two million trace ops")
 def test_two_million_ops_are_analyzed_with_columns_not_loops():
     """Not a timing assertion: it must finish (seconds), and its figures must add up."""
     n_steps, per_step = 20_000, 100  # 2,000,000 kernels, a launch each, a step annotation per 100

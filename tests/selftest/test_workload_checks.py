@@ -82,6 +82,7 @@ def values(check: dict) -> dict[str, float]:
     return {m["metric"]: m["value"] for m in check["metrics"]}
 
 
+@pytest.mark.slow("workload runs against the emulator")
 def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
     run, checks = run_workloads(tmp_path, PREFILL_MS, "--update-baselines")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
@@ -109,6 +110,7 @@ def test_every_workload_is_served_and_judged_with_its_cache_figures(tmp_path):
 
 @pytest.mark.fault("workloads", "the prefill ten times slower per uncached token (the emulator's cost per token)",
                    "the cache-off point's TTFT and throughput fail against the baselines; exit 1")
+@pytest.mark.slow("workload runs against the emulator")
 def test_a_slower_prefill_fails_against_the_baselines(tmp_path):
     first, _ = run_workloads(tmp_path, PREFILL_MS, "--update-baselines")
     assert first.returncode == 0, first.stdout[-3000:]
@@ -118,6 +120,7 @@ def test_a_slower_prefill_fails_against_the_baselines(tmp_path):
     assert "ttft_ms_p50" in slow.stdout
 
 
+@pytest.mark.slow("workload runs against the emulator")
 def test_an_endpoint_serves_every_point_that_needs_no_engine_of_its_own(tmp_path):
     """--endpoint: a server gpucert did not start (the emulator with its prefix cache on) serves
     the cache-on points, its hit rate read from its own /metrics; the cache-off point, which needs
