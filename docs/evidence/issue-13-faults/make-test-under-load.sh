@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 13, item 10: the self-tests (`make test test-slow`, both tiers, as CI runs them; TARGETS
 # overrides) while every core is busy with an unrelated CPU hog, N runs in a row (default 5).
-# Writes a log per run and a table (run, passed, failed, errors, skipped, duration, exit status) to OUT (default: docs/evidence/issue-13-faults/under-load/); exits 0 only
-# when every run was green. The hogs are stopped however the script ends (trap).
+# Writes a log per run and a table (run, passed, failed, errors, skipped, duration, exit status)
+# to OUT (default: docs/evidence/issue-13-faults/under-load/); exits 0 only when every run was
+# green. The hogs are stopped however the script ends (trap).
 #
 #   docs/evidence/issue-13-faults/make-test-under-load.sh [RUNS]
 #   PYTHON=.venv/bin/python OUT=/tmp/under-load HOGS=2 docs/evidence/issue-13-faults/make-test-under-load.sh 5
