@@ -63,19 +63,17 @@ def lateness_s(records, timings: dict, k: int) -> dict[str, np.ndarray]:
     return {"read": np.asarray(reads), "late_read": np.asarray(late_reads), "queued": np.asarray(queued)}
 
 
-def expected_tpot_itl_ms(records, timings: dict, k: int) -> dict:
+def expected_tpot_itl_ms(records, k: int) -> dict:
     """The TPOT and ITL means (ms) the client must report, computed here (independently of
-    summary.py) from the server's own send times plus the lateness the client's stamps show at each
-    request's first read (against the first chunk's send) and last read (against the last chunk's):
-    TPOT = (last send − first send)/(tokens − 1) per request; ITL gaps start after the first chunk
-    (its tokens are TTFT's; a second chunk that came in the same read keeps its gap, of 0). Also the
-    ITL gap count."""
+    summary.py): per request, the server's span (last send − first send) plus the client's lateness
+    at its last read less that at its first, which is the span between the client's own first and
+    last stamps (the sends cancel). TPOT = that span/(tokens − 1), tokens as the emulator sent
+    them; ITL gaps start after the first chunk (its tokens are TTFT's; a second chunk that came in
+    the same read keeps its gap, of 0) and sum to the same span. Also the ITL gap count."""
     tpots, itl_sum, itl_count = [], 0.0, 0
     for r in records:
-        writes = timings[r.x_request_id]["writes"]
-        tokens = r.requested_output_tokens  # what the emulator sends
-        span = (writes[-1] - writes[0]) + (r.token_times[-1] - writes[-1]) - (r.first_token_at - writes[0])
-        tpots.append(span / (tokens - 1))
+        span = r.token_times[-1] - r.first_token_at
+        tpots.append(span / (r.requested_output_tokens - 1))
         itl_sum += span
         itl_count += len(r.token_times) - (getattr(r, "first_chunk_tokens", None) or k)
     return {"tpot": float(np.mean(tpots)) * 1e3, "itl": itl_sum / max(itl_count, 1) * 1e3, "itl_count": itl_count}
@@ -97,7 +95,7 @@ def timing_faults(records, timings: dict, k: int, summary, tolerance_ms: float) 
         if floor_ms > tolerance_ms:
             faults.append(f"even the client's best reads{where} are stamped {floor_ms:.2f} ms after the server "
                           f"sent them (percentile {FLOOR_PERCENTILE:g}; allowed {tolerance_ms:g} ms)")
-    expected = expected_tpot_itl_ms(records, timings, k)
+    expected = expected_tpot_itl_ms(records, k)
     for name in ("tpot", "itl"):
         client_ms = getattr(summary, f"{name}_ms")["mean"]
         if abs(client_ms - expected[name]) > ROUNDING_MS:
