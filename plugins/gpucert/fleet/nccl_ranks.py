@@ -7,9 +7,9 @@ sweep starts, in a session of its own, and hands the driver its event lines and 
 driver's sweep (physics/nccl/sweep.py) keeps the timeouts, the rows and the naming of a failed
 rank exactly as on one node.
 
-Across nodes there is no shared folder for a FileStore: rank 0's actor picks a free port on its
-node's address and the ranks meet at tcp://IP:PORT (torch's TCPStore, which listens on every
-interface — reachable from the other nodes, which is the point here). Gloo's and NCCL's own sockets
+Across nodes there is no shared folder for a FileStore: rank 0's actor serves a TCPStore on a port
+the kernel gives it and the ranks meet there as clients, at tcp://IP:PORT (the store listens on
+every interface — reachable from the other nodes, which is the point here). Gloo's and NCCL's own sockets
 take the interface that carries the node's Ray address unless the node's environment names one
 (cluster images set NCCL_SOCKET_IFNAME for their fabric) or GPUCERT_SOCKET_IFNAME is given.
 """
@@ -45,16 +45,19 @@ class RankProcess:
         self.python, self.repo = python, repo
         self.folder = Path(tempfile.mkdtemp(prefix="gpucert-fleet-nccl-"))
         self.proc: subprocess.Popen | None = None
+        self.store = None  # the ranks' TCPStore, held for the sweep's life (rendezvous)
 
     def rendezvous(self) -> str:
-        """tcp://IP:PORT on this node, a port free now (rank 0's TCPStore binds it moments later)."""
+        """tcp://IP:PORT of the TCPStore this actor serves for the sweep's ranks, every rank a client.
+        The kernel picks the port as the store binds it: a port probed free and bound by rank 0 only
+        after its interpreter started could be taken meanwhile (gloo's own listeners, a server
+        beside it), and the sweep would fail for no fault of the node."""
         import ray
+        from torch.distributed import TCPStore
         ip = ray.util.get_node_ip_address()
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((ip, 0))
-            port = probe.getsockname()[1]
-        return f"tcp://[{ip}]:{port}" if family == socket.AF_INET6 else f"tcp://{ip}:{port}"
+        self.store = TCPStore(ip, 0, is_master=True, wait_for_workers=False)
+        port = self.store.port
+        return f"tcp://[{ip}]:{port}" if ":" in ip else f"tcp://{ip}:{port}"
 
     def start(self, document: dict[str, Any], rank: int, forwarded: dict[str, str]) -> str:
         import json

@@ -4,7 +4,7 @@ sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), w
 WORLD_SIZE and LOCAL_RANK set, and the sockets of gloo/NCCL pinned to loopback; the ranks meet
 through a FileStore (the config's `rendezvous` file), not torch's TCPStore, which would listen on
 every interface (sweep.rank_environment says why); across nodes (gpucert.fleet.nccl_ranks) there
-is no shared folder, and `rendezvous` is rank 0's tcp://IP:PORT. The rank writes its progress
+is no shared folder, and `rendezvous` is the tcp://IP:PORT of the store rank 0's actor serves. The rank writes its progress
 as JSON lines to rank<R>.jsonl beside the config: `ready` once initialized, `start` before each
 size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
 traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
@@ -24,6 +24,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
@@ -61,7 +62,12 @@ def init(backend: str, rank: int, nranks: int, timeout_s: float, rendezvous: str
     """Join the process group through `rendezvous` (a FileStore path, or tcp://IP:PORT across
     nodes); returns the device string and what the rank runs on."""
     timeout = timedelta(seconds=timeout_s)
-    init_method = rendezvous if "://" in rendezvous else Path(rendezvous).as_uri()
+    if "://" in rendezvous:  # across nodes: a store someone else serves (fleet/nccl_ranks.py), rank 0 included
+        where = urlsplit(rendezvous)
+        store = dist.TCPStore(where.hostname, where.port, world_size=nranks, is_master=False, timeout=timeout)
+        join = {"store": store}
+    else:
+        join = {"init_method": Path(rendezvous).as_uri()}
     info = {"torch": torch.__version__, "host": socket.gethostname(), "pid": os.getpid()}
     if backend == "nccl":
         # LOCAL_RANK: this rank's GPU among those visible (a Ray actor sees only its own: 0)
@@ -69,14 +75,14 @@ def init(backend: str, rank: int, nranks: int, timeout_s: float, rendezvous: str
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
         # device_id makes the communicator initialize here (eagerly), not inside the first timed op
-        dist.init_process_group("nccl", init_method=init_method, rank=rank, world_size=nranks,
+        dist.init_process_group("nccl", **join, rank=rank, world_size=nranks,
                                 timeout=timeout, device_id=torch.device(device))
         info.update(device=torch.cuda.get_device_name(local), cuda=torch.version.cuda,
                     nccl=_nccl_version(),
                     nccl_nvls_enable=os.environ.get("NCCL_NVLS_ENABLE"))
     else:
         device = "cpu"
-        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=nranks,
+        dist.init_process_group("gloo", **join, rank=rank, world_size=nranks,
                                 timeout=timeout)
     dist.barrier()
     return device, info
