@@ -4,9 +4,9 @@ sweep.py starts one fresh interpreter per rank (never a fork after CUDA init), w
 WORLD_SIZE and LOCAL_RANK set, and the sockets of gloo/NCCL pinned to loopback; the ranks meet
 through a FileStore (the config's `rendezvous` file), not torch's TCPStore, which would listen on
 every interface (sweep.rank_environment says why); across nodes (gpucert.fleet.nccl_ranks) there
-is no shared folder, and `rendezvous` is the tcp://IP:PORT of the store rank 0's actor serves. The rank writes its progress
-as JSON lines to rank<R>.jsonl beside the config: `ready` once initialized, `start` before each
-size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
+is no shared folder, and `rendezvous` is the tcp://IP:PORT of the store rank 0's actor serves.
+The rank writes its progress as JSON lines to rank<R>.jsonl beside the config: `ready` once
+initialized, `start` before each size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
 traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
 
 Per size: warm-up, then the timed iterations through core.time_op (the one timing loop), then a
