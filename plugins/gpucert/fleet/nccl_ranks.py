@@ -10,8 +10,8 @@ rank exactly as on one node.
 Across nodes there is no shared folder for a FileStore: rank 0's actor serves a TCPStore on a port
 the kernel gives it and the ranks meet there as clients, at tcp://IP:PORT (the store listens on
 every interface — reachable from the other nodes, which is the point here). Gloo's and NCCL's own
-sockets take the interface that carries the node's Ray address unless the node's environment names one
-(cluster images set NCCL_SOCKET_IFNAME for their fabric) or GPUCERT_SOCKET_IFNAME is given.
+sockets take the interface that carries the node's Ray address unless the node's environment names
+one (cluster images set NCCL_SOCKET_IFNAME for their fabric) or GPUCERT_SOCKET_IFNAME is given.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ through a FileStore (the config's `rendezvous` file), not torch's TCPStore, whic
 every interface (sweep.rank_environment says why); across nodes (gpucert.fleet.nccl_ranks) there
 is no shared folder, and `rendezvous` is the tcp://IP:PORT of the store rank 0's actor serves.
 The rank writes its progress as JSON lines to rank<R>.jsonl beside the config: `ready` once
-initialized, `start` before each size, `row` (rank 0 only) after each size, `done` at the end. A failure is not caught: the
-traceback goes to stderr, the exit status is non-zero, and the sweep stops the other ranks.
+initialized, `start` before each size, `row` (rank 0 only) after each size, `done` at the end. A
+failure is not caught: the traceback goes to stderr, the exit status is non-zero, and the sweep
+stops the other ranks.
 
 Per size: warm-up, then the timed iterations through core.time_op (the one timing loop), then a
 data check; every rank sends its per-iteration times and wrong-element count to the others and
@@ -62,7 +63,8 @@ def init(backend: str, rank: int, nranks: int, timeout_s: float, rendezvous: str
     """Join the process group through `rendezvous` (a FileStore path, or tcp://IP:PORT across
     nodes); returns the device string and what the rank runs on."""
     timeout = timedelta(seconds=timeout_s)
-    if "://" in rendezvous:  # across nodes: a store someone else serves (fleet/nccl_ranks.py), rank 0 included
+    # across nodes: a store rank 0's actor serves (fleet/nccl_ranks.py); every rank, 0 too, a client
+    if "://" in rendezvous:
         where = urlsplit(rendezvous)
         store = dist.TCPStore(where.hostname, where.port, world_size=nranks, is_master=False, timeout=timeout)
         join = {"store": store}
