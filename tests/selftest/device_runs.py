@@ -24,6 +24,10 @@ def load(path: Path) -> dict:
 H200_SMI = EVIDENCE / "issue-14-newcomer/h200"
 H200_SMI_XML = H200_SMI / "nvidia-smi-q.xml.gz"
 H200_SMI_TEXT = H200_SMI / "nvidia-smi-q.txt"
+# the lent H100 (session 21, GPU 965a55ff, driver 580, idle before `make certify`): the same pair
+H100_SMI = EVIDENCE / "issue-14-newcomer/h100"
+H100_SMI_XML = H100_SMI / "nvidia-smi-q.xml.gz"
+H100_SMI_TEXT = H100_SMI / "nvidia-smi-q.txt"
 
 
 def text(path: Path) -> str:

@@ -17,7 +17,7 @@ from gpucert.snapshot import SnapshotError, smi_query, smi_xml
 from gpucert.snapshot.collect import collect_live
 
 from .captures import FIXTURE
-from .device_runs import H200_SMI_TEXT, H200_SMI_XML, text
+from .device_runs import H100_SMI_TEXT, H100_SMI_XML, H200_SMI_TEXT, H200_SMI_XML, text
 from .test_snapshot_collect import NoNvml
 from .test_snapshot_inputs import pytest_stack
 
@@ -67,6 +67,22 @@ def test_xml_and_text_of_one_node_give_the_same_fields():
     assert (xml_now["power_draw_w"], text_now["power_draw_w"]) == (584.37, 608.85)
     assert abs(xml_now["temperature_c"] - text_now["temperature_c"]) <= 1
     assert xml_now["utilization_pct"]["gpu"] == text_now["utilization_pct"]["gpu"] == 98
+
+
+def test_an_idle_h100s_xml_and_text_give_the_same_fields():
+    """Another GPU of another memory: the lent H100's two captures (idle, a moment apart) through
+    the two parsers agree on every field but the instants, and the XML names its own card."""
+    from_xml, from_text = smi_xml.parse(text(H100_SMI_XML)), smi_query.parse(text(H100_SMI_TEXT))
+    instants = READINGS | {"memory_temperature_c"}
+    strip = [{**parsed, "gpus": [{**gpu, "volatile": {key: value for key, value in gpu["volatile"].items()
+                                                      if key not in instants}} for gpu in parsed["gpus"]]}
+             for parsed in (from_xml, from_text)]
+    assert strip[0] == strip[1]
+    gpu, = from_xml["gpus"]
+    assert (gpu["name"], gpu["uuid"]) == ("NVIDIA H100 80GB HBM3", "GPU-965a55ff-2f6f-ad85-d9da-04ba3a9e37a8")
+    assert gpu["memory_total_mib"] == 81559 and gpu["clocks_max_mhz"] == {"graphics": 1980, "sm": 1980, "memory": 2619}
+    assert gpu["power_limit_w"]["current"] == 700.0 and gpu["throttle_reasons"] == []
+    assert gpu["volatile"]["utilization_pct"] == {"gpu": 0, "memory": 0}
 
 
 def as_schema(raw: str, version: int) -> str:

@@ -7,7 +7,8 @@
 # three plain reruns against it (the first is issue 14's fresh copy running `make certify` with no
 # arguments, h200-fresh.sh; the others run-rerun.sh's):
 #  - GPU-9f7d556a… baselines/1xH200/ (u1 + u2; c1 passed): c4 (fresh), c5, c6;
-#  - a GPU with n-baselines-<first 4 hex of its UUID>.tgz here (adb9: n1 + n2; fdc8: n1 + n2f):
+#  - a GPU with n-baselines-<first 4 hex of its UUID>.tgz here (H200 adb9: n1 + n2; H200 fdc8:
+#    n1 + n2f; H100 965a: n1 + n2 of session 21):
 #    <hex>/r1 (fresh), <hex>/r2, <hex>/r3;
 #  - another GPU: its own two-run baseline (n1, n2 in /tmp/gpucert-baselines-<uuid>, back in each
 #    tgz), then the first plain rerun against it (n3, fresh).
@@ -24,7 +25,7 @@ if [[ -n $uuid ]] && grep -q "\"$uuid\"" baselines/1xH200/stack.json; then
   bash "$fresh" c4
   export BASELINES_DIR=$PWD/baselines
   for name in c5 c6; do bash "$here/run-rerun.sh" certify "$name"; done
-elif [[ -n $uuid ]] && [[ -f $saved ]] && tar xzf "$saved" -O baselines/1xH200/stack.json | grep -q "\"$uuid\""; then
+elif [[ -n $uuid ]] && [[ -f $saved ]] && tar xzf "$saved" -O --wildcards 'baselines/*/stack.json' | grep -q "\"$uuid\""; then
   echo "lease GPU $uuid has the two-run baseline $saved: plain reruns r1 (fresh copy), r2, r3"
   export BASELINES_DIR=/tmp/gpucert-baselines-$uuid
   rm -rf "$BASELINES_DIR" && mkdir -p "$BASELINES_DIR" && tar xzf "$saved" -C "$BASELINES_DIR" --strip-components=1

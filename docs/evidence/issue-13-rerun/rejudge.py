@@ -29,7 +29,8 @@ for check in data["checks"]:
             continue
         result.metrics.append(Metric(check=m["check"], family=m["family"], metric=m["metric"], unit=m["unit"],
                                      value=m["value"], params=m["params"], samples=m.get("samples") or [],
-                                     direction=m.get("direction"), peak=m.get("peak"), stat=m.get("stat")))
+                                     direction=m.get("direction"), peak=m.get("peak"), stat=m.get("stat"),
+                                     method=m.get("method"), headline=bool(m.get("headline"))))
     run.judge_check(result)
     old = {m["key"]: m["verdict"] for m in check["metrics"]}
     for metric in result.metrics:
