@@ -19,6 +19,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 peers=/tmp/peers; rm -rf "$peers" && mkdir -p "$peers" && tar -xzf .devbundle/peers.tgz -C "$peers" || exit 3
 cat "$peers/PEERS"
 gpus=$(nvidia-smi -L | wc -l)
+max_bytes=${MAX_BYTES:-8G}  # a shorter rehearsal: MAX_BYTES=1G
 nvidia-smi topo -m > "$OUT/nvidia-smi-topo.txt" 2>&1
 
 # the NCCL torch loads: its wheel's headers and library, with the unversioned name the linker wants
@@ -41,20 +42,22 @@ python3 -c "import torch; print('torch', torch.__version__, 'NCCL', torch.cuda.n
 cuda_home=$(dirname "$(dirname "$(command -v nvcc)")")
 
 start=$(date +%s)
-make -C "$peers/nccl-tests" -j 16 MPI=0 CUDA_HOME="$cuda_home" NCCL_HOME="$home" \
-  NVCC_GENCODE="-gencode=arch=compute_90,code=sm_90" src.build > /tmp/nccl-tests-build.log 2>&1 \
+# all_reduce_perf alone: the one binary compared (the other ten would double the build)
+build=$peers/nccl-tests/build
+make -C "$peers/nccl-tests/src" -j 16 MPI=0 CUDA_HOME="$cuda_home" NCCL_HOME="$home" BUILDDIR="$build" \
+  NVCC_GENCODE="-gencode=arch=compute_90,code=sm_90" "$build/all_reduce_perf" > /tmp/nccl-tests-build.log 2>&1 \
   || { tail -20 /tmp/nccl-tests-build.log; exit 3; }
 sample=$peers/cuda-samples/Samples/5_Domain_Specific/p2pBandwidthLatencyTest
 nvcc -O3 -arch=sm_90 -I "$peers/cuda-samples/Common" -o "$sample/p2p" "$sample/p2pBandwidthLatencyTest.cu" \
   > /tmp/sample-build.log 2>&1 || { tail -20 /tmp/sample-build.log; exit 3; }
-echo "built in $(( $(date +%s) - start )) s"; ldd "$peers/nccl-tests/build/all_reduce_perf" | grep nccl
+echo "built in $(( $(date +%s) - start )) s"; ldd "$build/all_reduce_perf" | grep nccl
 
 start=$(date +%s)
-"$peers/nccl-tests/build/all_reduce_perf" -b 8 -e 8G -f 2 -g "$gpus" -n 20 -w 5 -c 1 \
+"$build/all_reduce_perf" -b 8 -e "$max_bytes" -f 2 -g "$gpus" -n 20 -w 5 -c 1 \
   -J "$OUT/nccl-tests-all_reduce.json" > "$OUT/nccl-tests-all_reduce.txt" 2>&1
 echo "all_reduce_perf -g $gpus: exit $? in $(( $(date +%s) - start )) s"; tail -4 "$OUT/nccl-tests-all_reduce.txt"
 start=$(date +%s)
-python3 -m gpucert.cli bench nccl --ops all_reduce --min-bytes 8 --max-bytes 8G --iters 20 --warmup 5 \
+python3 -m gpucert.cli bench nccl --ops all_reduce --min-bytes 8 --max-bytes "$max_bytes" --iters 20 --warmup 5 \
   --json > "$OUT/gpucert-nccl.json" 2> /tmp/gpucert-nccl.log
 echo "gpucert bench nccl: exit $? in $(( $(date +%s) - start )) s"; tail -2 /tmp/gpucert-nccl.log
 "$sample/p2p" > "$OUT/p2p-sample.txt" 2>&1; echo "p2pBandwidthLatencyTest: exit $?"
