@@ -95,7 +95,12 @@ def p2p_table(sample: dict[str, list[list[float]]], ours: dict | None) -> list[s
 
 
 def load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON file's content; None where there is none (a gpucert sweep that stopped with one line
+    on a node of one GPU leaves its file empty)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main(folder: Path) -> int:
