@@ -7,7 +7,7 @@
 # kv | precision (the real model staged first: stage-model.sh) | slo | all (default). K: a pytest
 # -k expression in place of the part's own (e.g. 'api1-c256 or api4-c256': two points, 4.5 min in
 # session 13). `make study` as the README gives it, with this folder's plan; the report comes
-# back as study-PART.tgz.
+# back as study-PART.tgz. PLAN=FILE runs another plan (issue 19's, for two GPUs).
 set -uo pipefail
 source docs/evidence/device-env.sh
 part=${1:-all}
@@ -24,7 +24,7 @@ esac
 report=reports/study-$part; rm -rf "$report"
 log=/tmp/study-$part.log
 start=$(date +%s)
-make study PYTHON=python3 ARGS="--studies-file=$here/h200-studies.yaml --report-dir=$report --baselines-dir=/tmp/gpucert-study-baselines ${select:+$select}" > "$log" 2>&1
+make study PYTHON=python3 ARGS="--studies-file=${PLAN:-$here/h200-studies.yaml} --report-dir=$report --baselines-dir=/tmp/gpucert-study-baselines ${select:+$select}" > "$log" 2>&1
 rc=$?
 echo "study $part: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$log"
 grep -E "^gpucert|passed|failed" "$log" | tail -5
