@@ -6,7 +6,7 @@ GPUs in one session, from the files run-peers.sh leaves in DIR:
   p2p-sample.txt               cuda-samples' p2pBandwidthLatencyTest, its stdout
   gpucert-p2p.json             gpucert bench p2p --json
 
-    python3 compare_peers.py DIR
+    python3 compare_peers.py DIR     (gpucert importable: run-peers.sh installs it)
 
 Prints markdown tables (what is missing is named, not guessed) and exits 1 when gpucert's
 all_reduce bus bandwidth falls below 97 % of nccl-tests' at any size of 256 MiB or more, the
@@ -16,17 +16,12 @@ import json
 import sys
 from pathlib import Path
 
+from gpucert.physics.p2p_matrix import KINDS
+
 BAR = 0.97
 BAR_FROM_BYTES = 256 << 20
-# the sample's matrix titles (without --p2p_read), as gpucert's p2p_matrix.KINDS names them
-P2P_TITLES = {
-    "oneway_gbps_p2p_off": "Unidirectional P2P=Disabled Bandwidth Matrix (GB/s)",
-    "oneway_gbps": "Unidirectional P2P=Enabled Bandwidth (P2P Writes) Matrix (GB/s)",
-    "bothway_gbps_p2p_off": "Bidirectional P2P=Disabled Bandwidth Matrix (GB/s)",
-    "bothway_gbps": "Bidirectional P2P=Enabled Bandwidth Matrix (GB/s)",
-    "latency_us_p2p_off": "P2P=Disabled Latency Matrix (us)",
-    "latency_us": "P2P=Enabled Latency (P2P Writes) Matrix (us)",
-}
+# the sample's matrix titles (without --p2p_read), under gpucert's keys for them
+P2P_TITLES = {kind.key: kind.title for kind in KINDS}
 
 
 def nccl_tests_rows(doc) -> dict[int, dict]:
