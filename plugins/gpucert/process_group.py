@@ -1,15 +1,17 @@
 """Ending what gpucert started. Every engine it starts runs in a session of its own
 (`start_new_session=True`): its process group is the child and all it started — vLLM's workers,
 an NCCL rank's helpers, Chromium's renderers. Ending the group, not the child, is what gives the
-GPUs back; one set of helpers for the server, the NCCL ranks, the offline worker and the self-tests'
-browser (tests/selftest/browser.py)."""
+GPUs back; one set of helpers for the server, the NCCL ranks, the offline and accuracy workers and
+the self-tests' browser (tests/selftest/browser.py)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+import threading
 import time
+from dataclasses import dataclass
 
 
 def signal_group(proc: subprocess.Popen, sig: int) -> bool:
@@ -67,3 +69,39 @@ def stop_groups(procs: list[subprocess.Popen], grace_s: float) -> str:
             sent = "SIGKILL"
             wait_group(proc, grace_s)
     return sent
+
+
+@dataclass
+class WorkerRun:
+    stdout: str  # all the worker wrote, also when it was killed (what it measured so far)
+    returncode: int
+    timed_out: bool
+
+
+def run_worker(argv: list[str], *, stderr, env: dict[str, str], timeout_s: float,
+               leftover_grace_s: float = 30.0) -> WorkerRun:
+    """Run a worker script (an engine's Python: offline, accuracy) in a session of its own and
+    return its stdout. The worker's exit is the end of the run: whatever it started and left
+    behind — an engine core process, which holds the stdout pipe and the GPU — is ended with its
+    group (SIGTERM, then SIGKILL after `leftover_grace_s`), so a leftover cannot keep the pipe
+    open until the timeout. Past `timeout_s` the whole group gets SIGKILL. An interrupt (Ctrl-C,
+    a time budget's SIGINT) kills the group and goes on."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env=env, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_group(proc)
+    except BaseException:
+        kill_group(proc)
+        raise
+    stop_groups([proc], leftover_grace_s)
+    # EOF comes once the group is gone; a process that left the group could still hold the
+    # pipe: keep what came by then rather than wait for it
+    reader.join(timeout=10.0)
+    return WorkerRun("".join(lines), proc.returncode, timed_out)

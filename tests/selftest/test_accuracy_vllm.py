@@ -102,10 +102,21 @@ def _position(prev, tok):
     # vllm.logprobs.append_logprobs_for_next_position: the prompt token first, then the top-k
     return {{t: Logprob(logprob=lp, rank=r, decoded_token=None)
             for t, lp, r in zip([tok, best], [lps[tok], lps[best]], [rank, 1])}}
+class _EngineCore:
+    def shutdown(self):
+        if os.environ.get("STAND_IN_SHUTDOWN"):
+            open(os.environ["STAND_IN_SHUTDOWN"], "w").write("shut down")
 class LLM:
     def __init__(self, **kwargs):
         if os.environ.get("STAND_IN_KWARGS"):
             json.dump(kwargs, open(os.environ["STAND_IN_KWARGS"], "w"))
+        if os.environ.get("STAND_IN_ABORT_AT_EXIT"):  # vLLM 0.26 on an H100: a C++ thread's teardown
+            import atexit; atexit.register(os.abort)
+        if os.environ.get("STAND_IN_ENGINE_PID"):  # an engine core process its shutdown does not end
+            import subprocess
+            core = subprocess.Popen(["sleep", "300"])
+            open(os.environ["STAND_IN_ENGINE_PID"], "w").write(str(core.pid))
+        self.llm_engine = types.SimpleNamespace(engine_core=_EngineCore())
         print("INFO 12-15 10:00:00 [llm.py:1] stand-in engine up", flush=True)
     def generate(self, prompts, params, use_tqdm=False):
         assert params.max_tokens == 1 and params.prompt_logprobs == 1 and params.temperature == 0.0
@@ -184,6 +195,31 @@ def test_the_worker_round_trip_gives_the_scores_and_passes_the_precision(engine_
     # the same scores compare with themselves: no change, every top-1 agrees
     same = compare(result, result, "itself")
     assert same.delta_nll == 0.0 and same.greedy_agreement_pct == 100.0 and same.tokens == 6 + 5 + 1
+
+
+@pytest.mark.fault("accuracy", "vLLM aborts in the interpreter's teardown after every document is scored",
+                   "the worker shuts the engine down and leaves without teardown: the scores stand")
+def test_an_abort_in_the_interpreters_teardown_does_not_void_the_scores(engine_python, tmp_path):
+    shutdown = tmp_path / "shutdown"
+    result = score_with_vllm("/m", DOCS, dtype="float16", workdir=tmp_path / "w", python=engine_python,
+                             env={"STAND_IN_ABORT_AT_EXIT": "1", "STAND_IN_SHUTDOWN": str(shutdown)})
+    assert [d.id for d in result.documents] == ["a", "b", "c"]
+    assert shutdown.read_text() == "shut down"  # the engine core was told to end before the exit
+
+
+@pytest.mark.fault("accuracy", "the worker's engine core process outlives it",
+                   "the parent ends the worker's process group: nothing keeps holding the GPU")
+def test_an_engine_process_left_behind_is_ended(engine_python, tmp_path):
+    pid_file = tmp_path / "engine.pid"
+    score_with_vllm("/m", DOCS, dtype="float16", workdir=tmp_path / "w", python=engine_python,
+                    env={"STAND_IN_ENGINE_PID": str(pid_file)})
+    pid = int(pid_file.read_text())
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        state = "gone"
+    assert state in ("gone", "Z"), f"the engine process {pid} is still running ({state})"
 
 
 @pytest.mark.parametrize("env,message", [

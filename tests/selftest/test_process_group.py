@@ -52,3 +52,43 @@ def test_kill_group_ends_the_group_at_once():
     process_group.kill_group(proc)
     assert proc.returncode == -signal.SIGKILL and process_group.wait_group(proc, 5.0)
     assert process_group.signal_group(proc, signal.SIGTERM) is False  # nothing left to signal
+
+
+WORKER = textwrap.dedent('''
+    import subprocess, sys, time
+    # an engine core of its own that outlives it, holding the same stdout pipe (as vLLM's would)
+    core = subprocess.Popen(["sleep", "300"], stdout=sys.stdout)
+    print("core", core.pid, flush=True)
+    print("scored", flush=True)
+    if sys.argv[1] == "hang":
+        time.sleep(300)
+''')
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.fault("process", "a worker exits and leaves a process holding its stdout pipe",
+                   "run_worker returns at the worker's exit with all it wrote; the leftover is ended")
+def test_run_worker_ends_at_the_workers_exit_and_ends_what_it_left(tmp_path):
+    with open(tmp_path / "err", "w") as err:
+        run = process_group.run_worker([sys.executable, "-c", WORKER, "exit"], stderr=err, env={}, timeout_s=60,
+                                       leftover_grace_s=5)
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0 and not run.timed_out and lines[1] == "scored"
+    assert not running(int(lines[0].split()[1]))
+
+
+@pytest.mark.fault("process", "a worker hangs past its timeout",
+                   "its group is killed; what it wrote before comes back, marked timed out")
+def test_run_worker_past_its_timeout_keeps_what_was_written(tmp_path):
+    with open(tmp_path / "err", "w") as err:
+        run = process_group.run_worker([sys.executable, "-c", WORKER, "hang"], stderr=err, env={}, timeout_s=2)
+    lines = run.stdout.splitlines()
+    assert run.timed_out and run.returncode == -signal.SIGKILL and lines[1] == "scored"
+    assert not running(int(lines[0].split()[1]))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -71,18 +69,12 @@ def score_with_vllm(model: str | Path, documents: Sequence[TokenDocument], *, dt
     }))
     log_path = workdir / f"accuracy-{name}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([python or sys.executable, str(WORKER), str(config_path)], stdout=subprocess.PIPE,
-                                stderr=log, text=True, env={**os.environ, **(env or {})}, start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process_group.signal_group(proc, signal.SIGKILL)
-            proc.communicate()
-            raise VllmScoringError(f"vLLM accuracy scoring ({name}) exceeded {timeout_s:g} s and was killed; "
-                                   f"log: {log_path}") from None
-        except BaseException:
-            process_group.kill_group(proc)  # it would go on holding the GPUs
-            raise
+        run = process_group.run_worker([python or sys.executable, str(WORKER), str(config_path)], stderr=log,
+                                       env={**os.environ, **(env or {})}, timeout_s=timeout_s)
+    if run.timed_out:
+        raise VllmScoringError(f"vLLM accuracy scoring ({name}) exceeded {timeout_s:g} s and was killed; "
+                               f"log: {log_path}")
+    out = run.stdout
     scored, done, engine_lines = {}, None, []
     for line in out.splitlines():
         try:
@@ -101,8 +93,8 @@ def score_with_vllm(model: str | Path, documents: Sequence[TokenDocument], *, dt
     if engine_lines:
         with open(log_path, "a") as log:
             log.write("\n--- engine stdout ---\n" + "\n".join(engine_lines) + "\n")
-    if proc.returncode != 0 or done is None:
-        raise VllmScoringError(f"vLLM accuracy worker ({name}) exited with status {proc.returncode} after "
+    if run.returncode != 0 or done is None:
+        raise VllmScoringError(f"vLLM accuracy worker ({name}) exited with status {run.returncode} after "
                                f"{len(scored)} of {len(documents)} documents: {' | '.join(tail)} (log: {log_path})")
     missing = [d.id for d in documents if d.id not in scored]
     if missing:

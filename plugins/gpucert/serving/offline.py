@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,19 +77,13 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
     result = OfflineResult(log_path=workdir / "offline.log")
     python = engine.engine_python or sys.executable
     with open(result.log_path, "w") as log:
-        proc = subprocess.Popen([python, str(WORKER), str(config_path)], stdout=subprocess.PIPE, stderr=log,
-                                text=True, env={**os.environ, **engine.env}, start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process_group.signal_group(proc, signal.SIGKILL)
-            out, _ = proc.communicate()
-            result.error = f"offline run exceeded {timeout_s:g} s and was killed"
-        except BaseException:
-            # Ctrl-C, a budget's SIGINT, SIGTERM taken as Ctrl-C: the worker runs in a session of
-            # its own (its vLLM workers with it) and would go on holding the GPUs — stop it first
-            process_group.kill_group(proc)
-            raise
+        # Ctrl-C, a budget's SIGINT, SIGTERM taken as Ctrl-C: run_worker kills the worker's session
+        # (its vLLM workers with it), which would go on holding the GPUs, and re-raises
+        run = process_group.run_worker([python, str(WORKER), str(config_path)], stderr=log,
+                                       env={**os.environ, **engine.env}, timeout_s=timeout_s)
+    out = run.stdout
+    if run.timed_out:
+        result.error = f"offline run exceeded {timeout_s:g} s and was killed"
     engine_lines = []
     for line in out.splitlines():
         try:
@@ -105,9 +97,9 @@ def run_offline(engine: EngineConfig, levels: list[int], prompts: Callable[..., 
             result.levels.setdefault(int(record["level"]), []).append(record)
         else:
             engine_lines.append(line)
-    if result.error is None and proc.returncode != 0:
+    if result.error is None and run.returncode != 0:
         tail = result.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-        result.error = f"offline worker exited with status {proc.returncode}: {' | '.join(tail)}"
+        result.error = f"offline worker exited with status {run.returncode}: {' | '.join(tail)}"
     if engine_lines:  # after stderr's (progress bars, the traceback quoted above): one log, all of it
         with open(result.log_path, "a") as log:
             log.write("\n--- engine stdout ---\n" + "\n".join(engine_lines) + "\n")
