@@ -18,7 +18,8 @@ from gpucert.serving.datasets import Prompt
 from gpucert.serving.emulator import EmulatorConfig, Scheduler
 from gpucert.serving.loadgen import LoadConfig, arrival_offsets, run_load
 from gpucert.studies.capacity_search import (FAILS, HOLDS, clopper_pearson, default_probe_requests,
-                                             min_probe_requests, search_capacity, slo_counts, verdict_level)
+                                             min_probe_requests, requests_for_probe, search_capacity, slo_counts,
+                                             verdict_level)
 
 from .emulators import emulator_process
 
@@ -43,6 +44,17 @@ def test_the_smallest_probe_that_can_decide():
     with pytest.raises(ValueError) as err:
         search_capacity(lambda x: (1, 1), kind="rate", probe_requests=400, start=1, low=0.1, high=10)
     assert "\n" not in str(err.value) and "at least 546 are needed" in str(err.value)
+
+
+def test_a_probe_is_as_large_as_its_load_needs():
+    """Session 22 on the H100: 1,056-request probes at 1,117-2,048 streams each ran 1,056 at once
+    (alike: 1,024 met, the scheduler's max_num_seqs), and a 181 req/s probe lasted 5.8 s against
+    ~4 s a request. A probe is the statistics' minimum or its load's own size, whichever is more."""
+    assert requests_for_probe("concurrency", 2048, 1092, per_stream=4) == 8192
+    assert requests_for_probe("concurrency", 64, 1092, per_stream=4) == 1092
+    assert requests_for_probe("rate", 181.02, 1092, per_stream=4) == 5431  # 30 s of arrivals
+    assert requests_for_probe("rate", 181.02, 1092, per_stream=4, min_seconds=0) == 1092
+    assert requests_for_probe("rate", 8, 1092, per_stream=4) == 1092
 
 
 # -- the search's moves (noise-free curves) ------------------------------------------------------

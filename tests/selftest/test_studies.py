@@ -272,6 +272,8 @@ def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     capacity = next(m for m in check["metrics"] if m["metric"] == "slo_capacity_concurrency")
     probes = [(p["x"], p["attainment"], p["verdict"]) for p in check["findings"]["probe"]]
     assert capacity["value"] == 4, probes
+    # a probe at x streams sends 4 a stream (the serving checks' rule), never fewer than x
+    assert all(p["total"] >= max(200, 4 * p["x"]) for p in check["findings"]["probe"]), check["findings"]["probe"]
     assert capacity["ci"] is None or capacity["ci"][0] <= 4 <= capacity["ci"][1], capacity
     assert "Clopper-Pearson" in capacity["note"] and "TTFT ≤ 40 ms" in capacity["note"]
     assert "Study: capacity under SLO" in (tmp_path / "r" / "report.html").read_text()

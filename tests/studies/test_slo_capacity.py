@@ -1,8 +1,9 @@
 """Capacity under SLO: the highest Poisson request rate and the highest concurrency at which the
 serving load's SLOs (load.slo) hold for ≥ target_pct of requests — a goodput search
-(gpucert.studies.capacity_search) whose interval says how sure the answer is. Each probe sends
-probe_requests requests; a probe that kills the engine is a probe that failed, and the engine
-restarts for the next."""
+(gpucert.studies.capacity_search) whose interval says how sure the answer is. Each probe sends at
+least probe_requests requests, more where its load needs them (requests_for_probe: 4 a stream,
+30 s of arrivals); a probe that kills the engine is a probe that failed, and the engine restarts
+for the next."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
         if state["target"].crashed():
             state["target"] = study_target(slo.engine, point, load)
         target = state["target"]
+        n = capacity_search.requests_for_probe(capacity_kind, x, requests, per_stream=load.requests_per_level,
+                                               min_seconds=slo.probe_seconds)
         if capacity_kind == "rate":
-            records = run_level(target, None, requests, rate=float(x))
+            records = run_level(target, None, n, rate=float(x))
         else:
-            records = run_level(target, int(x), requests)
+            records = run_level(target, int(x), n)
         met, total = capacity_search.slo_counts(records.measured, load.slo)
         gpucert.finding("measured", x=x, met=met, total=total)  # kept if the search stops half-way
         return met, total
@@ -62,4 +65,5 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
                    ci_method=("search interval [surely holds, surely fails), Clopper-Pearson simultaneous over "
                               f"{len(result.probes)} probes, {100 * result.confidence:g}%") if closed else
                    "none: the search left an end of its interval open",
-                   note=f"{result.label}; SLOs {slos}; {requests:,} requests a probe; {result.stopped}"[:600])
+                   note=f"{result.label}; SLOs {slos}; ≥ {requests:,} requests a probe ({load.requests_per_level} a stream, "
+                        f"{slo.probe_seconds:g} s of arrivals); {result.stopped}"[:600])

@@ -87,7 +87,25 @@ DEFAULT_MAX_PROBES = 12
 # 99.9 % then holds 58 % of the time); at twice it, up to 2 misses in 1,092 (90 %)
 DEFAULT_PROBE_FACTOR = 2
 
+# a rate probe lasts at least this long: its first request latency or so is the ramp to the
+# steady state it is meant to measure (at 181 req/s on the H100, 1,056 requests arrived in 5.8 s
+# while each took ~4 s; session 22)
+DEFAULT_PROBE_SECONDS = 30.0
+
 HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
+
+
+def requests_for_probe(kind: Kind, x: float, statistics_need: int, *, per_stream: int,
+                       min_seconds: float = DEFAULT_PROBE_SECONDS) -> int:
+    """Requests of one probe at `x`: at least `statistics_need` (what its verdict needs) and enough
+    to be the load it names. At concurrency x, `per_stream` × x (the serving checks' rule): x
+    streams stay in flight for most of the run, instead of one wave that drains — a probe of fewer
+    requests than x streams never has x in flight (session 22's 1,056-request probes at 1,117 to
+    2,048 streams all ran 1,056 at once and came out alike). At a rate x, x × `min_seconds` of
+    arrivals."""
+    if kind == "concurrency":
+        return max(statistics_need, per_stream * math.ceil(x))
+    return max(statistics_need, math.ceil(x * min_seconds))
 
 
 @lru_cache(maxsize=65536)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from gpucert.serving.vllm_config import EngineConfig, field_names
+from gpucert.studies.capacity_search import DEFAULT_PROBE_SECONDS
 
 
 class PlanError(ValueError):
@@ -134,6 +135,7 @@ class SloCapacityPlan:
     kinds: tuple[str, ...]
     target: float  # a share, 0.99
     probe_requests: int  # 0: the search's default
+    probe_seconds: float  # a rate probe's arrivals last at least this long
     start: dict[str, float]
     bounds: dict[str, tuple[float, float]]
     max_probes: int
@@ -272,6 +274,7 @@ def _slo_capacity(raw: dict) -> SloCapacityPlan:
         engine=engine_overrides(f"{where}.engine", raw.get("engine")), kinds=tuple(kinds),
         target=plan_number(f"{where}.target_pct", raw.get("target_pct", 99), 50, 99.99) / 100,
         probe_requests=plan_number(f"{where}.probe_requests", raw.get("probe_requests", 0), 0, integer=True),
+        probe_seconds=plan_number(f"{where}.probe_seconds", raw.get("probe_seconds", DEFAULT_PROBE_SECONDS), 0, 3600),
         start=starts, bounds=ranges, max_probes=plan_number(f"{where}.max_probes", raw.get("max_probes", 12), 2, integer=True),
         resolution=plan_number(f"{where}.resolution", raw.get("resolution", 0.10), 0.001, 1))
 
