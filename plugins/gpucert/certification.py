@@ -53,8 +53,9 @@ def _main_reasons(reasons: list[str]) -> str:
 
 
 def decide(data: dict[str, Any]) -> dict[str, Any]:
-    """{certified, line, regressions, incomplete, not_run, not_applicable, warnings}: `line` is the
-    verdict as the terminal's last line and the card's heading show it."""
+    """{certified, line, badge, regressions, incomplete, not_run, not_applicable, warnings}: `line`
+    is the verdict as the terminal's last line and the card's heading show it, `badge` its first
+    words ("certified", "study failed")."""
     checks = data.get("checks") or []
     node = data.get("profile") or "this node"
     failed = [c for c in checks if c.get("verdict") == "fail"]
@@ -100,7 +101,9 @@ def decide(data: dict[str, Any]) -> dict[str, Any]:
         line = f"{passed} {node} — {ran} checks, 0 regressions" + "".join(f", {e}" for e in extras if e)
     else:
         line = f"{failed_word} {node} — " + "; ".join(problems)
-    return {"certified": certified, "line": line, "regressions": len(named), "failed": len(broken),
+    # the card's badge says the same words: a study's card is not a certificate either
+    return {"certified": certified, "line": line, "badge": (passed if certified else failed_word).lower(),
+            "regressions": len(named), "failed": len(broken),
             "incomplete": len(incomplete),
             "not_run": len(not_run), "not_applicable": len(moot), "warnings": warned}
 

@@ -114,9 +114,11 @@ def test_a_run_of_studies_alone_does_not_claim_a_certification():
     study = [{"check_id": "batching[p-c1]", "verdict": "pass", "outcome": "passed", "markers": ["study"], "metrics": []}]
     decided = certification.decide({"status": "complete", "profile": "p", "checks": study})
     assert decided["line"] == "STUDY PASSED p — 1 checks, 0 regressions"
+    assert decided["badge"] == "study passed"  # the card's badge: not "certified" (it was, until session 22)
     broken = [{**study[0], "verdict": "fail", "outcome": "failed", "metrics": [{"metric": "output_tok_s", "verdict": "fail"}]}]
-    assert certification.decide({"status": "complete", "profile": "p", "checks": broken})["line"] == \
-        "STUDY FAILED p — 1 regression(s): batching[p-c1]::output_tok_s"
+    decided = certification.decide({"status": "complete", "profile": "p", "checks": broken})
+    assert decided["line"] == "STUDY FAILED p — 1 regression(s): batching[p-c1]::output_tok_s"
+    assert decided["badge"] == "study failed"
     mixed = study + [{"check_id": "stack", "verdict": "pass", "outcome": "passed", "markers": ["hardware"], "metrics": []}]
     assert certification.decide({"status": "complete", "profile": "p", "checks": mixed})["line"].startswith("CERTIFIED p")
 

@@ -276,7 +276,9 @@ def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     assert all(p["total"] >= max(200, 4 * p["x"]) for p in check["findings"]["probe"]), check["findings"]["probe"]
     assert capacity["ci"] is None or capacity["ci"][0] <= 4 <= capacity["ci"][1], capacity
     assert "Clopper-Pearson" in capacity["note"] and "TTFT ≤ 40 ms" in capacity["note"]
-    assert "Study: capacity under SLO" in (tmp_path / "r" / "report.html").read_text()
+    card = (tmp_path / "r" / "report.html").read_text()
+    assert "Study: capacity under SLO" in card
+    assert '<span class="verdict big v-pass">study passed</span>' in card  # a study certifies nothing
 
 
 @pytest.mark.slow("study runs against the emulator")
