@@ -148,6 +148,34 @@ def test_the_tuned_configuration_from_the_batching_study_with_its_gain(tmp_path)
     assert "Study: the tuned configuration" in html and "--api-server-count 2" in html
 
 
+@pytest.mark.slow("study runs against the emulator")
+@pytest.mark.parametrize("candidates,engines", [
+    ([{"api_server_count": 3}, {"api_server_count": 2}], ["3", "2", "1", "3", "1", "3"]),
+    ([{"api_server_count": 2}], ["1", "2", "1", "2"]),
+], ids=["two-measured", "one-taken"])
+def test_the_tuned_study_alone_chooses_from_the_plans_candidates(tmp_path, candidates, engines):
+    """With no batching study in the session (`run-studies.sh tuned`): two candidates are measured
+    once each and the better one (3 API servers: tokens 40/3 ms apart) is tuned; a lone candidate
+    is taken without a start spent on measuring it."""
+    seen = tmp_path / "engines.txt"
+    stand_in = ("import sys\n"
+                f"open({str(seen)!r}, 'a').write(sys.argv[2] + '\\n')\n"
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=2, itl_ms=40 / int(sys.argv[2])), port=int(sys.argv[1]))\n")
+    plan = {"tuned": {"concurrency": 2, "starts": 2, "offline": False, "candidates": candidates}}
+    run, metrics = pytest_study(tmp_path, plan, [sys.executable, "-c", stand_in, "{port}", "{api_server_count:1}"],
+                                "--load-opt", "input_len=4", "--load-opt", "output_len=16",
+                                "--load-opt", "min_requests=8", "--load-opt", "warmup=0",
+                                "--load-opt", 'slo={"ttft_ms": 60000}')
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert seen.read_text().split() == engines
+    story = next(c for c in metrics["checks"] if c["check"] == "tuned")["findings"]["tuned"][0]
+    if len(candidates) == 2:
+        assert story["point"] == "api3" and story["chosen"].startswith("the plan's candidates, measured once each")
+    else:
+        assert story["point"] == "api2" and story["chosen"].startswith("the plan's one candidate")
+
+
 # The KV-capacity self-tests' emulator timing. The emulator schedules on its own arrival times (a
 # request arrives when its handler starts), so which requests of a wave share the cache depends on
 # how fast the box lets it take a wave in. A request of 8 in / 24 out is admitted on 1 block, takes

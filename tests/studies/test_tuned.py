@@ -40,10 +40,14 @@ def _measure(target, level: int) -> dict:
 
 def _choose(plan, results: list[dict], measure_candidate) -> tuple[Point | None, str]:
     """The best point under the SLOs at the tuned level: from the batching study's results in this
-    session, else measured here from the plan's candidates. (point, how it was chosen)"""
+    session, else measured here from the plan's candidates (a lone candidate is taken as it is).
+    (point, how it was chosen)"""
     level = plan.tuned.concurrency
     rows = [r for r in results if r["concurrency"] == level and r.get("output_tok_s") is not None]
     source = "this session's batching study"
+    if not rows and len(plan.tuned.points) == 1:  # nothing to choose between: no start spent on it
+        point = plan.tuned.points[0]
+        return point, f"the plan's one candidate (not measured against others), judged at concurrency {level:,}"
     if not rows:
         rows = [measure_candidate(point) for point in plan.tuned.points]
         rows = [r for r in rows if r.get("output_tok_s") is not None]

@@ -216,7 +216,7 @@ def _tuned(raw: dict) -> TunedPlan:
         raise PlanError(f"{where}.offline: expected true or false, got {offline!r}")
     return TunedPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")), points=points,
                      concurrency=plan_number(f"{where}.concurrency", raw.get("concurrency", 1024), 1, integer=True),
-                     starts=plan_number(f"{where}.starts", raw.get("starts", 2), 2, integer=True), offline=offline,
+                     starts=plan_number(f"{where}.starts", raw.get("starts", 3), 2, integer=True), offline=offline,
                      offline_prompts=plan_number(f"{where}.offline_prompts", raw.get("offline_prompts", 1024), 1,
                                              integer=True))
 
