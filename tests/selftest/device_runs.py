@@ -15,6 +15,9 @@ SERVING_CHECK = EVIDENCE / "issue-4-inference/session5/serving-check/metrics.jso
 # 2× H100, session 6: a full `make certify` (every check family, physics against datasheet peaks)
 CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.gz"
 
+# the lent H100 (session 22): `make study`'s batching and tuned studies, kept without per-request samples
+STUDY_BATCHING = EVIDENCE / "issue-15-studies/session22-h100/batching-tuned/metrics.json.gz"
+
 
 def load(path: Path) -> dict:
     """A run's metrics.json, as the card and the exporters take it."""

@@ -8,8 +8,10 @@ import json
 import pytest
 
 from gpucert import certification
+from gpucert.report import card
 from gpucert.progress import duration_text
 
+from . import device_runs
 from .test_plugin import TOY  # two sizes of a toy GEMM check, its value from value.txt
 
 PAIR = '''
@@ -151,3 +153,13 @@ def test_a_serving_table_of_skipped_levels_is_left_out():
     assert card.serving_view({"checks": skipped}) is None
     ran = [{**skipped[0], "outcome": "passed", "verdict": "new", "metrics": [{"metric": "output_tok_s", "value": 400.0}]}] + skipped[1:]
     assert card.serving_view({"checks": ran}) is not None
+
+
+def test_a_study_card_from_before_the_badge_says_its_own_words():
+    """The H100's batching study (session 22) stored its certification without `badge`, and its
+    card's badge read "certified" over the STUDY PASSED line; rendered again it says so."""
+    data = device_runs.load(device_runs.STUDY_BATCHING)
+    assert "badge" not in data["certification"] and data["certification"]["line"].startswith("STUDY PASSED")
+    html = card.render(data)
+    assert '<span class="verdict big v-pass">study passed</span>' in html
+    assert ">certified</span>" not in html

@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__, redaction
-from ..certification import NOT_APPLICABLE
+from ..certification import NOT_APPLICABLE, decide
 from ..judge import interval_text
 from ..progress import duration_text
 from ..metrics import metric_check_id
@@ -227,6 +227,9 @@ def regressions_of(data: dict[str, Any]) -> list[tuple[dict, dict]]:
 
 
 def render(data: dict[str, Any]) -> str:
+    cert = data.get("certification")
+    if cert and "badge" not in cert:  # a metrics.json from before the badge was kept: its words again
+        data = {**data, "certification": {**cert, "badge": decide(data)["badge"]}}
     regressions = regressions_of(data)
     failed_without_metric = [c for c in data["checks"] if c["outcome"] in ("failed", "error", "interrupted", "pending")
                              and not any(m.get("verdict") == "fail" for m in c["metrics"])]
