@@ -23,6 +23,8 @@ import pytest
 from gpucert.accuracy import TokenDocument, VllmScoringError, compare, score_with_vllm
 from gpucert.accuracy.vllm_worker import read_prompt_logprobs
 
+from .emulators import process_alive
+
 
 @dataclass
 class Logprob:
@@ -214,12 +216,7 @@ def test_an_engine_process_left_behind_is_ended(engine_python, tmp_path):
     score_with_vllm("/m", DOCS, dtype="float16", workdir=tmp_path / "w", python=engine_python,
                     env={"STAND_IN_ENGINE_PID": str(pid_file)})
     pid = int(pid_file.read_text())
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        state = "gone"
-    assert state in ("gone", "Z"), f"the engine process {pid} is still running ({state})"
+    assert not process_alive(pid), f"the engine process {pid} is still running"
 
 
 @pytest.mark.parametrize("env,message", [

@@ -10,6 +10,8 @@ import pytest
 
 from gpucert import process_group
 
+from .emulators import process_alive
+
 LEADER = textwrap.dedent('''
     import signal, subprocess, sys, time
     if sys.argv[1] == "stubborn":  # ignores SIGTERM, and so does its worker
@@ -65,14 +67,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.fault("process", "a worker exits and leaves a process holding its stdout pipe",
                    "run_worker returns at the worker's exit with all it wrote; the leftover is ended")
 def test_run_worker_ends_at_the_workers_exit_and_ends_what_it_left(tmp_path):
@@ -81,7 +75,7 @@ def test_run_worker_ends_at_the_workers_exit_and_ends_what_it_left(tmp_path):
                                        leftover_grace_s=5)
     lines = run.stdout.splitlines()
     assert run.returncode == 0 and not run.timed_out and lines[1] == "scored"
-    assert not running(int(lines[0].split()[1]))
+    assert not process_alive(int(lines[0].split()[1]))
 
 
 @pytest.mark.fault("process", "a worker hangs past its timeout",
@@ -91,4 +85,4 @@ def test_run_worker_past_its_timeout_keeps_what_was_written(tmp_path):
         run = process_group.run_worker([sys.executable, "-c", WORKER, "hang"], stderr=err, env={}, timeout_s=2)
     lines = run.stdout.splitlines()
     assert run.timed_out and run.returncode == -signal.SIGKILL and lines[1] == "scored"
-    assert not running(int(lines[0].split()[1]))
+    assert not process_alive(int(lines[0].split()[1]))
