@@ -17,6 +17,7 @@ from scipy import stats
 from gpucert.serving.datasets import Prompt
 from gpucert.serving.emulator import EmulatorConfig, Scheduler
 from gpucert.serving.loadgen import LoadConfig, arrival_offsets, run_load
+from gpucert.serving.settings import LoadSettings
 from gpucert.studies.capacity_search import (FAILS, HOLDS, clopper_pearson, default_probe_requests,
                                              min_probe_requests, requests_for_probe, search_capacity, slo_counts,
                                              verdict_level)
@@ -50,11 +51,12 @@ def test_a_probe_is_as_large_as_its_load_needs():
     """Session 22 on the H100: 1,056-request probes at 1,117-2,048 streams each ran 1,056 at once
     (alike: 1,024 met, the scheduler's max_num_seqs), and a 181 req/s probe lasted 5.8 s against
     ~4 s a request. A probe is the statistics' minimum or its load's own size, whichever is more."""
-    assert requests_for_probe("concurrency", 2048, 1092, per_stream=4) == 8192
-    assert requests_for_probe("concurrency", 64, 1092, per_stream=4) == 1092
-    assert requests_for_probe("rate", 181.02, 1092, per_stream=4) == 5431  # 30 s of arrivals
-    assert requests_for_probe("rate", 181.02, 1092, per_stream=4, min_seconds=0) == 1092
-    assert requests_for_probe("rate", 8, 1092, per_stream=4) == 1092
+    requests_at = LoadSettings().requests_at  # the serving checks' rule: 4 a stream
+    assert requests_for_probe("concurrency", 2048, 1092, requests_at=requests_at) == 8192
+    assert requests_for_probe("concurrency", 64, 1092, requests_at=requests_at) == 1092
+    assert requests_for_probe("rate", 181.02, 1092, requests_at=requests_at) == 5431  # 30 s of arrivals
+    assert requests_for_probe("rate", 181.02, 1092, requests_at=requests_at, min_seconds=0) == 1092
+    assert requests_for_probe("rate", 8, 1092, requests_at=requests_at) == 1092
 
 
 # -- the search's moves (noise-free curves) ------------------------------------------------------

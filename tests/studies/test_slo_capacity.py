@@ -31,7 +31,7 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
         if state["target"].crashed():
             state["target"] = study_target(slo.engine, point, load)
         target = state["target"]
-        n = capacity_search.requests_for_probe(capacity_kind, x, requests, per_stream=load.requests_per_level,
+        n = capacity_search.requests_for_probe(capacity_kind, x, requests, requests_at=load.requests_at,
                                                min_seconds=slo.probe_seconds)
         if capacity_kind == "rate":
             records = run_level(target, None, n, rate=float(x))

@@ -95,16 +95,16 @@ DEFAULT_PROBE_SECONDS = 30.0
 HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
 
 
-def requests_for_probe(kind: Kind, x: float, statistics_need: int, *, per_stream: int,
+def requests_for_probe(kind: Kind, x: float, statistics_need: int, *, requests_at: Callable[[int], int],
                        min_seconds: float = DEFAULT_PROBE_SECONDS) -> int:
     """Requests of one probe at `x`: at least `statistics_need` (what its verdict needs) and enough
-    to be the load it names. At concurrency x, `per_stream` × x (the serving checks' rule): x
-    streams stay in flight for most of the run, instead of one wave that drains — a probe of fewer
-    requests than x streams never has x in flight (session 22's 1,056-request probes at 1,117 to
-    2,048 streams all ran 1,056 at once and came out alike). At a rate x, x × `min_seconds` of
-    arrivals."""
+    to be the load it names. At concurrency x, `requests_at(x)` — the serving checks' own rule
+    (LoadSettings.requests_at: 4 a stream) — so x streams stay in flight for most of the run,
+    instead of one wave that drains: a probe of fewer requests than x streams never has x in flight
+    (session 22's 1,056-request probes at 1,117 to 2,048 streams all ran 1,056 at once and came out
+    alike). At a rate x, x × `min_seconds` of arrivals."""
     if kind == "concurrency":
-        return max(statistics_need, per_stream * math.ceil(x))
+        return max(statistics_need, requests_at(int(x)))
     return max(statistics_need, math.ceil(x * min_seconds))
 
 
