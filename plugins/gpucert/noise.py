@@ -378,13 +378,14 @@ def widest(*intervals: tuple[float, float] | None) -> tuple[float, float] | None
 
 
 # ---- a gain between two configurations measured in one session ----------------------------------
-def ratio_interval(before, after) -> tuple[float, float, float, str] | None:
+def ratio_interval(before, after, runs: str = "engine starts") -> tuple[float, float, float, str] | None:
     """The change from `before` to `after` (each one value per engine start, e.g. output tok/s) as
     (change %, low %, high %, label): the ratio of their geometric means with a Welch t 95 %
     interval on ln(value) — run-to-run noise is multiplicative, and the two configurations need
-    not share one spread. Welch's, not a pooled t: with 2–5 starts per arm and spreads 3× apart
-    the pooled interval covers 92 %, Welch's ≥ 94.6 % (test_intervals.py). None with fewer than
-    two positive values on either side."""
+    not share one spread. `runs` names what the values are, for the label ("repeats on one engine
+    start": that interval leaves the start-to-start noise out, and says so). Welch's, not a pooled
+    t: with 2–5 starts per arm and spreads 3× apart the pooled interval covers 92 %, Welch's
+    ≥ 94.6 % (test_intervals.py). None with fewer than two positive values on either side."""
     a, b = _finite(before), _finite(after)
     if a.size < 2 or b.size < 2 or (a <= 0).any() or (b <= 0).any():
         return None
@@ -397,7 +398,7 @@ def ratio_interval(before, after) -> tuple[float, float, float, str] | None:
     df = (va + vb) ** 2 / ((va ** 2 / (a.size - 1) if va else 0) + (vb ** 2 / (b.size - 1) if vb else 0))
     half = float(_sps().t.ppf(1 - _TAIL, df)) * se
     return (math.expm1(diff) * 100, math.expm1(diff - half) * 100, math.expm1(diff + half) * 100,
-            f"Welch t 95% on ln, {a.size} vs {b.size} engine starts")
+            f"Welch t 95% on ln, {a.size} vs {b.size} {runs}")
 
 
 # ---- a change between the medians of two sets of requests (the prefix cache's TTFT saving) ------

@@ -193,7 +193,13 @@ def test_the_worker_round_trip_gives_the_scores_and_passes_the_precision(engine_
     assert result.backend == "vllm" and result.dtype == "bfloat16" and result.text_set == "t-v1"
     assert result.settings["vllm"] == "0.26.0" and result.label == "vllm bfloat16 (kv_cache_dtype=fp8_e4m3, quantization=fp8)"
     # vLLM's stdout lines go to the log, after stderr
-    assert "stand-in engine up" in (tmp_path / "w" / "accuracy-bfloat16-fp8-fp8_e4m3.log").read_text()
+    assert "stand-in engine up" in (tmp_path / "w" / "accuracy-bfloat16-q-fp8-kv-fp8_e4m3.log").read_text()
+    # fp8 weights and an fp8 KV cache alone: two runs, each with its own config and log
+    for setting in ({"quantization": "fp8"}, {"kv_cache_dtype": "fp8"}):
+        score_with_vllm("/models/qwen", DOCS, dtype="bfloat16", workdir=tmp_path / "w", python=engine_python,
+                        env={"STAND_IN_KWARGS": str(kwargs_file)}, **setting)
+    assert {p.name for p in (tmp_path / "w").glob("accuracy-bfloat16-*")} == {
+        f"accuracy-bfloat16-{tag}.{ext}" for tag in ("q-fp8-kv-fp8_e4m3", "q-fp8", "kv-fp8") for ext in ("json", "log")}
     # the same scores compare with themselves: no change, every top-1 agrees
     same = compare(result, result, "itself")
     assert same.delta_nll == 0.0 and same.greedy_agreement_pct == 100.0 and same.tokens == 6 + 5 + 1

@@ -1,7 +1,9 @@
 """Precision: each variant of studies.yaml's `precision` (bf16, fp16, fp8 weights, an fp8 KV
 cache) served with the serving load (dummy weights: throughput), and on REAL weights its accuracy
 against the higher-precision reference — perplexity on the versioned text set and greedy-token
-agreement, each delta with its interval over documents (gpucert.accuracy; docs/METRICS.md)."""
+agreement, each delta with its interval over documents (gpucert.accuracy; docs/METRICS.md). Each
+variant's served throughput is also stated against the plan's first variant (the served reference),
+with a Welch interval over the level's repeats."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpucert import accuracy
+from gpucert.noise import ratio_interval
 
 from ..inference.engine_setup import engine_config, no_local_engine
 from ..inference.load import measure_level
@@ -18,11 +21,37 @@ from .conftest import study_load
 pytestmark = pytest.mark.study
 
 
-def test_precision(gpucert, plan, study_target, precision_point, concurrency, request):
-    load = study_load(request.config)
+@pytest.fixture(scope="session")
+def served_rates() -> dict[tuple[str, int], list[float]]:
+    """Each variant's output tok/s per repeat, by (variant, concurrency), as this session measured
+    them: a later variant states its change against the first."""
+    return {}
+
+
+def test_precision(gpucert, plan, study_target, precision_point, concurrency, request, served_rates):
+    load = study_load(request.config, repeats=plan.precision.repeats)
     point = plan.precision.point(precision_point)
     target = study_target(plan.precision.engine, point, load)
     measure_level(gpucert, target, concurrency)
+    rates = next((m.samples or [m.value] for m in gpucert.metrics if m.metric == "output_tok_s" and m.value), None)
+    if rates is None:
+        return
+    served_rates[(point.id, concurrency)] = rates
+    reference = plan.precision.points[0].id
+    if point.id == reference:
+        return
+    before = served_rates.get((reference, concurrency))
+    if before is None:
+        gpucert.finding("precision", notice=f"{reference} (the served reference) was not measured at concurrency "
+                                            f"{concurrency:,} this session: no throughput change stated")
+        return
+    change = ratio_interval(before, rates, runs="repeats (one engine start each: start-to-start noise not included)")
+    if change is None:
+        gpucert.finding("precision", notice=f"the change against {reference} needs ≥ 2 repeats a side "
+                                            f"(precision.repeats is {plan.precision.repeats})")
+        return
+    gpucert.record("output_tok_s_delta_pct", change[0], unit="%", direction="higher", ci=(change[1], change[2]),
+                   ci_method=change[3], note=f"output tok/s against {reference} at concurrency {concurrency:,}")
 
 
 @pytest.fixture(scope="session")

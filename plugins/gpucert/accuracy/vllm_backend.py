@@ -60,7 +60,10 @@ def score_with_vllm(model: str | Path, documents: Sequence[TokenDocument], *, dt
     check_documents(documents)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    name = name or "-".join(str(p) for p in (dtype, quantization, kv_cache_dtype) if p)
+    # each setting named: fp8 weights and an fp8 KV cache at one dtype are two runs, two files
+    # (session 23: "bfloat16-fp8" for both, the second's config and log overwrote the first's)
+    name = name or "-".join([dtype] + [f"{tag}-{value}" for tag, value in (("q", quantization),
+                                                                         ("kv", kv_cache_dtype)) if value])
     kwargs = engine_kwargs(str(model), dtype, quantization, kv_cache_dtype, engine)
     config_path = workdir / f"accuracy-{name}.json"
     config_path.write_text(json.dumps({

@@ -20,7 +20,7 @@ from .burnin_view import burnin_view
 from .fleet_view import fleet_view
 from .workloads_view import workloads_view
 from .forensics_view import forensics_view
-from .studies_view import batching_view, kv_capacity_view, slo_capacity_view, tuned_view
+from .studies_view import batching_view, kv_capacity_view, precision_view, slo_capacity_view, tuned_view
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(
@@ -237,7 +237,8 @@ def render(data: dict[str, Any]) -> str:
         run=data, regressions=regressions, failed_without_metric=failed_without_metric, version=__version__,
         serving=serving_view(data), monitored=monitor_view(data), trends=trend_view(data),
         physics=physics_view(data), skipped_groups=skipped_groups(data),
-        kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data), slo_capacity=slo_capacity_view(data),
+        kv_capacity=kv_capacity_view(data), batching=batching_view(data), tuned=tuned_view(data),
+        slo_capacity=slo_capacity_view(data), precision=precision_view(data),
         forensics=forensics_view(data), burnin=burnin_view(data), fleet=fleet_view(data),
         workloads=workloads_view(data),
     )

@@ -76,16 +76,18 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
     x_labels = x_ticks if x_ticks is not None else (
-        sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if t <= max(xs)])
+        sorted({x for x, _ in points}) if log2_x else [t for t in _ticks(min(xs), max(xs)) if min(xs) <= t <= max(xs)])
     for x in x_labels:
         out.append(f'<text x="{px(x):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle">{_label(x)}</text>')
     out.append(f'<text x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append(f'<text x="12" y="{TOP + plot_h / 2:.0f}" text-anchor="middle" '
                f'transform="rotate(-90 12 {TOP + plot_h / 2:.0f})">{html.escape(y_label)}</text>')
-    for x, label in marks or []:
+    # a mark's label left of its line, from the plot's foot upward: two marks at one x (a predicted
+    # onset that was measured exactly) stay legible, and none runs into the legend at the top right
+    for i, (x, label) in enumerate(marks or []):
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#8250df" '
-                   f'stroke-dasharray="4,3"/><text x="{px(x) + 3:.1f}" y="{TOP + 10}" fill="#8250df">'
-                   f'{html.escape(label)}</text>')
+                   f'stroke-dasharray="4,3"/><text x="{px(x) - 3:.1f}" y="{TOP + plot_h - 6 - 12 * i}" '
+                   f'text-anchor="end" fill="#8250df">{html.escape(label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         good = sorted((x, y) for x, y in pts if usable(x, y))
@@ -164,6 +166,55 @@ def scatter_chart(title: str, x_label: str, y_label: str, points: list[tuple[flo
         out.append(f'<circle cx="{px(best[0]):.1f}" cy="{py(best[1]):.1f}" r="8" fill="none" stroke="{COLORS[2]}" '
                    f'stroke-width="2"/><text x="{WIDTH - RIGHT - 4}" y="{TOP + 28}" text-anchor="end" '
                    f'fill="{COLORS[2]}">best under the SLOs</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def interval_chart(title: str, x_label: str, rows: list[tuple[str, float, float | None, float | None]],
+                   reference: float | None = 0.0) -> str:
+    """One row per label: its value as a dot and its interval (low, high) as a whisker, on one
+    linear x axis that holds every interval and `reference` (a dashed line: no change at 0, the
+    reference's own 100 % agreement). For deltas whose interval is the point: a variant whose
+    whisker crosses the line differs from the reference by less than the measurement can tell."""
+    good = [(label, v, lo, hi) for label, v, lo, hi in rows if v is not None and math.isfinite(v)]
+    if not good:
+        return ""
+    left = 120  # the variants' names
+    bounds = [b for _, v, lo, hi in good for b in (v, lo, hi) if b is not None and math.isfinite(b)]
+    if reference is not None:
+        bounds.append(reference)
+    x0, x1 = min(bounds), max(bounds)
+    pad = (x1 - x0) * 0.08 or abs(x1) * 0.1 or 1.0
+    x0, x1 = x0 - pad, x1 + pad
+    height = TOP + BOTTOM + 24 * len(good)
+    plot_w = WIDTH - left - RIGHT
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" role="img" '
+           f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
+           f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
+    for tick in _ticks(x0, x1):
+        if tick >= x0:
+            out.append(f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{TOP}" y2="{height - BOTTOM}" '
+                       f'stroke="#d0d7de"/><text x="{px(tick):.1f}" y="{height - BOTTOM + 14}" '
+                       f'text-anchor="middle">{_label(tick)}</text>')
+    if reference is not None:
+        out.append(f'<line x1="{px(reference):.1f}" x2="{px(reference):.1f}" y1="{TOP}" y2="{height - BOTTOM}" '
+                   f'stroke="#8250df" stroke-dasharray="4,3"/>')
+    for i, (label, v, lo, hi) in enumerate(good):
+        y = TOP + 12 + 24 * i
+        tip = f"{label}: {v:g}" + (f" [{lo:g}, {hi:g}]" if lo is not None and hi is not None else " (no interval)")
+        out.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{html.escape(label)}</text>')
+        if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+            out.append(f'<line x1="{px(lo):.1f}" x2="{px(hi):.1f}" y1="{y}" y2="{y}" stroke="{COLORS[0]}" '
+                       f'stroke-width="2"/>' + "".join(f'<line x1="{px(b):.1f}" x2="{px(b):.1f}" y1="{y - 5}" '
+                                                       f'y2="{y + 5}" stroke="{COLORS[0]}" stroke-width="2"/>'
+                                                       for b in (lo, hi)))
+        out.append(f'<circle cx="{px(v):.1f}" cy="{y}" r="4" fill="{COLORS[0]}"><title>{html.escape(tip)}</title>'
+                   f'</circle>')
+    out.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append("</svg>")
     return "".join(out)
 

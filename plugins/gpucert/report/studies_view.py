@@ -1,9 +1,12 @@
 """The card's study sections, from metrics.json alone: per KV-capacity configuration what vLLM
 reported against what the probes measured, with the latency curves; per batching level the points'
-throughput against TPOT p99, their Pareto front and the best point under the SLOs."""
+throughput against TPOT p99, their Pareto front and the best point under the SLOs; per precision
+variant its served throughput against the first variant and its accuracy against the reference,
+each change with its interval drawn as a whisker."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gpucert.studies.analysis import best_under_slo, pareto_front
@@ -30,7 +33,8 @@ def kv_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             {"TTFT p99": [(r["concurrency"], r.get("ttft_ms_p99")) for r in probes],
              "TPOT p99": [(r["concurrency"], r.get("tpot_ms_p99")) for r in probes]},
             right={"preemptions": [(r["concurrency"], r.get("preemptions")) for r in probes]},
-            right_label="preemptions", log_y=True, marks=marks)
+            # linear x: the probes crowd around the onset (bisected to 2 %), which a log2 axis squeezes
+            right_label="preemptions", log_y=True, marks=marks, log2_x=False)
         out.append({"check": check, "values": values, "probes": probes, "chart": chart})
     return out
 
@@ -101,3 +105,70 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"check": check, "metric": metric, "probes": probes, "chart": chart,
                     "notices": [f["notice"] for f in (check.get("findings") or {}).get("search", [])]})
     return out
+
+
+# below this mean GPU utilization over the served levels, the serving path (API server, scheduling)
+# rather than the GPU set the pace: the variants' throughputs then say little about the precision
+# (session 23, H100: 25-28 % at concurrency 1,024 with one API server, all four within 9 %)
+FRONT_END_BOUND_UTIL_PCT = 50.0
+
+
+def _metrics(check: dict) -> dict[str, dict]:
+    return {m["metric"]: m for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
+
+
+def _whisker(label: str, metric: dict | None) -> tuple[str, float | None, float | None, float | None]:
+    ci = (metric or {}).get("ci") or (None, None)
+    return label, (metric or {}).get("value"), ci[0], ci[1]
+
+
+def precision_view(data: dict[str, Any]) -> dict[str, Any] | None:
+    """Per served level the variants' throughput (each against the plan's first variant, with its
+    Welch interval over the repeats) and latency; per variant its accuracy against the reference
+    (perplexity change and greedy agreement with their intervals over documents); a notice where
+    the GPU sat mostly idle during the served levels."""
+    levels: dict[int, list[dict]] = {}
+    accuracy: list[dict] = []
+    for check in data["checks"]:
+        if check["outcome"] == "skipped" or check["check"] not in ("precision", "precision_accuracy"):
+            continue
+        row = {"point": check["params"].get("precision_point") or check["check_id"], "verdict": check["verdict"],
+               "metrics": _metrics(check)}
+        if check["check"] == "precision":
+            levels.setdefault(int(check["params"].get("concurrency", 0)), []).append(row)
+        else:
+            accuracy.append(row)
+    if not levels and not accuracy:
+        return None
+    served = []
+    for level, rows in sorted(levels.items()):
+        changes = [_whisker(r["point"], r["metrics"].get("output_tok_s_delta_pct")) for r in rows]
+        reference = next((r["point"] for r in rows if "output_tok_s_delta_pct" not in r["metrics"]), None)
+        chart = charts.interval_chart(f"concurrency {level}: output tok/s against {reference or 'the first variant'}",
+                                      "change (%), 95% interval", [c for c in changes if c[1] is not None])
+        method = next((r["metrics"]["output_tok_s_delta_pct"].get("ci_method") for r in rows
+                       if "output_tok_s_delta_pct" in r["metrics"]), None)
+        served.append({"concurrency": level, "rows": rows, "reference": reference, "chart": chart, "method": method})
+    utils = [r["metrics"]["gpu_util_mean_pct"]["value"] for level in served for r in level["rows"]
+             if "gpu_util_mean_pct" in r["metrics"]]
+    notice = None
+    if utils and max(utils) < FRONT_END_BOUND_UTIL_PCT:
+        busy = f"{min(utils):.0f}" + (f"-{max(utils):.0f}" if round(max(utils)) != round(min(utils)) else "")
+        notice = (f"The GPU was busy {busy} % (mean over each level): the serving path, "
+                  "not the GPU, set the pace, so these throughputs say little about the precision. Serve the "
+                  "variants on a configuration that keeps the GPU busy (precision.engine: e.g. the tuned "
+                  "configuration's API servers and CUDA graphs).")
+    charts_acc = ""
+    if accuracy:
+        charts_acc = (charts.interval_chart("perplexity against the reference", "change (%), 95% interval",
+                                            [_whisker(r["point"], r["metrics"].get("delta_ppl_pct")) for r in accuracy])
+                      + charts.interval_chart("greedy-token agreement with the reference", "% of positions, 95% interval",
+                                              [_whisker(r["point"], r["metrics"].get("greedy_agreement_pct"))
+                                               for r in accuracy], reference=100.0))
+    # one line per method: a variant's design effect (how clustered its flips are) stays in metrics.json
+    methods = sorted({re.sub(r" \(design effect [^)]*\)", "", m["ci_method"]) for r in accuracy
+                      for name, m in r["metrics"].items()
+                      if name in ("delta_ppl_pct", "greedy_agreement_pct") and m.get("ci_method")})
+    note = next((m.get("note") for r in accuracy for m in r["metrics"].values() if m.get("note")), None)
+    return {"served": served, "accuracy": accuracy, "accuracy_chart": charts_acc, "notice": notice,
+            "accuracy_methods": methods, "accuracy_note": note}

@@ -127,6 +127,7 @@ class PrecisionPlan(_Points):
     points: tuple[Point, ...]
     concurrency: tuple[int, ...]
     accuracy: AccuracyPlan
+    repeats: int = 3  # served runs of a level per variant: the throughput deltas' interval needs ≥ 2
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ def _precision(raw: dict) -> PrecisionPlan:
                          concurrency=tuple(plan_number(f"{where}.concurrency", c, 1, integer=True) for c in levels),
                          accuracy=AccuracyPlan(model, reference, backend,
                                                None if documents is None else
-                                               plan_number(f"{where}.accuracy.documents", documents, 2, integer=True)))
+                                               plan_number(f"{where}.accuracy.documents", documents, 2, integer=True)),
+                         repeats=plan_number(f"{where}.repeats", raw.get("repeats", 3), 1, integer=True))
 
 
 def _slo_capacity(raw: dict) -> SloCapacityPlan:
