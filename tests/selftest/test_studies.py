@@ -96,6 +96,14 @@ def test_plan_points_and_ids():
         _kv_capacity({"context": {"input_len": 0}})
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "docs" / "evidence").glob("*/*studies*.yaml")), ids=lambda p: p.name)
+def test_the_device_runs_plans_load(path):
+    """A plan the GPU runs take (run-studies.sh, PLAN=…) parses here first: a typo found on the
+    lent machine costs a lease's minutes."""
+    plan = load_plan(path)
+    assert plan.batching or plan.kv_capacity or plan.precision or plan.tuned or plan.slo_capacity
+
+
 def test_precision_repeats_in_the_plan():
     from gpucert.studies.plan import _precision
     assert load_plan().precision.repeats == 3

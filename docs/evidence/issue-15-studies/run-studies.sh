@@ -5,7 +5,8 @@
 # PART: batching (batching + tuned: the tuned study chooses from the batching results of the same
 # session; 18 min on the H100 in session 22 with 2 starts a side: every point restarts vLLM, 62-67 s
 # to healthy there, 94-119 s on the H200 in session 13) | tuned (alone, from the plan's candidates)
-# | kv | precision (the real model staged first: stage-model.sh) | slo | all (default). K: a pytest
+# | grid (grid-studies.yaml's batching grid on four API servers, ~15 min) | kv | precision (the real
+# model staged first: stage-model.sh) | slo | all (default). K: a pytest
 # -k expression in place of the part's own (e.g. 'api1-c256 or api4-c256': two points, 4.5 min in
 # session 13). `make study` as the README gives it, with this folder's plan; the report comes
 # back as study-PART.tgz. PLAN=FILE runs another plan (issue 19's, for two GPUs).
@@ -16,11 +17,12 @@ here=docs/evidence/issue-15-studies
 case $part in
   batching) select="-k 'batching or tuned'" ;;  # make hands ARGS to its shell: the quotes hold
   tuned) select="-k tuned" ;;  # alone: the plan's candidates, then default against the best, 3 starts a side
+  grid) select="-k batching"; PLAN=${PLAN:-$here/grid-studies.yaml} ;;
   kv) select="-k kv_capacity" ;;
   precision) select="-k precision" ;;
   slo) select="-k slo_capacity" ;;
   all) select="" ;;
-  *) echo "usage: run-studies.sh batching|tuned|kv|precision|slo|all [K]"; exit 2 ;;
+  *) echo "usage: run-studies.sh batching|tuned|grid|kv|precision|slo|all [K]"; exit 2 ;;
 esac
 [[ -n ${2:-} ]] && select="-k '$2'"
 report=reports/study-$part; rm -rf "$report"
