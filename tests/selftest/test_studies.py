@@ -161,6 +161,18 @@ def test_the_kv_chart_keeps_the_probes_near_the_onset_apart():
     assert len(marks) == 2 and marks[0][0] != marks[1][0], marks
 
 
+def test_fp8_weights_on_a_gpu_without_fp8_tensor_cores_say_what_vllm_runs():
+    def snapshot(name):
+        return {"gpus": [{"name": name}]}
+    fp8 = {"quantization": "fp8"}
+    note = analysis.fp8_weights_note(fp8, snapshot("NVIDIA A100-SXM4-80GB"))
+    assert note.startswith("NVIDIA A100-SXM4-80GB has no FP8 tensor cores") and "Marlin" in note
+    assert analysis.fp8_weights_note(fp8, snapshot("NVIDIA H100 80GB HBM3")) is None  # FP8 tensor cores
+    assert analysis.fp8_weights_note(fp8, snapshot("Some Future GPU")) is None  # not in the table: no claim
+    assert analysis.fp8_weights_note(fp8, {}) is None
+    assert analysis.fp8_weights_note({"kv_cache_dtype": "fp8"}, snapshot("NVIDIA A100-SXM4-80GB")) is None
+
+
 def test_the_onset_the_capacity_predicts():
     # 4,096 blocks of 16 tokens, one the null block; a request of 1,024 + 512 tokens holds
     # ceil(1,535 / 16) = 96 blocks at its longest: 4,095 // 96 = 42 fit, the 43rd preempts

@@ -13,6 +13,7 @@ import pytest
 
 from gpucert import accuracy
 from gpucert.noise import ratio_interval
+from gpucert.studies.analysis import fp8_weights_note
 
 from ..inference.engine_setup import engine_config, no_local_engine
 from ..inference.load import measure_level
@@ -32,6 +33,8 @@ def test_precision(gpucert, plan, study_target, precision_point, concurrency, re
     load = study_load(request.config, repeats=plan.precision.repeats)
     point = plan.precision.point(precision_point)
     target = study_target(plan.precision.engine, point, load)
+    if note := fp8_weights_note(point.engine, gpucert.snapshot):
+        gpucert.finding("precision", notice=note)
     measure_level(gpucert, target, concurrency)
     rates = next((m.samples or [m.value] for m in gpucert.metrics if m.metric == "output_tok_s" and m.value), None)
     if rates is None:
@@ -99,6 +102,8 @@ def test_precision_accuracy(gpucert, plan, accuracy_reference, precision_point):
     dtype = point.engine.get("dtype") or "bfloat16"  # the served model's own (Qwen-class: bfloat16)
     dtype = {"half": "float16", "float": "float32", "auto": "bfloat16"}.get(dtype, dtype)
     quantization, kv_cache_dtype = point.engine.get("quantization"), point.engine.get("kv_cache_dtype")
+    if note := fp8_weights_note(point.engine, gpucert.snapshot):
+        gpucert.finding("precision", notice=note)
     if acc.backend == "transformers" and (quantization or kv_cache_dtype):
         pytest.skip(f"{point.id}: the transformers backend scores dtypes only (no quantization, no fp8 KV cache)")
     try:

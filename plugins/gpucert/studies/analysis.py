@@ -7,8 +7,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from gpucert.physics import datasheet
+
 # vLLM V1's block pool keeps one block as its "null block" (never handed to a request)
 RESERVED_BLOCKS = 1
+
+
+def fp8_weights_note(engine: dict, snapshot: dict | None) -> str | None:
+    """What a variant with fp8 weights measures on a GPU the datasheet table knows has no FP8
+    tensor cores (Ampere: the A100's entry has no fp8 peak): vLLM still serves it, through
+    weight-only kernels (Marlin) that dequantize to 16 bits for the math — half the weight memory
+    and traffic, not FP8 compute. None for other variants, FP8-capable or unknown GPUs."""
+    if engine.get("quantization") != "fp8":
+        return None
+    gpus = (snapshot or {}).get("gpus") or []
+    name = gpus[0].get("name") if gpus else None
+    spec = datasheet.lookup(name)
+    if spec is None or "fp8" in spec.dense_tflops:
+        return None
+    return (f"{name} has no FP8 tensor cores (compute capability < 8.9): vLLM runs these fp8 weights "
+            "weight-only (Marlin), dequantized to 16 bits for the math — the weight memory and traffic "
+            "halve, the compute is not FP8")
 
 
 def blocks_per_request(input_len: int, output_len: int, block_size: int) -> int:
