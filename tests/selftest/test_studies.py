@@ -173,6 +173,17 @@ def test_fp8_weights_on_a_gpu_without_fp8_tensor_cores_say_what_vllm_runs():
     assert analysis.fp8_weights_note({"kv_cache_dtype": "fp8"}, snapshot("NVIDIA A100-SXM4-80GB")) is None
 
 
+def test_the_tuned_section_draws_each_side_and_the_gains_with_their_intervals():
+    """Session 22's H100 run: the served gain +113 % [+7 %, +324 %] over 2 vs 2 starts, offline
+    +67.5 % [+63.4 %, +71.8 %] — the whiskers show at a glance which one its starts pinned down."""
+    from gpucert.report.studies_view import tuned_view
+
+    from . import device_runs
+    chart = tuned_view(device_runs.load(device_runs.STUDY_BATCHING))["chart"]
+    assert "served: 113.308 [7.33704, 323.902]" in chart and "offline: 67.5299 [63.3991, 71.7651]" in chart
+    assert "served default: 26677.7 [26430.3, 26925.1]" in chart
+
+
 def test_the_onset_the_capacity_predicts():
     # 4,096 blocks of 16 tokens, one the null block; a request of 1,024 + 512 tokens holds
     # ceil(1,535 / 16) = 96 blocks at its longest: 4,095 // 96 = 42 fit, the 43rd preempts

@@ -18,6 +18,15 @@ def _values(check: dict) -> dict[str, float]:
     return {m["metric"]: m["value"] for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
 
 
+def _metrics(check: dict) -> dict[str, dict]:
+    return {m["metric"]: m for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
+
+
+def _whisker(label: str, metric: dict | None) -> tuple[str, float | None, float | None, float | None]:
+    ci = (metric or {}).get("ci") or (None, None)
+    return label, (metric or {}).get("value"), ci[0], ci[1]
+
+
 def kv_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for check in data["checks"]:
@@ -82,7 +91,18 @@ def tuned_view(data: dict[str, Any]) -> dict[str, Any] | None:
         rows = (check.get("findings") or {}).get("tuned", [])
         story = next((r for r in rows if "point" in r), None)
         notices = [r["notice"] for r in rows if "notice" in r]
-        return {"check": check, "story": story, "notices": notices, "values": _values(check)}
+        metrics = _metrics(check)
+        # each side's mean over the engine starts and the gains, every one with its interval
+        chart = (charts.interval_chart("output tok/s, mean over engine starts", "tok/s, 95% interval",
+                                       [_whisker(label, metrics.get(name)) for label, name in (
+                                           ("served default", "default_output_tok_s"),
+                                           ("served tuned", "tuned_output_tok_s"),
+                                           ("offline default", "offline_default_output_tok_s"),
+                                           ("offline tuned", "offline_tuned_output_tok_s"))], reference=None)
+                 + charts.interval_chart("tuned over the defaults", "gain (%), 95% interval",
+                                         [_whisker(label, metrics.get(name)) for label, name in (
+                                             ("served", "served_gain_pct"), ("offline", "offline_gain_pct"))]))
+        return {"check": check, "story": story, "notices": notices, "values": _values(check), "chart": chart}
     return None
 
 
@@ -111,15 +131,6 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
 # rather than the GPU set the pace: the variants' throughputs then say little about the precision
 # (session 23, H100: 25-28 % at concurrency 1,024 with one API server, all four within 9 %)
 FRONT_END_BOUND_UTIL_PCT = 50.0
-
-
-def _metrics(check: dict) -> dict[str, dict]:
-    return {m["metric"]: m for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
-
-
-def _whisker(label: str, metric: dict | None) -> tuple[str, float | None, float | None, float | None]:
-    ci = (metric or {}).get("ci") or (None, None)
-    return label, (metric or {}).get("value"), ci[0], ci[1]
 
 
 def precision_view(data: dict[str, Any]) -> dict[str, Any] | None:
