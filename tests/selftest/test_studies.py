@@ -104,6 +104,15 @@ def test_the_device_runs_plans_load(path):
     assert plan.batching or plan.kv_capacity or plan.precision or plan.tuned or plan.slo_capacity
 
 
+def test_tuned_offline_starts_in_the_plan():
+    from gpucert.studies.plan import _tuned
+    assert load_plan().tuned.offline_starts == load_plan().tuned.starts == 3  # default: as many as served
+    assert _tuned({"starts": 4}).offline_starts == 4
+    assert _tuned({"starts": 3, "offline_starts": 2}).offline_starts == 2
+    with pytest.raises(PlanError, match=r"tuned.offline_starts: expected an integer ≥ 2, got 1"):
+        _tuned({"offline_starts": 1})  # one run a side has no interval
+
+
 def test_precision_repeats_in_the_plan():
     from gpucert.studies.plan import _precision
     assert load_plan().precision.repeats == 3

@@ -136,7 +136,7 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
 
 
 def _offline_gain(gpucert, plan, best, study_engines, request, load):
-    """LLM.generate of `offline_prompts` prompts, default and tuned alternately, `starts` each."""
+    """LLM.generate of `offline_prompts` prompts, default and tuned alternately, `offline_starts` each."""
     from gpucert.serving.offline import run_offline
 
     tuned = plan.tuned
@@ -149,7 +149,7 @@ def _offline_gain(gpucert, plan, best, study_engines, request, load):
     study_engines.release()  # LLM.generate needs the GPUs the server holds
     rates: dict[str, list[float]] = {"default": [], "tuned": []}
     count = tuned.offline_prompts
-    for start in range(tuned.starts):
+    for start in range(tuned.offline_starts):
         for name, engine in engines.items():
             result = run_offline(engine, [count], lambda n, level, repeat=0: prompts_for(load, n, level, repeat),
                                  study_engines.workdir / f"offline-{name}-{start + 1}-{int(time.time())}",

@@ -111,6 +111,7 @@ class TunedPlan(_Points):
     starts: int
     offline: bool
     offline_prompts: int
+    offline_starts: int = 3  # LLM.generate runs a side (each a fresh engine): its noise is far smaller than served
 
 
 @dataclass(frozen=True)
@@ -215,11 +216,14 @@ def _tuned(raw: dict) -> TunedPlan:
     offline = raw.get("offline", True)
     if not isinstance(offline, bool):
         raise PlanError(f"{where}.offline: expected true or false, got {offline!r}")
+    starts = plan_number(f"{where}.starts", raw.get("starts", 3), 2, integer=True)
     return TunedPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")), points=points,
                      concurrency=plan_number(f"{where}.concurrency", raw.get("concurrency", 1024), 1, integer=True),
-                     starts=plan_number(f"{where}.starts", raw.get("starts", 3), 2, integer=True), offline=offline,
+                     starts=starts, offline=offline,
                      offline_prompts=plan_number(f"{where}.offline_prompts", raw.get("offline_prompts", 1024), 1,
-                                             integer=True))
+                                             integer=True),
+                     offline_starts=plan_number(f"{where}.offline_starts", raw.get("offline_starts", starts), 2,
+                                            integer=True))
 
 
 ACCURACY_BACKENDS = ("vllm", "transformers")
