@@ -17,6 +17,8 @@ CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.gz"
 
 # the lent H100 (session 22): `make study`'s batching and tuned studies, kept without per-request samples
 STUDY_BATCHING = EVIDENCE / "issue-15-studies/session22-h100/batching-tuned/metrics.json.gz"
+# the lent H100 (session 23): the KV-cache saturation study, a 7B preset, bf16 and fp8 caches
+STUDY_KV = EVIDENCE / "issue-15-studies/session23-h100/kv/metrics.json.gz"
 
 
 def load(path: Path) -> dict:

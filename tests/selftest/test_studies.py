@@ -193,6 +193,19 @@ def test_the_tuned_section_draws_each_side_and_the_gains_with_their_intervals():
     assert "served default: 26677.7 [26430.3, 26925.1]" in chart
 
 
+def test_the_kv_card_shows_where_the_onset_lies():
+    """Session 23's fp8 KV cache on an H100: 269 streams ran clean, 272 preempted 3 — the onset is
+    in (269, 272], which the card says beside the measured 272."""
+    from gpucert.report import card
+
+    from . import device_runs
+    html = card.render(device_runs.load(device_runs.STUDY_KV))
+    assert '272 <span class="meta">(269 ran clean)</span>' in html and '135 <span class="meta">(133 ran clean)</span>' in html
+    assert analysis.onset_bracket([{"concurrency": 8, "preemptions": 0}, {"concurrency": 12, "preemptions": 2},
+                                   {"concurrency": 10, "preemptions": None, "crashed": True}]) == (8, 10)
+    assert analysis.onset_bracket([{"concurrency": 4, "preemptions": 0}]) == (4, None)
+
+
 def test_the_onset_the_capacity_predicts():
     # 4,096 blocks of 16 tokens, one the null block; a request of 1,024 + 512 tokens holds
     # ceil(1,535 / 16) = 96 blocks at its longest: 4,095 // 96 = 42 fit, the 43rd preempts

@@ -14,7 +14,7 @@ import pytest
 from gpucert.monitor.sources import parse_vllm_metrics
 from gpucert.serving import vllm_metrics
 from gpucert.serving.summary import summarize
-from gpucert.studies.analysis import knee, predicted_full_concurrency
+from gpucert.studies.analysis import knee, onset_bracket, predicted_full_concurrency
 
 from ..inference.load import run_level
 from .conftest import study_load
@@ -61,16 +61,6 @@ class Prober:
         return row
 
 
-def _onset_bracket(rows: list[dict]) -> tuple[int | None, int | None]:
-    """(highest level that ran whole without preemption, lowest level above it that preempted or
-    failed): the onset lies in (low, high]."""
-    clean = [r["concurrency"] for r in rows if r["preemptions"] == 0 and not r["failed"]]
-    low = max(clean) if clean else None
-    over = [r["concurrency"] for r in rows if (r["preemptions"] or r["failed"] or r["crashed"])
-            and (low is None or r["concurrency"] > low)]
-    return low, (min(over) if over else None)
-
-
 def _search_onset(prober: Prober, predicted_onset: int, plan, cap: int | None) -> None:
     """Probes around the predicted onset (± the bracket), then bisects (low, high] to the plan's
     resolution; widens by half where the bracket missed. Stops at max_probes."""
@@ -83,7 +73,7 @@ def _search_onset(prober: Prober, predicted_onset: int, plan, cap: int | None) -
         searched += 1
     while searched < plan.max_probes:
         rows = onset_rows()
-        low, high = _onset_bracket(rows)
+        low, high = onset_bracket(rows)
         if high is None:
             nxt = math.ceil(max(r["concurrency"] for r in rows) * 1.5)
             if cap is not None and nxt > cap:
@@ -180,7 +170,7 @@ def test_kv_capacity(gpucert, plan, study_target, kv_point, request):
     _search_onset(prober, predicted, kv, cap)
 
     rows = [r for r in prober.rows if r["phase"] == "onset"]
-    low, high = _onset_bracket(rows)
+    low, high = onset_bracket(rows)
     if high is not None:
         gpucert.record("preemption_onset_concurrency", float(high), unit="requests", direction="higher",
                        note=f"lowest concurrency that preempted (or failed); {low if low is not None else 'no'} level "

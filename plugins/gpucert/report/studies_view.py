@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gpucert.studies.analysis import best_under_slo, pareto_front
+from gpucert.studies.analysis import best_under_slo, onset_bracket, pareto_front
 
 from . import charts
 
@@ -44,7 +44,9 @@ def kv_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             right={"preemptions": [(r["concurrency"], r.get("preemptions")) for r in probes]},
             # linear x: the probes crowd around the onset (bisected to 2 %), which a log2 axis squeezes
             right_label="preemptions", log_y=True, marks=marks, log2_x=False)
-        out.append({"check": check, "values": values, "probes": probes, "chart": chart})
+        # the onset lies in (last clean level, measured onset]: the search's resolution, shown
+        out.append({"check": check, "values": values, "probes": probes, "chart": chart,
+                    "last_clean": onset_bracket(probes)[0] if values.get("preemption_onset_concurrency") else None})
     return out
 
 

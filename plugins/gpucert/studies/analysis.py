@@ -45,6 +45,17 @@ def predicted_full_concurrency(num_gpu_blocks: int, block_size: int, input_len: 
     return max(usable // blocks_per_request(input_len, output_len, block_size), 0)
 
 
+def onset_bracket(rows: Sequence[dict]) -> tuple[int | None, int | None]:
+    """Of the KV study's onset probes ({concurrency, preemptions, failed, crashed}): (highest level
+    that ran whole without preemption, lowest level above it that preempted or failed) — the
+    onset lies in (low, high]."""
+    clean = [r["concurrency"] for r in rows if r.get("preemptions") == 0 and not r.get("failed")]
+    low = max(clean) if clean else None
+    over = [r["concurrency"] for r in rows if (r.get("preemptions") or r.get("failed") or r.get("crashed"))
+            and (low is None or r["concurrency"] > low)]
+    return low, (min(over) if over else None)
+
+
 def knee(levels: Sequence[float], values: Sequence[float | None], factor: float) -> float | None:
     """The lowest level whose value is at least `factor` × the value at the lowest level measured
     (e.g. TPOT p99 1.5× its light-load figure): where latency stops being flat. None when no level
