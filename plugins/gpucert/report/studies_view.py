@@ -14,12 +14,13 @@ from gpucert.studies.analysis import best_under_slo, onset_bracket, pareto_front
 from . import charts
 
 
-def _values(check: dict) -> dict[str, float]:
-    return {m["metric"]: m["value"] for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
-
-
 def _metrics(check: dict) -> dict[str, dict]:
+    """A check's metrics that have a number, by name."""
     return {m["metric"]: m for m in check.get("metrics", []) if isinstance(m.get("value"), (int, float))}
+
+
+def _values(check: dict) -> dict[str, float]:
+    return {name: m["value"] for name, m in _metrics(check).items()}
 
 
 def _whisker(label: str, metric: dict | None) -> tuple[str, float | None, float | None, float | None]:
@@ -158,7 +159,7 @@ def precision_view(data: dict[str, Any]) -> dict[str, Any] | None:
         changes = [_whisker(r["point"], r["metrics"].get("output_tok_s_delta_pct")) for r in rows]
         reference = next((r["point"] for r in rows if "output_tok_s_delta_pct" not in r["metrics"]), None)
         chart = charts.interval_chart(f"concurrency {level}: output tok/s against {reference or 'the first variant'}",
-                                      "change (%), 95% interval", [c for c in changes if c[1] is not None])
+                                      "change (%), 95% interval", changes)  # the reference: no value, no row
         method = next((r["metrics"]["output_tok_s_delta_pct"].get("ci_method") for r in rows
                        if "output_tok_s_delta_pct" in r["metrics"]), None)
         served.append({"concurrency": level, "rows": rows, "reference": reference, "chart": chart, "method": method})
