@@ -19,6 +19,9 @@ CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.gz"
 STUDY_BATCHING = EVIDENCE / "issue-15-studies/session22-h100/batching-tuned/metrics.json.gz"
 # the lent H100 (session 23): the KV-cache saturation study, a 7B preset, bf16 and fp8 caches
 STUDY_KV = EVIDENCE / "issue-15-studies/session23-h100/kv/metrics.json.gz"
+# capacity under SLO at vLLM's defaults on an H100 (session 24): a search's probes, before the
+# misses per SLO were kept
+STUDY_SLO = EVIDENCE / "issue-15-studies/session24-h100/slo-concurrency/metrics.json.gz"
 
 
 def load(path: Path) -> dict:

@@ -46,6 +46,24 @@ def test_ttft_tpot_e2e_and_rates():
     assert error_breakdown([a, failed, failed]) == {"HTTP 500: boom": 2}
 
 
+def test_misses_are_counted_per_slo():
+    """Which SLO each request missed (a request can miss both), failures apart: what tells the
+    capacity-under-SLO study which SLO bounds it."""
+    from gpucert.studies.capacity_search import slo_counts, slo_misses
+
+    slos = {"ttft_ms": 150, "tpot_ms": 50}
+    fine = record(0.0, [0.1, 0.14, 0.18], 3)  # TTFT 100 ms, TPOT 40 ms
+    late = record(0.0, [0.2, 0.24], 2, request_id=1)  # TTFT 200 ms
+    slow = record(0.0, [0.1, 0.2, 0.3], 3, request_id=2)  # TPOT 100 ms
+    both = record(0.0, [0.3, 0.5], 2, request_id=3)
+    one_token = record(0.0, [0.2], 1, request_id=4)  # no TPOT: meets a TPOT SLO, misses TTFT
+    failed = RequestRecord(request_id=5, scheduled_at=0.0, sent_at=0.0, ended_at=1.0, error="HTTP 500: boom")
+    records = [fine, late, slow, both, one_token, failed]
+    assert slo_misses(records, slos) == {"ttft_ms": 3, "tpot_ms": 2, "failed": 1}
+    assert slo_counts(records, slos) == (1, 6)
+    assert summarize(records, slos).slo_attainment_pct == pytest.approx(100 / 6)
+
+
 def test_unknown_slo_is_rejected():
     with pytest.raises(ValueError, match="valid: ttft_ms"):
         summarize([], {"latency": 1})

@@ -200,12 +200,36 @@ def test_study_sections_render_without_gpu_figures():
     from gpucert.report import card
 
     from . import device_runs
-    for path in (device_runs.STUDY_BATCHING, device_runs.STUDY_KV):
+    for path in (device_runs.STUDY_BATCHING, device_runs.STUDY_KV, device_runs.STUDY_SLO):
         data = device_runs.load(path)
         for check in data["checks"]:
             check["metrics"] = [m for m in check["metrics"] if not m["metric"].startswith("gpu_")]
         html = card.render(data)
         assert "Study: " in html and "Undefined" not in html
+
+
+def test_the_slo_card_names_the_slo_that_bounds_the_capacity():
+    """Session 24's concurrency search on an H100 (512 holds, 558 fails first at 97.9 %) kept no
+    misses per SLO: its probe table renders with dashes and names no bound. Given each probe's
+    misses, the card names the SLO most requests missed at the lowest failing probe — not the
+    highest, not the most-missed overall."""
+    from gpucert.report import card
+
+    from . import device_runs
+    data = device_runs.load(device_runs.STUDY_SLO)
+    check = data["checks"][0]
+    html = card.render(data)
+    assert "<th>streams</th>" in html and "bounds it" not in html and "2,186 / 2,232" in html
+    misses = {256: (0, 0, 0), 512: (0, 0, 0), 558: (12, 40, 0), 609: (60, 30, 0), 724: (100, 140, 3), 1024: (1498, 10, 0)}
+    check["findings"]["measured"] = [
+        {"x": m["x"], "met": m["met"], "total": m["total"], "output_tok_s": 20000.0, "ttft_ms_p99": 2500.0,
+         "tpot_ms_p99": 90.0, "missed": dict(zip(("ttft_ms", "tpot_ms", "failed"), misses[int(m["x"])]))}
+        for m in check["findings"]["measured"]]
+    html = card.render(data)
+    assert "<strong>TPOT bounds it: at 558, the lowest probe that failed, 40 missed TPOT, 12 missed TTFT of " \
+           "2,232 requests</strong>" in html
+    assert "<th>missed TTFT</th><th>missed TPOT</th><th>failed</th>" in html
+    assert "<td class=\"num\">1,498</td>" in html and "Undefined" not in html
 
 
 def test_the_kv_card_shows_where_the_onset_lies():
@@ -471,8 +495,19 @@ def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     assert all(p["total"] >= max(200, 4 * p["x"]) for p in check["findings"]["probe"]), check["findings"]["probe"]
     assert capacity["ci"] is None or capacity["ci"][0] <= 4 <= capacity["ci"][1], capacity
     assert "Clopper-Pearson" in capacity["note"] and "TTFT ≤ 40 ms" in capacity["note"]
+    # what each probe missed: only TTFT (every request completes, one in five waits), so the card
+    # names TTFT as the bound, with the first failing probe's counts
+    measured = {m["x"]: m for m in check["findings"]["measured"]}
+    verdicts = {p["x"]: p["verdict"] for p in check["findings"]["probe"]}
+    for m in measured.values():
+        assert m["missed"]["failed"] == 0 and m["missed"]["ttft_ms"] == m["total"] - m["met"], m
+        assert m["output_tok_s"] > 0 and m["ttft_ms_p99"] is not None, m
+    first_failed = min(x for x, v in verdicts.items() if v == "fails")
     card = (tmp_path / "r" / "report.html").read_text()
     assert "Study: capacity under SLO" in card
+    assert (f"TTFT bounds it: at {first_failed:,}, the lowest probe that failed, "
+            f"{measured[first_failed]['missed']['ttft_ms']:,} missed TTFT of {measured[first_failed]['total']:,}") in card
+    assert "<th>missed TTFT</th>" in card
     assert '<span class="verdict big v-pass">study passed</span>' in card  # a study certifies nothing
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from gpucert.serving.summary import summarize
 from gpucert.studies import capacity_search
 from gpucert.studies.plan import Point
 
@@ -38,7 +39,13 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
         else:
             records = run_level(target, int(x), n)
         met, total = capacity_search.slo_counts(records.measured, load.slo)
-        gpucert.finding("measured", x=x, met=met, total=total)  # kept if the search stops half-way
+        served = summarize(records.measured)
+        # kept if the search stops half-way; the misses per SLO and the probe's latency say which
+        # SLO bounds the capacity
+        gpucert.finding("measured", x=x, met=met, total=total,
+                        missed=capacity_search.slo_misses(records.measured, load.slo),
+                        output_tok_s=served.output_tokens_per_s if served.completed else None,
+                        ttft_ms_p99=served.ttft_ms.get("p99"), tpot_ms_p99=served.tpot_ms.get("p99"))
         return met, total
 
     low, high = slo.bounds[capacity_kind]

@@ -125,9 +125,36 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             {"within SLO": [(p["x"], 100 * p["attainment"]) for p in probes if p.get("attainment") is not None],
              "95% interval, low": [(p["x"], 100 * p["ci_low"]) for p in probes],
              "95% interval, high": [(p["x"], 100 * p["ci_high"]) for p in probes]}, marks=marks)
-        out.append({"check": check, "metric": metric, "probes": probes, "chart": chart,
+        rows = _probe_rows(probes, (check.get("findings") or {}).get("measured", []))
+        out.append({"check": check, "metric": metric, "probes": probes, "chart": chart, "rows": rows,
+                    "slos": [name for name in (rows[0]["missed"] if rows else {}) if name != "failed"],
+                    "bound_by": _bound_by(rows),
                     "notices": [f["notice"] for f in (check.get("findings") or {}).get("search", [])]})
     return out
+
+
+def _probe_rows(probes: list[dict], measured: list[dict]) -> list[dict]:
+    """Each probe in x order with what its load measured (misses per SLO, throughput, latency);
+    a run from before those were kept has its probes alone."""
+    by_x = {m["x"]: m for m in measured}
+    return [{**p, "missed": (by_x.get(p["x"]) or {}).get("missed") or {},
+             **{k: (by_x.get(p["x"]) or {}).get(k) for k in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99")}}
+            for p in probes]
+
+
+_SLO_WORDS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "end-to-end latency", "failed": "failed requests"}
+
+
+def _bound_by(rows: list[dict]) -> str | None:
+    """Which SLO the capacity ran into: at the lowest probe that failed, the miss that most
+    requests had (with the counts), or None where no probe failed or none kept its misses."""
+    failed = next((r for r in rows if r.get("verdict") == "fails" and any(r["missed"].values())), None)
+    if failed is None:
+        return None
+    counts = sorted(((n, k) for k, n in failed["missed"].items() if n), reverse=True)
+    parts = ", ".join(f"{n:,} missed {_SLO_WORDS.get(k, k)}" if k != "failed" else f"{n:,} failed" for n, k in counts)
+    return (f"{_SLO_WORDS.get(counts[0][1], counts[0][1])} bounds it: at {failed['x']:,.4g}, the lowest probe that "
+            f"failed, {parts} of {failed['total']:,} requests")
 
 
 # below this mean GPU utilization over the served levels, the serving path (API server, scheduling)

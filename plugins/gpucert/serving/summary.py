@@ -111,16 +111,17 @@ def itl_gaps_s(record: RequestRecord) -> list[float]:
     return list(np.diff(np.asarray(times[first - 1:], dtype=float)))
 
 
-def meets_slos(record: RequestRecord, slos: dict[str, float]) -> bool:
-    """Every given SLO (ms) must hold; a request without a TPOT (one token) meets a TPOT SLO."""
+def missed_slos(record: RequestRecord, slos: dict[str, float]) -> list[str]:
+    """The given SLOs (ms) this request missed, in `slos`' order; a request without a TPOT (one
+    token) meets a TPOT SLO, one without a TTFT or an end misses those."""
     measured = {"ttft_ms": ttft_s(record), "tpot_ms": tpot_s(record), "e2e_ms": e2e_s(record)}
-    for name, limit in slos.items():
-        value = measured[name]
-        if value is None and name != "tpot_ms":
-            return False
-        if value is not None and value * MS > limit:
-            return False
-    return True
+    return [name for name, limit in slos.items()
+            if (measured[name] is None and name != "tpot_ms") or (measured[name] is not None and measured[name] * MS > limit)]
+
+
+def meets_slos(record: RequestRecord, slos: dict[str, float]) -> bool:
+    """Every given SLO (ms) holds (missed_slos)."""
+    return not missed_slos(record, slos)
 
 
 @dataclass

@@ -272,6 +272,20 @@ def slo_counts(records, slos: dict[str, float]) -> tuple[int, int]:
     return sum(1 for r in records if r.ok and meets_slos(r, slos)), len(records)
 
 
+def slo_misses(records, slos: dict[str, float]) -> dict[str, int]:
+    """What a probe's misses were: per SLO the completed requests that missed it (a request can
+    miss several), and "failed", the requests that did not complete — so a card can say which SLO
+    bounds the capacity (TTFT: requests wait for admission or a busy front end; TPOT: the batch
+    is too large for the step time)."""
+    from gpucert.serving.summary import missed_slos
+
+    misses = dict.fromkeys(slos, 0) | {"failed": 0}
+    for record in records:
+        for name in (missed_slos(record, slos) if record.ok else ["failed"]):
+            misses[name] += 1
+    return misses
+
+
 def _fmt(x: float | None, none: str = "none") -> str:
     if x is None:
         return none
