@@ -137,9 +137,12 @@ def _probe_rows(probes: list[dict], measured: list[dict]) -> list[dict]:
     """Each probe in x order with what its load measured (misses per SLO, throughput, latency);
     a run from before those were kept has its probes alone."""
     by_x = {m["x"]: m for m in measured}
-    return [{**p, "missed": (by_x.get(p["x"]) or {}).get("missed") or {},
-             **{k: (by_x.get(p["x"]) or {}).get(k) for k in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99")}}
-            for p in probes]
+    rows = []
+    for probe in probes:
+        load = by_x.get(probe["x"], {})
+        rows.append({**probe, "missed": load.get("missed") or {},
+                     **{k: load.get(k) for k in ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99")}})
+    return rows
 
 
 _SLO_WORDS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "end-to-end latency", "failed": "failed requests"}
