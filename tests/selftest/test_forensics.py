@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -73,11 +74,15 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     kernels = [e for e in raw["traceEvents"] if e.get("cat") == "kernel"]
     assert gaps["count"] == len(kernels) - 1  # one 4 ms host-bound gap before each kernel but the first
     assert abs(got["host_bound_pct"]["value"] - gaps["count"] * 4 / decode["wall_ms"] * 100) < 0.01
-    assert 10 <= got["host_bound_pct"]["value"] <= 20.5, got["host_bound_pct"]["value"]
-    # a busy box only lengthens a step (32.4 ms seen with four xdist workers and two hogs on the two
-    # cores); 40 ms is where the host-bound share above would fall below 10 %
-    assert 19.5 <= got["decode_step_ms_p50"]["value"] <= 40, got["decode_step_ms_p50"]
-    assert got["decode_steps"]["value"] >= 30  # 1.5 s of 20 ms steps, less the ramp and late wake-ups
+    # the wait over a step no shorter than its 20 ms: never above 20 %; a busy box only lengthens
+    # the steps and lowers it (a CI box running the other slow tests read 6.8 %, steps ~59 ms)
+    assert 0 < got["host_bound_pct"]["value"] <= 20.5, got["host_bound_pct"]["value"]
+    annotations = sorted((e for e in raw["traceEvents"] if e.get("cat") == "user_annotation"), key=lambda e: e["ts"])
+    assert got["decode_steps"]["value"] == len(annotations) >= 10, (got["decode_steps"], len(annotations))
+    # the p50 step is the trace's own median step, however long a busy box made it
+    assert got["decode_step_ms_p50"]["value"] >= 19.5, got["decode_step_ms_p50"]
+    assert abs(got["decode_step_ms_p50"]["value"] - float(np.median(wall)) / 1e3) < 0.5, (
+        got["decode_step_ms_p50"], float(np.median(wall)) / 1e3)
     assert abs(gaps["p50_us"] - 4000) < 0.01 and abs(gaps["p99_us"] - 4000) < 0.01, gaps
     assert 15 <= got["unprofiled_step_ms_p50"]["value"] <= 25  # the tokens' own 20 ms
     assert got["failed_requests"]["value"] == 0 and got["profiled_output_tok_s"]["value"] > 0
