@@ -89,7 +89,8 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     assert "profiler_overhead_pct" in got
     assert Path(trace["path"]).name.startswith("rank0.") and Path(trace["path"]).is_file()
     causes = trace["analysis"]["devices"]["0"]["by_cause"]
-    assert causes["host-bound"]["count"] >= 40 and causes["host-bound"]["share_pct"] > 99, causes
+    # every gap is the host's, as many as the steps a busy box left in the window
+    assert causes["host-bound"]["count"] == gaps["count"] and causes["host-bound"]["share_pct"] > 99, causes
     worst = check["findings"]["worst_step"]
     assert worst and all(w["in_flight"] >= 1 for w in worst), worst
     view = trace["window"]
