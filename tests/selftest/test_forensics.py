@@ -77,8 +77,7 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
     # the wait over a step no shorter than its 20 ms: never above 20 %; a busy box only lengthens
     # the steps and lowers it (a CI box running the other slow tests read 6.8 %, steps ~59 ms)
     assert 0 < got["host_bound_pct"]["value"] <= 20.5, got["host_bound_pct"]["value"]
-    annotations = sorted((e for e in raw["traceEvents"] if e.get("cat") == "user_annotation"), key=lambda e: e["ts"])
-    assert got["decode_steps"]["value"] == len(annotations) >= 10, (got["decode_steps"], len(annotations))
+    assert got["decode_steps"]["value"] == len(starts) >= 10, (got["decode_steps"], len(starts))
     # the p50 step is the trace's own median step, however long a busy box made it
     assert got["decode_step_ms_p50"]["value"] >= 19.5, got["decode_step_ms_p50"]
     assert abs(got["decode_step_ms_p50"]["value"] - float(np.median(wall)) / 1e3) < 0.5, (
