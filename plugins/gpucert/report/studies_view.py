@@ -127,7 +127,9 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
              "95% interval, high": [(p["x"], 100 * p["ci_high"]) for p in probes]}, marks=marks)
         rows = _probe_rows(probes, (check.get("findings") or {}).get("measured", []))
         out.append({"check": check, "metric": metric, "probes": probes, "chart": chart, "rows": rows,
-                    "slos": [name for name in (rows[0]["missed"] if rows else {}) if name != "failed"],
+                    # each SLO's key in a probe's misses with the words the card heads its column with
+                    "slos": [(name, _SLO_WORDS.get(name, name)) for name in (rows[0]["missed"] if rows else {})
+                             if name != "failed"],
                     "bound_by": _bound_by(rows),
                     "notices": [f["notice"] for f in (check.get("findings") or {}).get("search", [])]})
     return out
