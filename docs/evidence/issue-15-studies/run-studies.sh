@@ -6,7 +6,9 @@
 # session; 18 min on the H100 in session 22 with 2 starts a side: every point restarts vLLM, 62-67 s
 # to healthy there, 94-119 s on the H200 in session 13) | tuned (alone, from the plan's candidates)
 # | grid (grid-studies.yaml's batching grid on four API servers, ~15 min) | kv | precision (the real
-# model staged first: stage-model.sh) | slo | all (default). K: a pytest
+# model staged first: stage-model.sh) | slo | all (default) | tuned-served (the tuned study's served
+# side alone, ~10-13 min, for a short lease: its plan is the main plan's tuned section with
+# `offline: false`, derived here so the two never drift apart). K: a pytest
 # -k expression in place of the part's own (e.g. 'api1-c256 or api4-c256': two points, 4.5 min in
 # session 13). `make study` as the README gives it, with this folder's plan; the report comes
 # back as study-PART.tgz. PLAN=FILE runs another plan (issue 19's, for two GPUs).
@@ -17,12 +19,19 @@ here=docs/evidence/issue-15-studies
 case $part in
   batching) select="-k 'batching or tuned'" ;;  # make hands ARGS to its shell: the quotes hold
   tuned) select="-k tuned" ;;  # alone: the plan's candidates, then default against the best, 3 starts a side
+  tuned-served) select="-k tuned"
+    derived=/tmp/tuned-served.yaml
+    python3 -c 'import sys, yaml
+plan = yaml.safe_load(open(sys.argv[1]))
+yaml.safe_dump({"tuned": dict(plan["tuned"], offline=False)}, open(sys.argv[2], "w"))' \
+      "${PLAN:-$here/h200-studies.yaml}" "$derived" || exit 2
+    PLAN=$derived ;;
   grid) select="-k batching"; PLAN=${PLAN:-$here/grid-studies.yaml} ;;
   kv) select="-k kv_capacity" ;;
   precision) select="-k precision" ;;
   slo) select="-k slo_capacity" ;;
   all) select="" ;;
-  *) echo "usage: run-studies.sh batching|tuned|grid|kv|precision|slo|all [K]"; exit 2 ;;
+  *) echo "usage: run-studies.sh batching|tuned|tuned-served|grid|kv|precision|slo|all [K]"; exit 2 ;;
 esac
 [[ -n ${2:-} ]] && select="-k '$2'"
 report=reports/study-$part; rm -rf "$report"
