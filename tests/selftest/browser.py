@@ -39,6 +39,12 @@ _FACTS_JS = """({
   script_count: document.scripts.length,
   scroll_height: document.body ? document.body.scrollHeight : 0,
   text: document.body ? document.body.innerText : '',
+  // how far the page runs past the window's right edge, and which tables do (by their first
+  // header cell): a card read on a laptop screen must not need sideways scrolling
+  overflow_x: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  wide_tables: Array.from(document.querySelectorAll('table'))
+    .filter(t => t.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+    .map(t => ((t.querySelector('th, td') || {}).innerText || '').trim()),
 })"""
 
 
@@ -65,13 +71,16 @@ def find_chromium(chromium: str | os.PathLike | None = None) -> str:
 
 
 def inspect_page(path_or_url: str | os.PathLike, *, chromium: str | os.PathLike | None = None,
-                 timeout_s: float = 30, settle_s: float = 0.2) -> dict[str, Any]:
+                 timeout_s: float = 30, settle_s: float = 0.2, width: int = 1300) -> dict[str, Any]:
     """Load a file (or URL) in a fresh headless Chromium and return what it saw:
 
     console_errors [{type, text}], exceptions [text], log_errors [{source, text, url}],
     failed_loads [{url, error}], dialogs [{type, message}] (alert/confirm/prompt, dismissed),
     and the page's title, h1, svg_count, script_count, scroll_height, text (body innerText),
-    text_length, plus url and browser (version string).
+    text_length, overflow_x (px past the window's right edge) and wide_tables (the first header
+    cell of each table that runs past it), plus url and browser (version string).
+
+    `width`: the window's width in CSS px (a laptop screen's by default).
 
     `settle_s`: how long to keep listening after the load event (late timers, errors).
     Chromium is killed and its profile removed on every path out, timeouts included.
@@ -96,7 +105,7 @@ def inspect_page(path_or_url: str | os.PathLike, *, chromium: str | os.PathLike 
             proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         try:
-            return asyncio.run(asyncio.wait_for(_inspect(proc, profile, url, settle_s), timeout_s))
+            return asyncio.run(asyncio.wait_for(_inspect(proc, profile, url, settle_s, width), timeout_s))
         except asyncio.TimeoutError:
             raise BrowserError(f"Chromium did not finish loading {url} within {timeout_s} s"
                                f"{_log_tail(log_path)}") from None
@@ -129,7 +138,7 @@ async def _devtools_port(proc: subprocess.Popen, profile: Path) -> int:
             await asyncio.sleep(0.05)
 
 
-async def _inspect(proc: subprocess.Popen, profile: Path, url: str, settle_s: float) -> dict[str, Any]:
+async def _inspect(proc: subprocess.Popen, profile: Path, url: str, settle_s: float, width: int) -> dict[str, Any]:
     port = await _devtools_port(proc, profile)
     base = f"http://127.0.0.1:{port}"
     result: dict[str, Any] = {"url": url, "console_errors": [], "exceptions": [], "log_errors": [],
@@ -203,6 +212,8 @@ async def _inspect(proc: subprocess.Popen, profile: Path, url: str, settle_s: fl
             # Page.loadEventFired carries no navigation id, so a late load of the first about:blank
             # could pass for ours; lifecycle events name the loader, which Page.navigate returns
             await call("Page.setLifecycleEventsEnabled", enabled=True)
+            await call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1,
+                       mobile=False)
             nav = await call("Page.navigate", url=url)
             if nav.get("errorText"):
                 raise BrowserError(f"navigation to {url} failed: {nav['errorText']}")

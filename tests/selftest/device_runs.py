@@ -22,6 +22,11 @@ STUDY_KV = EVIDENCE / "issue-15-studies/session23-h100/kv/metrics.json.gz"
 # capacity under SLO at vLLM's defaults on an H100 (session 24): a search's probes, before the
 # misses per SLO were kept
 STUDY_SLO = EVIDENCE / "issue-15-studies/session24-h100/slo-concurrency/metrics.json.gz"
+# the same search on another H100 (session 27), its probes keeping the misses per SLO: TTFT bounds
+# it at 512 (39 of 2,048 late), capacity 470
+STUDY_SLO_MISSES = EVIDENCE / "issue-15-studies/session27-h100/slo-concurrency/metrics.json.gz"
+# the tuned configuration's served side alone (session 27, H100): 3 engine starts a side
+STUDY_TUNED_SERVED = EVIDENCE / "issue-15-studies/session27-h100/tuned-served/metrics.json.gz"
 
 
 def load(path: Path) -> dict:

@@ -54,6 +54,16 @@ def test_a_device_runs_card_renders_without_errors(tmp_path):
     assert "serving_baseline[concurrency=1024]" in page["text"]
 
 
+@pytest.mark.parametrize("run", ["SERVING_CHECK", "CERTIFY", "STUDY_BATCHING", "STUDY_KV", "STUDY_SLO_MISSES",
+                                 "STUDY_TUNED_SERVED"])
+def test_a_device_runs_card_fits_a_laptop_screen(tmp_path, run):
+    """No sideways scrolling at 1,300 px: session 27's study cards ran 93-465 px past the window,
+    a long interval method (the SLO search's) kept on one line and long check ids squeezing the
+    reasons into a column of a few words a line."""
+    page = open_card(device_runs.load(getattr(device_runs, run)), tmp_path, need_chromium())
+    assert (page["overflow_x"], page["wide_tables"]) == (0, []), (page["overflow_x"], page["wide_tables"])
+
+
 def test_html_in_the_cards_strings_is_shown_not_run(tmp_path):
     data = device_run()
     data["notes"] = [*data.get("notes", []), f"note {HOSTILE}"]
@@ -81,7 +91,9 @@ def test_the_checker_sees_a_broken_pages_errors(tmp_path):
                          '<img src="missing.png">'
                          '<script>throw new Error("x")</script>'
                          '<script>alert("hi")</script>'
-                         '<svg width="10" height="10"></svg></body></html>')
+                         '<svg width="10" height="10"></svg>'
+                         '<table><tr><th>wide</th><td style="white-space: nowrap">' + 'x' * 400 + '</td></tr></table>'
+                         '</body></html>')
     page = browser.inspect_page(page_path, chromium=need_chromium())
     assert [e for e in page["exceptions"] if "Error: x" in e]
     assert page["console_errors"] == [{"type": "error", "text": "logged 42"}]
@@ -89,6 +101,7 @@ def test_the_checker_sees_a_broken_pages_errors(tmp_path):
     assert [e for e in page["log_errors"] if e["url"].endswith("missing.png")]
     assert page["dialogs"] == [{"type": "alert", "message": "hi"}]
     assert (page["title"], page["h1"], page["svg_count"], page["script_count"]) == ("broken", "Broken", 1, 3)
+    assert page["overflow_x"] > 0 and page["wide_tables"] == ["wide"]  # 400 x's on one line pass 1,300 px
 
 
 def test_no_chromium_is_a_clear_error(tmp_path, monkeypatch):

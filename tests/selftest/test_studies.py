@@ -4,6 +4,7 @@ and put their sections on the card. The engine is the emulator: here what matter
 point's settings reach its own engine and what the study concludes from what the engine did."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,6 +231,38 @@ def test_the_slo_card_names_the_slo_that_bounds_the_capacity():
            "2,232 requests</strong>" in html
     assert "<th>missed TTFT</th><th>missed TPOT</th><th>failed</th>" in html
     assert "<td class=\"num\">1,498</td>" in html and "Undefined" not in html
+
+
+def test_the_slo_card_of_a_gpu_run_that_kept_its_misses():
+    """Session 27's concurrency search on an H100, as it ran: 470 streams hold, 512 fails with 39
+    of 2,048 requests past the TTFT SLO and none past TPOT. The card names TTFT from the run's
+    own counts, and the chart's y axis spans the probes' 97-100 %, not 0-100 % (where 98.1 %
+    against a 99 % target draws as 100 %)."""
+    from gpucert.report import card, studies_view
+
+    from . import device_runs
+    data = device_runs.load(device_runs.STUDY_SLO_MISSES)
+    html = card.render(data)
+    assert "<strong>TTFT bounds it: at 512, the lowest probe that failed, 39 missed TTFT of 2,048 requests" \
+           "</strong>" in html, html[html.find("bounds it") - 200:html.find("bounds it") + 200]
+    assert "2,009 / 2,048 (98.1 %)" in html and "Undefined" not in html
+    chart = studies_view.slo_capacity_view(data)[0]["chart"]
+    ticks = re.findall(r'text-anchor="end">([0-9.]+)</text>', chart)
+    assert ticks[0] == "96" and ticks[-1] == "100", ticks  # lowest interval end 97.2 %, less a margin
+    assert "target" not in chart  # this run's probes predate the target kept beside them
+
+
+def test_the_slo_chart_draws_the_target_its_probes_were_judged_against():
+    from gpucert.report import studies_view
+
+    from . import device_runs
+    data = device_runs.load(device_runs.STUDY_SLO)  # 1,024 streams at 63.4 %: the axis reaches down to it
+    for probe in data["checks"][0]["findings"]["probe"]:
+        probe["target"] = 0.99  # as a run records it since session 27
+    chart = studies_view.slo_capacity_view(data)[0]["chart"]
+    assert "target 99 %" in chart and "stroke-dasharray" in chart
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', chart)]
+    assert 50 <= ticks[0] <= 63 and ticks[-1] == 100, ticks
 
 
 def test_the_kv_card_shows_where_the_onset_lies():
@@ -508,6 +541,8 @@ def test_slo_capacity_finds_the_concurrency_the_scheduler_allows(tmp_path):
     assert (f"TTFT bounds it: at {first_failed:,}, the lowest probe that failed, "
             f"{measured[first_failed]['missed']['ttft_ms']:,} missed TTFT of {measured[first_failed]['total']:,}") in card
     assert "<th>missed TTFT</th>" in card
+    # each probe keeps the target it was judged against; the chart draws it
+    assert {p["target"] for p in check["findings"]["probe"]} == {0.95} and "target 95 %" in card
     assert '<span class="verdict big v-pass">study passed</span>' in card  # a study certifies nothing
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup, escape
 
 from .. import __version__, redaction
 from ..certification import NOT_APPLICABLE, decide
@@ -61,6 +62,21 @@ def interval(ci: Any) -> str:
     return interval_text((ci[0], ci[1]))
 
 
+def breakable(check_id: str) -> Markup:
+    """A check id escaped, with line-break chances after its brackets and commas: a long id
+    (`gemm_square[dtype=fp8,shape=square-16384]`) wraps between its parameters instead of
+    widening the checks table; <wbr> is not text, so a copied id still selects the same test."""
+    return Markup(str(escape(check_id)).replace(",", ",<wbr>").replace("[", "[<wbr>"))
+
+
+def finding_cell(value: Any) -> Any:
+    """A findings table's cell: a float to 6 significant digits (a probe's 0.996513 against its
+    0.99 target stays readable, 116.25508799988893 ms does not need its 17), anything else as is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    return value
+
+
 def finding_columns(rows: list[dict]) -> list[str]:
     """The columns of a findings table: every key any row has, in first-seen order (rows of one
     kind may differ: a notice beside the settings), except those holding nested data — a
@@ -74,6 +90,8 @@ def finding_columns(rows: list[dict]) -> list[str]:
 
 
 _ENV.filters["finding_columns"] = finding_columns
+_ENV.filters["finding_cell"] = finding_cell
+_ENV.filters["breakable"] = breakable
 _ENV.filters["number"] = number
 _ENV.filters["percent"] = percent
 _ENV.filters["interval"] = interval

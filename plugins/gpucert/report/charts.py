@@ -34,14 +34,19 @@ def _label(value: float) -> str:
 def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tuple[float, float]]],
                log2_x: bool = True, right: dict[str, list[tuple[float, float]]] | None = None,
                right_label: str = "", log_y: bool = False, marks: list[tuple[float, str]] | None = None,
-               x_ticks: list[float] | None = None) -> str:
+               x_ticks: list[float] | None = None, y_range: tuple[float, float] | None = None,
+               levels: list[tuple[float, str]] | None = None, legend: str = "top right") -> str:
     """`series`: name → [(x, y)]. The x axis is log2 (concurrency levels double, a label at each
     level) or, with log2_x=False, linear (time, round labels). `log_y`: a log10 y axis with a line
     at each decade, for figures spanning several (TPOT in ms beside a TTFT of minutes); values
     <= 0 are left out there. `right`: series drawn dashed against a second y axis of their own
     (e.g. streamed tok/s over GPU utilization %), so that a spike in one lines up with the other.
     `marks`: (x, label) vertical dashed lines, e.g. where the stack changed between two runs.
-    `x_ticks`: the x labels to show (default: each level on log2, round numbers on linear)."""
+    `x_ticks`: the x labels to show (default: each level on log2, round numbers on linear).
+    `y_range`: a linear y axis from low to high instead of 0 to the data's top, where what matters
+    is a few points near a ceiling (a share of requests within the SLOs against its 99 % target).
+    `levels`: (y, label) horizontal dashed lines, e.g. that target. `legend`: "top right" or,
+    where the data runs along the top, "bottom left"."""
     def usable(x: float, y: float | None = 1.0) -> bool:
         return y is not None and (x > 0 if log2_x else x >= 0) and (y > 0 or not log_y)
     points = [(x, y) for pts in series.values() for x, y in pts if usable(x, y)]
@@ -52,7 +57,7 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
     fx = (lambda v: math.log2(v)) if log2_x else (lambda v: v)
     xs, ys = [fx(x) for x, _ in points_x], [y for _, y in points]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y1 = max(ys) * 1.1 or 1.0
+    y0, y1 = y_range if y_range and not log_y else (0.0, max(ys) * 1.1 or 1.0)
     if log_y:  # whole decades around the data
         d0, d1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
         d1 = d1 if d1 > d0 else d0 + 1
@@ -66,12 +71,12 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
     def py(y: float) -> float:
         if log_y:
             return TOP + plot_h - (math.log10(y) - d0) / (d1 - d0) * plot_h
-        return TOP + plot_h - y / y1 * plot_h
+        return TOP + plot_h - (y - y0) / (y1 - y0) * plot_h
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" role="img" '
            f'aria-label="{html.escape(title)}" style="font: 11px sans-serif">',
            f'<text x="{LEFT}" y="16" font-weight="600">{html.escape(title)}</text>']
-    for tick in ([10.0 ** d for d in range(d0, d1 + 1)] if log_y else _ticks(0.0, y1)):
+    for tick in ([10.0 ** d for d in range(d0, d1 + 1)] if log_y else [t for t in _ticks(y0, y1) if t >= y0]):
         y = py(tick)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d0d7de"/>'
                    f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(tick)}</text>')
@@ -88,6 +93,11 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#8250df" '
                    f'stroke-dasharray="4,3"/><text x="{px(x) - 3:.1f}" y="{TOP + plot_h - 6 - 12 * i}" '
                    f'text-anchor="end" fill="#8250df">{html.escape(label)}</text>')
+    # a level's label just below its line: the points that hold it run above
+    for y, label in levels or []:
+        out.append(f'<line x1="{LEFT}" x2="{WIDTH - right_margin}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+                   f'stroke="#cf222e" stroke-dasharray="4,3"/><text x="{LEFT + 4}" y="{py(y) + 13:.1f}" '
+                   f'fill="#cf222e">{html.escape(label)}</text>')
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS[i % len(COLORS)]
         good = sorted((x, y) for x, y in pts if usable(x, y))
@@ -97,8 +107,12 @@ def line_chart(title: str, x_label: str, y_label: str, series: dict[str, list[tu
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         if len(good) <= 40:  # markers on a few levels; a time series is a plain line
             out += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in good]
-        out.append(f'<text x="{WIDTH - right_margin - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" fill="{color}">'
-                   f'{html.escape(name)}</text>')
+        if legend == "bottom left":  # the first series on top, the last just above the x axis
+            out.append(f'<text x="{LEFT + 6}" y="{TOP + plot_h - 6 - 14 * (len(series) - 1 - i)}" '
+                       f'fill="{color}">{html.escape(name)}</text>')
+        else:
+            out.append(f'<text x="{WIDTH - right_margin - 4}" y="{TOP + 14 * (i + 1)}" text-anchor="end" '
+                       f'fill="{color}">{html.escape(name)}</text>')
     if r1:
         def pr(y: float) -> float:
             return TOP + plot_h - y / r1 * plot_h

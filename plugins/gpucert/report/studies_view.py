@@ -6,6 +6,7 @@ each change with its interval drawn as a whisker."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -124,7 +125,8 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             else "concurrency (streams)", "%",
             {"within SLO": [(p["x"], 100 * p["attainment"]) for p in probes if p.get("attainment") is not None],
              "95% interval, low": [(p["x"], 100 * p["ci_low"]) for p in probes],
-             "95% interval, high": [(p["x"], 100 * p["ci_high"]) for p in probes]}, marks=marks)
+             "95% interval, high": [(p["x"], 100 * p["ci_high"]) for p in probes]}, marks=marks,
+            **_near_the_target(probes))
         rows = _probe_rows(probes, (check.get("findings") or {}).get("measured", []))
         out.append({"check": check, "metric": metric, "probes": probes, "chart": chart, "rows": rows,
                     # each SLO's key in a probe's misses with the words the card heads its column with
@@ -133,6 +135,22 @@ def slo_capacity_view(data: dict[str, Any]) -> list[dict[str, Any]]:
                     "bound_by": _bound_by(rows),
                     "notices": [f["notice"] for f in (check.get("findings") or {}).get("search", [])]})
     return out
+
+
+def _near_the_target(probes: list[dict]) -> dict[str, Any]:
+    """The attainment chart's y axis from just below its lowest point (or the target) to 100 %,
+    the target drawn across it: on 0-100 % a probe at 98.1 % against a 99 % target looks like one
+    at 100 %. The points run along the top, so the legend goes bottom left. A run from before
+    probes kept their target draws no target line."""
+    targets = {p["target"] for p in probes if isinstance(p.get("target"), (int, float))}
+    lows = [100 * p["ci_low"] for p in probes if isinstance(p.get("ci_low"), (int, float))]
+    lows += [100 * t for t in targets]
+    if not lows:
+        return {}
+    lowest = min(lows)
+    low = max(0.0, math.floor(lowest - max(0.5, 0.15 * (100 - lowest))))
+    return {"y_range": (low, 100.0), "legend": "bottom left",
+            "levels": [(100 * t, f"target {100 * t:g} %") for t in sorted(targets)]}
 
 
 def _probe_rows(probes: list[dict], measured: list[dict]) -> list[dict]:

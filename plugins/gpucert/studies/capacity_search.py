@@ -201,7 +201,7 @@ class Probe:
         (lower, upper), (v_lower, v_upper) = self.ci, self.verdict_ci
         return {"x": self.x, "met": self.met, "total": self.total, "attainment": self.attainment,
                 "ci_low": lower, "ci_high": upper, "verdict_ci_low": v_lower, "verdict_ci_high": v_upper,
-                "passed": self.passed, "verdict": self.verdict}
+                "passed": self.passed, "verdict": self.verdict, "target": self.target}
 
 
 @dataclass
