@@ -27,7 +27,9 @@ def _label(value: float) -> str:
     if abs(value) >= 1e6:
         return f"{value / 1e6:g}M"
     if abs(value) >= 1000:
-        return f"{value / 1000:g}k"
+        # round thousands short (2k, 2.5k); a level as it was run in full (1,024 streams, not 1.024k)
+        short = value / 1000
+        return f"{short:g}k" if round(short, 1) == short else f"{value:,.0f}"
     return f"{value:g}"  # decades below 1 too: 0.1, 0.01
 
 
