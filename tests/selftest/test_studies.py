@@ -233,6 +233,11 @@ def test_the_slo_card_names_the_slo_that_bounds_the_capacity():
     assert "<td class=\"num\">1,498</td>" in html and "Undefined" not in html
 
 
+def y_ticks(svg: str) -> list[float]:
+    """A line chart's y-axis labels, bottom to top (the only numbers it anchors at their end)."""
+    return [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', svg)]
+
+
 def test_the_slo_card_of_a_gpu_run_that_kept_its_misses():
     """Session 27's concurrency search on an H100, as it ran: 470 streams hold, 512 fails with 39
     of 2,048 requests past the TTFT SLO and none past TPOT. The card names TTFT from the run's
@@ -247,8 +252,8 @@ def test_the_slo_card_of_a_gpu_run_that_kept_its_misses():
            "</strong>" in html, html[html.find("bounds it") - 200:html.find("bounds it") + 200]
     assert "2,009 / 2,048 (98.1 %)" in html and "Undefined" not in html
     chart = studies_view.slo_capacity_view(data)[0]["chart"]
-    ticks = re.findall(r'text-anchor="end">([0-9.]+)</text>', chart)
-    assert ticks[0] == "96" and ticks[-1] == "100", ticks  # lowest interval end 97.4 % (512), less a margin
+    ticks = y_ticks(chart)
+    assert ticks[0] == 96 and ticks[-1] == 100, ticks  # lowest interval end 97.4 % (512), less a margin
     assert "target" not in chart  # this run's probes predate the target kept beside them
 
 
@@ -261,7 +266,7 @@ def test_the_slo_chart_draws_the_target_its_probes_were_judged_against():
         probe["target"] = 0.99  # as a run records it since session 27
     chart = studies_view.slo_capacity_view(data)[0]["chart"]
     assert "target 99 %" in chart and 'stroke="#cf222e" stroke-dasharray' in chart  # the line, not only its label
-    ticks = [float(t) for t in re.findall(r'text-anchor="end">([0-9.]+)</text>', chart)]
+    ticks = y_ticks(chart)
     assert 50 <= ticks[0] <= 63 and ticks[-1] == 100, ticks
 
 
