@@ -22,8 +22,11 @@ case $part in
   tuned-served) select="-k tuned"
     derived=/tmp/tuned-served.yaml
     python3 -c 'import sys, yaml
-plan = yaml.safe_load(open(sys.argv[1]))
-yaml.safe_dump({"tuned": dict(plan["tuned"], offline=False)}, open(sys.argv[2], "w"))' \
+try:
+    plan = yaml.safe_load(open(sys.argv[1]))
+    yaml.safe_dump({"tuned": dict(plan["tuned"], offline=False)}, open(sys.argv[2], "w"))
+except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+    sys.exit(f"run-studies.sh tuned-served: no tuned section to derive from {sys.argv[1]}: {e!r}")' \
       "${PLAN:-$here/h200-studies.yaml}" "$derived" || exit 2
     PLAN=$derived ;;
   grid) select="-k batching"; PLAN=${PLAN:-$here/grid-studies.yaml} ;;
