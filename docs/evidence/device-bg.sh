@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs a long command on the lent GPU node past one call's 10-minute limit (the machine stays warm
 # while calls follow each other within ~30 s):
-#   device-bg.sh start NAME CMD...    start CMD in its own session (it outlives this call); its
-#                                     files go to /tmp/gpucert-bg/NAME/out ($OUT for it)
+#   device-bg.sh start NAME CMD...    start CMD in its own session (it outlives this call), in a copy
+#                                     of the checkout (/tmp/gpucert-bg/NAME/tree, gpucert imported from
+#                                     there); its files go to /tmp/gpucert-bg/NAME/out ($OUT for it)
 #   device-bg.sh stop NAME            SIGTERM CMD's whole process group (a pytest or script running vLLM
 #                                     then stops its engine: SIGTERM is Ctrl-C to it); never `pkill -f`
 #                                     a pattern the calling command line contains (it kills that shell)
-#   (every device call re-lays the working tree first: a step that is collecting tests while the
-#   next call begins can lose a file for a moment; start the follow-up call ≥ 15 s after a step starts)
+#   (every device call re-lays the working tree first: a step that read the checkout itself could
+#   lose a file for a moment — session 28's precision study stopped at once, pyproject.toml gone,
+#   when the next call began as it started; so CMD runs in its own copy, which no call touches)
 #   device-bg.sh wait NAME SECONDS    wait up to SECONDS (less once files are ready); print the log's
 #                                     tail; move finished files to this call's $OUT; DONE when all is
 set -uo pipefail
@@ -15,10 +17,13 @@ cmd=$1; name=$2; shift 2
 base=/tmp/gpucert-bg/$name
 case $cmd in
   start)
-    rm -rf "$base"; mkdir -p "$base/out"
-    OUT=$base/out setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
-    echo $! > "$base/pid"
-    echo "started $name (pid $!)";;
+    rm -rf "$base"; mkdir -p "$base/out" "$base/tree"
+    # the checkout without its reports, git, venv and the bundle's large chunks (staged already)
+    tar -c --exclude=./reports --exclude=./.git --exclude=./.venv --exclude='./.devbundle/c[0-9]*' --exclude='./.devbundle/smol[0-9]*' . \
+      | tar -x -C "$base/tree" || { echo "could not copy the checkout to $base/tree"; exit 3; }
+    (cd "$base/tree" && PYTHONPATH=$base/tree/plugins${PYTHONPATH:+:$PYTHONPATH} OUT=$base/out \
+      setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null & echo $! > "$base/pid")
+    echo "started $name (pid $(cat "$base/pid")) in $base/tree";;
   stop)
     pid=$(cat "$base/pid" 2>/dev/null) || { echo "no $name started"; exit 1; }
     kill -TERM -- "-$pid" 2>/dev/null && echo "sent SIGTERM to process group $pid"
@@ -40,7 +45,7 @@ case $cmd in
     while [[ ! -f $base/rc ]] && (( $(date +%s) < deadline )) && ! ready; do sleep 5; done
     tail -n 40 "$base/log"
     # the newest gpucert.log: a check's progress (engine starts, levels) while make's output waits
-    newest=$(ls -t reports/*/gpucert.log 2>/dev/null | head -1)
+    newest=$(ls -t "$base"/tree/reports/*/gpucert.log 2>/dev/null | head -1)
     [[ -n $newest ]] && { echo "-- $newest"; tail -n 6 "$newest" | cut -c1-240; }
     moved=0
     for f in "$base/out"/*; do

@@ -5,5 +5,7 @@
 [[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -c "import gpucert" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 \
+# installed = its metadata (the pytest11 entry point that loads the plugin), not merely importable:
+# device-bg.sh puts its copy's plugins/ on PYTHONPATH, which an editable install from either tree then serves
+python3 -c "import importlib.metadata as m; m.distribution('gpucert')" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 \
   || { tail -3 /tmp/pip.log; echo "gpucert did not install from $PWD"; exit 3; }

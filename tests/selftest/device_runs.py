@@ -28,6 +28,11 @@ STUDY_SLO_MISSES = EVIDENCE / "issue-15-studies/session27-h100/slo-concurrency/m
 # the tuned configuration's served side alone (session 27, H100): 3 engine starts a side
 STUDY_TUNED_SERVED = EVIDENCE / "issue-15-studies/session27-h100/tuned-served/metrics.json.gz"
 
+# make certify's GEMM checks alone (`run-burnin.sh gemm`), sustained: the lent H100 (session 19)
+# and the lent H200 (session 28), each judged on the datasheet floors alone
+GEMM_H100 = EVIDENCE / "issue-17-burnin/h100-session19/gemm-metrics.json.gz"
+GEMM_H200 = EVIDENCE / "issue-17-burnin/h200-session28/gemm-metrics.json.gz"
+
 
 def load(path: Path) -> dict:
     """A run's metrics.json, as the card and the exporters take it."""

@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from gpucert.judge import judge
+from gpucert.metrics import Metric
 from gpucert.thresholds import ThresholdsError, load, parse
+
+from . import device_runs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,3 +136,24 @@ def test_merge_keys_may_override_and_equal_limits_are_fine(tmp_path):
                     "quarantine:\n  - {check: a, reason: r, expires: 2028-02-29}\n")
     th = load(path)
     assert th.rule_for("b", "m", {}).max == 2 and th.quarantine[0].expires == dt.date(2028, 2, 29)
+
+
+@pytest.mark.parametrize("run", [device_runs.GEMM_H200, device_runs.GEMM_H100], ids=["h200", "h100"])
+def test_the_shipped_gemm_floors_pass_both_gpus_and_fail_one_a_quarter_slower(run):
+    """The datasheet floors were set from these two runs' sustained figures (~10 points of peak
+    under the lowest of a dtype's): each figure clears its floor and its warning, and the same
+    figure 25 % lower fails every floor with no baseline to help. (20 % lower is not always caught:
+    a floor under the dtype's lowest square leaves its largest square up to 14 points; losses that
+    small are the baselines' to catch, at rel_tol 7 %.)"""
+    th = load(REPO / "thresholds.yaml")
+    figures = [m for check in device_runs.load(run)["checks"] for m in check["metrics"]
+               if m["metric"] == "tflops" and m["check"] != "gemm_projection"]
+    assert len(figures) == 18 and all(m["method"] == "sustained" for m in figures)
+
+    def verdict(m: dict, scale: float) -> str:
+        metric = Metric(check=m["check"], family="gemm", metric="tflops", unit="TFLOP/s", value=m["value"] * scale,
+                        params=m["params"], peak=m["peak"], direction="higher", method="sustained")
+        return judge(metric, th.rule_for(m["check"], "tflops", m["params"]), None).verdict
+
+    assert {m["key"]: verdict(m, 1.0) for m in figures} == {m["key"]: "new" for m in figures}
+    assert {m["key"]: verdict(m, 0.75) for m in figures} == {m["key"]: "fail" for m in figures}
