@@ -145,13 +145,15 @@ class CheckRecorder:
         self._result.findings.setdefault(kind, []).append(fields)
 
     def work(self, *, output_tokens: float | list[float] | None = None, window: tuple[float, float] | None = None,
-             windows: list[tuple[float, float]] | None = None) -> None:
+             windows: list[tuple[float, float]] | None = None, repeats: bool = True) -> None:
         """What the check measured, for the resource monitor: the output tokens (→ joules per
         token) and the time.monotonic() window they were produced in (the monitor's figures then
         cover that window, not the check's set-up and warm-up). `windows`: one per repeat of the
         same workload — the pauses between them are left out, and energy_j is a repeat's (their
         median), so it does not grow with the number of repeats; `output_tokens` may then be one
-        count per window, which gives joules per token an interval too."""
+        count per window, which gives joules per token an interval too. `repeats=False`: the
+        windows are different loads (a study's probes around its engine starts): the figures
+        cover them alone, `energy_j` is their sum."""
         if window is not None:
             windows = [window]
         if isinstance(output_tokens, (list, tuple)):
@@ -162,6 +164,7 @@ class CheckRecorder:
             self._result.work["output_tokens"] = output_tokens
         if windows:
             self._result.work["windows"] = [(float(a), float(b)) for a, b in windows]
+            self._result.work["repeats"] = repeats
 
     def timeline(self, name: str, times: list[float], values: list[float]) -> None:
         """A series on time.monotonic() (e.g. output tok/s per second) drawn over the monitor's."""

@@ -281,6 +281,26 @@ def test_repeats_energy_is_one_repeat_and_the_pauses_between_them_are_left_out()
         figures["energy_j_per_output_token"]
 
 
+def test_different_loads_of_one_check_add_their_energy_and_leave_the_engine_starts_out():
+    """A study check: an engine start (idle GPU, 10 s) before each of two different loads (5 s at
+    700 W, then 3 s at 500 W). The figures are of the loads alone and the energy is both loads',
+    not a median of them (they are not repeats of one workload), per token over all tokens."""
+    t = np.arange(0, 23.0, 0.1)
+    first, second = (t >= 10) & (t <= 15), (t >= 20) & (t <= 23)
+    watts = np.where(first, 700.0, np.where(second, 500.0, 100.0))
+    energy = np.concatenate([[0.0], np.cumsum(watts[1:] * 0.1)])
+    columns = {"t": t, "scheduled": t, "gpu0.power_w": watts, "gpu0.energy_j": energy,
+               "gpu0.util_gpu_pct": np.where(first | second, 80.0, 0.0)}
+    windows = [(10.0, 15.0), (20.0, 22.9)]
+    figures = summary.summarize_windows(columns, windows, output_tokens=[1000, 500], repeats=False)
+    assert figures["energy_j"] == pytest.approx(700 * 5.0 + 500 * 2.9, rel=0.03)
+    assert figures["energy_j_per_output_token"] == pytest.approx(figures["energy_j"] / 1500)
+    assert "energy_j_repeats" not in figures and "energy_j_per_output_token_repeats" not in figures
+    assert figures["gpus"][0]["util_gpu_mean_pct"] == pytest.approx(80.0)  # no engine-start sample
+    as_repeats = summary.summarize_windows(columns, windows, output_tokens=[1000, 500])
+    assert as_repeats["energy_j"] < 0.8 * figures["energy_j"]  # the median of two, which these are not
+
+
 @pytest.mark.slow("the sampler timed over seconds")
 def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, monkeypatch):
     """Energy, PCIe/NVLink bytes, ECC and host CPU are read on counter ticks only (on H100 the

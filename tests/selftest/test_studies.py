@@ -411,6 +411,10 @@ def test_kv_capacity_finds_the_onset_the_reported_capacity_predicts(tmp_path):
     assert longest["value"] == 504 and "max_model_len 512 (8 out) refused 505: HTTP 400" in longest["note"]
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Study: KV-cache saturation" in html
+    # the monitor's figures cover the probes' loads alone, not the engine's start before them
+    assert check["monitor"]["loads"] == len(check["findings"]["probe"]), check["monitor"]
+    assert check["monitor"]["window_s"][0] > 0
+    assert f"the figures cover its {check['monitor']['loads']} loads alone" in html
 
 
 @pytest.mark.fault("studies", "an engine that dies (as vLLM does out of memory) when a 23rd request runs at once, "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpucert.serving.summary import measured_window
 from gpucert.studies.plan import PlanError, load_plan
 
 from ..inference.engine_setup import deselect_absent, engine_pool, load_from_options, pool_target
@@ -83,6 +84,32 @@ def study_target(request, study_engines):
         return pool_target(config, study_engines, {**study_engine, **point.engine}, load, point.id)
 
     return target
+
+
+class LoadWindows:
+    """The loads one study check runs (probes, each engine start's runs), told to the resource
+    monitor as they end: its figures then cover those loads alone, not the engine starts and
+    pauses between them (session 27: a check with six engine starts read the GPU 13.7 % busy, its
+    loads 35-59 %). `energy_j` is then all the loads' energy, per token over all their tokens."""
+
+    def __init__(self, gpucert):
+        self.gpucert, self.windows, self.tokens = gpucert, [], []
+
+    def add(self, window: tuple[float, float] | None, output_tokens: float) -> None:
+        if window is None:
+            return
+        self.windows.append(window)
+        self.tokens.append(float(output_tokens))
+        self.gpucert.work(windows=self.windows, output_tokens=self.tokens, repeats=False)
+
+    def add_records(self, records) -> None:
+        """One load's request records (each with its send and end times on time.monotonic())."""
+        self.add(measured_window(records), sum(r.output_tokens or 0 for r in records if r.ok))
+
+
+@pytest.fixture
+def study_loads(gpucert) -> LoadWindows:
+    return LoadWindows(gpucert)
 
 
 def study_load(config: pytest.Config, **changes):

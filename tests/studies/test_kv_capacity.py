@@ -34,8 +34,8 @@ class Prober:
     """Runs one wave of `concurrency` requests of the study's shape and keeps its row; restarts
     the engine (through the pool) after a probe that killed it."""
 
-    def __init__(self, connect, load, keep):
-        self.connect, self.load, self.keep = connect, load, keep
+    def __init__(self, connect, load, keep, loads=None):
+        self.connect, self.load, self.keep, self.loads = connect, load, keep, loads
         self.target = connect(load)
         self.rows: list[dict] = []
 
@@ -46,6 +46,8 @@ class Prober:
         target = dataclasses.replace(self.target, load=load)
         before = _preemptions(target)
         records = run_level(target, concurrency, concurrency, level=concurrency)
+        if self.loads:
+            self.loads.add_records(records.measured)
         crashed = target.crashed(grace_s=2.0 if any(not r.ok for r in records.measured) else 0.0)
         after = None if crashed else _preemptions(target)
         summary = summarize(records.measured, load.slo)
@@ -132,13 +134,13 @@ def _longest_context(prober: Prober, plan, max_model_len: int | None) -> tuple[i
     return ok, why
 
 
-def test_kv_capacity(gpucert, plan, study_target, kv_point, request):
+def test_kv_capacity(gpucert, plan, study_target, study_loads, kv_point, request):
     kv = plan.kv_capacity
     load = study_load(request.config, input_len=kv.input_len, output_len=kv.output_len, ignore_eos=True,
                       warmup=0, repeats=1, range_ratio=0.0, dataset="random")
     point = kv.point(kv_point)
     prober = Prober(lambda the_load: study_target(kv.engine, point, the_load), load,
-                    lambda row: gpucert.finding("probe", **row))
+                    lambda row: gpucert.finding("probe", **row), study_loads)
     facts = prober.target.facts
     blocks, block_size = facts.get("num_gpu_blocks"), facts.get("block_size")
     for name, key, unit in (("kv_cache_tokens", "kv_cache_tokens", "tokens"), ("kv_blocks", "num_gpu_blocks", "blocks"),

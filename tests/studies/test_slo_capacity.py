@@ -19,7 +19,7 @@ from .conftest import study_load
 pytestmark = pytest.mark.study
 
 
-def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
+def test_slo_capacity(gpucert, plan, study_target, study_loads, capacity_kind, request):
     slo = plan.slo_capacity
     load = study_load(request.config, warmup=0, repeats=1)
     if not load.slo:
@@ -38,6 +38,7 @@ def test_slo_capacity(gpucert, plan, study_target, capacity_kind, request):
             records = run_level(target, None, n, rate=float(x))
         else:
             records = run_level(target, int(x), n)
+        study_loads.add_records(records.measured)
         met, total = capacity_search.slo_counts(records.measured, load.slo)
         served = summarize(records.measured)
         # kept if the search stops half-way; the misses per SLO and the probe's latency say which

@@ -23,9 +23,11 @@ from .conftest import study_load
 pytestmark = pytest.mark.study
 
 
-def _measure(target, level: int) -> dict:
+def _measure(target, level: int, loads) -> dict:
     load = target.load
     runs = [run_level(target, level, load.requests_at(level), repeat=r) for r in range(max(load.repeats, 1))]
+    for run in runs:
+        loads.add_records(run.measured)
     per = [summarize(run.measured, load.slo) for run in runs]
     windows = [w for w in (measured_window(run.measured) for run in runs) if w]
 
@@ -70,14 +72,15 @@ def _side(figures: dict | None) -> dict:
             "host_cpu_busy_mean_pct": (figures.get("host") or {}).get("cpu_busy_mean_pct")}
 
 
-def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucert_monitor, request, tuned_concurrency):
+def test_tuned(gpucert, plan, study_target, study_engines, study_results, study_loads, gpucert_monitor, request,
+               tuned_concurrency):
     tuned = plan.tuned
     level = tuned_concurrency
     load = study_load(request.config)
 
     def measure_candidate(point):
         return {"point": point.id, "engine": point.engine, "concurrency": level,
-                **_measure(study_target(tuned.engine, point, load), level)}
+                **_measure(study_target(tuned.engine, point, load), level, study_loads)}
 
     best, how = _choose(plan, study_results, measure_candidate)
     if best is None:
@@ -88,7 +91,7 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
     for _ in range(tuned.starts):  # alternating: each start a fresh engine, drift shared by both
         for name, point in (("default", default), ("tuned", best)):
             target = study_target(tuned.engine, point, load)
-            figures = _measure(target, level)
+            figures = _measure(target, level, study_loads)
             if gpucert_monitor and figures["window"]:
                 figures.update(_side(gpucert_monitor.figures(*figures["window"])))
             figures["argv"] = target.server.config.argv() if target.server else None
@@ -132,10 +135,10 @@ def test_tuned(gpucert, plan, study_target, study_engines, study_results, gpucer
                     default=summary["default"], tuned=summary["tuned"])
 
     if tuned.offline:
-        _offline_gain(gpucert, plan, best, study_engines, request, load)
+        _offline_gain(gpucert, plan, best, study_engines, request, load, study_loads)
 
 
-def _offline_gain(gpucert, plan, best, study_engines, request, load):
+def _offline_gain(gpucert, plan, best, study_engines, request, load, loads):
     """LLM.generate of `offline_prompts` prompts, default and tuned alternately, `offline_starts` each."""
     from gpucert.serving.offline import run_offline
 
@@ -155,6 +158,8 @@ def _offline_gain(gpucert, plan, best, study_engines, request, load):
                                  study_engines.workdir / f"offline-{name}-{start + 1}-{int(time.time())}",
                                  ignore_eos=load.ignore_eos)
             rates[name] += result.rates(count)
+            for line in result.levels.get(count, []):
+                loads.add(line.get("window_monotonic"), line.get("output_tokens") or 0)
     for name, values in rates.items():
         if values:
             gpucert.record(f"offline_{name}_output_tok_s", statistics.fmean(values), unit="tok/s", direction="higher",

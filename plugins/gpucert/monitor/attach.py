@@ -96,7 +96,7 @@ class SessionMonitor:
         events = self.monitor.events(t0, t1, flush=False)  # the whole check's, set-up included
         store.save_slice(path, meta, columns, events)
         figures = summary_engine.summarize_windows(columns, windows, output_tokens=work.get("output_tokens"),
-                                                   meta=meta, events=events)
+                                                   meta=meta, events=events, repeats=work.get("repeats", True))
         for metric, value, unit, direction, note in summary_engine.check_metrics(figures):
             # a level measured with repeats: each repeat's figure is a sample of the value
             repeats = figures.get(f"{metric}_repeats")
@@ -114,6 +114,8 @@ class SessionMonitor:
             recorder.finding("monitor", notice=summary_engine.describe_events(events, t0))
         result.monitor = {"file": str(path), "samples": figures["samples"], "jitter_ms": figures["jitter_ms"],
                           "window_s": [round(w0 - t0, 3), round(w1 - t0, 3)],
+                          # different loads in one window (a study's): the figures are theirs alone
+                          "loads": len(windows) if not work.get("repeats", True) else None,
                           "timeline": summary_engine.timeline(columns, t0),
                           "overlays": {name: {"t_s": [round(t - t0, 3) for t in times], "values": values}
                                        for name, (times, values) in (result.timelines or {}).items()}}

@@ -245,7 +245,7 @@ def summarize(columns: dict[str, np.ndarray], output_tokens: float | None = None
 
 def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float, float]],
                       output_tokens: float | list[float] | None = None, *, meta: dict[str, Any] | None = None,
-                      events: list[dict] | None = None) -> dict[str, Any]:
+                      events: list[dict] | None = None, repeats: bool = True) -> dict[str, Any]:
     """Figures of what a check measured: one window, or one per repeat of the same workload. With
     several, the figures are of their samples alone (the pauses between repeats are no part of the
     workload), the energy is each window's own (`energy_j_repeats`), `energy_j` their median — one
@@ -253,7 +253,8 @@ def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float,
     energy over all of their tokens; given tokens per window, each repeat's joules per token too
     (`energy_j_per_output_token_repeats`, the samples of its interval). The events counted are
     those inside the windows; time in slowdown is each window's own, added up (a pause between
-    repeats holds no reading)."""
+    repeats holds no reading). `repeats=False`: the windows are different loads of one check (a
+    study's probes, its engine starts' runs), so `energy_j` is their sum and no window is a sample."""
     per_window = list(output_tokens) if isinstance(output_tokens, (list, tuple)) else None
     if per_window is not None:
         output_tokens = sum(per_window)
@@ -284,6 +285,10 @@ def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float,
     energies = [summarize({name: values[within(a, b)] for name, values in columns.items()},
                           window_s=b - a)["energy_j"] for a, b in windows]
     known = None not in energies
+    if not repeats:
+        out["energy_j"] = sum(energies) if known else None
+        out["energy_j_per_output_token"] = out["energy_j"] / output_tokens if known and output_tokens else None
+        return out
     out["energy_j_repeats"] = energies if known else None
     out["energy_j"] = float(np.median(energies)) if known else None
     out["energy_j_per_output_token"] = sum(energies) / output_tokens if known and output_tokens else None

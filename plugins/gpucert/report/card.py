@@ -185,7 +185,7 @@ def monitor_view(data: dict[str, Any]) -> list[dict[str, Any]]:
                    charts.line_chart(f"{check['check_id']}: the check's own series", "s from the check's start",
                                      "per s", overlays, log2_x=False) if overlays else ""]
         views.append({"check_id": check["check_id"], "samples": mon.get("samples"), "file": mon.get("file"),
-                      "jitter_ms": mon.get("jitter_ms") or {}, "window_s": mon.get("window_s"),
+                      "jitter_ms": mon.get("jitter_ms") or {}, "window_s": mon.get("window_s"), "loads": mon.get("loads"),
                       "charts": [c for c in charts_ if c]})
     return views
 
