@@ -5,7 +5,9 @@
 [[ -f /tmp/devsite/env.sh ]] && source /tmp/devsite/env.sh
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-# installed = its metadata (the pytest11 entry point that loads the plugin), not merely importable:
-# device-bg.sh puts its copy's plugins/ on PYTHONPATH, which an editable install from either tree then serves
+# gpucert's code from this checkout, whichever tree runs (device-bg.sh's copy or the call's own):
+# an editable install made from another tree would otherwise serve that tree's code
+export PYTHONPATH=$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}
+# installed = its metadata (the pytest11 entry point that loads the plugin), not merely importable
 python3 -c "import importlib.metadata as m; m.distribution('gpucert')" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . >/tmp/pip.log 2>&1 \
   || { tail -3 /tmp/pip.log; echo "gpucert did not install from $PWD"; exit 3; }
