@@ -21,9 +21,12 @@ case $cmd in
     # the checkout without its reports, git, venv and the bundle's large chunks (staged already)
     tar -c --exclude=./reports --exclude=./.git --exclude=./.venv --exclude='./.devbundle/c[0-9]*' --exclude='./.devbundle/smol[0-9]*' . \
       | tar -x -C "$base/tree" || { echo "could not copy the checkout to $base/tree"; exit 3; }
-    (cd "$base/tree" && PYTHONPATH=$base/tree/plugins${PYTHONPATH:+:$PYTHONPATH} OUT=$base/out \
-      setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null & echo $! > "$base/pid")
-    echo "started $name (pid $(cat "$base/pid")) in $base/tree";;
+    cd "$base/tree" || exit 3
+    # one simple command in the background, so $! is the new session's leader (`stop` signals its group)
+    PYTHONPATH=$base/tree/plugins${PYTHONPATH:+:$PYTHONPATH} OUT=$base/out \
+      setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
+    echo $! > "$base/pid"
+    echo "started $name (pid $!) in $base/tree";;
   stop)
     pid=$(cat "$base/pid" 2>/dev/null) || { echo "no $name started"; exit 1; }
     kill -TERM -- "-$pid" 2>/dev/null && echo "sent SIGTERM to process group $pid"
