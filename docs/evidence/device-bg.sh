@@ -19,7 +19,7 @@ case $cmd in
   start)
     rm -rf "$base"; mkdir -p "$base/out" "$base/tree"
     # the checkout without its reports, git, venv and the bundle's large chunks (staged already)
-    tar -c --exclude=./reports --exclude=./.git --exclude=./.venv --exclude='./.devbundle/c[0-9]*' --exclude='./.devbundle/smol[0-9]*' . \
+    tar -c --exclude=./reports --exclude=./.git --exclude=./.venv --exclude='./.devbundle*/c[0-9]*' --exclude='./.devbundle*/smol[0-9]*' . \
       | tar -x -C "$base/tree" || { echo "could not copy the checkout to $base/tree"; exit 3; }
     cd "$base/tree" || exit 3
     # one simple command in the background, so $! is the new session's leader (`stop` signals its group)
