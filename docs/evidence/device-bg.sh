@@ -2,8 +2,8 @@
 # Runs a long command on the lent GPU node past one call's 10-minute limit (the machine stays warm
 # while calls follow each other within ~30 s):
 #   device-bg.sh start NAME CMD...    start CMD in its own session (it outlives this call), in a copy
-#                                     of the checkout (/tmp/gpucert-bg/NAME/tree, gpucert imported from
-#                                     there); its files go to /tmp/gpucert-bg/NAME/out ($OUT for it)
+#                                     of the checkout (/tmp/gpucert-bg/NAME/tree: device-env.sh imports
+#                                     gpucert from there); its files go to /tmp/gpucert-bg/NAME/out ($OUT)
 #   device-bg.sh stop NAME            SIGTERM CMD's whole process group (a pytest or script running vLLM
 #                                     then stops its engine: SIGTERM is Ctrl-C to it); never `pkill -f`
 #                                     a pattern the calling command line contains (it kills that shell)
@@ -23,8 +23,7 @@ case $cmd in
       | tar -x -C "$base/tree" || { echo "could not copy the checkout to $base/tree"; exit 3; }
     cd "$base/tree" || exit 3
     # one simple command in the background, so $! is the new session's leader (`stop` signals its group)
-    PYTHONPATH=$base/tree/plugins${PYTHONPATH:+:$PYTHONPATH} OUT=$base/out \
-      setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
+    OUT=$base/out setsid nohup bash -c '"$@"; echo $? > '"$base/rc" _ "$@" > "$base/log" 2>&1 < /dev/null &
     echo $! > "$base/pid"
     echo "started $name (pid $!) in $base/tree";;
   stop)

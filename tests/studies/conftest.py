@@ -102,9 +102,10 @@ class LoadWindows:
         self.tokens.append(float(output_tokens))
         self.gpucert.work(windows=self.windows, output_tokens=self.tokens, repeats=False)
 
-    def add_records(self, records) -> None:
-        """One load's request records (each with its send and end times on time.monotonic())."""
-        self.add(measured_window(records), sum(r.output_tokens or 0 for r in records if r.ok))
+    def add_records(self, records, output_tokens: float) -> None:
+        """One load's request records (their first send to last end is its window) and its output
+        tokens (its Summary's total_output_tokens)."""
+        self.add(measured_window(records), output_tokens)
 
 
 @pytest.fixture

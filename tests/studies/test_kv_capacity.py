@@ -31,10 +31,11 @@ def _preemptions(target) -> float | None:
 
 
 class Prober:
-    """Runs one wave of `concurrency` requests of the study's shape and keeps its row; restarts
-    the engine (through the pool) after a probe that killed it."""
+    """Runs one wave of `concurrency` requests of the study's shape, keeps its row and tells the
+    monitor its load (`loads`: LoadWindows); restarts the engine (through the pool) after a probe
+    that killed it."""
 
-    def __init__(self, connect, load, keep, loads=None):
+    def __init__(self, connect, load, keep, loads):
         self.connect, self.load, self.keep, self.loads = connect, load, keep, loads
         self.target = connect(load)
         self.rows: list[dict] = []
@@ -46,11 +47,10 @@ class Prober:
         target = dataclasses.replace(self.target, load=load)
         before = _preemptions(target)
         records = run_level(target, concurrency, concurrency, level=concurrency)
-        if self.loads:
-            self.loads.add_records(records.measured)
         crashed = target.crashed(grace_s=2.0 if any(not r.ok for r in records.measured) else 0.0)
         after = None if crashed else _preemptions(target)
         summary = summarize(records.measured, load.slo)
+        self.loads.add_records(records.measured, summary.total_output_tokens)
         row = {"phase": phase, "concurrency": concurrency, "input_len": load.input_len, "output_len": load.output_len,
                "completed": summary.completed, "failed": summary.failed,
                "preemptions": None if before is None or after is None else after - before,

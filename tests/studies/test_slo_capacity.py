@@ -38,9 +38,9 @@ def test_slo_capacity(gpucert, plan, study_target, study_loads, capacity_kind, r
             records = run_level(target, None, n, rate=float(x))
         else:
             records = run_level(target, int(x), n)
-        study_loads.add_records(records.measured)
         met, total = capacity_search.slo_counts(records.measured, load.slo)
         served = summarize(records.measured)
+        study_loads.add_records(records.measured, served.total_output_tokens)
         # kept if the search stops half-way; the misses per SLO and the probe's latency say which
         # SLO bounds the capacity
         gpucert.finding("measured", x=x, met=met, total=total,

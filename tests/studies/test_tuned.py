@@ -26,10 +26,11 @@ pytestmark = pytest.mark.study
 def _measure(target, level: int, loads) -> dict:
     load = target.load
     runs = [run_level(target, level, load.requests_at(level), repeat=r) for r in range(max(load.repeats, 1))]
-    for run in runs:
-        loads.add_records(run.measured)
     per = [summarize(run.measured, load.slo) for run in runs]
-    windows = [w for w in (measured_window(run.measured) for run in runs) if w]
+    windows = [measured_window(run.measured) for run in runs]
+    for window, summary in zip(windows, per):
+        loads.add(window, summary.total_output_tokens)
+    windows = [w for w in windows if w]
 
     def mean(values):
         values = [v for v in values if v is not None]
