@@ -17,6 +17,7 @@ one (cluster images set NCCL_SOCKET_IFNAME for their fabric) or GPUCERT_SOCKET_I
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -96,8 +97,11 @@ class RankProcess:
         return tail_of(self.folder / f"rank{self.rank}.log", lines) if self.proc else "(not started)"
 
     def stop(self) -> None:
+        """End the rank's process group, then remove its folder: the driver holds the rows and
+        has read what it needed of the log (a failed rank's tail is taken before the ranks stop)."""
         if self.proc is not None:
             process_group.stop_groups([self.proc], TERM_GRACE_S)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def rank_environment(node_env: dict[str, str], forwarded: dict[str, str], node_ip: str) -> dict[str, str]:
