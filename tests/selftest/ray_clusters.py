@@ -4,6 +4,7 @@ each node a raylet of its own), shut down after — with a check that no raylet 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import signal
 import time
 from pathlib import Path
@@ -12,6 +13,28 @@ import pytest
 
 # each node's object store: Ray's default (30 % of RAM per node) would not fit several on a small box
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory):
+    """A test's cluster waits its turn across the xdist workers of one run (a lock in the run's
+    shared temporary folder): two clusters of four nodes starting their actors and ranks at once
+    beside the CPU model's tests, on CI's two cores, once kept a sweep's first rows from coming
+    within 180 s, where one alone takes ~15 s. Only for a cluster of one test: a module's cluster
+    would hold the lock while its worker waits for more tests, and another worker wait on it."""
+    with open(tmp_path_factory.getbasetemp().parent / "gpucert-ray-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def cluster_for_one_test(count: int, tmp_path_factory: pytest.TempPathFactory, **node_args):
+    """local_cluster for one test, taking its turn."""
+    with one_at_a_time(tmp_path_factory), local_cluster(count, **node_args) as cluster:
+        yield cluster
 
 
 @contextlib.contextmanager

@@ -122,14 +122,15 @@ def test_without_ray_address_the_fleet_check_is_skipped_with_the_reason(tmp_path
 
 # ---- a real local cluster -----------------------------------------------------------------------
 @pytest.fixture
-def local_cluster(request, monkeypatch):
+def local_cluster(request, monkeypatch, tmp_path_factory):
     """A head and three more nodes on this machine, each a raylet of its own; all of it shut down
     after. `indirect` parametrization may give {"nodes": N, "env": {...}}: the environment the
     cluster starts with, which its workers and so each node's run inherit."""
     param = getattr(request, "param", {})
     for name, value in param.get("env", {}).items():
         monkeypatch.setenv(name, value)
-    with ray_clusters.local_cluster(param.get("nodes", NODES), resources={"gpucert_node": 1}) as cluster:
+    with ray_clusters.cluster_for_one_test(param.get("nodes", NODES), tmp_path_factory,
+                                           resources={"gpucert_node": 1}) as cluster:
         yield cluster
 
 

@@ -118,8 +118,8 @@ def test_the_rendezvous_port_is_held_from_the_moment_it_is_named():
 
 # ---- a real local cluster ----------------------------------------------------------------------------
 @pytest.fixture
-def cluster():
-    with ray_clusters.local_cluster(4, resources={"gpucert_node": 1}) as local:
+def cluster(tmp_path_factory):
+    with ray_clusters.cluster_for_one_test(4, tmp_path_factory, resources={"gpucert_node": 1}) as local:
         yield local
 
 
@@ -191,7 +191,9 @@ def test_a_node_removed_mid_sweep_is_named_with_the_rows_before_it(tmp_path, clu
                                    "--fleet-nccl-ops", "all_reduce"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        started = time.monotonic()
         waited = wait_for_rows(proc, before, 3, ROWS_WAIT_S)
+        print(f"rank 0's first 3 rows after {time.monotonic() - started:.1f} s")  # shown with a failure
         if waited is not True:
             proc.kill()
             pytest.fail(f"rank 0 wrote no 3 rows: {waited}\n{proc.communicate()[0][-3000:]}\n{rank_logs(before)}")
