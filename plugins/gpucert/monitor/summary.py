@@ -285,13 +285,13 @@ def summarize_windows(columns: dict[str, np.ndarray], windows: list[tuple[float,
     energies = [summarize({name: values[within(a, b)] for name, values in columns.items()},
                           window_s=b - a)["energy_j"] for a, b in windows]
     known = None not in energies
-    if not repeats:
+    # per token over every window's energy and tokens, repeats or different loads alike
+    out["energy_j_per_output_token"] = sum(energies) / output_tokens if known and output_tokens else None
+    if not repeats:  # different loads: the check's energy is all of theirs
         out["energy_j"] = sum(energies) if known else None
-        out["energy_j_per_output_token"] = out["energy_j"] / output_tokens if known and output_tokens else None
         return out
     out["energy_j_repeats"] = energies if known else None
     out["energy_j"] = float(np.median(energies)) if known else None
-    out["energy_j_per_output_token"] = sum(energies) / output_tokens if known and output_tokens else None
     out["energy_j_per_output_token_repeats"] = ([e / n for e, n in zip(energies, per_window) if n]
                                                 if known and per_window else None)
     return out
