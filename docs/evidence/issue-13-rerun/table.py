@@ -3,10 +3,19 @@ plain rerun, with the rerun's verdict (python3 table.py u1 u2 c1 [planted …]).
 import gzip
 import json
 import sys
+from pathlib import Path
 
 METRICS = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "slo_attainment_pct", "energy_j_per_output_token",
            "gpu_power_mean_w")
-runs = {name: json.load(gzip.open(f"{name}/metrics.json.gz")) for name in sys.argv[1:]}
+
+
+def read(name):
+    """A run folder's metrics.json: gzipped as packed runs kept it, plain as runs.tar.xz holds it."""
+    path = Path(name) / "metrics.json"
+    return json.load(gzip.open(f"{path}.gz")) if Path(f"{path}.gz").exists() else json.loads(path.read_text())
+
+
+runs = {name: read(name) for name in sys.argv[1:]}
 last = sys.argv[-1]
 
 
