@@ -27,6 +27,11 @@ STUDY_SLO = EVIDENCE / "issue-15-studies/session24-h100/slo-concurrency/metrics.
 STUDY_SLO_MISSES = EVIDENCE / "issue-15-studies/session27-h100/slo-concurrency/metrics.json.gz"
 # the tuned configuration's served side alone (session 27, H100): 3 engine starts a side
 STUDY_TUNED_SERVED = EVIDENCE / "issue-15-studies/session27-h100/tuned-served/metrics.json.gz"
+# precision served on the tuned front end (session 30, H100): 4 variants, 3 repeats each, GPU busy 60-66 %
+STUDY_PRECISION_SERVED = EVIDENCE / "issue-15-studies/session30-h100/precision/metrics.json.gz"
+# the batching grid's defaults with chunked prefill, then async scheduling, off (session 30, H100;
+# per-request samples dropped)
+STUDY_GRID = EVIDENCE / "issue-15-studies/session30-h100/grid/metrics-a.json.gz"
 
 # make certify's GEMM checks alone (`run-burnin.sh gemm`), sustained: the lent H100 (session 19)
 # and the lent H200 (session 28), each judged on the datasheet floors alone

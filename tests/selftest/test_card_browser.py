@@ -55,7 +55,7 @@ def test_a_device_runs_card_renders_without_errors(tmp_path):
 
 
 @pytest.mark.parametrize("run", ["SERVING_CHECK", "CERTIFY", "STUDY_BATCHING", "STUDY_KV", "STUDY_SLO_MISSES",
-                                 "STUDY_TUNED_SERVED"])
+                                 "STUDY_TUNED_SERVED", "STUDY_PRECISION_SERVED", "STUDY_GRID"])
 def test_a_device_runs_card_fits_a_laptop_screen(tmp_path, run):
     """No sideways scrolling at 1,300 px: session 27's study cards ran 93-465 px past the window,
     a long interval method (the SLO search's) kept on one line and long check ids squeezing the

@@ -158,6 +158,40 @@ def test_the_precision_card_states_each_change_with_its_interval_and_when_the_gp
     assert charts.interval_chart("t", "x", [("a", None, None, None)]) == ""
 
 
+def test_the_precision_card_of_a_gpu_run_on_the_tuned_front_end():
+    """Session 30's H100: fp8 weights +16.5 % [+4.0 %, +30.6 %] over bf16, the only change whose
+    interval excludes zero; the GPU busy 60-66 %, so no notice that the front end set the pace."""
+    from gpucert.report import card
+    from gpucert.report.studies_view import precision_view
+
+    from . import device_runs
+    data = device_runs.load(device_runs.STUDY_PRECISION_SERVED)
+    view = precision_view(data)
+    (level,) = view["served"]
+    assert level["reference"] == "bfloat16" and view["notice"] is None
+    assert level["method"].startswith("Welch t 95% on ln, 3 vs 3 repeats")
+    for drawn in ("float16: -2.40173 [-10.4927, 6.42065]", "weights-fp8: 16.5113 [3.9689, 30.5668]",
+                  "kv-fp8: 6.01584 [-2.04927, 14.745]"):
+        assert drawn in level["chart"]
+    html = card.render(data)
+    assert "Study: precision" in html and "+16.5% [+4.0%, +30.6%]" in html and "Undefined" not in html
+
+
+def test_the_batching_card_of_a_gpu_run_names_the_best_point_under_the_slos():
+    """Session 30's H100: vLLM's defaults (50.1k tok/s) beat chunked prefill off (46.5k) and async
+    scheduling off (35.7k, its GPU busy 45 %); the defaults are the best point under the SLOs and
+    the only one on the Pareto front."""
+    from gpucert.report.studies_view import batching_view
+
+    from . import device_runs
+    (level,) = batching_view(device_runs.load(device_runs.STUDY_GRID))
+    rows = {row["point"]: row for row in level["rows"]}
+    assert [p for p, row in rows.items() if row["best"]] == ["seqs1024-tokens8192"]
+    assert [p for p, row in rows.items() if row["on_front"]] == ["seqs1024-tokens8192"]
+    assert round(rows["seqs1024-tokens8192-asyncoff"]["output_tok_s"]) == 35717
+    assert rows["seqs1024-tokens8192-asyncoff"]["gpu_util_mean_pct"] < 50
+
+
 def test_the_kv_chart_keeps_the_probes_near_the_onset_apart():
     """Session 23's fp8 KV probes (67 … 296, five of them within 10 % of 269) on a linear axis
     labelled only inside the data, the predicted and measured marks each legible."""

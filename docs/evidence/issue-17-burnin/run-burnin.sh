@@ -24,30 +24,34 @@ case $part in
     gzip -f "$report/metrics.json" "$report"/burnin/*.log 2>/dev/null
     tar czf "$OUT/burnin.tgz" "$report" ;;
   peer)
-    grid="4096 16384 4096"
+    # mamf-finder's ranges stop before STOP (numpy arange), gpucert's include it: the same 64 shapes
+    grid="4096 16385 4096"; range=4096:16384:4096
+    # every file is written under /tmp and copied to $OUT at the end: device-bg.sh's wait moves a
+    # finished $OUT file away at once, and the summary below reads them all (session 30 lost its tail)
+    peer=/tmp/peer; rm -rf "$peer"; mkdir -p "$peer"
     start=$(date +%s)
     python3 .devbundle/mamf-finder.py --m_range $grid --n_range $grid --k_range $grid --dtype bfloat16 \
-      --output_file "$OUT/mamf-finder-bf16.txt" > /tmp/mamf.log 2>&1
-    echo "mamf-finder: exit $? in $(( $(date +%s) - start )) s"; tail -3 "$OUT/mamf-finder-bf16.txt"
+      --output_file "$peer/mamf-finder-bf16.txt" > /tmp/mamf.log 2>&1
+    echo "mamf-finder: exit $? in $(( $(date +%s) - start )) s"; tail -3 "$peer/mamf-finder-bf16.txt"
     start=$(date +%s)
-    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
-      --sustain-s 1 --warmup-s 0.3 --preheat-s 30 --search-budget 900 --json > "$OUT/gpucert-search-sustained.json" 2> /tmp/gsearch.log
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range $range \
+      --sustain-s 1 --warmup-s 0.3 --preheat-s 30 --search-budget 900 --json > "$peer/gpucert-search-sustained.json" 2> /tmp/gsearch.log
     echo "gpucert sustained search: exit $? in $(( $(date +%s) - start )) s"
-    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
-      --search-budget 900 --json > "$OUT/gpucert-search-burst.json" 2>> /tmp/gsearch.log
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range $range \
+      --search-budget 900 --json > "$peer/gpucert-search-burst.json" 2>> /tmp/gsearch.log
     echo "gpucert burst search: exit $?"
     # make certify's own method: the grid ranked by bursts, its 3 fastest shapes timed sustained
-    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range 4096:16384:4096 \
-      --sustain-s 1 --warmup-s 0.5 --sustain-top 3 --preheat-s 15 --json > "$OUT/gpucert-search-certify.json" 2>> /tmp/gsearch.log
+    python3 -m gpucert.cli bench gemm --device cuda:0 --dtype bf16 --shapes search --search-range $range \
+      --sustain-s 1 --warmup-s 0.5 --sustain-top 3 --preheat-s 15 --json > "$peer/gpucert-search-certify.json" 2>> /tmp/gsearch.log
     echo "gpucert certify-mode search: exit $?"
-    python3 - "$OUT" <<'PY'
+    python3 - "$peer" <<'PY'
 import json, sys
 out = sys.argv[1]
 for name in ("sustained", "burst", "certify"):
     rows = json.load(open(f"{out}/gpucert-search-{name}.json"))
     print(name, [(r["m"], r["n"], r["k"], round(r["tflops"] or 0, 1)) for r in rows if r["shape"] == "search"])
 PY
-    cp /tmp/mamf.log /tmp/gsearch.log "$OUT"/ ;;
+    cp /tmp/mamf.log /tmp/gsearch.log "$peer"/* "$OUT"/ ;;
   gemm)
     # make certify's GEMM checks alone (sustained figures, issue 17 point 4), judged by the shipped
     # thresholds; no baseline (a fresh folder), so the datasheet floors are what can fail
