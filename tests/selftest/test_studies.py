@@ -520,6 +520,68 @@ def test_each_precision_variant_is_stated_against_the_first_with_its_interval(tm
     assert float16["output_tok_s_delta_pct"]["verdict"] == "fail", float16["output_tok_s_delta_pct"]
 
 
+@pytest.mark.slow("study runs against the emulator")
+def test_batching_repeats_state_each_point_against_the_first_with_its_interval(tmp_path):
+    """`batching.repeats: 3` on the emulator: max_num_seqs 2 spaces its tokens 40 ms apart against
+    the first point's (4) 20 ms, so it streams ~46 % fewer output tok/s. Its change carries the Welch
+    interval over the repeats, below 0, on the card beside the reference; judged against those
+    baselines a plain rerun passes (the batching rule for the change exists: absolute points)."""
+    stand_in = ("import sys\n"
+                "from gpucert.serving.emulator import EmulatorConfig, serve\n"
+                "serve(EmulatorConfig(ttft_ms=50, itl_ms={'4': 20, '2': 40}[sys.argv[2]]), port=int(sys.argv[1]))\n")
+    plan = {"batching": {"grid": {"max_num_seqs": [4, 2]}, "concurrency": [2], "repeats": 3}}
+    load = ["--load-opt", "input_len=4", "--load-opt", "output_len=16", "--load-opt", "min_requests=8",
+            "--load-opt", "warmup=0", "--load-opt", 'slo={"ttft_ms": 60000}']
+    engine = [sys.executable, "-c", stand_in, "{port}", "{max_num_seqs}"]
+    run, metrics = pytest_study(tmp_path, plan, engine, *load, "--update-baselines")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    checks = {c["params"]["batching_point"]: {m["metric"]: m for m in c["metrics"]} for c in metrics["checks"]}
+    assert "output_tok_s_delta_pct" not in checks["seqs4"]  # the reference itself
+    assert len(checks["seqs2"]["output_tok_s"]["samples"]) == 3
+    change = checks["seqs2"]["output_tok_s_delta_pct"]
+    assert -55 < change["value"] < -37 and change["ci"][0] < change["value"] < change["ci"][1] < 0, change
+    assert change["ci_method"].startswith("Welch t 95% on ln, 3 vs 3 repeats (one engine start each"), change
+    card = (tmp_path / "r" / "report.html").read_text()
+    assert "change vs <code>seqs4</code> (95% interval)" in card and "Interval: Welch t 95% on ln, 3 vs 3" in card
+    run, metrics = pytest_study(tmp_path, plan, engine, *load)
+    assert run.returncode == 0, run.stdout[-3000:]
+    seqs2 = {m["metric"]: m for c in metrics["checks"] if c["params"]["batching_point"] == "seqs2" for m in c["metrics"]}
+    assert seqs2["output_tok_s_delta_pct"]["verdict"] in ("pass", "warn"), seqs2["output_tok_s_delta_pct"]
+    assert seqs2["output_tok_s_delta_pct"]["threshold"].startswith("±10"), seqs2["output_tok_s_delta_pct"]["threshold"]
+
+
+def test_the_batching_card_says_when_the_best_points_lead_is_within_its_interval():
+    """The best point under the SLOs by one mean, 2 % over the first point with an interval
+    [−3 %, +7 %]: the card says it is not shown to serve more; with [+1 %, +3 %] it says nothing."""
+    from gpucert.report.studies_view import batching_view
+
+    def check(point, tok_s, change=None):
+        metrics = [{"metric": "output_tok_s", "value": tok_s}, {"metric": "tpot_ms_p99", "value": 20.0},
+                   {"metric": "slo_attainment_pct", "value": 100.0}]
+        if change:
+            metrics.append({"metric": "output_tok_s_delta_pct", "value": change[0], "ci": list(change[1:]),
+                            "ci_method": "Welch t 95% on ln, 3 vs 3 repeats"})
+        return {"check": "batching", "outcome": "passed", "verdict": "new", "check_id": point,
+                "params": {"batching_point": point, "concurrency": "64"}, "metrics": metrics,
+                "findings": {"point": [{"point": point}]}}
+    (level,) = batching_view({"checks": [check("default", 100.0), check("big", 102.0, (2.0, -3.0, 7.0))]})
+    assert level["best"]["point"] == "big" and level["reference"] == "default"
+    assert level["method"] == "Welch t 95% on ln, 3 vs 3 repeats"
+    assert level["caveat"] == "big's lead over default is within its interval (+2.0 % [-3.0 %, +7.0 %]): not shown to serve more"
+    (level,) = batching_view({"checks": [check("default", 100.0), check("big", 102.0, (2.0, 1.0, 3.0))]})
+    assert level["caveat"] is None
+    (level,) = batching_view({"checks": [check("default", 100.0), check("big", 102.0)]})  # one repeat: no column
+    assert level["reference"] is None and level["caveat"] is None
+
+
+def test_batching_repeats_in_the_plan():
+    from gpucert.studies.plan import _batching
+    assert load_plan().batching.repeats == 1  # the shipped plan: one run a point (12 engine starts already)
+    assert _batching({"grid": {"max_num_seqs": [2]}, "repeats": 3}).repeats == 3
+    with pytest.raises(PlanError, match=r"batching.repeats: expected an integer ≥ 1, got 0"):
+        _batching({"grid": {"max_num_seqs": [2]}, "repeats": 0})
+
+
 @pytest.mark.slow("the real CPU model")
 def test_precision_accuracy_on_real_weights_on_cpu(tmp_path, tmp_path_factory):
     """The accuracy half of the precision study with the transformers backend on CPU: the real

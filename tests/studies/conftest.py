@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpucert.noise import ratio_interval
 from gpucert.serving.summary import measured_window
 from gpucert.studies.plan import PlanError, load_plan
 
@@ -70,6 +71,40 @@ def study_results() -> list[dict]:
     """What the batching points measured this session ({point, engine, concurrency, output_tok_s,
     tpot_ms_p99, ttft_ms_p99, slo_attainment_pct}): the tuned study chooses from it."""
     return []
+
+
+@pytest.fixture(scope="session")
+def served_rates() -> dict[tuple[str, str, int], list[float]]:
+    """Each study point's output tok/s per repeat, by (study, point, concurrency), as this session
+    measured them: a later point states its change against the plan's first."""
+    return {}
+
+
+def state_change_against_first(gpucert, study: str, points, point, concurrency: int, repeats: int,
+                               served_rates: dict) -> None:
+    """Record a point's served output tok/s against the plan's first point at the same level
+    (`output_tok_s_delta_pct`, a Welch t 95 % interval on ln over the level's repeats); a notice,
+    not a figure, where the first point did not run this session or one repeat gives no interval.
+    The repeats share one engine start per point: the label says the start-to-start noise is out."""
+    rates = next((m.samples or [m.value] for m in gpucert.metrics if m.metric == "output_tok_s" and m.value), None)
+    if rates is None:
+        return
+    served_rates[(study, point.id, concurrency)] = rates
+    reference = points[0].id
+    if point.id == reference:
+        return
+    before = served_rates.get((study, reference, concurrency))
+    if before is None:
+        gpucert.finding(study, notice=f"{reference} (the first point, the reference) was not measured at "
+                                      f"concurrency {concurrency:,} this session: no throughput change stated")
+        return
+    change = ratio_interval(before, rates, runs="repeats (one engine start each: start-to-start noise not included)")
+    if change is None:
+        gpucert.finding(study, notice=f"the change against {reference} needs ≥ 2 repeats a side "
+                                      f"({study}.repeats is {repeats})")
+        return
+    gpucert.record("output_tok_s_delta_pct", change[0], unit="%", direction="higher", ci=(change[1], change[2]),
+                   ci_method=change[3], note=f"output tok/s against {reference} at concurrency {concurrency:,}")
 
 
 @pytest.fixture

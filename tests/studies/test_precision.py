@@ -12,21 +12,13 @@ from pathlib import Path
 import pytest
 
 from gpucert import accuracy
-from gpucert.noise import ratio_interval
 from gpucert.studies.analysis import fp8_weights_note
 
 from ..inference.engine_setup import engine_config, no_local_engine
 from ..inference.load import measure_level
-from .conftest import study_load
+from .conftest import state_change_against_first, study_load
 
 pytestmark = pytest.mark.study
-
-
-@pytest.fixture(scope="session")
-def served_rates() -> dict[tuple[str, int], list[float]]:
-    """Each variant's output tok/s per repeat, by (variant, concurrency), as this session measured
-    them: a later variant states its change against the first."""
-    return {}
 
 
 def test_precision(gpucert, plan, study_target, precision_point, concurrency, request, served_rates):
@@ -36,25 +28,8 @@ def test_precision(gpucert, plan, study_target, precision_point, concurrency, re
     if note := fp8_weights_note(point.engine, gpucert.snapshot):
         gpucert.finding("precision", notice=note)
     measure_level(gpucert, target, concurrency)
-    rates = next((m.samples or [m.value] for m in gpucert.metrics if m.metric == "output_tok_s" and m.value), None)
-    if rates is None:
-        return
-    served_rates[(point.id, concurrency)] = rates
-    reference = plan.precision.points[0].id
-    if point.id == reference:
-        return
-    before = served_rates.get((reference, concurrency))
-    if before is None:
-        gpucert.finding("precision", notice=f"{reference} (the served reference) was not measured at concurrency "
-                                            f"{concurrency:,} this session: no throughput change stated")
-        return
-    change = ratio_interval(before, rates, runs="repeats (one engine start each: start-to-start noise not included)")
-    if change is None:
-        gpucert.finding("precision", notice=f"the change against {reference} needs ≥ 2 repeats a side "
-                                            f"(precision.repeats is {plan.precision.repeats})")
-        return
-    gpucert.record("output_tok_s_delta_pct", change[0], unit="%", direction="higher", ci=(change[1], change[2]),
-                   ci_method=change[3], note=f"output tok/s against {reference} at concurrency {concurrency:,}")
+    state_change_against_first(gpucert, "precision", plan.precision.points, point, concurrency,
+                               plan.precision.repeats, served_rates)
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,10 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         values = _values(check)
         point = next(iter((check.get("findings") or {}).get("point", [])), {}).get("point") or check["check_id"]
+        # with batching.repeats ≥ 2: the point's throughput against the grid's first, with its interval
+        change = _metrics(check).get("output_tok_s_delta_pct")
         levels.setdefault(int(check["params"].get("concurrency", 0)), []).append(
-            {"point": point, "verdict": check["verdict"], **values})
+            {"point": point, "verdict": check["verdict"], **values, "change": change})
     out = []
     for level, rows in sorted(levels.items()):
         scored = [r for r in rows if r.get("output_tok_s") is not None and r.get("tpot_ms_p99") is not None]
@@ -68,6 +70,15 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
         best = best_under_slo(scored)
         for r in rows:
             r["on_front"], r["best"] = id(r) in front, r is best
+        changed = [r for r in rows if r["change"]]
+        reference = next((r["point"] for r in rows if not r["change"]), None) if changed else None
+        method = next((r["change"].get("ci_method") for r in changed if r["change"].get("ci_method")), None)
+        caveat = None
+        ci = (best or {}).get("change") and best["change"].get("ci")
+        if ci and ci[0] <= 0 <= ci[1]:
+            # the most tok/s by one mean is not a proven gain: say so where the interval holds no change
+            caveat = (f"{best['point']}'s lead over {reference} is within its interval "
+                      f"({best['change']['value']:+.1f} % [{ci[0]:+.1f} %, {ci[1]:+.1f} %]): not shown to serve more")
         chart = charts.scatter_chart(
             f"concurrency {level}: output tok/s against TPOT p99", "TPOT p99 (ms)", "output tok/s",
             [(r["tpot_ms_p99"], r["output_tok_s"], r["point"]) for r in scored],
@@ -82,7 +93,8 @@ def batching_view(data: dict[str, Any]) -> list[dict[str, Any]]:
             front=[(r["ttft_ms_p99"], r["output_tok_s"]) for r in ttft_front],
             best=(best["ttft_ms_p99"], best["output_tok_s"]) if best and best.get("ttft_ms_p99") is not None else None)
         out.append({"concurrency": level, "rows": sorted(rows, key=lambda r: -(r.get("output_tok_s") or 0)),
-                    "best": best, "chart": chart + ttft_chart})
+                    "best": best, "chart": chart + ttft_chart, "reference": reference, "method": method,
+                    "caveat": caveat})
     return out
 
 

@@ -101,6 +101,9 @@ class BatchingPlan(_Points):
     engine: dict[str, Any]
     points: tuple[Point, ...]
     concurrency: tuple[int, ...]
+    # served runs of a level per point; ≥ 2 states each point against the first with an interval
+    # (one run of a point differs from the next by a few %: session 30's bf16 repeats spread ±4 %)
+    repeats: int = 1
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,8 @@ def _batching(raw: dict) -> BatchingPlan:
         raise PlanError(f"{where}.concurrency: expected a list of concurrency levels")
     return BatchingPlan(engine=engine_overrides(f"{where}.engine", raw.get("engine")),
                         points=tuple(Point(pid, p) for pid, p in unique),
-                        concurrency=tuple(plan_number(f"{where}.concurrency", c, 1, integer=True) for c in levels))
+                        concurrency=tuple(plan_number(f"{where}.concurrency", c, 1, integer=True) for c in levels),
+                        repeats=plan_number(f"{where}.repeats", raw.get("repeats", 1), 1, integer=True))
 
 
 def _tuned(raw: dict) -> TunedPlan:
