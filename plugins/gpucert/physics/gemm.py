@@ -42,7 +42,8 @@ SQUARE_SIZES = {"fp8": (4096, 8192, 16384), "bf16": (4096, 8192, 16384), "fp16":
 TOKEN_COUNTS = (1, 16, 128, 1024, 4096, 16384)
 DEFAULT_MODEL = "qwen2.5-1.5b"
 DEFAULT_TP = 2
-# Search grid per dtype, (start, stop, step) with both ends included, as mamf-finder's --m_range.
+# Search grid per dtype, (start, stop, step) with both ends included (mamf-finder's --m_range
+# excludes its stop: give it stop + 1 to time the same shapes).
 SEARCH_RANGES = {"fp8": (4096, 16384, 4096), "bf16": (4096, 16384, 4096), "fp16": (4096, 16384, 4096),
                  "tf32": (2048, 8192, 2048), "fp32": (2048, 8192, 2048)}
 SEARCH_BUDGET_S = 10.0
@@ -78,7 +79,8 @@ def square(size: int) -> GemmShape:
 
 
 def span(start: int, stop: int, step: int) -> list[int]:
-    """start, start+step, … up to stop included (mamf-finder's range arguments)."""
+    """start, start+step, … up to stop included. mamf-finder's --m_range START STOP STEP is numpy's
+    arange, which stops before STOP: its 4096 16384 4096 is 4096:12288:4096 here (session 30)."""
     if start < 1 or stop < start or step < 1:
         raise ValueError(f"bad range {start}:{stop}:{step} (want 1 <= start <= stop, step >= 1)")
     return list(range(start, stop + 1, step))
