@@ -31,8 +31,8 @@ _FI_PCIE_TX_BYTES, _FI_PCIE_RX_BYTES = 197, 198  # cumulative (drivers >= 535)
 _NVLINK_LINKS = 18
 _ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: the driver's own sum over the links, in one value
 # NVLink counter forms, cheapest first: (name, TX field, RX field, scopeIds, KiB per unit). Measured
-# on H100 / driver 580 (docs/evidence/issue-5-monitor/session4/nvml_cost.txt): the KiB counters
-# asked per link cost 21-30 ms of CPU per GPU, asked summed by the driver 0.8-1.3 ms
+# on H100 / driver 580 (session4/nvml_cost.txt in docs/evidence/issue-5-monitor/sessions.tar.xz): the
+# KiB counters asked per link cost 21-30 ms of CPU per GPU, asked summed by the driver 0.8-1.3 ms
 NVLINK_FORMS = (("bytes_total", _FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES, (_ALL_LINKS,), 1 / 1024),
                 ("kib_total", _FI_NVLINK_TX_KIB, _FI_NVLINK_RX_KIB, (_ALL_LINKS,), 1.0),
                 ("bytes_links", _FI_NVLINK_TX_BYTES, _FI_NVLINK_RX_BYTES, tuple(range(_NVLINK_LINKS)), 1 / 1024),
