@@ -481,6 +481,20 @@ def test_the_kv_search_survives_an_engine_that_dies_under_load(tmp_path):
     assert len(list((tmp_path / "r" / "engine").iterdir())) >= 2  # restarted after the crash
 
 
+def emulator_spaced_by(setting: str, itl_ms: dict[str, int]) -> list[str]:
+    """The emulator as a study's engine, its tokens spaced `itl_ms[value]` ms apart by the value of
+    one engine setting that reaches it through its {setting} placeholder (the first token 50 ms
+    out: jitter of a busy CI box stays inside the rules)."""
+    return [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
+            f"itl = {itl_ms!r}[sys.argv[2]]\n"
+            "serve(EmulatorConfig(ttft_ms=50, itl_ms=itl), port=int(sys.argv[1]))\n", "{port}", f"{{{setting}}}"]
+
+
+# the load those tests serve: 16 tokens a request, 8 requests a run, no warm-up, no TTFT miss
+SPACED_TOKENS_LOAD = ["--load-opt", "input_len=4", "--load-opt", "output_len=16", "--load-opt", "min_requests=8",
+                      "--load-opt", "warmup=0", "--load-opt", 'slo={"ttft_ms": 60000}']
+
+
 @pytest.mark.slow("study runs against the emulator")
 def test_each_precision_variant_is_stated_against_the_first_with_its_interval(tmp_path):
     """Two variants on the emulator, the dtype reaching it through {dtype}: float16 spaces its
@@ -491,13 +505,10 @@ def test_each_precision_variant_is_stated_against_the_first_with_its_interval(tm
     judged against those baselines, a plain rerun passes and a float16 slower still (60 ms a token:
     −63 % where the baseline says −46 %, 17 points past the rule's 10) fails that change."""
     def engine(float16_itl_ms: int) -> list[str]:
-        return [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
-                f"itl = {{'bfloat16': 20, 'float16': {float16_itl_ms}}}[sys.argv[2]]\n"
-                "serve(EmulatorConfig(ttft_ms=50, itl_ms=itl), port=int(sys.argv[1]))\n", "{port}", "{dtype}"]
+        return emulator_spaced_by("dtype", {"bfloat16": 20, "float16": float16_itl_ms})
     plan = {"precision": {"variants": [{"dtype": "bfloat16"}, {"dtype": "float16"}], "concurrency": [2],
                           "repeats": 3}}
-    load = ["-k", "not accuracy", "--load-opt", "input_len=4", "--load-opt", "output_len=16",
-            "--load-opt", "min_requests=8", "--load-opt", "warmup=0", "--load-opt", 'slo={"ttft_ms": 60000}']
+    load = ["-k", "not accuracy", *SPACED_TOKENS_LOAD]
     run, metrics = pytest_study(tmp_path, plan, engine(40), *load, "--update-baselines")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     checks = {c["params"]["precision_point"]: {m["metric"]: m for m in c["metrics"]} for c in metrics["checks"]}
@@ -528,12 +539,9 @@ def test_batching_repeats_state_each_point_against_the_first_with_its_interval(t
     baselines a plain rerun passes and max_num_seqs 2 slower still (60 ms a token: −63 % where the
     baseline says −46 %) fails its change (the batching rule: absolute points, 10 fail)."""
     def engine(seqs2_itl_ms: int) -> list[str]:
-        return [sys.executable, "-c", "import sys\nfrom gpucert.serving.emulator import EmulatorConfig, serve\n"
-                f"itl = {{'4': 20, '2': {seqs2_itl_ms}}}[sys.argv[2]]\n"
-                "serve(EmulatorConfig(ttft_ms=50, itl_ms=itl), port=int(sys.argv[1]))\n", "{port}", "{max_num_seqs}"]
+        return emulator_spaced_by("max_num_seqs", {"4": 20, "2": seqs2_itl_ms})
     plan = {"batching": {"grid": {"max_num_seqs": [4, 2]}, "concurrency": [2], "repeats": 3}}
-    load = ["--load-opt", "input_len=4", "--load-opt", "output_len=16", "--load-opt", "min_requests=8",
-            "--load-opt", "warmup=0", "--load-opt", 'slo={"ttft_ms": 60000}']
+    load = SPACED_TOKENS_LOAD
     run, metrics = pytest_study(tmp_path, plan, engine(40), *load, "--update-baselines")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     checks = {c["params"]["batching_point"]: {m["metric"]: m for m in c["metrics"]} for c in metrics["checks"]}
