@@ -29,9 +29,9 @@ STUDY_SLO_MISSES = EVIDENCE / "issue-15-studies/session27-h100/slo-concurrency/m
 STUDY_TUNED_SERVED = EVIDENCE / "issue-15-studies/session27-h100/tuned-served/metrics.json.gz"
 # precision served on the tuned front end (session 30, H100): 4 variants, 3 repeats each, GPU busy 60-66 %
 STUDY_PRECISION_SERVED = EVIDENCE / "issue-15-studies/session30-h100/precision/metrics.json.gz"
-# the batching grid's defaults with chunked prefill, then async scheduling, off (session 30, H100;
-# per-request samples dropped)
-STUDY_GRID = EVIDENCE / "issue-15-studies/session30-h100/grid/metrics-a.json.gz"
+# the batching grid whole in one run (session 31, H100): six points, 3 repeats each on one engine
+# start, every later point against vLLM's defaults with its Welch interval
+STUDY_GRID = EVIDENCE / "issue-15-studies/session31-h100/grid/metrics.json.gz"
 
 # make certify's GEMM checks alone (`run-burnin.sh gemm`), sustained: the lent H100 (session 19)
 # and the lent H200 (session 28), each judged on the datasheet floors alone
