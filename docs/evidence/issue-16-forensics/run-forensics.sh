@@ -4,15 +4,19 @@
 #   bash docs/evidence/device-bg.sh start forensics bash docs/evidence/issue-16-forensics/run-forensics.sh
 # `make forensics` as the README gives it (the packaged plan: CUDA graphs and enforce_eager, served
 # at concurrency 256, offline 256 and 1,024 prompts; ~12 min), then `gpucert analyze` by hand on
-# the traces it took. The report comes back as forensics.tgz (traces: the smallest kept).
+# the traces it took. The report comes back as NAME.tgz (NAME defaults to forensics; traces: the
+# smallest kept). Arguments go to pytest: a first run that writes baselines, then a rerun judged
+# against them, in one job (the baselines stay in /tmp on the node between the two):
+#   bash docs/evidence/device-bg.sh start forensics bash -c 'NAME=forensics-base bash docs/evidence/issue-16-forensics/run-forensics.sh --update-baselines; NAME=forensics-rerun bash docs/evidence/issue-16-forensics/run-forensics.sh -k default-c256'
 set -uo pipefail
 source docs/evidence/device-env.sh
-report=reports/forensics; rm -rf "$report"
-log=/tmp/forensics.log
+name=${NAME:-forensics}
+report=reports/$name; rm -rf "$report"
+log=/tmp/$name.log
 start=$(date +%s)
 make forensics PYTHON=python3 ARGS="--report-dir=$report --baselines-dir=/tmp/gpucert-forensics-baselines $*" > "$log" 2>&1
 rc=$?
-echo "forensics: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$log"
+echo "$name: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$log"
 grep -E "^gpucert|passed|failed" "$log" | tail -5
 for trace in "$report"/forensics/traces/*/*.pt.trace.json*; do
   [[ -f $trace ]] || continue
@@ -25,5 +29,5 @@ rm -rf "$report"/forensics/engine/*/models "$report"/forensics/offline-*/models
 # one trace of each kind comes back (the smallest); the rest stay on the node
 keep=$(ls -S "$report"/forensics/traces/*/*.pt.trace.json.gz 2>/dev/null | tail -1)
 find "$report"/forensics/traces -name '*.pt.trace.json.gz' ! -path "$keep" -delete
-tar czf "$OUT/forensics.tgz" "$report"
+tar czf "$OUT/$name.tgz" "$report"
 nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | sed 's/^/after: gpu /'
