@@ -11,14 +11,17 @@ import concurrent.futures
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
 from gpucert.forensics import capture as cap
+from gpucert.forensics import level
 from gpucert.forensics.analyze import analyze
 from gpucert.forensics.read import load_trace
 from gpucert.forensics.timeline import TraceError
 from gpucert.forensics.window import window_view
+from gpucert.serving.loadgen_workers import spawn_event
 from gpucert.serving.offline import run_offline
 from gpucert.serving.summary import summarize
 
@@ -26,6 +29,12 @@ from ..inference.engine_setup import engine_config, load_from_options, no_local_
 from ..inference.load import prompts_for, run_level
 
 pytestmark = pytest.mark.forensics
+
+# a profile window's usual time beyond its own length: /start_profile (a profiler's first start
+# takes seconds), /stop_profile (the workers write their traces: 6 s on an H100 at 256 streams) and
+# the trace read. The load's prompts are sized for it; its duration is bounded by the worst, the
+# start's and the stop's own timeouts (the load stops as soon as the windows are taken)
+WINDOW_USUAL_S = 10.0
 
 
 def _engine_settings(plan, point, trace_dir, kind) -> dict:
@@ -50,10 +59,63 @@ def _warmup_s(planned_s: float, streaming_after_s: float | None) -> float:
     return max(planned_s, streaming_after_s + planned_s / 2)
 
 
-def _profiled_requests(rate: float | None, concurrency: int, seconds: float) -> int:
-    """Enough requests that the load outlasts the warm-up and the window even at the unprofiled
-    rate (the profiler only slows it): 1.5× that, and at least two waves."""
+def _profiled_prompts(rate: float | None, concurrency: int, seconds: float) -> int:
+    """Prompts enough that none repeats (a repeat would hit the prefix cache) while the load runs
+    at 1.5× the unprofiled rate for `seconds`, and at least two waves: the load cycles them if it
+    runs longer."""
     return max(2 * concurrency, math.ceil((rate or 0) * seconds * 1.5))
+
+
+def _span(run) -> tuple[float, float] | None:
+    """A run's measured stretch on the monotonic clock: its start to its last request's end."""
+    ends = [r.ended_at for r in run.measured if r.ended_at is not None]
+    return (run.started_monotonic, max(ends)) if ends else None
+
+
+def _level_batch(monitor, span, concurrency: int) -> tuple[float, str]:
+    """The batch a window must show to be the level's steady state: the most requests the engine
+    ran during the unprofiled level (vLLM's running gauge, as the monitor sampled it), else the
+    level's concurrency (no engine gauge)."""
+    figures = monitor.figures(*span) if monitor and span else None
+    peak = ((figures or {}).get("vllm") or {}).get("running_peak")
+    if peak:
+        return float(peak), "the most requests the engine ran in the unprofiled level"
+    return float(concurrency), "the level's concurrency"
+
+
+def _window_batch(reads) -> tuple[float | None, int]:
+    """The median decode batch (generation requests a step) of the first rank's trace, and its
+    decode steps: every rank runs the same steps."""
+    decode = ((reads[0][2].get("steps") or {}).get("decode") or {}) if reads else {}
+    return (decode.get("batch") or {}).get("p50"), decode.get("count", 0)
+
+
+def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch):
+    """Profile windows until one shows the level's batch (plan.min_batch_pct of it; at most
+    plan.attempts): a window that opens as a wave of requests ends holds only its stragglers —
+    on an H100 at 256 streams one caught 100 steps of 2 requests while 256 were open at the client,
+    the engine done with their tokens and the API server still streaming them. Each window that
+    missed is said in a notice; the last is the one judged. nsys takes one window (its report
+    comes when the engine exits)."""
+    windows, reads = [], []
+    floor = plan.min_batch_pct / 100 * level_batch[0]
+    for attempt in range(1, plan.attempts + 1):
+        if loading.done():
+            loading.result()  # its error, if it failed
+            pytest.fail(f"the load ended before profile window {attempt} could open", pytrace=False)
+        window = cap.profile_window(target.server.base_url, kind, trace_dir, plan.window_s)
+        windows.append(window)
+        if kind == "nsys":
+            return windows, []
+        reads = [_read_trace(path, plan) for path in window.traces]
+        batch, steps = _window_batch(reads)
+        if batch is None or batch >= floor or attempt == plan.attempts:
+            return windows, reads
+        gpucert.finding("capture", notice=(
+            f"profile window {attempt} missed the level's steady state: its {steps} decode steps ran a median "
+            f"batch of {batch:g} requests, under {plan.min_batch_pct:g} % of {level_batch[0]:g} ({level_batch[1]}); "
+            f"another window taken ({Path(window.traces[0]).name if window.traces else 'no trace'} kept)"))
+    return windows, reads
 
 
 def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, request, gpucert_report_dir,
@@ -62,6 +124,10 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
     kind = cap.resolve_kind(plan.profiler)
     trace_dir = gpucert_report_dir / "forensics" / "traces" / point.id
     load = load_from_options(request.config)
+    if load.dataset in ("trace", "multiturn"):
+        pytest.fail(f"a served capture runs a fixed concurrency of single requests, kept on until its window is "
+                    f"taken; the load's dataset {load.dataset!r} sets its own times or turns: give another dataset "
+                    "(--load-opt dataset=random)", pytrace=False)
     target = pool_target(request.config, forensics_engines, _engine_settings(plan, point, trace_dir, kind), load,
                          point.id)
     gpucert.finding("capture", capture=point.id, profiler=kind, level=f"concurrency {concurrency}",
@@ -78,37 +144,56 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
     if itl is not None:
         gpucert.record("unprofiled_step_ms_p50", itl, unit="ms", direction="lower",
                        note="ITL p50 without the profiler: each decode step streams one token to every running request")
+    span = _span(plain)
+    level_batch = _level_batch(gpucert_monitor, span, concurrency)
+    _record_between_steps(gpucert, gpucert_monitor, span, plan.min_batch_pct / 100 * level_batch[0])
 
-    # 2. the same level again, a profile window in its steady state
+    # 2. the same level again, kept on (duration-bound, stopped once the windows are taken) until a
+    # profile window in its steady state shows the level's batch
     warmup_s = _warmup_s(plan.warmup_s, min(firsts) - called if firsts else None)
-    seconds = warmup_s + plan.window_s + 2
-    count = _profiled_requests(plain_summary.requests_per_s, concurrency, seconds)
+    bound_s = warmup_s + plan.attempts * (plan.window_s + cap.START_TIMEOUT_S + cap.STOP_TIMEOUT_S)
+    usual_s = warmup_s + plan.attempts * (plan.window_s + WINDOW_USUAL_S)
+    prompts = prompts_for(load, _profiled_prompts(plain_summary.requests_per_s, concurrency, usual_s) + load.warmup,
+                          concurrency, repeat=1)
+    stop = spawn_event()
+    failure = None
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(run_level, target, concurrency, count, None, 1)
+        loading = pool.submit(run_level, target, concurrency, None, prompts=prompts, duration_s=bound_s, stop=stop)
         try:
             _sleep_unless_done(loading, warmup_s)
-            if loading.done():
-                loading.result()  # its error, if it failed
-                pytest.fail(f"the load of {count} requests ended before the window could open "
-                            f"({warmup_s:g} s warm-up)", pytrace=False)
-            window = cap.profile_window(target.server.base_url, kind, trace_dir, plan.window_s)
+            windows, reads = _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch)
         except cap.CaptureError as exc:
-            loading.result()
-            pytest.fail(f"capture: {exc}", pytrace=False)
+            failure = f"capture: {exc}"
+        finally:
+            stop.set()
         profiled = loading.result()
     records = plain.measured + profiled.measured
     gpucert.record("failed_requests", sum(not r.ok for r in records), unit="requests", direction="lower",
                    note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+    window = windows[-1]
     if window.stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
         gpucert.finding("capture", notice="the load ended before the window closed: the trace's tail is idle")
-    _record_overhead(gpucert, profiled.measured, window, plan.warmup_s)
+    _record_overhead(gpucert, profiled.measured, window, windows[-2].closed_mono if len(windows) > 1 else None,
+                     plan.warmup_s)
 
     # 3. the trace, read
     if kind == "nsys":
         forensics_engines.release()  # nsys writes its report when the engine exits
         report = cap.nsys_report(trace_dir / "engine")
         window.traces = [cap.nsys_export(shutil.which("nsys"), report)]
-    _read_traces(gpucert, plan, window.traces, itl, run=profiled, monitor=gpucert_monitor)
+        reads = [_read_trace(path, plan) for path in window.traces]
+    _record_traces(gpucert, plan, reads, itl, run=profiled, monitor=gpucert_monitor)
+    batch, steps = _window_batch(reads)
+    if batch is not None:
+        gpucert.record("window_batch_pct", batch / level_batch[0] * 100, unit="%", direction="higher",
+                       note=f"the judged window's median decode batch ({batch:g} requests) against {level_batch[0]:g}, "
+                            f"{level_batch[1]}; window {len(windows)} of at most {plan.attempts}")
+        if batch < plan.min_batch_pct / 100 * level_batch[0]:
+            pytest.fail(f"no profile window of {len(windows)} caught the level's steady state: the last one's "
+                        f"{steps} decode steps ran a median batch of {batch:g} requests, under {plan.min_batch_pct:g} % "
+                        f"of {level_batch[0]:g} ({level_batch[1]}); its step times are not this level's", pytrace=False)
 
 
 def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, request, gpucert_report_dir):
@@ -148,19 +233,23 @@ def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, reque
         traces = cap.wait_for_traces(trace_dir, before, timeout_s=60.0)
     except cap.CaptureError as exc:
         pytest.fail(f"capture: {exc}", pytrace=False)
-    _read_traces(gpucert, plan, traces, None)
+    _record_traces(gpucert, plan, [_read_trace(path, plan) for path in traces], None)
 
 
-def _read_traces(gpucert, plan, traces, unprofiled_step_ms, run=None, monitor=None) -> None:
-    """Each worker's trace read and recorded (with several ranks, parameter `rank`); the worst
-    steps matched with the load's requests and the monitor where there was a served load."""
-    for rank, path in enumerate(traces):
-        try:
-            timeline = load_trace(path)
-        except TraceError as exc:
-            pytest.fail(f"trace {path}: {exc}", pytrace=False)
-        result = analyze(timeline, gap_us=plan.gap_us)
-        params = {"rank": rank} if len(traces) > 1 else None
+def _read_trace(path, plan) -> tuple:
+    """(path, timeline, analysis) of one worker's trace; a trace that cannot be read fails the check."""
+    try:
+        timeline = load_trace(path)
+    except TraceError as exc:
+        pytest.fail(f"trace {path}: {exc}", pytrace=False)
+    return path, timeline, analyze(timeline, gap_us=plan.gap_us)
+
+
+def _record_traces(gpucert, plan, reads, unprofiled_step_ms, run=None, monitor=None) -> None:
+    """Each worker's trace recorded (with several ranks, parameter `rank`); the worst steps
+    matched with the load's requests and the monitor where there was a served load."""
+    for rank, (path, timeline, result) in enumerate(reads):
+        params = {"rank": rank} if len(reads) > 1 else None
         _record_analysis(gpucert, result, params, unprofiled_step_ms)
         if run is not None:
             _match_worst(gpucert, result, run, monitor)
@@ -178,12 +267,14 @@ def _sleep_unless_done(future, seconds: float) -> None:
         pass
 
 
-def _record_overhead(gpucert, records, window, warmup_s: float) -> None:
-    """The window's streamed tok/s against the same run's just before /start_profile was sent (an
-    equal stretch, at most the warm-up's second half): what profiling itself cost, in the same load."""
+def _record_overhead(gpucert, records, window, since: float | None, warmup_s: float) -> None:
+    """The judged window's streamed tok/s against the same run's just before its /start_profile
+    was sent (an equal stretch, at most the warm-up's second half, and after `since`: the window
+    before it had closed, its traces written — the engine stalls while they are): what profiling
+    itself cost, in the same load."""
     inside = cap.output_tok_s(records, window.started_mono, window.stopped_mono)
-    span = min(window.seconds, warmup_s / 2)
     asked = window.requested_mono or window.started_mono
+    span = min(window.seconds, warmup_s / 2, asked - since if since is not None else math.inf)
     before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
     if inside is not None:
         gpucert.record("profiled_output_tok_s", inside, unit="tok/s", direction="higher",
@@ -194,9 +285,31 @@ def _record_overhead(gpucert, records, window, warmup_s: float) -> None:
         if inside is not None:
             gpucert.record("profiler_overhead_pct", (1 - inside / before) * 100, unit="%", direction="lower",
                            note="throughput lost while profiling: 1 − window tok/s ÷ the tok/s just before it")
-    else:
+    elif span > 0:
         gpucert.finding("capture", notice=f"no tokens streamed in the {span:.1f} s before the window opened: "
                                           "the profiler's cost is not measured")
+    else:
+        gpucert.finding("capture", notice="the window opened as the one before it closed: no unprofiled stretch "
+                                          "before it, the profiler's cost is not measured")
+
+
+def _record_between_steps(gpucert, monitor, span, floor: float) -> None:
+    """What the monitor saw of the unprofiled level between the engine's steps (forensics.level):
+    the GPU's idle share and the engine's share under the window's batch floor, and the finding."""
+    figures = level.idle_between_steps(monitor.columns(*span) if monitor and span else None, floor)
+    if not figures:
+        return
+    if figures["gpu_idle_pct"] is not None:
+        gpucert.record("unprofiled_gpu_idle_pct", figures["gpu_idle_pct"], unit="%", direction="lower",
+                       note=f"monitor samples of the unprofiled level with no kernel on any GPU; "
+                            f"{figures['idle_runs']} idle runs, median {figures['idle_run_s_p50'] or 0:.2f} s")
+    if figures["below_floor_pct"] is not None:
+        gpucert.record("unprofiled_below_batch_pct", figures["below_floor_pct"], unit="%", direction="lower",
+                       note=f"monitor samples of the unprofiled level with vLLM running under {floor:g} requests "
+                            "(the window's batch floor)")
+    text = level.sentence(figures)
+    if text:
+        gpucert.finding("capture", notice=text)
 
 
 def _record_analysis(gpucert, result: dict, params, unprofiled_step_ms) -> None:

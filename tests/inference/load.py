@@ -26,8 +26,9 @@ def prompts_for(load, count: int | None, level: int, repeat: int = 0) -> list[da
                              turns=load.turns, think_s=load.think_s)
 
 
-def run_level(target, concurrency: int | None, requests: int, level: int | None = None, repeat: int = 0,
-              rate: float | None = None, prompts: list[datasets.Prompt] | None = None) -> RunRecords:
+def run_level(target, concurrency: int | None, requests: int | None, level: int | None = None, repeat: int = 0,
+              rate: float | None = None, prompts: list[datasets.Prompt] | None = None,
+              duration_s: float | None = None, stop=None) -> RunRecords:
     """`requests` measured requests (plus the warm-up ones) at fixed `concurrency` — or, with
     `rate` (requests/s), arriving as a Poisson process (burstiness 1) with no cap on concurrency —
     over as many client processes as the load settings say (the client must never be the limit).
@@ -35,12 +36,14 @@ def run_level(target, concurrency: int | None, requests: int, level: int | None 
     `repeat` a fresh set; `prompts` gives them instead (the warm-up's first). A trace's prompts
     (their send times) are replayed at those times, `concurrency` then a cap. The run ends at its
     deadline (`level_timeout_s`, else from its load): a server that never answers fails the level
-    with what it measured, it does not hold it."""
+    with what it measured, it does not hold it. `requests` None: a fixed-concurrency load bound by
+    `duration_s` instead, ended sooner by `stop` (spawn_event(): sends nothing more once set) —
+    a load kept on while a profile window is taken; its prompts cycle."""
     load = target.load
     replay = load.dataset == "trace"
     config = LoadConfig(
         base_url=target.v1_url, model=target.model, endpoint=load.endpoint, concurrency=concurrency, request_rate=rate,
-        num_requests=requests, warmup_requests=load.warmup, seed=load.seed, ignore_eos=load.ignore_eos,
+        num_requests=requests, duration_s=duration_s, warmup_requests=load.warmup, seed=load.seed, ignore_eos=load.ignore_eos,
         return_token_ids=load.token_ids, extra_body=dict(load.extra_body), api_key_env=target.api_key_env,
         request_timeout_s=load.request_timeout_s, ramp_up_s=load.ramp_up_s,
         deadline_s=load.level_timeout_s or None,  # None: the deadline from the level's load
@@ -49,8 +52,10 @@ def run_level(target, concurrency: int | None, requests: int, level: int | None 
     if prompts is None:
         if level is None:
             level = concurrency if concurrency is not None else round(rate * 1000)  # prompts per rate, by mreq/s
-        prompts = prompts_for(load, requests + load.warmup, level, repeat)
-    return run_load_spread(config, prompts, workers)
+        # a duration-bound load cycles its prompts: two waves of them
+        count = requests if requests is not None else 2 * (concurrency or 1)
+        prompts = prompts_for(load, count + load.warmup, level, repeat)
+    return run_load_spread(config, prompts, workers, stop)
 
 
 def _ms(values):

@@ -37,6 +37,7 @@ def engine(host_gap_ms: float, itl_ms: float = 20, ttft_ms: float = 50) -> list[
 
 
 def pytest_forensics(tmp_path, engine_cmd: list[str], *args, plan: dict | None = None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "forensics.yaml"
     path.write_text(yaml.safe_dump(plan or PLAN))
     cmd = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "tests/forensics", "-m", "forensics",
@@ -134,6 +135,55 @@ def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
     assert verdicts["host_bound_pct"] == "fail", verdicts
 
 
+def test_a_load_that_sets_its_own_times_is_refused_in_one_line(tmp_path):
+    """A served capture keeps a fixed concurrency on until its window is taken: a trace replay or
+    conversations cannot be, and the check says so before an engine starts."""
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), "--load-opt", "dataset=multiturn")
+    assert run.returncode == 1, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    assert check["outcome"] == "failed" and "the load's dataset 'multiturn' sets its own times or turns" in \
+        check["message"], check["message"]
+    assert "Traceback" not in run.stdout and not (tmp_path / "r" / "forensics" / "engine").exists()
+
+
+RAMPED = ["--load-opt", "ramp_up_s=8"]  # the 4 streams start 2 s apart: the first window opens on 1-2
+
+
+@pytest.mark.fault("forensics", "a profile window that opens before the level's steady state (a load ramping up "
+                   "its streams; on an H100, a window at a wave's end held 2 of 256 requests)",
+                   "the window is named and another taken; with no attempt left the check fails in one line, "
+                   "no baseline")
+@pytest.mark.slow("captures under load")
+def test_a_window_short_of_the_levels_batch_is_taken_again_and_never_judged(tmp_path):
+    """The load starts its 4 streams over 8 s and the first window opens about 1.6 s in: the
+    engine runs 1-2 requests, not the level's 4. With six attempts a later window, in the steady
+    state, is the one judged and the first is named; with one, the check fails and writes no
+    baseline."""
+    plan = {**PLAN, "served": {**PLAN["served"], "warmup_s": 1.0, "min_batch_pct": 100, "attempts": 6}}
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), *RAMPED, plan=plan)
+    assert run.returncode == 0, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    missed = [n["notice"] for n in check["findings"]["capture"] if "missed the level's steady state" in n.get("notice", "")]
+    assert missed and "window 1 " in missed[0], check["findings"]["capture"]
+    got = values(check)
+    assert got["window_batch_pct"]["value"] == 100, got["window_batch_pct"]
+    decode = check["findings"]["trace"][0]["analysis"]["steps"]["decode"]
+    assert decode["batch"]["p50"] == 4, decode["batch"]
+    # the unprofiled level ramped too: the engine's gauge under the floor (4) while it did; no NVML here
+    assert 0 < got["unprofiled_below_batch_pct"]["value"] < 100 and "unprofiled_gpu_idle_pct" not in got, got
+    assert any(n.get("notice", "").startswith("Between steps, in the unprofiled level: vLLM ran under 4 requests")
+               for n in check["findings"]["capture"]), check["findings"]["capture"]
+
+    plan["served"]["attempts"] = 1
+    run, metrics = pytest_forensics(tmp_path / "one", engine(host_gap_ms=2), *RAMPED, "--update-baselines", plan=plan)
+    assert run.returncode == 1, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    assert check["outcome"] == "failed" and "no profile window of 1 caught the level's steady state" in \
+        check["message"], check.get("message")
+    assert values(check)["window_batch_pct"]["value"] < 100  # what it measured is kept
+    assert not list((tmp_path / "one" / "b").rglob("*.json")), list((tmp_path / "one" / "b").rglob("*"))
+
+
 @pytest.mark.slow("captures under load")
 def test_a_profiler_that_is_not_there_fails_the_check_in_one_line(tmp_path):
     """An engine started without a profiler answers /start_profile with 404, as vLLM does."""
@@ -188,6 +238,8 @@ def test_the_emulator_profiler_writes_a_real_torch_trace(tmp_path):
     ("captures: [{no_such: 1}]", "unknown engine option(s) no_such"),
     ("profiler: {kind: perf}", "profiler.kind: 'perf' not one of auto, torch, nsys"),
     ("served: {window_s: 0}", "served.window_s: expected a number ≥ 0.1"),
+    ("served: {attempts: 0}", "served.attempts: expected an integer ≥ 1"),
+    ("served: {min_batch_pct: 120}", "served.min_batch_pct: expected a number ≥ 0 and ≤ 100"),
     ("gap_us: -1", "gap_us: expected a number"),
     ("extra: 1", "unknown section(s) extra"),
     ("captures: [", "not valid YAML"),
@@ -360,6 +412,13 @@ def test_the_card_sets_eager_against_graphs_and_served_against_offline():
     assert view["rows"][0]["beside"] == ("Without the profiler 5.00 ms between tokens (p50); with it a decode step "
                                          "of 10.00 ms (p50) (the profiler cost 40 % of the throughput).")
     assert comparisons([]) == [] and forensics_view({"checks": []}) is None
+    # with the unprofiled rates and the served GPU's idle share between steps (forensics.level)
+    data["checks"][0]["metrics"] += [{"metric": "unprofiled_output_tok_s", "value": 20727.0, "params": {}},
+                                     {"metric": "unprofiled_gpu_idle_pct", "value": 30.2, "params": {}}]
+    data["checks"][2]["metrics"].append({"metric": "unprofiled_output_tok_s", "value": 27342.0, "params": {}})
+    assert forensics_view(data)["comparisons"][0].endswith(
+        "(both profiled). Unprofiled, served 20,727 against offline 27,342 output tok/s (-24 %), the served GPU idle "
+        "in 30 % of the monitor's samples: between steps, not inside them.")
 
 
 def test_findings_of_one_kind_may_differ_and_nested_data_stays_out_of_the_table():

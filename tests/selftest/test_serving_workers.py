@@ -13,10 +13,10 @@ import pytest
 
 from gpucert.cli import main
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import LoadConfig
+from gpucert.serving.loadgen import LoadConfig, LoadGenerator
 from gpucert.serving.loadgen_workers import (STREAMS_PER_PROCESS, WorkerFailure, even_split,
                                              merge_runs, resolve_workers, run_load_spread,
-                                             split_config, split_prompts)
+                                             spawn_event, split_config, split_prompts)
 from gpucert.serving.records import RequestRecord, RunRecords
 from gpucert.serving.summary import client_check, error_breakdown, summarize
 
@@ -153,6 +153,43 @@ def test_two_workers_measure_the_emulator(emulator_url):
     assert [w["concurrency"] for w in run.workers] == [4, 4]
     # one clock: every record lies after the merged start
     assert all(r.sent_at >= run.started_monotonic for r in measured)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_ends_a_duration_bound_load_once_its_requests_in_flight_finish(emulator_url, workers):
+    """A profile window's load: bound by a long duration, ended by its caller's stop. Nothing is
+    sent after the stop; the requests in flight then finish whole; none is counted failed."""
+    import threading
+    import time
+
+    stop = spawn_event()
+    cfg = config(emulator_url, concurrency=4, duration_s=120.0, warmup_requests=2)
+    prompts = [Prompt("hi", None, OUTPUT)] * 8
+    # 3 s: after the spawned workers' start-up (their share begins once all are ready)
+    timer = threading.Timer(3.0, stop.set)
+    started = time.monotonic()
+    timer.start()
+    try:
+        run = run_load_spread(cfg, prompts, workers, stop)
+    finally:
+        timer.cancel()
+    elapsed = time.monotonic() - started
+    stopped_at = started + 3.0
+    measured = [r for r in run.records if not r.warmup]
+    # one request lasts TTFT + 15 ITL ≈ 50 ms: the load ends a request after the stop, not at 120 s
+    assert elapsed < 30, elapsed
+    assert len(measured) > 8 and all(r.ok for r in run.records), error_breakdown(run.records)
+    # a send checks the stop just before it goes: none later than a starved loop's hand-off
+    assert all(r.sent_at <= stopped_at + 2.0 for r in measured), max(r.sent_at for r in measured) - stopped_at
+    assert all(len(r.token_times) == OUTPUT for r in measured)
+
+
+def test_a_stop_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="fixed-concurrency"):
+        LoadGenerator(config(request_rate=5.0, duration_s=1.0), [Prompt("hi", None, 4)], spawn_event())
+    with pytest.raises(ValueError, match="fixed-concurrency"):
+        LoadGenerator(config(concurrency=2, duration_s=1.0), [Prompt("hi", None, 4, conversation=0, turn=0)],
+                      spawn_event())
 
 
 def test_a_failing_worker_becomes_failed_records(emulator_url):

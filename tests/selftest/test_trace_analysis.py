@@ -265,6 +265,8 @@ def test_a_user_step_pattern_with_and_without_counts():
     # the token groups match nothing: those counts are unknown, the request counts still give the kinds
     assert named["steps"]["kinds"] == {"decode": 1, "mixed": 1}
     assert named["steps"]["worst"][0]["context_tokens"] is None
+    assert named["steps"]["decode"]["batch"] == {"p50": 9.0, "min": 9, "max": 9}
+    assert counted["steps"]["all"]["batch"] is None  # no counts: no batch
     assert analyze(tl, step_pattern="nothing-matches")["steps"]["count"] == 0
     steps = find_steps(tl, compile_pattern(r"step\["))
     assert len(steps) == 2 and steps.kind.tolist() == [4, 4]
@@ -302,6 +304,7 @@ def test_decode_loop_wall_gpu_and_host_wait_are_exact():
     assert decode["gpu_ms"] == {"p50": 4.0, "mean": 4.0}
     assert decode["host_wait_ms"] == {"p50": 1.0, "mean": 1.0}
     assert decode["host_wait_pct"] == 20.0 and decode["gpu_busy_pct"] == 80.0
+    assert decode["batch"] == {"p50": 8.0, "min": 8, "max": 8}  # the annotations' generation requests
     assert steps["all"] == decode
     assert steps["top_kernels"] == [
         {"name": "gemm", "kind": "kernel", "total_ms": 150.0, "share_pct": 75.0, "count": 50, "per_step": 1.0,
@@ -311,7 +314,8 @@ def test_decode_loop_wall_gpu_and_host_wait_are_exact():
     d = result["devices"]["0"]
     assert d["idle_gaps"]["count"] == 50 and d["by_cause"]["host-bound"]["share_pct"] == 100.0
     assert result["trace"]["wall_start_unix_s"] == pytest.approx(1_700_000_000.0 - 100e-6, abs=1e-6)
-    assert any("decode step 5.00 ms (p50" in f and "(20.0 % of decode step time)" in f for f in result["findings"])
+    assert any("decode step 5.00 ms (p50, mean 5.00 ms) at a batch of 8 requests (p50)," in f
+               and "(20.0 % of decode step time)" in f for f in result["findings"])
     assert any("while it waited on the host, the host was mostly in 'gpu_model_runner: sample' (100 %" in f
                for f in result["findings"])
 

@@ -117,7 +117,12 @@ def _step_findings(steps: dict, step_regex: re.Pattern) -> list[str]:
     label = "decode step" if steps["decode"]["count"] else "step"
     if steps["device"] is None:
         return out + [f"{label} {fmt_ms(scope['step_ms']['p50'])} (p50); no GPU activity in the steps"]
-    sentence = (f"{label} {fmt_ms(scope['step_ms']['p50'])} (p50, mean {fmt_ms(scope['step_ms']['mean'])}), "
+    batch = scope.get("batch")
+    at = ""
+    if batch:
+        spread = f", {batch['min']:,}–{batch['max']:,}" if batch["min"] != batch["max"] else ""
+        at = f" at a batch of {batch['p50']:,.0f} requests (p50{spread})"
+    sentence = (f"{label} {fmt_ms(scope['step_ms']['p50'])} (p50, mean {fmt_ms(scope['step_ms']['mean'])}){at}, "
                 f"of which the GPU waited {fmt_ms(scope['host_wait_ms']['mean'])} on the host on average "
                 f"({_pct_text(scope['host_wait_pct'])} of {label} time) and was busy "
                 f"{_pct_text(scope['gpu_busy_pct'])} of it")

@@ -28,6 +28,9 @@ from gpucert.serving.records import RequestRecord
 PROFILER_KINDS = ("torch", "nsys")
 TRACE_GLOB = "*.pt.trace.json*"
 FRONTEND_MARK = ".async_llm"  # the API server's own (CPU) trace beside the workers'
+# the longest /start_profile (a profiler's first start) and /stop_profile (the workers write their
+# traces) may take before the window fails
+START_TIMEOUT_S, STOP_TIMEOUT_S = 120.0, 300.0
 
 
 class CaptureError(RuntimeError):
@@ -91,6 +94,7 @@ class Window:
     stopped_wall: float
     traces: list[Path] = field(default_factory=list)
     requested_mono: float | None = None  # when /start_profile was sent (its answer can take seconds)
+    closed_mono: float | None = None  # when /stop_profile returned: the workers had written their traces
 
     @property
     def seconds(self) -> float:
@@ -136,7 +140,7 @@ def wait_for_traces(trace_dir: Path, before: set[Path], timeout_s: float, poll_s
 
 
 def profile_window(base_url: str, kind: str, trace_dir: Path, window_s: float, headers: dict[str, str] | None = None,
-                   stop_timeout_s: float = 300.0) -> Window:
+                   stop_timeout_s: float = STOP_TIMEOUT_S) -> Window:
     """POST /start_profile, `window_s` later /stop_profile (which returns once the workers have
     written their traces: seconds for a large window), then the new torch traces. For nsys the
     report comes when the engine exits (`nsys_report`)."""
@@ -145,12 +149,13 @@ def profile_window(base_url: str, kind: str, trace_dir: Path, window_s: float, h
     # the window opens when /start_profile returns: the workers' profilers are running then (the
     # first start of a profiler takes seconds, which are not the window's)
     requested_mono = time.monotonic()
-    _post(f"{base_url}/start_profile", headers, 120.0)
+    _post(f"{base_url}/start_profile", headers, START_TIMEOUT_S)
     started_mono, started_wall = time.monotonic(), time.time()
     time.sleep(max(0.0, window_s - (time.monotonic() - started_mono)))
     stopped_mono, stopped_wall = time.monotonic(), time.time()
     _post(f"{base_url}/stop_profile", headers, stop_timeout_s)
-    window = Window(kind, started_mono, stopped_mono, started_wall, stopped_wall, requested_mono=requested_mono)
+    window = Window(kind, started_mono, stopped_mono, started_wall, stopped_wall, requested_mono=requested_mono,
+                    closed_mono=time.monotonic())
     if kind == "torch":
         window.traces = wait_for_traces(trace_dir, before, timeout_s=60.0)
     return window

@@ -23,6 +23,8 @@ class ForensicsPlan:
     concurrency: tuple[int, ...]
     warmup_s: float
     window_s: float
+    min_batch_pct: float
+    attempts: int
     offline_prompts: tuple[int, ...]
     profiler: str  # auto | torch | nsys
     delay_iterations: int
@@ -78,6 +80,8 @@ def _plan(source: str, doc: dict) -> ForensicsPlan:
         concurrency=_levels("served.concurrency", served.get("concurrency"), [256]),
         warmup_s=plan_number("served.warmup_s", served.get("warmup_s", 5), 0),
         window_s=plan_number("served.window_s", served.get("window_s", 3), 0.1),
+        min_batch_pct=plan_number("served.min_batch_pct", served.get("min_batch_pct", 50), 0, 100),
+        attempts=plan_number("served.attempts", served.get("attempts", 3), 1, integer=True),
         offline_prompts=_levels("offline.prompts", offline.get("prompts"), []),
         profiler=kind,
         delay_iterations=plan_number("profiler.delay_iterations", profiler.get("delay_iterations", 10), 0,

@@ -25,7 +25,8 @@ Definitions (to be copied into docs/METRICS.md, Forensics):
   parallelism every rank runs the same steps; the busiest is the one the steps wait for).
 - host_wait_ms: time of that GPU's host-bound idle gaps (gaps.py; ≥ gap_us) inside the window,
   clipped to it.
-- per scope (decode steps; all steps): step_ms {p50, p99, mean}, gpu_ms {p50, mean},
+- per scope (decode steps; all steps): batch {p50, min, max} (generation requests a step; None
+  where the pattern gives no counts), step_ms {p50, p99, mean}, gpu_ms {p50, mean},
   host_wait_ms {p50, mean} (percentiles: numpy linear, Hyndman & Fan type 7);
   host_wait_pct = Σ host_wait / Σ wall × 100 — the judged metric, "host-bound share of decode
   time"; gpu_busy_pct = Σ gpu / Σ wall × 100.
@@ -183,8 +184,8 @@ def summarize_steps(timeline: Timeline, gaps: dict[int, DeviceGaps], host: HostI
                         f"GPU time and host wait are GPU {device}'s" + (", the busiest GPU inside the steps"
                                                                         if len(gaps) > 1 else "")),
         "kinds": {kind: int(np.sum(steps.kind == k)) for k, kind in enumerate(STEP_KINDS) if np.any(steps.kind == k)},
-        "decode": _scope_stats(steps.wall[decode], gpu[decode], wait[decode]),
-        "all": _scope_stats(steps.wall, gpu, wait),
+        "decode": _scope_stats(steps.wall[decode], gpu[decode], wait[decode], _batch(steps)[decode]),
+        "all": _scope_stats(steps.wall, gpu, wait, _batch(steps)),
         "scope": scope_name,
         "top_kernels": [] if device is None else _top_kernels(timeline, gaps[device], steps, scope, gpu, top),
         "worst": _worst_steps(timeline, steps, scope, gpu, wait, host,
@@ -226,12 +227,26 @@ def cuda_graph_use(timeline: Timeline, steps: Steps, scope: np.ndarray, wait: np
     return {"replayed": side(replayed), "eager": side(~replayed)}
 
 
-def _scope_stats(wall: np.ndarray, gpu: np.ndarray, wait: np.ndarray) -> dict:
+def _batch(steps: Steps) -> np.ndarray:
+    """Each step's generation (decode) requests; UNKNOWN_COUNT where the pattern gives none."""
+    batch = steps.counts.get("generation")
+    return batch if batch is not None else np.full(len(steps), UNKNOWN_COUNT, dtype=np.int64)
+
+
+def _batch_stats(batch: np.ndarray) -> dict | None:
+    known = batch[batch >= 0]
+    if not len(known):
+        return None
+    return {"p50": float(np.percentile(known, 50, method="linear")), "min": int(known.min()), "max": int(known.max())}
+
+
+def _scope_stats(wall: np.ndarray, gpu: np.ndarray, wait: np.ndarray, batch: np.ndarray) -> dict:
     total_wall = float(wall.sum())
     if not len(wall):
         return {"count": 0}
     p50, p99 = np.percentile(wall, [50, 99], method="linear")  # Hyndman & Fan type 7
     return {
+        "batch": _batch_stats(batch),
         "count": int(len(wall)),
         "wall_ms": _ms(total_wall),
         "step_ms": {"p50": _ms(p50), "p99": _ms(p99), "mean": _ms(wall.mean())},

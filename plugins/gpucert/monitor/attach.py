@@ -120,6 +120,14 @@ class SessionMonitor:
                           "overlays": {name: {"t_s": [round(t - t0, 3) for t in times], "values": values}
                                        for name, (times, values) in (result.timelines or {}).items()}}
 
+    def columns(self, t0: float, t1: float) -> dict[str, Any] | None:
+        """The monitor's raw samples over one time.monotonic() window (name → array; "t" the
+        sample times); None without a monitor or samples."""
+        if self.monitor is None:
+            return None
+        _, columns = self.monitor.window(t0, t1)
+        return columns if columns and len(columns.get("t", ())) else None
+
     def figures(self, t0: float, t1: float) -> dict[str, Any] | None:
         """The monitor's figures over one time.monotonic() window inside a check (a study compares
         two engine configurations measured in one check); None without a monitor or samples."""

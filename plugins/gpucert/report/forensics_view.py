@@ -99,10 +99,21 @@ def comparisons(rows: list[dict[str, Any]]) -> list[str]:
             line = sentence(f"{captures[0]}", by_key[(captures[0], mode, level)], f"{capture}", row)
             out.append(f"{mode} at {level}: {line}" if line else None)
         if mode == "served" and (capture, "offline", level) in by_key:
-            line = sentence(f"offline ({level} prompts)", by_key[(capture, "offline", level)],
-                            f"served (concurrency {level})", row)
-            out.append(f"{capture}: {line}" if line else None)
+            offline = by_key[(capture, "offline", level)]
+            line = sentence(f"offline ({level} prompts)", offline, f"served (concurrency {level})", row)
+            out.append(f"{capture}: {line}{_between_steps(offline, row)}" if line else None)
     return [line for line in out if line]
+
+
+def _between_steps(offline: dict, served: dict) -> str:
+    """Where served trails offline outside the steps: both unprofiled rates and the served GPU's
+    idle share between steps (forensics.level), where the monitor read it."""
+    a, b = offline["values"].get("unprofiled_output_tok_s"), served["values"].get("unprofiled_output_tok_s")
+    idle = served["values"].get("unprofiled_gpu_idle_pct")
+    if not a or b is None or idle is None:
+        return ""
+    return (f" Unprofiled, served {b:,.0f} against offline {a:,.0f} output tok/s ({(b / a - 1) * 100:+.0f} %), "
+            f"the served GPU idle in {idle:.0f} % of the monitor's samples: between steps, not inside them.")
 
 
 def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:

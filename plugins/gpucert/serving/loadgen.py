@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import httptools
 import numpy as np
@@ -480,10 +480,23 @@ class _LagProbe:
             self.samples.append(max(0.0, time.monotonic() - before - LAG_PROBE_INTERVAL_S))
 
 
+class Stop(Protocol):
+    """What LoadGenerator's `stop` needs: threading.Event and multiprocessing's Event have it."""
+
+    def is_set(self) -> bool: ...
+
+
 class LoadGenerator:
-    def __init__(self, config: LoadConfig, prompts: list[Prompt]):
+    def __init__(self, config: LoadConfig, prompts: list[Prompt], stop: Stop | None = None):
+        """`stop`: an Event (threading's, or multiprocessing's across client processes): once it is
+        set no further measured request is sent and those in flight finish — a fixed-concurrency
+        load that lasts until its caller is done with it (a profile window), its duration only
+        the bound should the caller never set it."""
         if not prompts:
             raise ValueError("no prompts")
+        if stop is not None and (config.concurrency is None or config.request_rate is not None or config.replay
+                                 or any(p.conversation is not None for p in prompts)):
+            raise ValueError("a stop applies to a fixed-concurrency load of single requests")
         if config.endpoint == "chat" and any(not isinstance(p.prompt, str) for p in prompts):
             raise ValueError("token-id prompts need the completions endpoint")
         self.conversational = any(p.conversation is not None for p in prompts)
@@ -494,6 +507,7 @@ class LoadGenerator:
             raise ValueError("a multi-turn load runs at a concurrency (conversations in flight), not a rate or a replay")
         self.config = config
         self.prompts = prompts
+        self.stop = stop
         self.headers = config.headers()  # fails early when the key variable is missing
         self._next_id = 0
         # unique per run and per worker process: vLLM refuses a request id already in flight
@@ -577,7 +591,8 @@ class LoadGenerator:
                 await asyncio.sleep(index * ramp_up_s / workers)
             while (count is None or issued < count) and (
                     deadline is None or time.monotonic() < deadline) and (
-                    time.monotonic() < self._deadline - DEADLINE_SLACK_S):
+                    time.monotonic() < self._deadline - DEADLINE_SLACK_S) and (
+                    warmup or self.stop is None or not self.stop.is_set()):
                 issued += 1
                 record, body = self._record(time.monotonic(), warmup)
                 done.append(await send_request(session, self.config, self.headers, body, record,
@@ -761,8 +776,8 @@ def run_in_new_loop(coro):
             loop.close()
 
 
-def run_load(config: LoadConfig, prompts: list[Prompt]) -> RunRecords:
+def run_load(config: LoadConfig, prompts: list[Prompt], stop: Stop | None = None) -> RunRecords:
     """Run a load in a fresh event loop (the CLI and the checks; async callers use
-    `LoadGenerator(...).run()` inside `frozen_heap()`)."""
+    `LoadGenerator(...).run()` inside `frozen_heap()`); `stop` as LoadGenerator's."""
     with frozen_heap():
-        return run_in_new_loop(LoadGenerator(config, prompts).run())
+        return run_in_new_loop(LoadGenerator(config, prompts, stop).run())

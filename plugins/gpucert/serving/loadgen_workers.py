@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait as wait_connections
 
 from gpucert.serving.datasets import Prompt
-from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, run_deadline_s, run_load
+from gpucert.serving.loadgen import ERROR_TEXT_LIMIT, LoadConfig, Stop, run_deadline_s, run_load
 from gpucert.serving.records import RequestRecord, RunRecords
 
 # Streams one client process is given before `auto` adds another. The one-process reach runs
@@ -132,13 +132,13 @@ def split_prompts(prompts: list[Prompt], workers: int) -> list[list[Prompt]]:
 
 # --- the worker process ------------------------------------------------------------------------
 
-def _worker_main(conn, config: LoadConfig, prompts: list[Prompt]) -> None:
+def _worker_main(conn, config: LoadConfig, prompts: list[Prompt], stop: Stop | None = None) -> None:
     """Runs in the spawned child: report ready, wait for go, run the share, send its records."""
     try:
         conn.send(("ready", None))
         if conn.recv() != "go":
             return
-        conn.send(("ok", run_load(config, prompts)))
+        conn.send(("ok", run_load(config, prompts, stop)))
     except BaseException as err:  # noqa: BLE001 - every failure goes back as text
         text = "".join(traceback.format_exception_only(type(err), err)).strip()
         try:
@@ -159,13 +159,14 @@ def _exit_text(process) -> str:
     return f"worker process exited with status {code} without a result"
 
 
-def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> RunRecords:
+def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int, stop: Stop | None = None) -> RunRecords:
     """Run `config` over `workers` spawned processes and merge their records. One worker runs in
-    this process (plain `run_load`)."""
+    this process (plain `run_load`). `stop` (see LoadGenerator) reaches every worker: with more
+    than one, a multiprocessing Event of the spawn context (spawn_event())."""
     if not prompts:
         raise ValueError("no prompts")
     if workers == 1:
-        return run_load(config, prompts)
+        return run_load(config, prompts, stop)
     # one deadline for every share (each worker's own default would be of its smaller share)
     deadline_s = run_deadline_s(config, prompts)
     configs = [replace(cfg, deadline_s=deadline_s) for cfg in split_config(config, workers)]
@@ -175,7 +176,7 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
     processes, conns = [], []
     for cfg, share in zip(configs, shares):
         parent_end, child_end = ctx.Pipe()
-        process = ctx.Process(target=_worker_main, args=(child_end, cfg, share), daemon=True)
+        process = ctx.Process(target=_worker_main, args=(child_end, cfg, share, stop), daemon=True)
         process.start()
         child_end.close()
         processes.append(process)
@@ -232,6 +233,11 @@ def run_load_spread(config: LoadConfig, prompts: list[Prompt], workers: int) -> 
                 process.kill()
                 process.join(timeout=5)
     return merge_runs(results, configs, *fallback_start)
+
+
+def spawn_event():
+    """An Event the spawned client workers share with this process: a load's `stop`."""
+    return multiprocessing.get_context("spawn").Event()
 
 
 # --- merging -----------------------------------------------------------------------------------

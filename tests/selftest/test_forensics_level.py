@@ -1,0 +1,67 @@
+"""forensics.level: what the monitor saw of a served level between the engine's steps — the GPU's
+idle share, its idle runs and the engine's share under a batch floor — on known samples and on
+real ones from an H100 (tests/fixtures/monitor)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucert.forensics.level import idle_between_steps, sentence
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "monitor" / "h100-served-c256-waves.npz"
+
+
+def samples(n=100, idle=(), running=None, second_gpu=None):
+    """n samples 100 ms apart; GPU 0 at 50 % but 0 at the `idle` indices."""
+    util = np.full(n, 50.0)
+    util[list(idle)] = 0.0
+    columns = {"t": np.arange(n) * 0.1, "gpu0.util_gpu_pct": util}
+    if second_gpu is not None:
+        columns["gpu1.util_gpu_pct"] = second_gpu
+    if running is not None:
+        columns["vllm.running"] = running
+    return columns
+
+
+def test_idle_share_runs_and_their_median_length_are_exact():
+    figures = idle_between_steps(samples(idle=[*range(10, 20), *range(50, 55)]), floor=128)
+    assert figures["gpu_idle_pct"] == 15.0
+    # runs of 10 and 5 samples: 1.0 and 0.5 s (first to last sample plus one interval)
+    assert figures["idle_runs"] == 2 and figures["idle_run_s_p50"] == pytest.approx(0.75)
+    assert figures["below_floor_pct"] is None  # no engine gauge
+
+
+def test_every_gpu_must_be_idle_and_samples_without_a_reading_are_left_out():
+    second = np.full(100, 0.0)
+    second[15] = 30.0  # GPU 1 ran a kernel in the middle of GPU 0's first idle run
+    second[60] = np.nan  # and had no reading once
+    figures = idle_between_steps(samples(idle=[*range(10, 20), 60], second_gpu=second), floor=1)
+    assert figures["idle_runs"] == 2  # 10-14 and 16-19; sample 60 has no reading from GPU 1
+    assert figures["gpu_idle_pct"] == pytest.approx(9 / 99 * 100, abs=1e-3)
+
+
+def test_the_engines_share_under_the_floor():
+    running = np.array([256.0] * 80 + [2.0] * 15 + [np.nan] * 5)
+    figures = idle_between_steps(samples(running=running), floor=128)
+    assert figures["below_floor_pct"] == pytest.approx(15 / 95 * 100, abs=1e-3)
+    assert figures["gpu_idle_pct"] == 0.0 and figures["idle_runs"] == 0 and figures["idle_run_s_p50"] is None
+    assert "vLLM ran under 128 requests in 16 % of them" in sentence(figures)
+
+
+def test_nothing_to_read_is_none():
+    assert idle_between_steps(None, 1) is None and idle_between_steps({"t": np.array([])}, 1) is None
+    assert sentence(idle_between_steps({"t": np.arange(3.0)}, 1)) is None  # samples, but no GPU or gauge
+
+
+def test_an_h100s_served_level_idles_between_its_waves():
+    """Real samples (session 32): the GPU idle in about a quarter of them, a second at a time."""
+    columns = dict(np.load(FIXTURE))
+    figures = idle_between_steps(columns, floor=128)
+    util = columns["gpu0.util_gpu_pct"]
+    assert figures["samples"] == len(util) == 195
+    assert figures["gpu_idle_pct"] == pytest.approx(100 * sum(1 for u in util if u == 0) / len(util), abs=1e-3)
+    assert 20 <= figures["gpu_idle_pct"] <= 35, figures
+    assert figures["idle_runs"] >= 3 and 0.5 <= figures["idle_run_s_p50"] <= 1.5, figures
+    assert 5 <= figures["below_floor_pct"] <= 25, figures
+    assert sentence(figures).startswith("Between steps, in the unprofiled level: the GPU ran no kernel in")
