@@ -417,8 +417,8 @@ def test_the_card_sets_eager_against_graphs_and_served_against_offline():
                                      {"metric": "unprofiled_gpu_idle_pct", "value": 30.2, "params": {}}]
     data["checks"][2]["metrics"].append({"metric": "unprofiled_output_tok_s", "value": 27342.0, "params": {}})
     assert forensics_view(data)["comparisons"][0].endswith(
-        "(both profiled). Unprofiled, served 20,727 against offline 27,342 output tok/s (-24 %), the served GPU idle "
-        "in 30 % of the monitor's samples: between steps, not inside them.")
+        "(both profiled). Unprofiled, served 20,727 against offline 27,342 output tok/s (-24 %), the served GPU "
+        "running no kernel in 30 % of the monitor's samples: time between its steps.")
 
 
 def test_findings_of_one_kind_may_differ_and_nested_data_stays_out_of_the_table():

@@ -113,7 +113,7 @@ def _between_steps(offline: dict, served: dict) -> str:
     if not a or b is None or idle is None:
         return ""
     return (f" Unprofiled, served {b:,.0f} against offline {a:,.0f} output tok/s ({(b / a - 1) * 100:+.0f} %), "
-            f"the served GPU idle in {idle:.0f} % of the monitor's samples: between steps, not inside them.")
+            f"the served GPU running no kernel in {idle:.0f} % of the monitor's samples: time between its steps.")
 
 
 def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:
