@@ -24,6 +24,21 @@ for trace in "$report"/forensics/traces/*/*.pt.trace.json*; do
   { time python3 -m gpucert.cli analyze --json "$trace" > "$trace.analysis.json"; } 2>> "$log"
 done
 cp "$log" "$report/make.log" 2>/dev/null
+# the short table, last: per check what was judged beside what it stands on
+python3 - "$report/metrics.json" <<'PY' | tee -a "$report/make.log"
+import json, sys
+try:
+    checks = json.load(open(sys.argv[1]))["checks"]
+except (OSError, ValueError) as exc:
+    sys.exit(f"no metrics.json: {exc}")
+cols = ("unprofiled_output_tok_s", "profiled_output_tok_s", "decode_step_ms_p50", "host_bound_pct",
+        "window_batch_pct", "unprofiled_gpu_idle_pct", "unprofiled_below_batch_pct")
+print("check | outcome | " + " | ".join(cols))
+for c in checks:
+    v = {m["metric"]: m["value"] for m in c.get("metrics", []) if not (m.get("params") or {}).get("gpu")}
+    print(f"{c['check_id']} | {c['outcome']}/{c.get('verdict')} | "
+          + " | ".join("-" if v.get(k) is None else f"{v[k]:,.1f}" for k in cols))
+PY
 gzip -f "$report/metrics.json" "$report"/forensics/engine/*/*.log 2>/dev/null
 rm -rf "$report"/forensics/engine/*/models "$report"/forensics/offline-*/models
 # one trace of each kind comes back (the smallest); the rest stay on the node
