@@ -72,12 +72,11 @@ def _span(run) -> tuple[float, float] | None:
     return (run.started_monotonic, max(ends)) if ends else None
 
 
-def _level_batch(monitor, span, concurrency: int) -> tuple[float, str]:
+def _level_batch(columns, concurrency: int) -> tuple[float, str]:
     """The batch a window must show to be the level's steady state: the most requests the engine
-    ran during the unprofiled level (vLLM's running gauge, as the monitor sampled it), else the
-    level's concurrency (no engine gauge)."""
-    figures = monitor.figures(*span) if monitor and span else None
-    peak = ((figures or {}).get("vllm") or {}).get("running_peak")
+    ran during the unprofiled level (vLLM's running gauge in the monitor's samples `columns`), else
+    the level's concurrency (no engine gauge)."""
+    peak = level.running_peak(columns)
     if peak:
         return float(peak), "the most requests the engine ran in the unprofiled level"
     return float(concurrency), "the level's concurrency"
@@ -90,7 +89,13 @@ def _window_batch(reads) -> tuple[float | None, int]:
     return (decode.get("batch") or {}).get("p50"), decode.get("count", 0)
 
 
-def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch):
+def _short_of(batch: float, steps: int, plan, level_batch: tuple[float, str]) -> str:
+    """How a window fell short of the level's batch, in words (the notice and the failure say it)."""
+    return (f"{steps} decode steps ran a median batch of {batch:g} requests, under {plan.min_batch_pct:g} % of "
+            f"{level_batch[0]:g} ({level_batch[1]})")
+
+
+def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor: float):
     """Profile windows until one shows the level's batch (plan.min_batch_pct of it; at most
     plan.attempts): a window that opens as a wave of requests ends holds only its stragglers —
     on an H100 at 256 streams one caught 100 steps of 2 requests while 256 were open at the client,
@@ -98,7 +103,6 @@ def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch):
     missed is said in a notice; the last is the one judged. nsys takes one window (its report
     comes when the engine exits)."""
     windows, reads = [], []
-    floor = plan.min_batch_pct / 100 * level_batch[0]
     for attempt in range(1, plan.attempts + 1):
         if loading.done():
             loading.result()  # its error, if it failed
@@ -112,8 +116,7 @@ def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch):
         if batch is None or batch >= floor or attempt == plan.attempts:
             return windows, reads
         gpucert.finding("capture", notice=(
-            f"profile window {attempt} missed the level's steady state: its {steps} decode steps ran a median "
-            f"batch of {batch:g} requests, under {plan.min_batch_pct:g} % of {level_batch[0]:g} ({level_batch[1]}); "
+            f"profile window {attempt} missed the level's steady state: its {_short_of(batch, steps, plan, level_batch)}; "
             f"another window taken ({Path(window.traces[0]).name if window.traces else 'no trace'} kept)"))
     return windows, reads
 
@@ -145,8 +148,10 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
         gpucert.record("unprofiled_step_ms_p50", itl, unit="ms", direction="lower",
                        note="ITL p50 without the profiler: each decode step streams one token to every running request")
     span = _span(plain)
-    level_batch = _level_batch(gpucert_monitor, span, concurrency)
-    _record_between_steps(gpucert, gpucert_monitor, span, plan.min_batch_pct / 100 * level_batch[0])
+    samples = gpucert_monitor.columns(*span) if gpucert_monitor and span else None
+    level_batch = _level_batch(samples, concurrency)
+    floor = plan.min_batch_pct / 100 * level_batch[0]
+    _record_between_steps(gpucert, samples, floor)
 
     # 2. the same level again, kept on (duration-bound, stopped once the windows are taken) until a
     # profile window in its steady state shows the level's batch
@@ -161,7 +166,7 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
         loading = pool.submit(run_level, target, concurrency, None, prompts=prompts, duration_s=bound_s, stop=stop)
         try:
             _sleep_unless_done(loading, warmup_s)
-            windows, reads = _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch)
+            windows, reads = _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor)
         except cap.CaptureError as exc:
             failure = f"capture: {exc}"
         finally:
@@ -190,10 +195,10 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
         gpucert.record("window_batch_pct", batch / level_batch[0] * 100, unit="%", direction="higher",
                        note=f"the judged window's median decode batch ({batch:g} requests) against {level_batch[0]:g}, "
                             f"{level_batch[1]}; window {len(windows)} of at most {plan.attempts}")
-        if batch < plan.min_batch_pct / 100 * level_batch[0]:
+        if batch < floor:
             pytest.fail(f"no profile window of {len(windows)} caught the level's steady state: the last one's "
-                        f"{steps} decode steps ran a median batch of {batch:g} requests, under {plan.min_batch_pct:g} % "
-                        f"of {level_batch[0]:g} ({level_batch[1]}); its step times are not this level's", pytrace=False)
+                        f"{_short_of(batch, steps, plan, level_batch)}; its step times are not this level's",
+                        pytrace=False)
 
 
 def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, request, gpucert_report_dir):
@@ -293,10 +298,10 @@ def _record_overhead(gpucert, records, window, since: float | None, warmup_s: fl
                                           "before it, the profiler's cost is not measured")
 
 
-def _record_between_steps(gpucert, monitor, span, floor: float) -> None:
+def _record_between_steps(gpucert, samples, floor: float) -> None:
     """What the monitor saw of the unprofiled level between the engine's steps (forensics.level):
     the GPU's idle share and the engine's share under the window's batch floor, and the finding."""
-    figures = level.idle_between_steps(monitor.columns(*span) if monitor and span else None, floor)
+    figures = level.idle_between_steps(samples, floor)
     if not figures:
         return
     if figures["gpu_idle_pct"] is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpucert.forensics.level import idle_between_steps, sentence
+from gpucert.forensics.level import idle_between_steps, running_peak, sentence
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "monitor" / "h100-served-c256-waves.npz"
 
@@ -47,6 +47,9 @@ def test_the_engines_share_under_the_floor():
     assert figures["below_floor_pct"] == pytest.approx(15 / 95 * 100, abs=1e-3)
     assert figures["gpu_idle_pct"] == 0.0 and figures["idle_runs"] == 0 and figures["idle_run_s_p50"] is None
     assert "vLLM ran under 128 requests in 16 % of them" in sentence(figures)
+    assert running_peak(samples(running=running)) == 256.0  # the level's batch a window is held to
+    assert running_peak(samples()) is None and running_peak(None) is None
+    assert running_peak(samples(running=np.full(100, np.nan))) is None
 
 
 def test_nothing_to_read_is_none():

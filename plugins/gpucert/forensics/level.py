@@ -32,6 +32,13 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
+def running_peak(columns: dict | None) -> float | None:
+    """The most requests vLLM's running gauge showed in the samples; None without a reading."""
+    running = np.asarray((columns or {}).get("vllm.running", ()), dtype=float)
+    running = running[np.isfinite(running)]
+    return float(running.max()) if running.size else None
+
+
 def idle_between_steps(columns: dict | None, floor: float) -> dict | None:
     """The idle share of the GPUs and the share of time the engine ran under `floor` requests over
     the samples in `columns` (the monitor's, over the unprofiled level); None without samples."""
