@@ -1,6 +1,7 @@
 """A trace window under gpucert's own load, read for the user: per capture of forensics.yaml (an
 engine configuration, e.g. CUDA graphs on and enforce_eager) and load level, the level measured
-without the profiler, then again with a profile window in its steady state; the trace's GPU busy
+without the profiler, then again with profile windows in its steady state (their median judged:
+one window is one moment of the level); the trace's GPU busy
 share, idle gaps by cause and decode steps (gpucert.forensics.analyze), the worst steps matched
 with the requests that felt them and the monitor's samples; the host-bound share of decode time
 and the step time judged against their baselines (docs/METRICS.md, Forensics)."""
@@ -13,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpucert.forensics import capture as cap
@@ -95,30 +97,38 @@ def _short_of(batch: float, steps: int, plan, level_batch: tuple[float, str]) ->
             f"{level_batch[0]:g} ({level_batch[1]})")
 
 
-def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor: float):
-    """Profile windows until one shows the level's batch (plan.min_batch_pct of it; at most
-    plan.attempts): a window that opens as a wave of requests ends holds only its stragglers —
-    on an H100 at 256 streams one caught 100 steps of 2 requests while 256 were open at the client,
-    the engine done with their tokens and the API server still streaming them. Each window that
-    missed is said in a notice; the last is the one judged. nsys takes one window (its report
-    comes when the engine exits)."""
-    windows, reads = [], []
+def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor):
+    """Profile windows until plan.windows of them show the level's batch (plan.min_batch_pct of
+    it), at most plan.attempts in all: a window that opens as a wave of requests ends holds only
+    its stragglers — on an H100 at 256 streams one caught 100 steps of 2 requests while 256 were
+    open at the client, the engine done with their tokens and the API server still streaming them.
+    Each window that missed is said in a notice. Returns every window opened and the reads of
+    those judged: the steady ones, or, where too few were, every window read (what was measured is
+    kept; the check then fails). nsys takes one window (its report comes when the engine exits)."""
+    wanted = 1 if kind == "nsys" else plan.windows
+    opened, steady, read = [], [], []
     for attempt in range(1, plan.attempts + 1):
         if loading.done():
             loading.result()  # its error, if it failed
             pytest.fail(f"the load ended before profile window {attempt} could open", pytrace=False)
         window = cap.profile_window(target.server.base_url, kind, trace_dir, plan.window_s)
-        windows.append(window)
+        opened.append(window)
         if kind == "nsys":
-            return windows, []
+            return opened, [(window, [])]
         reads = [_read_trace(path, plan) for path in window.traces]
+        read.append((window, reads))
         batch, steps = _window_batch(reads)
-        if batch is None or batch >= floor or attempt == plan.attempts:
-            return windows, reads
+        if batch is None or batch >= floor:
+            steady.append((window, reads))
+            if len(steady) == wanted:
+                return opened, steady
+            continue
         gpucert.finding("capture", notice=(
             f"profile window {attempt} missed the level's steady state: its {_short_of(batch, steps, plan, level_batch)}; "
             f"another window taken ({Path(window.traces[0]).name if window.traces else 'no trace'} kept)"))
-    return windows, reads
+        if len(steady) + plan.attempts - attempt < wanted:
+            break  # the attempts left cannot make up the windows
+    return opened, read
 
 
 def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, request, gpucert_report_dir,
@@ -153,8 +163,8 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
     floor = plan.min_batch_pct / 100 * level_batch[0]
     _record_between_steps(gpucert, samples, floor)
 
-    # 2. the same level again, kept on (duration-bound, stopped once the windows are taken) until a
-    # profile window in its steady state shows the level's batch
+    # 2. the same level again, kept on (duration-bound, stopped once the windows are taken) until
+    # plan.windows profile windows in its steady state show the level's batch
     warmup_s = _warmup_s(plan.warmup_s, min(firsts) - called if firsts else None)
     bound_s = warmup_s + plan.attempts * (plan.window_s + cap.START_TIMEOUT_S + cap.STOP_TIMEOUT_S)
     usual_s = warmup_s + plan.attempts * (plan.window_s + WINDOW_USUAL_S)
@@ -166,7 +176,7 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
         loading = pool.submit(run_level, target, concurrency, None, prompts=prompts, duration_s=bound_s, stop=stop)
         try:
             _sleep_unless_done(loading, warmup_s)
-            windows, reads = _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor)
+            opened, judged = _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor)
         except cap.CaptureError as exc:
             failure = f"capture: {exc}"
         finally:
@@ -177,27 +187,30 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                    note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
     if failure:
         pytest.fail(failure, pytrace=False)
-    window = windows[-1]
-    if window.stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
-        gpucert.finding("capture", notice="the load ended before the window closed: the trace's tail is idle")
-    _record_overhead(gpucert, profiled.measured, window, windows[-2].closed_mono if len(windows) > 1 else None,
-                     plan.warmup_s)
+    if opened[-1].stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
+        gpucert.finding("capture", notice="the load ended before the last window closed: the trace's tail is idle")
+    _record_overhead(gpucert, profiled.measured, opened, [w for w, _ in judged], plan.warmup_s)
 
-    # 3. the trace, read
+    # 3. the traces, read
     if kind == "nsys":
         forensics_engines.release()  # nsys writes its report when the engine exits
         report = cap.nsys_report(trace_dir / "engine")
+        window = judged[0][0]
         window.traces = [cap.nsys_export(shutil.which("nsys"), report)]
-        reads = [_read_trace(path, plan) for path in window.traces]
-    _record_traces(gpucert, plan, reads, itl, run=profiled, monitor=gpucert_monitor)
-    batch, steps = _window_batch(reads)
-    if batch is not None:
-        gpucert.record("window_batch_pct", batch / level_batch[0] * 100, unit="%", direction="higher",
-                       note=f"the judged window's median decode batch ({batch:g} requests) against {level_batch[0]:g}, "
-                            f"{level_batch[1]}; window {len(windows)} of at most {plan.attempts}")
-        if batch < floor:
-            pytest.fail(f"no profile window of {len(windows)} caught the level's steady state: the last one's "
-                        f"{_short_of(batch, steps, plan, level_batch)}; its step times are not this level's",
+        judged = [(window, [_read_trace(path, plan) for path in window.traces])]
+    _record_traces(gpucert, plan, [reads for _, reads in judged], itl, run=profiled, monitor=gpucert_monitor)
+    batches = [(b, n) for b, n in (_window_batch(reads) for _, reads in judged) if b is not None]
+    if batches:
+        gpucert.record("window_batch_pct", float(np.median([b for b, _ in batches])) / level_batch[0] * 100, unit="%",
+                       direction="higher", samples=_per_window([b / level_batch[0] * 100 for b, _ in batches]),
+                       stat="median",
+                       note=f"the judged windows' median decode batch against {level_batch[0]:g}, {level_batch[1]}; "
+                            f"{len(judged)} window(s) judged of {len(opened)} opened, at most {plan.attempts}")
+        short = [(b, n) for b, n in batches if b < floor]
+        if short:
+            pytest.fail(f"{len(batches) - len(short)} of {len(opened)} profile window(s) caught the level's steady "
+                        f"state, {plan.windows if kind != 'nsys' else 1} wanted: the last one's "
+                        f"{_short_of(*short[-1], plan, level_batch)}; its step times are not this level's",
                         pytrace=False)
 
 
@@ -238,7 +251,7 @@ def test_trace_offline(gpucert, plan, forensics_engines, capture, prompts, reque
         traces = cap.wait_for_traces(trace_dir, before, timeout_s=60.0)
     except cap.CaptureError as exc:
         pytest.fail(f"capture: {exc}", pytrace=False)
-    _record_traces(gpucert, plan, [_read_trace(path, plan) for path in traces], None)
+    _record_traces(gpucert, plan, [[_read_trace(path, plan) for path in traces]], None)
 
 
 def _read_trace(path, plan) -> tuple:
@@ -250,19 +263,54 @@ def _read_trace(path, plan) -> tuple:
     return path, timeline, analyze(timeline, gap_us=plan.gap_us)
 
 
-def _record_traces(gpucert, plan, reads, unprofiled_step_ms, run=None, monitor=None) -> None:
-    """Each worker's trace recorded (with several ranks, parameter `rank`); the worst steps
-    matched with the load's requests and the monitor where there was a served load."""
-    for rank, (path, timeline, result) in enumerate(reads):
-        params = {"rank": rank} if len(reads) > 1 else None
-        _record_analysis(gpucert, result, params, unprofiled_step_ms)
-        if run is not None:
-            _match_worst(gpucert, result, run, monitor)
-        gpucert.finding("trace", path=str(path), rank=rank, analysis=_compact(result),
-                        window=window_view(timeline, result, gap_us=plan.gap_us))
+def _record_traces(gpucert, plan, windows: list[list[tuple]], unprofiled_step_ms, run=None, monitor=None) -> None:
+    """The judged windows' traces recorded, each worker's (with several ranks, parameter `rank`):
+    every figure the windows' median, each window's value a sample; the window whose decode step
+    is that median is the one drawn in full, its worst steps matched with the load's requests and
+    the monitor where there was a served load."""
+    shown = _median_window(windows)
+    for rank in range(len(windows[0])):
+        params = {"rank": rank} if len(windows[0]) > 1 else None
+        _record_analysis(gpucert, [reads[rank][2] for reads in windows], params, unprofiled_step_ms)
+    for number, reads in enumerate(windows, 1):
+        for rank, (path, timeline, result) in enumerate(reads):
+            drawn = number - 1 == shown
+            if drawn and run is not None:
+                _match_worst(gpucert, result, run, monitor)
+            gpucert.finding("trace", path=str(path), rank=rank, window_number=number, windows=len(windows),
+                            analysis=_compact(result),
+                            window=window_view(timeline, result, gap_us=plan.gap_us) if drawn else None)
     if not any(m.metric == "decode_step_ms_p50" for m in gpucert.metrics):
         pytest.fail("no decode steps in the trace: vLLM's execute_context_… step annotations are missing (a profiler "
                     "window that closed before any step, or an engine without them)", pytrace=False)
+
+
+def _decode(result: dict) -> dict:
+    return (result.get("steps") or {}).get("decode") or {}
+
+
+def _median_window(windows: list[list[tuple]]) -> int:
+    """The window whose first rank's decode step p50 is the windows' median (the lower of the two
+    middle ones where their number is even); the first where no window has decode steps."""
+    steps = [(_decode(reads[0][2]).get("step_ms") or {}).get("p50") if reads else None for reads in windows]
+    ranked = sorted((v, i) for i, v in enumerate(steps) if v is not None)
+    return ranked[(len(ranked) - 1) // 2][1] if ranked else 0
+
+
+def _per_window(values: list[float]) -> list[float] | None:
+    """A figure's samples: one per window, where there are several."""
+    return values if len(values) > 1 else None
+
+
+def _record_windows(gpucert, metric: str, values: list, *, what: str, **kwargs) -> None:
+    """One figure over the windows that gave it: their median, each window's value a sample."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return
+    note = kwargs.pop("note", None)
+    if len(values) > 1:
+        note = "; ".join(n for n in (f"median of {len(values)} profile windows' {what}", note) if n)
+    gpucert.record(metric, float(np.median(values)), samples=_per_window(values), stat="median", note=note, **kwargs)
 
 
 def _sleep_unless_done(future, seconds: float) -> None:
@@ -272,30 +320,38 @@ def _sleep_unless_done(future, seconds: float) -> None:
         pass
 
 
-def _record_overhead(gpucert, records, window, since: float | None, warmup_s: float) -> None:
-    """The judged window's streamed tok/s against the same run's just before its /start_profile
-    was sent (an equal stretch, at most the warm-up's second half, and after `since`: the window
+def _record_overhead(gpucert, records, opened, judged, warmup_s: float) -> None:
+    """Each judged window's streamed tok/s against the same run's just before its /start_profile
+    was sent (an equal stretch, at most the warm-up's second half, and after the window opened
     before it had closed, its traces written — the engine stalls while they are): what profiling
-    itself cost, in the same load."""
-    inside = cap.output_tok_s(records, window.started_mono, window.stopped_mono)
-    asked = window.requested_mono or window.started_mono
-    span = min(window.seconds, warmup_s / 2, asked - since if since is not None else math.inf)
-    before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
-    if inside is not None:
-        gpucert.record("profiled_output_tok_s", inside, unit="tok/s", direction="higher",
-                       note=f"streamed during the {window.seconds:.1f} s profile window")
-    if before:
-        gpucert.record("output_tok_s_before_window", before, unit="tok/s", direction="higher",
-                       note=f"the same run, the {span:.1f} s before the window opened")
-        if inside is not None:
-            gpucert.record("profiler_overhead_pct", (1 - inside / before) * 100, unit="%", direction="lower",
-                           note="throughput lost while profiling: 1 − window tok/s ÷ the tok/s just before it")
-    elif span > 0:
-        gpucert.finding("capture", notice=f"no tokens streamed in the {span:.1f} s before the window opened: "
-                                          "the profiler's cost is not measured")
-    else:
-        gpucert.finding("capture", notice="the window opened as the one before it closed: no unprofiled stretch "
-                                          "before it, the profiler's cost is not measured")
+    itself cost, in the same load; the windows' median, each window a sample."""
+    inside, before, cost, unmeasured = [], [], [], []
+    for window in judged:
+        index = next(i for i, w in enumerate(opened) if w is window)
+        since = opened[index - 1].closed_mono if index else None
+        rate = cap.output_tok_s(records, window.started_mono, window.stopped_mono)
+        asked = window.requested_mono or window.started_mono
+        span = min(window.seconds, warmup_s / 2, asked - since if since is not None else math.inf)
+        rate_before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
+        inside.append(rate)
+        if rate_before:
+            before.append(rate_before)
+            if rate is not None:
+                cost.append((1 - rate / rate_before) * 100)
+        else:
+            unmeasured.append(f"window {index + 1}: " + (
+                f"no tokens streamed in the {span:.1f} s before it opened" if span > 0
+                else "it opened as the one before it closed, no unprofiled stretch before it"))
+    seconds = ", ".join(f"{w.seconds:.1f}" for w in judged)
+    _record_windows(gpucert, "profiled_output_tok_s", inside, what="rates", unit="tok/s", direction="higher",
+                    note=f"streamed during the {seconds} s profile window")
+    _record_windows(gpucert, "output_tok_s_before_window", before, what="rates", unit="tok/s", direction="higher",
+                    note="the same run, just before the window opened (at most half the warm-up, after the window "
+                         "before it closed)")
+    _record_windows(gpucert, "profiler_overhead_pct", cost, what="costs", unit="%", direction="lower",
+                    note="throughput lost while profiling: 1 − window tok/s ÷ the tok/s just before it")
+    if unmeasured:
+        gpucert.finding("capture", notice="the profiler's cost is not measured for " + "; ".join(unmeasured))
 
 
 def _record_between_steps(gpucert, samples, floor: float) -> None:
@@ -317,25 +373,33 @@ def _record_between_steps(gpucert, samples, floor: float) -> None:
         gpucert.finding("capture", notice=text)
 
 
-def _record_analysis(gpucert, result: dict, params, unprofiled_step_ms) -> None:
-    for device, summary in result["devices"].items():
-        where = {**(params or {}), "gpu": device} if len(result["devices"]) > 1 else params
-        gpucert.record("gpu_busy_pct", summary["busy_pct"], unit="%", direction="higher", params=where,
-                       note=f"GPU {device} busy over the trace's {summary['span_ms']:.0f} ms")
-        gaps = summary["idle_gaps"]
-        gpucert.record("idle_gaps", gaps["count"], unit="gaps", direction="lower", params=where,
-                       note=f"idle ≥ {result['gap_us']:g} µs, {gaps['total_ms']:.1f} ms in all")
-    decode = (result.get("steps") or {}).get("decode") or {}
-    step = decode.get("step_ms") or {}
-    if not step.get("p50"):
+def _record_analysis(gpucert, results: list[dict], params, unprofiled_step_ms) -> None:
+    """One worker's figures over the judged windows' analyses (`results`, one per window)."""
+    for device in results[0]["devices"]:
+        where = {**(params or {}), "gpu": device} if len(results[0]["devices"]) > 1 else params
+        each = [r["devices"].get(device) for r in results]
+        spans = ", ".join(f"{d['span_ms']:.0f}" for d in each if d)
+        idle = ", ".join(f"{d['idle_gaps']['total_ms']:.1f}" for d in each if d)
+        _record_windows(gpucert, "gpu_busy_pct", [d and d["busy_pct"] for d in each], what="busy shares", unit="%",
+                        direction="higher", params=where, note=f"GPU {device} busy over the trace's {spans} ms")
+        _record_windows(gpucert, "idle_gaps", [d and d["idle_gaps"]["count"] for d in each], what="gap counts",
+                        unit="gaps", direction="lower", params=where,
+                        note=f"idle ≥ {results[0]['gap_us']:g} µs, {idle} ms in all")
+    decode = [_decode(r) for r in results]
+    decode = [d for d in decode if (d.get("step_ms") or {}).get("p50")]
+    if not decode:
         return
-    gpucert.record("decode_steps", decode.get("count", 0), unit="steps", direction="higher", params=params)
     beside = f"; without the profiler {unprofiled_step_ms:.2f} ms between tokens" if unprofiled_step_ms else ""
-    gpucert.record("decode_step_ms_p50", step["p50"], unit="ms", direction="lower", params=params,
-                   note=f"decode step wall time in the trace (profiled){beside}")
-    gpucert.record("decode_step_ms_p99", step["p99"], unit="ms", direction="lower", params=params)
-    gpucert.record("host_bound_pct", decode["host_wait_pct"], unit="%", direction="lower", params=params,
-                   note="share of decode step time the GPU sat idle with nothing queued (the host was late)")
+    _record_windows(gpucert, "decode_steps", [d.get("count", 0) for d in decode], what="step counts", unit="steps",
+                    direction="higher", params=params)
+    _record_windows(gpucert, "decode_step_ms_p50", [d["step_ms"]["p50"] for d in decode], what="p50 steps",
+                    unit="ms", direction="lower", params=params,
+                    note=f"decode step wall time in the trace (profiled){beside}")
+    _record_windows(gpucert, "decode_step_ms_p99", [d["step_ms"]["p99"] for d in decode], what="p99 steps",
+                    unit="ms", direction="lower", params=params)
+    _record_windows(gpucert, "host_bound_pct", [d["host_wait_pct"] for d in decode], what="shares", unit="%",
+                    direction="lower", params=params,
+                    note="share of decode step time the GPU sat idle with nothing queued (the host was late)")
 
 
 def _match_worst(gpucert, result: dict, run, monitor) -> None:

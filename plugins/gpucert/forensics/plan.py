@@ -24,6 +24,7 @@ class ForensicsPlan:
     warmup_s: float
     window_s: float
     min_batch_pct: float
+    windows: int
     attempts: int
     offline_prompts: tuple[int, ...]
     profiler: str  # auto | torch | nsys
@@ -71,6 +72,10 @@ def _plan(source: str, doc: dict) -> ForensicsPlan:
     if len(set(ids)) != len(ids):
         raise PlanError(f"captures: the same engine settings twice ({', '.join(ids)})")
     served, offline, profiler = (_mapping(k, doc.get(k)) for k in ("served", "offline", "profiler"))
+    windows = plan_number("served.windows", served.get("windows", 3), 1, integer=True)
+    attempts = plan_number("served.attempts", served.get("attempts", 5), 1, integer=True)
+    if attempts < windows:
+        raise PlanError(f"served.attempts: {attempts} window(s) in all cannot give the {windows} of served.windows")
     kind = profiler.get("kind", "auto")
     if kind not in ("auto", *PROFILER_KINDS):
         raise PlanError(f"profiler.kind: {kind!r} not one of auto, {', '.join(PROFILER_KINDS)}")
@@ -81,7 +86,7 @@ def _plan(source: str, doc: dict) -> ForensicsPlan:
         warmup_s=plan_number("served.warmup_s", served.get("warmup_s", 5), 0),
         window_s=plan_number("served.window_s", served.get("window_s", 3), 0.1),
         min_batch_pct=plan_number("served.min_batch_pct", served.get("min_batch_pct", 50), 0, 100),
-        attempts=plan_number("served.attempts", served.get("attempts", 3), 1, integer=True),
+        windows=windows, attempts=attempts,
         offline_prompts=_levels("offline.prompts", offline.get("prompts"), []),
         profiler=kind,
         delay_iterations=plan_number("profiler.delay_iterations", profiler.get("delay_iterations", 10), 0,

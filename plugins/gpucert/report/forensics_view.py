@@ -129,11 +129,13 @@ def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:
             analysis = trace.get("analysis") or {}
             devices = analysis.get("devices") or {}
             traces.append({"path": trace.get("path"), "rank": trace.get("rank"),
+                           "window_number": trace.get("window_number"), "windows": trace.get("windows") or 1,
+                           "drawn": bool(trace.get("window")),
                            "findings": analysis.get("findings") or [],
                            "top_kernels": ((analysis.get("steps") or {}).get("top_kernels") or [])[:5],
                            "charts": [c for c in [_window(trace.get("window"))]
                                       + [_histogram(d, s) for d, s in devices.items()] if c]})
         values = _values(check)
         out.append({"check": check, "values": values, "capture": capture, "notices": notices,
-                    "traces": traces, "worst": findings.get("worst_step", []), "beside": _beside(values)})
+                    "traces": traces, "ranked": len({t["rank"] for t in traces}) > 1, "worst": findings.get("worst_step", []), "beside": _beside(values)})
     return {"rows": out, "comparisons": comparisons(out)} if out else None
