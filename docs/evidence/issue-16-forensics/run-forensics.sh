@@ -33,11 +33,14 @@ except (OSError, ValueError) as exc:
     sys.exit(f"no metrics.json: {exc}")
 cols = ("unprofiled_output_tok_s", "profiled_output_tok_s", "decode_step_ms_p50", "host_bound_pct",
         "window_batch_pct", "unprofiled_gpu_idle_pct", "unprofiled_below_batch_pct")
-print("check | outcome | " + " | ".join(cols))
+print("check | outcome | " + " | ".join(cols) + " | windows' decode steps")
 for c in checks:
-    v = {m["metric"]: m["value"] for m in c.get("metrics", []) if not (m.get("params") or {}).get("gpu")}
+    mine = [m for m in c.get("metrics", []) if not (m.get("params") or {}).get("gpu")]
+    v = {m["metric"]: m["value"] for m in mine}
+    steps = next((m.get("samples") or [] for m in mine if m["metric"] == "decode_step_ms_p50"), [])
     print(f"{c['check_id']} | {c['outcome']}/{c.get('verdict')} | "
-          + " | ".join("-" if v.get(k) is None else f"{v[k]:,.1f}" for k in cols))
+          + " | ".join("-" if v.get(k) is None else f"{v[k]:,.1f}" for k in cols)
+          + " | " + (", ".join(f"{s:.2f}" for s in steps) or "-"))
 PY
 gzip -f "$report/metrics.json" "$report"/forensics/engine/*/*.log 2>/dev/null
 rm -rf "$report"/forensics/engine/*/models "$report"/forensics/offline-*/models
