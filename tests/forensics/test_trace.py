@@ -115,19 +115,29 @@ def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, 
         opened.append(window)
         if kind == "nsys":
             return opened, [(window, [])]
-        reads = [_read_trace(path, plan) for path in window.traces]
-        read.append((window, reads))
-        batch, steps = _window_batch(reads)
-        if batch is None or batch >= floor:
-            steady.append((window, reads))
-            if len(steady) == wanted:
-                return opened, steady
-            continue
-        gpucert.finding("capture", notice=(
-            f"profile window {attempt} missed the level's steady state: its {_short_of(batch, steps, plan, level_batch)}; "
-            f"another window taken ({Path(window.traces[0]).name if window.traces else 'no trace'} kept)"))
-        if len(steady) + plan.attempts - attempt < wanted:
-            break  # the attempts left cannot make up the windows
+        if not window.missing:
+            reads = [_read_trace(path, plan) for path in window.traces]
+            read.append((window, reads))
+            batch, steps = _window_batch(reads)
+            if batch is None or batch >= floor:
+                steady.append((window, reads))
+                if len(steady) == wanted:
+                    return opened, steady
+                continue
+        more = len(steady) + plan.attempts - attempt >= wanted  # the attempts left can make up the windows
+        then = "; another window taken" if more else ""
+        if window.missing:
+            gpucert.finding("capture", notice=(
+                f"profile window {attempt} left no trace ({window.missing}): vLLM's profiler records only once "
+                f"{plan.delay_iterations} engine steps have run after /start_profile (profiler.delay_iterations), and "
+                f"fewer ran in its {window.seconds:.1f} s (on an H100 a window fell wholly in the GPU's idle time between "
+                f"two waves of requests){then}"))
+        else:
+            gpucert.finding("capture", notice=(
+                f"profile window {attempt} missed the level's steady state: its "
+                f"{_short_of(batch, steps, plan, level_batch)}{then} ({Path(window.traces[0]).name} kept)"))
+        if not more:
+            break
     return opened, read
 
 
@@ -187,9 +197,13 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                    note="; ".join(sorted({r.error for r in records if r.error}))[:500] or None)
     if failure:
         pytest.fail(failure, pytrace=False)
+    if not judged:
+        pytest.fail(f"none of {len(opened)} profile window(s) left a trace: fewer than the profiler's "
+                    f"{plan.delay_iterations} delay steps ran in each (profiler.delay_iterations, served.window_s)",
+                    pytrace=False)
     if opened[-1].stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
         gpucert.finding("capture", notice="the load ended before the last window closed: the trace's tail is idle")
-    _record_overhead(gpucert, profiled.measured, opened, [w for w, _ in judged], plan.warmup_s)
+    _record_overhead(gpucert, profiled, opened, judged, plan.warmup_s)
 
     # 3. the traces, read
     if kind == "nsys":
@@ -320,18 +334,35 @@ def _sleep_unless_done(future, seconds: float) -> None:
         pass
 
 
-def _record_overhead(gpucert, records, opened, judged, warmup_s: float) -> None:
-    """Each judged window's streamed tok/s against the same run's just before its /start_profile
-    was sent (an equal stretch, at most the warm-up's second half, and after the window opened
-    before it had closed, its traces written — the engine stalls while they are): what profiling
-    itself cost, in the same load; the windows' median, each window a sample."""
-    inside, before, cost, unmeasured = [], [], [], []
-    for window in judged:
+def _profiled_span(window, reads, run) -> tuple[float, float]:
+    """Where the profiler recorded, on the load generator's clock: the first rank's trace, first op
+    to last (its Unix time → the run's monotonic clock) — vLLM's profiler starts its delay steps
+    after /start_profile and stops itself after max_iterations, so the window's own ends hold
+    unprofiled time; the window where the trace has no wall time (nsys, read later)."""
+    trace = (reads[0][2].get("trace") or {}) if reads else {}
+    start, span_ms = trace.get("wall_start_unix_s"), trace.get("span_ms")
+    if start is None or not span_ms:
+        return window.started_mono, window.stopped_mono
+    start -= run.started_wall - run.started_monotonic
+    return start, start + span_ms / 1e3
+
+
+def _record_overhead(gpucert, run, opened, judged, warmup_s: float) -> None:
+    """Each judged window's streamed tok/s while the profiler recorded (`_profiled_span`) against
+    the same run's over an equal stretch just before its /start_profile was sent (at most the
+    warm-up's second half, and after the window opened before it had closed, its traces written —
+    the engine stalls while they are): what profiling itself cost, in the same load; the windows'
+    median, each window a sample."""
+    records = run.measured
+    inside, before, cost, unmeasured, seconds = [], [], [], [], []
+    for window, reads in judged:
         index = next(i for i, w in enumerate(opened) if w is window)
         since = opened[index - 1].closed_mono if index else None
-        rate = cap.output_tok_s(records, window.started_mono, window.stopped_mono)
+        t0, t1 = _profiled_span(window, reads, run)
+        seconds.append(t1 - t0)
+        rate = cap.output_tok_s(records, t0, t1)
         asked = window.requested_mono or window.started_mono
-        span = min(window.seconds, warmup_s / 2, asked - since if since is not None else math.inf)
+        span = min(t1 - t0, warmup_s / 2, asked - since if since is not None else math.inf)
         rate_before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
         inside.append(rate)
         if rate_before:
@@ -342,14 +373,14 @@ def _record_overhead(gpucert, records, opened, judged, warmup_s: float) -> None:
             unmeasured.append(f"window {index + 1}: " + (
                 f"no tokens streamed in the {span:.1f} s before it opened" if span > 0
                 else "it opened as the one before it closed, no unprofiled stretch before it"))
-    seconds = ", ".join(f"{w.seconds:.1f}" for w in judged)
     _record_windows(gpucert, "profiled_output_tok_s", inside, what="rates", unit="tok/s", direction="higher",
-                    note=f"streamed during the {seconds} s profile window")
+                    note="streamed while the profiler recorded: " + ", ".join(f"{s:.2f}" for s in seconds)
+                         + " s (the trace's first op to its last)")
     _record_windows(gpucert, "output_tok_s_before_window", before, what="rates", unit="tok/s", direction="higher",
-                    note="the same run, just before the window opened (at most half the warm-up, after the window "
-                         "before it closed)")
+                    note="the same run over an equal stretch just before /start_profile (at most half the warm-up, "
+                         "after the window before it closed)")
     _record_windows(gpucert, "profiler_overhead_pct", cost, what="costs", unit="%", direction="lower",
-                    note="throughput lost while profiling: 1 − window tok/s ÷ the tok/s just before it")
+                    note="throughput lost while profiling: 1 − tok/s while recording ÷ the tok/s just before")
     if unmeasured:
         gpucert.finding("capture", notice="the profiler's cost is not measured for " + "; ".join(unmeasured))
 

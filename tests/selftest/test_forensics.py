@@ -218,6 +218,28 @@ def test_a_window_short_of_the_levels_batch_is_taken_again_and_never_judged(tmp_
     assert not list((tmp_path / "one" / "b").rglob("*.json")), list((tmp_path / "one" / "b").rglob("*"))
 
 
+@pytest.mark.fault("forensics", "profile windows in which the engine ran fewer steps than the profiler's delay "
+                   "(on an H100 a 3 s window fell in the GPU's idle time between waves: no trace, the check failed "
+                   "after a 60 s wait)", "each empty window named and another taken; none left, the check fails in "
+                   "one line, what it measured kept, no baseline")
+@pytest.mark.slow("captures under load")
+def test_windows_that_leave_no_trace_are_named_retaken_and_never_judged(tmp_path):
+    plan = {**PLAN, "served": {**PLAN["served"], "window_s": 0.3, "attempts": 2},
+            "profiler": {**PLAN["profiler"], "delay_iterations": 200}}  # 200 steps of 20 ms: 4 s > 0.3 s
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), "--update-baselines", plan=plan)
+    assert run.returncode == 1, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    empty = [n["notice"] for n in check["findings"]["capture"] if "left no trace" in n.get("notice", "")]
+    assert len(empty) == 2 and empty[0].startswith("profile window 1 left no trace") and \
+        empty[0].endswith("another window taken") and not empty[1].endswith("another window taken"), empty
+    assert "records only once 200 engine steps have run" in empty[0], empty[0]
+    assert check["outcome"] == "failed" and "none of 2 profile window(s) left a trace: fewer than the profiler's 200 " \
+        "delay steps ran in each" in check["message"], check["message"]
+    assert "\n" not in check["message"] and "Traceback" not in run.stdout
+    assert values(check)["unprofiled_output_tok_s"]["value"] > 0  # what was measured before is kept
+    assert not list((tmp_path / "b").rglob("*.json")), list((tmp_path / "b").rglob("*"))
+
+
 @pytest.mark.slow("captures under load")
 def test_a_profiler_that_is_not_there_fails_the_check_in_one_line(tmp_path):
     """An engine started without a profiler answers /start_profile with 404, as vLLM does."""
@@ -264,6 +286,37 @@ def test_the_emulator_profiler_writes_a_real_torch_trace(tmp_path):
     gaps = result["devices"]["0"]["idle_gaps"]
     assert abs(decode["host_wait_pct"] - gaps["count"] * 3 / decode["wall_ms"] * 100) < 0.01, (decode, gaps)
     assert abs(result["devices"]["0"]["idle_gaps"]["p99_us"] - 3000) < 0.01
+
+
+def test_a_window_shorter_than_the_profilers_delay_leaves_no_trace_and_says_why(tmp_path):
+    """vLLM's profiler records only once `delay_iterations` steps ran after /start_profile; a
+    window closed before (on an H100, one that fell wholly in the idle time between two waves of
+    requests) writes nothing. The emulator delays as vLLM does: 30 steps of 10 ms, so a 0.1 s
+    window leaves no trace — the window says so at once instead of failing — and a 0.8 s one
+    holds only the steps after the 30th."""
+    import asyncio
+
+    config = EmulatorConfig(ttft_ms=10, itl_ms=10, host_gap_ms=3,
+                            profiler_config=cap.profiler_config("torch", tmp_path / "t", 30, 0))
+
+    async def go():
+        async with EmulatorServer(config) as server:
+            server.emulator.running = 2  # two requests "in service": the engine steps
+            base = server.base_url.removesuffix("/v1")
+            loop = asyncio.get_running_loop()
+            windows = []
+            for seconds in (0.1, 0.8):
+                windows.append(await loop.run_in_executor(None, lambda s=seconds: cap.profile_window(
+                    base, "torch", tmp_path / "t", s, trace_wait_s=2.0)))
+            return windows
+
+    short, long = asyncio.run(go())
+    assert short.traces == [] and "no trace appeared in" in short.missing and "within 2 s of /stop_profile" in \
+        short.missing, short
+    assert long.missing is None and len(long.traces) == 1, long
+    steps = [e for e in json.load(gzip.open(long.traces[0]))["traceEvents"] if e.get("cat") == "user_annotation"]
+    # 0.8 s of 10 ms steps, the first 30 not recorded: at most 50 in the trace however the box runs
+    assert 0 < len(steps) <= 50, len(steps)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -31,10 +31,18 @@ FRONTEND_MARK = ".async_llm"  # the API server's own (CPU) trace beside the work
 # the longest /start_profile (a profiler's first start) and /stop_profile (the workers write their
 # traces) may take before the window fails
 START_TIMEOUT_S, STOP_TIMEOUT_S = 120.0, 300.0
+# how long after /stop_profile returned a window's traces may take to appear: vLLM answers once
+# its workers wrote them (an H100's 1.4 MB trace: there when the answer came), so this is only
+# slack for a slow disk; a window that recorded nothing costs this long
+TRACE_WAIT_S = 10.0
 
 
 class CaptureError(RuntimeError):
     """The window could not be taken: why, in one line (the check fails with it)."""
+
+
+class NoTrace(CaptureError):
+    """The window closed and no worker wrote a trace."""
 
 
 def resolve_kind(kind: str) -> str:
@@ -95,6 +103,7 @@ class Window:
     traces: list[Path] = field(default_factory=list)
     requested_mono: float | None = None  # when /start_profile was sent (its answer can take seconds)
     closed_mono: float | None = None  # when /stop_profile returned: the workers had written their traces
+    missing: str | None = None  # why a torch window has no trace (NoTrace's words)
 
     @property
     def seconds(self) -> float:
@@ -134,16 +143,19 @@ def wait_for_traces(trace_dir: Path, before: set[Path], timeout_s: float, poll_s
         if time.monotonic() > deadline:
             if new:
                 return new
-            raise CaptureError(f"no trace appeared in {trace_dir} within {timeout_s:g} s of /stop_profile")
+            raise NoTrace(f"no trace appeared in {trace_dir} within {timeout_s:g} s of /stop_profile")
         sizes = now
         time.sleep(poll_s)
 
 
 def profile_window(base_url: str, kind: str, trace_dir: Path, window_s: float, headers: dict[str, str] | None = None,
-                   stop_timeout_s: float = STOP_TIMEOUT_S) -> Window:
+                   stop_timeout_s: float = STOP_TIMEOUT_S, trace_wait_s: float = TRACE_WAIT_S) -> Window:
     """POST /start_profile, `window_s` later /stop_profile (which returns once the workers have
-    written their traces: seconds for a large window), then the new torch traces. For nsys the
-    report comes when the engine exits (`nsys_report`)."""
+    written their traces: seconds for a large window), then the new torch traces — none, and the
+    window says why in `missing`: vLLM's profiler records nothing until its delay steps have run,
+    and a window in which the engine ran fewer writes no trace (on an H100 one 3 s window fell
+    wholly in the GPU's idle time between two waves of requests). For nsys the report comes when
+    the engine exits (`nsys_report`)."""
     headers = dict(headers or {})
     before = trace_files(trace_dir)
     # the window opens when /start_profile returns: the workers' profilers are running then (the
@@ -157,7 +169,10 @@ def profile_window(base_url: str, kind: str, trace_dir: Path, window_s: float, h
     window = Window(kind, started_mono, stopped_mono, started_wall, stopped_wall, requested_mono=requested_mono,
                     closed_mono=time.monotonic())
     if kind == "torch":
-        window.traces = wait_for_traces(trace_dir, before, timeout_s=60.0)
+        try:
+            window.traces = wait_for_traces(trace_dir, before, timeout_s=trace_wait_s)
+        except NoTrace as exc:
+            window.missing = str(exc)
     return window
 
 

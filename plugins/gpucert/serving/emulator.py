@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .emulator_prefix import PrefixCache
-from .emulator_profile import StepProfiler, profiler_dir, profiler_kind
+from .emulator_profile import StepProfiler, profiler_delay, profiler_dir, profiler_kind
 
 DEFAULT_OUTPUT_TOKENS = 16
 LISTEN_BACKLOG = 4096  # aiohttp's 128 drops SYNs of a 256-stream burst: +1 s TTFT retransmits
@@ -442,7 +442,8 @@ class Emulator:
         self.prefix_cache = PrefixCache(config.block_size, config.prefix_cache_blocks) if config.prefix_cache else None
         trace_dir = profiler_dir(config.profiler_config)
         self.profiler = None if trace_dir is None else StepProfiler(
-            trace_dir, config.itl_ms / 1e3, config.host_gap_ms / 1e3, lambda: self.running)
+            trace_dir, config.itl_ms / 1e3, config.host_gap_ms / 1e3, lambda: self.running,
+            profiler_delay(config.profiler_config))
 
     def app(self) -> web.Application:
         app = web.Application()

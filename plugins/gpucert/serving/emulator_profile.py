@@ -11,7 +11,8 @@ into the trace after the profiler stops — kernel and cudaLaunchKernel events i
 placed on the recorded annotations' own timestamps — the one emulated part (CUDA cannot exist
 here). Each step's GPU therefore waits exactly `host_gap_ms` on the host, however late a busy box
 wakes the step loop (that moves only the steps' cadence): the truth the forensics self-tests check
-the analysis against.
+the analysis against. As vLLM's, the recording starts the config's `delay_iterations` steps after
+/start_profile, and a window closed before then leaves no trace.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def profiler_kind(profiler_config: str | None) -> str | None:
     return json.loads(profiler_config).get("profiler") if profiler_config else None
 
 
+def profiler_delay(profiler_config: str | None) -> int:
+    """vLLM's `delay_iterations`: engine steps after /start_profile before the profiler records."""
+    return int(json.loads(profiler_config).get("delay_iterations") or 0) if profiler_config else 0
+
+
 def profiler_dir(profiler_config: str | None) -> Path | None:
     """The trace folder of a vLLM profiler config (JSON), None when it does not ask for the torch
     profiler (vLLM then has no /start_profile route)."""
@@ -48,37 +54,50 @@ def profiler_dir(profiler_config: str | None) -> Path | None:
 
 
 class StepProfiler:
-    """One profile window at a time; `running()` says how many requests are in service now."""
+    """One profile window at a time; `running()` says how many requests are in service now.
+    As vLLM's profiler wrapper: recording starts after `delay_steps` steps (steps run only while
+    requests are in service), and a window closed before then writes no trace."""
 
-    def __init__(self, trace_dir: Path, step_s: float, host_gap_s: float, running: Callable[[], int]):
+    def __init__(self, trace_dir: Path, step_s: float, host_gap_s: float, running: Callable[[], int],
+                 delay_steps: int = 0):
         import torch  # noqa: F401  (now, not inside /start_profile: the import blocks the server a second)
 
         self.trace_dir, self.step_s, self.host_gap_s, self.running = trace_dir, step_s, host_gap_s, running
+        self.delay_steps = delay_steps
         self._profiler = None
         self._task: asyncio.Task | None = None
 
     @property
     def active(self) -> bool:
-        return self._profiler is not None
+        return self._task is not None
 
     def start(self) -> None:
-        import torch
-
         if self.active:  # vLLM ignores a second start
             return
+        if not self.delay_steps:
+            self._record()  # before /start_profile answers, as vLLM's (a profiler's first start takes seconds)
+        self._task = asyncio.get_running_loop().create_task(self._steps())
+
+    def _record(self) -> None:
+        import torch
+
         self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
         self._profiler.start()
-        self._task = asyncio.get_running_loop().create_task(self._steps())
 
     async def _steps(self) -> None:
         import torch
 
         work = torch.ones(32, 32)
         next_step = time.monotonic()
+        delayed = self.delay_steps
         while True:
             started = time.monotonic()
             running = self.running()
-            if running:
+            if running and delayed:
+                delayed -= 1  # a step before the recording starts: not in the trace
+                if not delayed:
+                    self._record()
+            elif running:
                 with torch.profiler.record_function(STEP_NAME.format(n=running)):
                     started = time.monotonic()  # the range's own start (its trace timestamp), not the wake-up
                     torch.mm(work, work)  # one real op in the range: a cpu_op event, as vLLM's steps have
@@ -90,12 +109,15 @@ class StepProfiler:
     async def stop(self) -> Path | None:
         if not self.active:
             return None
-        self._task.cancel()
+        task, self._task = self._task, None
+        task.cancel()
         try:
-            await self._task
+            await task
         except asyncio.CancelledError:
             pass
         profiler, self._profiler = self._profiler, None
+        if profiler is None:
+            return None  # closed within the delay: vLLM's profiler never started, no trace
         profiler.stop()
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "trace.json"
