@@ -191,8 +191,8 @@ RAMPED = ["--load-opt", "ramp_up_s=8"]  # the 4 streams start 2 s apart: the fir
 def test_a_window_short_of_the_levels_batch_is_taken_again_and_never_judged(tmp_path):
     """The load starts its 4 streams over 8 s and the first window opens about 1.6 s in: the
     engine runs 1-2 requests, not the level's 4. With six attempts a later window, in the steady
-    state, is the one judged and the first is named; with one, the check fails and writes no
-    baseline."""
+    state, is the one judged and the first is named; with two windows wanted of two attempts, the
+    first miss ends it: the check fails and writes no baseline."""
     plan = {**PLAN, "served": {**PLAN["served"], "warmup_s": 1.0, "min_batch_pct": 100, "attempts": 6}}
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), *RAMPED, plan=plan)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -208,12 +208,16 @@ def test_a_window_short_of_the_levels_batch_is_taken_again_and_never_judged(tmp_
     assert any(n.get("notice", "").startswith("Between steps, in the unprofiled level: vLLM ran under 4 requests")
                for n in check["findings"]["capture"]), check["findings"]["capture"]
 
-    plan["served"]["attempts"] = 1
+    # two windows wanted in two attempts: the first misses, so the second cannot make them up —
+    # no more is opened, and the check fails
+    plan["served"].update(windows=2, attempts=2)
     run, metrics = pytest_forensics(tmp_path / "one", engine(host_gap_ms=2), *RAMPED, "--update-baselines", plan=plan)
     assert run.returncode == 1, run.stdout[-3000:]
     check = metrics["checks"][0]
-    assert check["outcome"] == "failed" and "0 of 1 profile window(s) caught the level's steady state, 1 wanted" \
-        in check["message"], check.get("message")
+    assert check["outcome"] == "failed" and "0 of 1 profile window(s) caught the level's steady state, 2 wanted: " \
+        "the last short one's" in check["message"], check.get("message")
+    missed = [n["notice"] for n in check["findings"]["capture"] if "missed the level's steady state" in n.get("notice", "")]
+    assert len(missed) == 1 and "another window taken" not in missed[0], missed
     assert values(check)["window_batch_pct"]["value"] < 100  # what it measured is kept
     assert not list((tmp_path / "one" / "b").rglob("*.json")), list((tmp_path / "one" / "b").rglob("*"))
 
