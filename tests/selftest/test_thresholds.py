@@ -157,3 +157,22 @@ def test_the_shipped_gemm_floors_pass_both_gpus_and_fail_one_a_quarter_slower(ru
 
     assert {m["key"]: verdict(m, 1.0) for m in figures} == {m["key"]: "new" for m in figures}
     assert {m["key"]: verdict(m, 0.75) for m in figures} == {m["key"]: "fail" for m in figures}
+
+
+def test_a_trace_checks_energy_is_shown_not_judged_and_its_step_still_is():
+    """Session 33's rerun on an unchanged H100: a profile window that left no trace made the check
+    wait, and its energy read 36,999 J against the base's 23,269 (+59 %) — named as the run's
+    regression. A trace check's length follows its windows, so its energy is information; its
+    decode step stays judged."""
+    th = load(REPO / "thresholds.yaml")
+
+    def judged(metric: str, value: float, base: float):
+        m = Metric(check="trace_served", family="trace", metric=metric, unit="x", value=value,
+                   params={"capture": "default", "concurrency": "256"}, direction="lower")
+        return judge(m, th.rule_for("trace_served", metric, m.params), {"value": base})
+
+    energy = judged("energy_j", 36_998.9, 23_268.7)
+    assert energy.verdict == "pass" and energy.informational, energy
+    assert judged("energy_j", 23_268.7, 36_998.9).verdict == "pass"
+    assert judged("decode_step_ms_p50", 10.4, 6.18).verdict == "fail"  # session 33's first rerun
+    assert judged("decode_step_ms_p50", 9.40, 8.34).verdict == "warn"  # its three-window rerun

@@ -137,5 +137,6 @@ def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:
                                       + [_histogram(d, s) for d, s in devices.items()] if c]})
         values = _values(check)
         out.append({"check": check, "values": values, "capture": capture, "notices": notices,
-                    "traces": traces, "ranked": len({t["rank"] for t in traces}) > 1, "worst": findings.get("worst_step", []), "beside": _beside(values)})
+                    "traces": traces, "ranked": len({t["rank"] for t in traces}) > 1,
+                    "worst": findings.get("worst_step", []), "beside": _beside(values)})
     return {"rows": out, "comparisons": comparisons(out)} if out else None
