@@ -129,6 +129,8 @@ def test_the_judged_figures_are_the_median_of_three_windows(tmp_path):
     assert len(got["profiled_output_tok_s"]["samples"]) == 3 and len(got["window_batch_pct"]["samples"]) == 3, got
     card = (tmp_path / "r" / "report.html").read_text()
     assert card.count("(the median decode step: drawn below)") == 1
+    each = ", ".join(f"{d['step_ms']['p50']:.2f}" for d in decode)
+    assert f"ms (p50; the median of 3 profile windows: {each} ms)" in card, each
     assert f"profile window {drawn[0]['window_number']} of 3 (the median decode step" in card
 
 

@@ -18,6 +18,12 @@ def _values(check: dict) -> dict[str, float]:
             if isinstance(m.get("value"), (int, float)) and not m.get("params", {}).get("gpu")}
 
 
+def _window_steps(check: dict) -> list[float]:
+    """Each judged window's decode step p50 (the first rank's), where several were judged."""
+    return next((list(m.get("samples") or []) for m in check.get("metrics", [])
+                 if m["metric"] == "decode_step_ms_p50" and not (m.get("params") or {}).get("rank")), [])
+
+
 def _gap_label(low: float, high: float) -> str:
     def text(us: float) -> str:
         return f"{us / 1000:g} ms" if us >= 1000 else f"{us:g} µs"
@@ -45,7 +51,7 @@ def _window(view: dict | None) -> str:
                                  [("host ranges", host), ("GPU ops", ops), ("GPU idle", gaps)])
 
 
-def _beside(values: dict[str, float]) -> str | None:
+def _beside(values: dict[str, float], window_steps: list[float] = ()) -> str | None:
     """The unprofiled figures next to the profiled ones: the profiler slows the engine."""
     def num(key, fmt):
         value = values.get(key)
@@ -56,7 +62,11 @@ def _beside(values: dict[str, float]) -> str | None:
                 f"{num('unprofiled_output_tok_s', ',.0f')} output tok/s" if num("unprofiled_output_tok_s", ",.0f") else ""]
         parts.append("without the profiler " + ", ".join(b for b in bits if b))
     if num("decode_step_ms_p50", ".2f"):
-        text = f"with it a decode step of {num('decode_step_ms_p50', '.2f')} ms (p50)"
+        text = f"with it a decode step of {num('decode_step_ms_p50', '.2f')} ms (p50"
+        if len(window_steps) > 1:
+            text += (f"; the median of {len(window_steps)} profile windows: "
+                     + ", ".join(f"{v:.2f}" for v in window_steps) + " ms")
+        text += ")"
         if num("profiled_output_tok_s", ",.0f"):
             text += f" and {num('profiled_output_tok_s', ',.0f')} output tok/s"
         if num("profiler_overhead_pct", ".0f"):
@@ -138,5 +148,5 @@ def forensics_view(data: dict[str, Any]) -> dict[str, Any] | None:
         values = _values(check)
         out.append({"check": check, "values": values, "capture": capture, "notices": notices,
                     "traces": traces, "ranked": len({t["rank"] for t in traces}) > 1,
-                    "worst": findings.get("worst_step", []), "beside": _beside(values)})
+                    "worst": findings.get("worst_step", []), "beside": _beside(values, _window_steps(check))})
     return {"rows": out, "comparisons": comparisons(out)} if out else None
