@@ -100,7 +100,7 @@ def test_a_capture_under_load_reads_the_host_gap_the_engine_had(tmp_path):
 
 
 @pytest.mark.fault("forensics", "one profile window judged alone (on an H100 the same served level read a 6.2 ms "
-                   "decode step in a window of a wave's first steps, 10.4 ms in one mid-wave: a plain rerun failed)",
+                   "decode step in one window, 10.4 ms in the next run's, the GPU's time alike: a plain rerun failed)",
                    "three windows judged: each figure their median, each window a sample; the median one drawn")
 @pytest.mark.slow("captures under load")
 def test_the_judged_figures_are_the_median_of_three_windows(tmp_path):
