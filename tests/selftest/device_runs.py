@@ -37,6 +37,10 @@ STUDY_GRID = EVIDENCE / "issue-15-studies/session31-h100/grid/metrics.json.gz"
 # and the lent H200 (session 28), each judged on the datasheet floors alone
 GEMM_H100 = EVIDENCE / "issue-17-burnin/h100-session19/gemm-metrics.json.gz"
 GEMM_H200 = EVIDENCE / "issue-17-burnin/h200-session28/gemm-metrics.json.gz"
+# the served default capture at 256 with three profile windows on one H100 (session 33): the
+# baselines' run and a plain rerun of the same node, each window's decode step kept as a sample
+FORENSICS_WINDOWS = [EVIDENCE / f"issue-16-forensics/h100-session33/windows-{run}-metrics.json.gz"
+                     for run in ("base", "rerun")]
 
 
 def load(path: Path) -> dict:

@@ -160,7 +160,7 @@ def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
     and `make test`'s other worker a 2 ms wait read 3.4 % in one run and 9.7 % in the next, more
     than the rule's 5 points. A 0.5 ms wait reads at most 2.5 %, so no stall moves it 5 points; the
     planted 10 ms reads 50 % and fails unless its steps last 6.7 times their 20 ms."""
-    plan = {**PLAN, "served": {**PLAN["served"], "windows": 3}}  # the packaged plan's judged median
+    plan = {**PLAN, "served": {**PLAN["served"], "windows": 3}}  # judged by their median, as the packaged plan
     run, _ = pytest_forensics(tmp_path, engine(host_gap_ms=0.5), "--update-baselines", plan=plan)
     assert run.returncode == 0, run.stdout[-3000:]
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=0.5), plan=plan)

@@ -1,6 +1,7 @@
 """thresholds.yaml: rule matching and merging, validation with one-line errors naming the place."""
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,43 @@ def test_a_trace_checks_energy_is_shown_not_judged_and_its_step_still_is():
     assert judged("energy_j", 23_268.7, 36_998.9).verdict == "pass"
     assert judged("decode_step_ms_p50", 10.4, 6.18).verdict == "fail"  # session 33's first rerun
     assert judged("decode_step_ms_p50", 9.40, 8.34).verdict == "warn"  # its three-window rerun
+
+
+def test_the_plans_windows_at_the_h100s_spread_pass_a_plain_rerun_and_fail_a_doubled_step():
+    """How many profile windows a served capture judges, proved at the spread an H100 showed: its
+    six steady windows (two runs of three, one node) spread σ ≈ 0.22 of ln around each run's own
+    level. A seeded simulation draws a baseline's and a rerun's windows at that spread and judges
+    the rerun's median with the shipped rule: a plain rerun must fail rarely, a step twice as long
+    almost always. One window alone fails a plain rerun 14 % of the time (session 33's did), three
+    5 %, the plan's five 2.2 %; a doubled step fails 88, 96 and 99 % of the time."""
+    import numpy as np
+
+    from gpucert.forensics.plan import load_plan
+
+    runs = []
+    for path in device_runs.FORENSICS_WINDOWS:
+        metric = next(m for m in device_runs.load(path)["checks"][0]["metrics"] if m["metric"] == "decode_step_ms_p50")
+        runs.append(np.log(metric["samples"]))
+    assert [len(r) for r in runs] == [3, 3]
+    sigma = math.sqrt(np.mean([np.var(r, ddof=1) for r in runs]))  # pooled within-run spread
+    assert 0.15 < sigma < 0.3, sigma
+    th = load(REPO / "thresholds.yaml")
+    params = {"capture": "default", "concurrency": "256"}
+    rule = th.rule_for("trace_served", "decode_step_ms_p50", params)
+
+    def fail_rate(windows: int, scale: float, draws: int = 1500) -> float:
+        rng = np.random.default_rng(16)
+        level = math.exp(float(np.mean(np.concatenate(runs))))
+        fails = 0
+        for _ in range(draws):
+            base, rerun = (float(np.median(level * s * np.exp(sigma * rng.standard_normal(windows))))
+                           for s in (1.0, scale))
+            m = Metric(check="trace_served", family="trace", metric="decode_step_ms_p50", unit="ms", value=rerun,
+                       params=params, direction="lower")
+            fails += judge(m, rule, {"value": base}).verdict == "fail"
+        return fails / draws
+
+    windows = load_plan().windows
+    assert fail_rate(1, 1.0) > 0.08  # the defect: one window judged alone
+    assert fail_rate(windows, 1.0) < 0.03, (windows, fail_rate(windows, 1.0))
+    assert fail_rate(windows, 2.0) > 0.95, (windows, fail_rate(windows, 2.0))

@@ -72,8 +72,8 @@ def _plan(source: str, doc: dict) -> ForensicsPlan:
     if len(set(ids)) != len(ids):
         raise PlanError(f"captures: the same engine settings twice ({', '.join(ids)})")
     served, offline, profiler = (_mapping(k, doc.get(k)) for k in ("served", "offline", "profiler"))
-    windows = plan_number("served.windows", served.get("windows", 3), 1, integer=True)
-    attempts = plan_number("served.attempts", served.get("attempts", 5), 1, integer=True)
+    windows = plan_number("served.windows", served.get("windows", 5), 1, integer=True)
+    attempts = plan_number("served.attempts", served.get("attempts", 7), 1, integer=True)
     if attempts < windows:
         raise PlanError(f"served.attempts: {attempts} window(s) in all cannot give the {windows} of served.windows")
     kind = profiler.get("kind", "auto")
