@@ -97,6 +97,12 @@ def _short_of(batch: float, steps: int, plan, level_batch: tuple[float, str]) ->
             f"{level_batch[0]:g} ({level_batch[1]})")
 
 
+def _windows_wanted(plan, kind: str) -> int:
+    """Steady windows a served capture judges: the plan's; one under nsys (its report comes when
+    the engine exits)."""
+    return 1 if kind == "nsys" else plan.windows
+
+
 def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, floor):
     """Profile windows until plan.windows of them show the level's batch (plan.min_batch_pct of
     it), at most plan.attempts in all: a window that opens as a wave of requests ends holds only
@@ -105,7 +111,7 @@ def _take_windows(gpucert, plan, target, kind, trace_dir, loading, level_batch, 
     Each window that missed is said in a notice. Returns every window opened and the reads of
     those judged: the steady ones, or, where too few were, every window read (what was measured is
     kept; the check then fails). nsys takes one window (its report comes when the engine exits)."""
-    wanted = 1 if kind == "nsys" else plan.windows
+    wanted = _windows_wanted(plan, kind)
     opened, steady, read = [], [], []
     for attempt in range(1, plan.attempts + 1):
         if loading.done():
@@ -222,7 +228,7 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                             f"{len(judged)} window(s) judged of {len(opened)} opened, at most {plan.attempts}")
     # too few windows in the steady state (a short one, or none left by the attempts): a partial
     # measurement, never a pass nor a baseline
-    wanted = 1 if kind == "nsys" else plan.windows
+    wanted = _windows_wanted(plan, kind)
     steady = sum(b >= floor for b, _ in batches)
     if steady < wanted:
         short = [(b, n) for b, n in batches if b < floor]
