@@ -53,9 +53,8 @@ def _engine_settings(plan, point, trace_dir, kind) -> dict:
 def _warmup_s(planned_s: float, streaming_after_s: float | None) -> float:
     """The plan's warm-up, or longer where the level streams later: as long after the start as
     the unprofiled level's first measured token came (its client start, warm-up requests and first
-    prefill), plus half the plan's warm-up — so the load streams through the stretch before the
-    window that the profiler's cost is read against (eager at 256 on an H100 streamed nothing in
-    the 5 s the plan gave it)."""
+    prefill), plus half the plan's warm-up — so the load streams when the window opens (eager at
+    256 on an H100 streamed nothing in the 5 s the plan gave it)."""
     if streaming_after_s is None:
         return planned_s
     return max(planned_s, streaming_after_s + planned_s / 2)
@@ -172,12 +171,14 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                    note="the level without the profiler, just before the window")
     if itl is not None:
         gpucert.record("unprofiled_step_ms_p50", itl, unit="ms", direction="lower",
-                       note="ITL p50 without the profiler: each decode step streams one token to every running request")
+                       note="ITL p50 without the profiler, at the client: the engine's step where the API server keeps "
+                            "up, longer where it delivers tokens in bunches (unprofiled_engine_itl_ms is the engine's own)")
     span = _span(plain)
     samples = gpucert_monitor.columns(*span) if gpucert_monitor and span else None
     level_batch = _level_batch(samples, concurrency)
     floor = plan.min_batch_pct / 100 * level_batch[0]
     _record_between_steps(gpucert, samples, floor)
+    engine_itl = _record_engine_itl(gpucert, samples, floor)
 
     # 2. the same level again, kept on (duration-bound, stopped once the windows are taken) until
     # plan.windows profile windows in its steady state show the level's batch
@@ -209,7 +210,7 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                     pytrace=False)
     if opened[-1].stopped_mono > max(((r.ended_at or 0) for r in profiled.measured), default=0):
         gpucert.finding("capture", notice="the load ended before the last window closed: the trace's tail is idle")
-    _record_overhead(gpucert, profiled, opened, judged, plan.warmup_s)
+    _record_profiled_rate(gpucert, profiled, judged)
 
     # 3. the traces, read
     if kind == "nsys":
@@ -218,7 +219,9 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
         window = judged[0][0]
         window.traces = [cap.nsys_export(shutil.which("nsys"), report)]
         judged = [(window, [_read_trace(path, plan) for path in window.traces])]
-    _record_traces(gpucert, plan, [reads for _, reads in judged], itl, run=profiled, monitor=gpucert_monitor)
+    _record_traces(gpucert, plan, [reads for _, reads in judged], itl, run=profiled, monitor=gpucert_monitor,
+                   engine_itl_ms=engine_itl)
+    _record_step_cost(gpucert, [reads for _, reads in judged], engine_itl, floor)
     batches = [(b, n) for b, n in (_window_batch(reads) for _, reads in judged) if b is not None]
     if batches:
         gpucert.record("window_batch_pct", float(np.median([b for b, _ in batches])) / level_batch[0] * 100, unit="%",
@@ -286,7 +289,8 @@ def _read_trace(path, plan) -> tuple:
     return path, timeline, analyze(timeline, gap_us=plan.gap_us)
 
 
-def _record_traces(gpucert, plan, windows: list[list[tuple]], unprofiled_step_ms, run=None, monitor=None) -> None:
+def _record_traces(gpucert, plan, windows: list[list[tuple]], unprofiled_step_ms, run=None, monitor=None,
+                   engine_itl_ms=None) -> None:
     """The judged windows' traces recorded, each worker's (with several ranks, parameter `rank`):
     every figure the windows' median, each window's value a sample; the window whose decode step
     is that median is the one drawn in full, its worst steps matched with the load's requests and
@@ -294,7 +298,7 @@ def _record_traces(gpucert, plan, windows: list[list[tuple]], unprofiled_step_ms
     shown = _median_window(windows)
     for rank in range(len(windows[0])):
         params = {"rank": rank} if len(windows[0]) > 1 else None
-        _record_analysis(gpucert, [reads[rank][2] for reads in windows], params, unprofiled_step_ms)
+        _record_analysis(gpucert, [reads[rank][2] for reads in windows], params, unprofiled_step_ms, engine_itl_ms)
     for number, reads in enumerate(windows, 1):
         for rank, (path, timeline, result) in enumerate(reads):
             drawn = number - 1 == shown
@@ -356,42 +360,54 @@ def _profiled_span(window, reads, run) -> tuple[float, float]:
     return start, start + span_ms / 1e3
 
 
-def _record_overhead(gpucert, run, opened, judged, warmup_s: float) -> None:
-    """Each judged window's streamed tok/s while the profiler recorded (`_profiled_span`) against
-    the same run's over an equal stretch just before its /start_profile was sent (at most the
-    warm-up's second half, and after the window opened before it had closed, its traces written —
-    the engine stalls while they are): what profiling itself cost, in the same load; the windows'
-    median, each window a sample."""
-    records = run.measured
-    inside, before, cost, unmeasured, seconds = [], [], [], [], []
+def _record_profiled_rate(gpucert, run, judged) -> None:
+    """Each judged window's streamed tok/s while the profiler recorded (`_profiled_span`): the
+    windows' median, each window a sample. Not set against a stretch before the window: the
+    profiler records only once steps run, so its span never holds the idle time between waves of
+    requests that any stretch before it may (on an H200 that comparison read the profiler's cost
+    as −15 to −24 %); the profiler's cost is read from the step (`_record_step_cost`)."""
+    inside, seconds = [], []
     for window, reads in judged:
-        index = next(i for i, w in enumerate(opened) if w is window)
-        since = opened[index - 1].closed_mono if index else None
         t0, t1 = _profiled_span(window, reads, run)
         seconds.append(t1 - t0)
-        rate = cap.output_tok_s(records, t0, t1)
-        asked = window.requested_mono or window.started_mono
-        span = min(t1 - t0, warmup_s / 2, asked - since if since is not None else math.inf)
-        rate_before = cap.output_tok_s(records, asked - span, asked) if span > 0 else None
-        inside.append(rate)
-        if rate_before:
-            before.append(rate_before)
-            if rate is not None:
-                cost.append((1 - rate / rate_before) * 100)
-        else:
-            unmeasured.append(f"window {index + 1}: " + (
-                f"no tokens streamed in the {span:.1f} s before it opened" if span > 0
-                else "it opened as the one before it closed, no unprofiled stretch before it"))
+        inside.append(cap.output_tok_s(run.measured, t0, t1))
     _record_windows(gpucert, "profiled_output_tok_s", inside, what="rates", unit="tok/s", direction="higher",
                     note="streamed while the profiler recorded: " + ", ".join(f"{s:.2f}" for s in seconds)
                          + " s (the trace's first op to its last)")
-    _record_windows(gpucert, "output_tok_s_before_window", before, what="rates", unit="tok/s", direction="higher",
-                    note="the same run over an equal stretch just before /start_profile (at most half the warm-up, "
-                         "after the window before it closed)")
-    _record_windows(gpucert, "profiler_overhead_pct", cost, what="costs", unit="%", direction="lower",
-                    note="throughput lost while profiling: 1 − tok/s while recording ÷ the tok/s just before")
-    if unmeasured:
-        gpucert.finding("capture", notice="the profiler's cost is not measured for " + "; ".join(unmeasured))
+
+
+def _record_engine_itl(gpucert, samples, floor: float) -> float | None:
+    """vLLM's own inter-token latency over the unprofiled level at the window's batch floor
+    (forensics.level.engine_itl): the decode step the engine ran without the profiler, stamped
+    by the engine core — what the profiled step is set beside. None where the server publishes
+    no such histogram (a notice says so)."""
+    figures = level.engine_itl(samples, floor)
+    if figures is None:
+        gpucert.finding("capture", notice=(
+            "the engine's own step without the profiler is not measured: no vllm:inter_token_latency_seconds "
+            f"tokens on its /metrics over the unprofiled level at {floor:g} requests or more (a server that does not "
+            "publish it, or no monitor)"))
+        return None
+    gpucert.record("unprofiled_engine_itl_ms", figures["itl_ms_mean"], unit="ms", direction="lower", stat="mean",
+                   note=f"vLLM's inter-token latency (engine core timestamps) over the unprofiled level at "
+                        f"{floor:g} requests or more: Δsum ÷ Δcount of vllm:inter_token_latency_seconds, "
+                        f"{figures['tokens']:,} tokens — the engine's step, however the API server delivered")
+    return figures["itl_ms_mean"]
+
+
+def _record_step_cost(gpucert, windows: list[list[tuple]], engine_itl_ms: float | None, floor: float) -> None:
+    """The profiler's cost where it acts, on the step: each judged window's mean decode step (first
+    rank) against the engine's own mean inter-token latency without the profiler at the same batch
+    floor — (profiled ÷ unprofiled − 1) × 100; the windows' median, each window a sample."""
+    if not engine_itl_ms:
+        return
+    means = [(_decode(reads[0][2]).get("step_ms") or {}).get("mean") if reads else None for reads in windows]
+    _record_windows(gpucert, "profiler_step_cost_pct",
+                    [None if m is None else (m / engine_itl_ms - 1) * 100 for m in means], what="costs",
+                    unit="%", direction="lower",
+                    note=f"how much longer a decode step ran under the profiler: the window's mean decode step "
+                         f"({', '.join('-' if m is None else f'{m:.2f}' for m in means)} ms) against vLLM's own "
+                         f"{engine_itl_ms:.2f} ms between tokens without it, at {floor:g} requests or more")
 
 
 def _record_between_steps(gpucert, samples, floor: float) -> None:
@@ -413,7 +429,7 @@ def _record_between_steps(gpucert, samples, floor: float) -> None:
         gpucert.finding("capture", notice=text)
 
 
-def _record_analysis(gpucert, results: list[dict], params, unprofiled_step_ms) -> None:
+def _record_analysis(gpucert, results: list[dict], params, unprofiled_step_ms, engine_itl_ms=None) -> None:
     """One worker's figures over the judged windows' analyses (`results`, one per window)."""
     for device in results[0]["devices"]:
         where = {**(params or {}), "gpu": device} if len(results[0]["devices"]) > 1 else params
@@ -429,7 +445,9 @@ def _record_analysis(gpucert, results: list[dict], params, unprofiled_step_ms) -
     decode = [d for d in decode if (d.get("step_ms") or {}).get("p50")]
     if not decode:
         return
-    beside = f"; without the profiler {unprofiled_step_ms:.2f} ms between tokens" if unprofiled_step_ms else ""
+    unprofiled = [f"the engine's mean step {engine_itl_ms:.2f} ms (vLLM's inter-token latency)" if engine_itl_ms else "",
+                  f"{unprofiled_step_ms:.2f} ms between tokens at the client (p50)" if unprofiled_step_ms else ""]
+    beside = "; without the profiler " + ", ".join(u for u in unprofiled if u) if any(unprofiled) else ""
     _record_windows(gpucert, "decode_steps", [d.get("count", 0) for d in decode], what="step counts", unit="steps",
                     direction="higher", params=params)
     _record_windows(gpucert, "decode_step_ms_p50", [d["step_ms"]["p50"] for d in decode], what="p50 steps",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 from pathlib import Path
 
 EVIDENCE = Path(__file__).resolve().parents[2] / "docs" / "evidence"
@@ -37,15 +38,19 @@ STUDY_GRID = EVIDENCE / "issue-15-studies/session31-h100/grid/metrics.json.gz"
 # and the lent H200 (session 28), each judged on the datasheet floors alone
 GEMM_H100 = EVIDENCE / "issue-17-burnin/h100-session19/gemm-metrics.json.gz"
 GEMM_H200 = EVIDENCE / "issue-17-burnin/h200-session28/gemm-metrics.json.gz"
-# the served default capture at 256 with three profile windows on one H100 (session 33): the
-# baselines' run and a plain rerun of the same node, each window's decode step kept as a sample
+# the served default capture at 256, each window's decode step kept as a sample: the baselines'
+# run and a plain rerun of the same node, with three windows on one H100 (session 33) and with
+# five on the lent H200 (session 34, the whole plan's base and the rerun of that capture)
 FORENSICS_WINDOWS = [EVIDENCE / f"issue-16-forensics/h100-session33/windows-{run}-metrics.json.gz"
-                     for run in ("base", "rerun")]
+                     for run in ("base", "rerun")] + \
+    [EVIDENCE / f"issue-16-forensics/h200-session34/{run}-metrics.json.xz" for run in ("base", "rerun")]
 
 
 def load(path: Path) -> dict:
-    """A run's metrics.json, as the card and the exporters take it."""
-    return json.loads(gzip.decompress(path.read_bytes()))
+    """A run's metrics.json (gzipped, or xz where that kept the evidence under its cap), as the
+    card and the exporters take it."""
+    raw = path.read_bytes()
+    return json.loads(lzma.decompress(raw) if path.suffix == ".xz" else gzip.decompress(raw))
 # the lent H200 (session 10, GPU fdc826f6, driver 580, XML schema v13, busy with vLLM): `nvidia-smi
 # -q -x` and, one second later, `nvidia-smi -q`
 H200_SMI = EVIDENCE / "issue-14-newcomer/h200"

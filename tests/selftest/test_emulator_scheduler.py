@@ -80,6 +80,31 @@ def test_max_running_queues_first_come_first_served():
     assert sched.preemptions == 0 and not sched.running and not sched.waiting
 
 
+def test_inter_token_latency_is_counted_on_the_engines_clock():
+    """vLLM's inter-token latency histogram as the scheduler keeps it: one observation per chunk
+    after a request's first, on nominal times — queueing before admission adds none (8 requests
+    on 4 slots: 15 gaps of 8 ms each), a preemption's wait lands in the victim's next gap."""
+    config = EmulatorConfig(ttft_ms=50, itl_ms=8, max_running=4)
+    sched = Scheduler(config)
+    for i in range(8):
+        sched.arrive(i * 0.001, 8, config.chunk_offsets_s(16))
+    sched.advance(math.inf)
+    assert sched.itl.count == 8 * 15 and sched.itl.total_s == pytest.approx(8 * 15 * 0.008)
+    assert sched.itl.buckets[:2] == [8 * 15] * 2  # every gap ≤ 10 ms: vLLM's first bucket (cumulative)
+
+    prompt, out, bs, n = 16, 64, 16, 4
+    config = EmulatorConfig(ttft_ms=10, itl_ms=2, kv_blocks=n * math.ceil((prompt + out - 1) / bs) + 1, block_size=bs)
+    for count, preempted in ((n, False), (n + 1, True)):
+        sched = Scheduler(config)
+        seqs = [sched.arrive(i * 1e-4, prompt, config.chunk_offsets_s(out)) for i in range(count)]
+        sched.advance(math.inf)
+        assert (sched.preemptions > 0) is preempted and sched.itl.count == count * (out - 1)
+        waited = sched.itl.total_s - count * (out - 1) * 0.002
+        # no preemption: every gap one ITL; with one, the victims' gaps hold their waits
+        assert waited == pytest.approx(0, abs=1e-9) if not preempted else waited > 0.002, (count, waited)
+        assert all(q.finished is not None for q in seqs)
+
+
 def test_kv_blocks_fit_n_requests_and_preempt_at_n_plus_one():
     """Blocks per request at its longest: ceil((P + O − 1) / block_size); kv_blocks = N × that + 1
     (the null block) holds N requests without a preemption and not N + 1. The victim is the one
@@ -253,7 +278,8 @@ def test_kv_usage_is_published_as_vllm_does():
 
     _, _, text, emulator = _in_process(config, {"concurrency": 2, "num_requests": 2}, [token_prompt(32, 4)], during)
     assert parse_vllm_metrics(text) == {"running": 2.0, "waiting": 0.0, "preemptions": 0.0,
-                                        "kv_cache_usage_pct": pytest.approx(100 * 4 / 10)}
+                                        "kv_cache_usage_pct": pytest.approx(100 * 4 / 10),
+                                        "itl_sum_s": 0.0, "itl_count": 0.0}  # no second token yet
     labels = vllm_metrics.cache_config(text)["0"]
     assert (labels["num_gpu_blocks"], labels["block_size"]) == ("11", "16")
     # max_model_len: the usable 10 × 16 tokens; vLLM's 11 / ceil(160 / 16) concurrency

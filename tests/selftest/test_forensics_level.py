@@ -1,13 +1,14 @@
 """forensics.level: what the monitor saw of a served level between the engine's steps — the GPU's
 idle share, its idle runs and the engine's share under a batch floor — on known samples and on
-real ones from an H100 (tests/fixtures/monitor)."""
+real ones from an H100 (tests/fixtures/monitor); and the engine's own mean step from vLLM's
+inter-token latency histogram (its sum and count as the monitor sampled them)."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpucert.forensics.level import idle_between_steps, running_peak, sentence
+from gpucert.forensics.level import engine_itl, idle_between_steps, running_peak, sentence
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "monitor" / "h100-served-c256-waves.npz"
 
@@ -68,3 +69,38 @@ def test_an_h100s_served_level_idles_between_its_waves():
     assert figures["idle_runs"] >= 3 and 0.5 <= figures["idle_run_s_p50"] <= 1.5, figures
     assert 5 <= figures["below_floor_pct"] <= 25, figures
     assert sentence(figures).startswith("Between steps, in the unprofiled level: the GPU ran no kernel in")
+
+
+def itl_samples(steps_ms, running, per_sample=256):
+    """Cumulative histogram sum (s) and count as the monitor samples them: between two samples
+    `per_sample` tokens each waited steps_ms[i] ms (NaN: no scrape answered yet)."""
+    d_sum = np.asarray(steps_ms, dtype=float) / 1e3 * per_sample
+    total = np.concatenate(([5.0], 5.0 + np.cumsum(d_sum)))  # a server up before the level: nonzero start
+    count = np.concatenate(([1000.0], 1000.0 + np.cumsum(np.full(len(d_sum), float(per_sample)))))
+    return {"t": np.arange(len(total)) * 0.1, "vllm.itl_sum_s": total, "vllm.itl_count": count,
+            "vllm.running": np.asarray(running, dtype=float)}
+
+
+def test_the_engines_mean_step_is_its_histograms_sum_over_count_at_the_floor():
+    # 6 ms steps at 256 running; a wave's trough (40 running, 30 ms: its prefills) is left out
+    columns = itl_samples([6, 6, 30, 30, 6, 6], [256, 256, 256, 40, 256, 256, 256])
+    got = engine_itl(columns, floor=128)
+    assert got["itl_ms_mean"] == pytest.approx(6.0) and got["tokens"] == 4 * 256 and got["pairs"] == 4, got
+    # with no floor every pair counts: the mean of the tokens' waits
+    assert engine_itl(columns, floor=0)["itl_ms_mean"] == pytest.approx((4 * 6 + 2 * 30) / 6)
+
+
+def test_a_counter_that_went_back_or_no_reading_is_left_out_and_nothing_is_none():
+    columns = itl_samples([6, 6, 6, 6], [256] * 5)
+    columns["vllm.itl_count"][3] = 10.0  # another API-server process answered: its counters are its own
+    columns["vllm.itl_sum_s"][3] = 0.1
+    columns["vllm.itl_sum_s"][1] = np.nan  # no scrape yet
+    got = engine_itl(columns, floor=128)
+    # samples 1 (no reading) and 3 (below sample 2) are left out: pairs 0→2 and 2→4, 6 ms each
+    assert got["itl_ms_mean"] == pytest.approx(6.0) and got["pairs"] == 2 and got["tokens"] == 4 * 256, got
+    assert engine_itl(itl_samples([6], [np.nan, np.nan]), floor=128) is None  # no running gauge: not steady
+    assert engine_itl({"t": np.arange(3), "vllm.running": np.full(3, 256.0)}, floor=1) is None  # no histogram
+    assert engine_itl(None, floor=1) is None
+    flat = itl_samples([6, 6], [256] * 3)
+    flat["vllm.itl_count"][:] = 7.0  # no token in the stretch
+    assert engine_itl(flat, floor=1) is None

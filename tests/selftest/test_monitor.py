@@ -92,6 +92,10 @@ class MetricsServer:
         self.kv = Gauge("vllm:kv_cache_usage_perc", "kv", labels, registry=self.registry).labels("0", "m")
         self.preempted = Counter("vllm:num_preemptions", "preemptions", labels, registry=self.registry).labels("0", "m")
         from prometheus_client import Histogram
+        # vLLM's buckets; the engine's inter-token latencies, of which the sampler reads the sum and count
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "itl", labels, registry=self.registry,
+                             buckets=[0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+                                      7.5, 10.0, 20.0, 40.0, 80.0]).labels("0", "m")
         for i in range(40):  # the bulk of vLLM's exposition: histograms nobody here asked for
             Histogram(f"vllm:latency_{i}_seconds", "x", labels, registry=self.registry,
                       buckets=[0.001 * 2 ** k for k in range(20)]).labels("0", "m").observe(0.1)
@@ -138,12 +142,15 @@ def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path, mount):
             server.running.set(7)
             server.kv.set(0.25)
             server.preempted.inc(2)
+            server.itl.observe(0.004)
             mon.attach_vllm(server.url)
             time.sleep(0.6)
             server.running.set(12)
             server.waiting.set(3)
             server.kv.set(0.5)
             server.preempted.inc(3)
+            for _ in range(3):
+                server.itl.observe(0.006)
             time.sleep(0.6)
             meta, columns = mon.window()
             mon.detach_vllm()  # as the plugin does when the engine stops, before the session ends
@@ -155,6 +162,10 @@ def test_vllm_metrics_attached_mid_run_from_a_real_server(tmp_path, mount):
     assert figures["vllm"]["running_peak"] == 12 and figures["vllm"]["waiting_peak"] == 3
     assert figures["vllm"]["kv_cache_usage_peak_pct"] == 50.0  # vLLM's fraction, as %
     assert figures["vllm"]["preemptions"] == 3  # counted within the window
+    # the histogram's sum and count as sampled: 1 token at 4 ms before, 3 at 6 ms more after
+    read = ~np.isnan(columns["vllm.itl_count"])
+    assert columns["vllm.itl_count"][read][0] == 1 and columns["vllm.itl_count"][read][-1] == 4
+    assert columns["vllm.itl_sum_s"][read][-1] == pytest.approx(0.022)
     assert np.nanmax(columns["vllm.age_ms"]) < 1000
     assert mon.final["vllm_metrics_filtered"] is mount  # still known after the detach
     assert server.paths[0].startswith("/metrics/?name%5B%5D=vllm%3Anum_requests_running")
@@ -175,8 +186,22 @@ def test_parse_vllm_metrics_sums_engines_and_skips_created_samples():
         "# TYPE vllm:num_preemptions_created gauge",
         'vllm:num_preemptions_created{engine="0",model_name="m"} 1.7e9',
         "# TYPE vllm:gpu_cache_usage_perc gauge",  # the name before vLLM 0.10
-        'vllm:gpu_cache_usage_perc{model_name="m"} 0.125', ""])
-    assert parse_vllm_metrics(text) == {"running": 5.0, "preemptions": 4.0, "kv_cache_usage_pct": 12.5}
+        'vllm:gpu_cache_usage_perc{model_name="m"} 0.125',
+        # a histogram's sum and count, over engines; the deprecated name only where the new one is absent
+        "# TYPE vllm:inter_token_latency_seconds histogram",
+        'vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="m"} 9.0',
+        'vllm:inter_token_latency_seconds_count{engine="0",model_name="m"} 10.0',
+        'vllm:inter_token_latency_seconds_sum{engine="0",model_name="m"} 0.5',
+        'vllm:inter_token_latency_seconds_count{engine="1",model_name="m"} 30.0',
+        'vllm:inter_token_latency_seconds_sum{engine="1",model_name="m"} 0.25',
+        "# TYPE vllm:time_per_output_token_seconds histogram",
+        'vllm:time_per_output_token_seconds_count{model_name="m"} 999.0',
+        'vllm:time_per_output_token_seconds_sum{model_name="m"} 99.0', ""])
+    assert parse_vllm_metrics(text) == {"running": 5.0, "preemptions": 4.0, "kv_cache_usage_pct": 12.5,
+                                        "itl_sum_s": 0.75, "itl_count": 40.0}
+    # an older vLLM's name alone, its lines without a TYPE line
+    old = 'vllm:time_per_output_token_seconds_count{model_name="m"} 8.0\nvllm:time_per_output_token_seconds_sum{model_name="m"} 0.08\n'
+    assert parse_vllm_metrics(old) == {"itl_sum_s": 0.08, "itl_count": 8.0}
 
 
 def test_the_emulator_serves_vllm_metric_names(tmp_path):
@@ -197,7 +222,9 @@ def test_the_emulator_serves_vllm_metric_names(tmp_path):
                     during = parse_vllm_metrics(await response.text())
             await load
             return during
-    assert asyncio.run(go()) == {"running": 6.0, "waiting": 0.0, "preemptions": 0.0}
+    # no token after a first one yet (300 ms to it): the inter-token latency histogram is empty
+    assert asyncio.run(go()) == {"running": 6.0, "waiting": 0.0, "preemptions": 0.0, "itl_sum_s": 0.0,
+                                 "itl_count": 0.0}
 
 
 def test_store_chunks_join_and_a_flushed_file_is_whole(tmp_path):

@@ -264,12 +264,22 @@ VLLM_GAUGES = {
     "kv_cache_usage_pct": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
     "preemptions": ("vllm:num_preemptions",),  # a counter: samples end in _total
 }
+# histograms of which the sum and count are read (columns vllm.KEY_sum_s, vllm.KEY_count, both
+# cumulative): vLLM's inter-token latency is stamped by the engine core as each step's outputs are
+# made (its V1 engine's engine_core_timestamp, as in 0.26), so sum ÷ count over a stretch is the engine's mean
+# step as a decoding request saw it, however late the API server delivered the tokens
+# (gpucert.forensics.level.engine_itl); the older name is read only where the newer one is absent
+VLLM_HISTOGRAMS = {
+    "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+}
 
 
 # line prefixes of the families above (samples, and their # TYPE / # HELP lines; a counter's
-# samples end in _total): vLLM's exposition is ~1,000 lines of histograms, and parsing all of it
-# ten times a second cost ~15 ms a time (15 % of a core) — a C-speed prefix filter keeps ~10 lines
-_NAMES = [n for names in VLLM_GAUGES.values() for name in names for n in (name, name + "_total")]
+# samples end in _total, a histogram's read ones in _sum and _count): vLLM's exposition is ~1,000
+# lines of histograms, and parsing all of it ten times a second cost ~15 ms a time (15 % of a
+# core) — a C-speed prefix filter keeps ~15 lines
+_NAMES = [n for names in VLLM_GAUGES.values() for name in names for n in (name, name + "_total")] + \
+    [n for names in VLLM_HISTOGRAMS.values() for name in names for n in (name, name + "_sum", name + "_count")]
 
 
 def family_prefixes(names) -> tuple[str, ...]:
@@ -293,17 +303,32 @@ def metric_families(text: str, prefixes: tuple[str, ...]) -> list:
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float]:
-    """The gauges above from a Prometheus exposition, summed over label sets (engines, models);
-    KV usage as % (vLLM reports a fraction, 1 = full)."""
+    """The gauges and the histograms' sums and counts above from a Prometheus exposition, summed
+    over label sets (engines, models); KV usage as % (vLLM reports a fraction, 1 = full)."""
     wanted = {name: key for key, names in VLLM_GAUGES.items() for name in names}
+    # a histogram's samples by their own names (a family parsed without its TYPE line is named
+    # after the sample): name_sum → KEY_sum_s, name_count → KEY_count
+    parts = {name + suffix: (f"{key}{column}", name) for key, names in VLLM_HISTOGRAMS.items() for name in names
+             for suffix, column in (("_sum", "_sum_s"), ("_count", "_count"))}
     out: dict[str, float] = {}
+    histograms: dict[str, dict[str, float]] = {}  # column → {histogram name: total}
     for family in metric_families(text, _PREFIXES):
         # a counter's family is named without _total (a TYPE line that names it with one leaves it on)
         key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
         if key is None:
+            for sample in family.samples:
+                if sample.name in parts:
+                    column, name = parts[sample.name]
+                    seen = histograms.setdefault(column, {})
+                    seen[name] = seen.get(name, 0.0) + float(sample.value)
             continue
         total = sum(float(s.value) for s in family.samples if s.name in (family.name, family.name + "_total"))
         out.setdefault(key, total)  # one name per key: an old and a new name are never added up
+    for key, names in VLLM_HISTOGRAMS.items():
+        for column in (f"{key}_sum_s", f"{key}_count"):
+            name = next((n for n in names if n in histograms.get(column, {})), None)  # the newest name present
+            if name is not None:
+                out[column] = histograms[column][name]
     if "kv_cache_usage_pct" in out:
         out["kv_cache_usage_pct"] *= 100.0
     return out
@@ -315,7 +340,8 @@ class VllmMetricsSource:
     age (`vllm.age_ms`); none yet, or the server gone → NaN."""
 
     name = "vllm"
-    columns = [f"vllm.{key}" for key in VLLM_GAUGES] + ["vllm.age_ms"]
+    columns = [f"vllm.{key}" for key in VLLM_GAUGES] + \
+        [f"vllm.{key}{part}" for key in VLLM_HISTOGRAMS for part in ("_sum_s", "_count")] + ["vllm.age_ms"]
 
     def __init__(self, url: str, interval_s: float, timeout_s: float = 2.0):
         self.url = url

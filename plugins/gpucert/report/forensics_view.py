@@ -57,9 +57,12 @@ def _beside(values: dict[str, float], window_steps: list[float] = ()) -> str | N
         value = values.get(key)
         return None if value is None else format(value, fmt)
     parts = []
-    if num("unprofiled_step_ms_p50", ".2f") or num("unprofiled_output_tok_s", ",.0f"):
-        bits = [f"{num('unprofiled_step_ms_p50', '.2f')} ms between tokens (p50)" if num("unprofiled_step_ms_p50", ".2f") else "",
-                f"{num('unprofiled_output_tok_s', ',.0f')} output tok/s" if num("unprofiled_output_tok_s", ",.0f") else ""]
+    bits = [f"the engine's mean step {num('unprofiled_engine_itl_ms', '.2f')} ms (vLLM's inter-token latency)"
+            if num("unprofiled_engine_itl_ms", ".2f") else "",
+            f"{num('unprofiled_step_ms_p50', '.2f')} ms between tokens at the client (p50)"
+            if num("unprofiled_step_ms_p50", ".2f") else "",
+            f"{num('unprofiled_output_tok_s', ',.0f')} output tok/s" if num("unprofiled_output_tok_s", ",.0f") else ""]
+    if any(bits):
         parts.append("without the profiler " + ", ".join(b for b in bits if b))
     if num("decode_step_ms_p50", ".2f"):
         text = f"with it a decode step of {num('decode_step_ms_p50', '.2f')} ms (p50"
@@ -69,7 +72,9 @@ def _beside(values: dict[str, float], window_steps: list[float] = ()) -> str | N
         text += ")"
         if num("profiled_output_tok_s", ",.0f"):
             text += f" and {num('profiled_output_tok_s', ',.0f')} output tok/s"
-        if num("profiler_overhead_pct", ".0f"):
+        if num("profiler_step_cost_pct", ".0f"):  # served: on the step, against the engine's own
+            text += f" (the profiler lengthened the step {num('profiler_step_cost_pct', '+.0f')} %)"
+        elif num("profiler_overhead_pct", ".0f"):  # offline: the profiled generate's throughput
             text += f" (the profiler cost {num('profiler_overhead_pct', '.0f')} % of the throughput)"
         parts.append(text)
     text = "; ".join(parts) + "."

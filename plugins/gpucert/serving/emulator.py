@@ -254,6 +254,37 @@ def context_length_error(max_model_len: int, prompt_tokens: int, output_tokens: 
 
 WAITING, RUNNING, FINISHED, GONE = "waiting", "running", "finished", "gone"
 
+# vLLM's buckets for vllm:inter_token_latency_seconds (0.26)
+ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                 40.0, 80.0)
+
+
+class EngineItl:
+    """`vllm:inter_token_latency_seconds` as vLLM keeps it: one observation per output after a
+    request's first, the time since its previous one on the engine's clock (here the nominal
+    times the outputs were due: what the emulated engine did, not when a busy handler wrote them)."""
+
+    def __init__(self):
+        self.total_s, self.count = 0.0, 0
+        self.buckets = [0] * len(ITL_BUCKETS_S)
+
+    def observe(self, seconds: float) -> None:
+        self.total_s += seconds
+        self.count += 1
+        for i, edge in enumerate(ITL_BUCKETS_S):
+            if seconds <= edge:
+                self.buckets[i] += 1
+
+    def exposition(self, labels: str) -> list[str]:
+        """Its lines as prometheus_client writes a histogram (cumulative buckets, +Inf, count, sum)."""
+        name = "vllm:inter_token_latency_seconds"
+        lines = [f"# HELP {name} Histogram of inter-token latency in seconds.", f"# TYPE {name} histogram"]
+        for edge, n in zip(ITL_BUCKETS_S, self.buckets):
+            lines.append(f'{name}_bucket{{{labels},le="{edge}"}} {float(n)}')
+        lines += [f'{name}_bucket{{{labels},le="+Inf"}} {float(self.count)}',
+                  f"{name}_count{{{labels}}} {float(self.count)}", f"{name}_sum{{{labels}}} {self.total_s!r}"]
+        return lines
+
 
 @dataclass(eq=False)
 class Sequence:
@@ -274,14 +305,16 @@ class Sequence:
     finished: float | None = None
     wake: Callable[[], None] | None = None  # called when admitted (the handler awaits it)
     pushed: int = 0  # its live entry in the scheduler's event heap (older entries are stale)
+    last_at: float | None = None  # the nominal time of its last chunk (its next inter-token latency starts there)
 
 
 class Scheduler:
     """The scheduler of the module docstring, on nominal times: pure bookkeeping, no I/O, so the
     self-tests can run it on their own arrival times to know what the server will do."""
 
-    def __init__(self, config: EmulatorConfig):
+    def __init__(self, config: EmulatorConfig, itl: EngineItl | None = None):
         self.config = config
+        self.itl = itl or EngineItl()
         self.now = -math.inf
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
@@ -352,6 +385,9 @@ class Scheduler:
                     return
             self.free_blocks -= max(need, 0)
             seq.held += max(need, 0)
+        if seq.emitted:  # its first chunk is the first token: no inter-token latency (vLLM's rule)
+            self.itl.observe(at - seq.last_at)
+        seq.last_at = at
         seq.emitted += 1
         if seq.emitted == len(seq.chunks):
             self.running.remove(seq)
@@ -438,7 +474,8 @@ class Emulator:
         self.requests_seen = 0
         self.running = 0  # requests between arrival and their last byte: vLLM's "running" gauge
         self.timings: dict[str, dict] = {}
-        self.scheduler = Scheduler(config) if config.scheduled else None
+        self.itl = EngineItl()
+        self.scheduler = Scheduler(config, self.itl) if config.scheduled else None
         self.prefix_cache = PrefixCache(config.block_size, config.prefix_cache_blocks) if config.prefix_cache else None
         trace_dir = profiler_dir(config.profiler_config)
         self.profiler = None if trace_dir is None else StepProfiler(
@@ -497,7 +534,8 @@ class Emulator:
     async def _metrics(self, request: web.Request) -> web.Response:
         """vLLM's Prometheus names for what an emulator has: the requests in service and queued,
         the preemptions, the KV cache's usage (a fraction, 1 = full, as vLLM's
-        `vllm:kv_cache_usage_perc`; only with a KV cache) and, as vLLM publishes its CacheConfig,
+        `vllm:kv_cache_usage_perc`; only with a KV cache), the inter-token latency histogram
+        (EngineItl) and, as vLLM publishes its CacheConfig,
         `vllm:cache_config_info`: an info gauge of value 1 whose labels, sorted by name as vLLM's
         multiprocess collector writes them, are the cache config's fields and the engine."""
         labels = f'engine="0",model_name="{_label_value(self.config.model)}"'
@@ -505,6 +543,7 @@ class Emulator:
         for name, value in {**self.gauges(), **self.counters()}.items():
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# TYPE {name} {kind}", f"{name}{{{labels}}} {float(value)}"]  # as prometheus_client writes
+        lines += self.itl.exposition(labels)  # after gauges(): the scheduler has counted the chunks due by now
         if self.config.cache_config is not None:
             info = sorted({**self.config.cache_config, "engine": "0"}.items())
             lines += ["# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig",
@@ -643,6 +682,7 @@ class _Served:
         # its GET /emulator/timings entry: with a scheduler, its decisions on nominal times
         # (arrival, each admission and preemption, finished)
         self.record: dict = {}
+        self.itl, self.observed = emulator.itl, 1  # chunks whose inter-token latency is counted (the first has none)
         self.seq = None
         if self.scheduler is not None:
             self._admitted = asyncio.Event()
@@ -654,6 +694,9 @@ class _Served:
     async def until(self, n: int) -> None:
         if self.seq is None:
             await sleep_until(self.start + self.chunks[n - 1][0])
+            for i in range(self.observed, n):  # the scheduler counts its own
+                self.itl.observe(self.chunks[i][0] - self.chunks[i - 1][0])
+            self.observed = max(self.observed, n)
             return
         seq, sched = self.seq, self.scheduler
         while seq.emitted < n:
