@@ -223,12 +223,10 @@ def test_trace_served(gpucert, plan, forensics_engines, capture, concurrency, re
                    engine_itl_ms=engine_itl)
     _record_step_cost(gpucert, [reads for _, reads in judged], engine_itl, floor)
     batches = [(b, n) for b, n in (_window_batch(reads) for _, reads in judged) if b is not None]
-    if batches:
-        gpucert.record("window_batch_pct", float(np.median([b for b, _ in batches])) / level_batch[0] * 100, unit="%",
-                       direction="higher", samples=_per_window([b / level_batch[0] * 100 for b, _ in batches]),
-                       stat="median",
-                       note=f"the judged windows' median decode batch against {level_batch[0]:g}, {level_batch[1]}; "
-                            f"{len(judged)} window(s) judged of {len(opened)} opened, at most {plan.attempts}")
+    _record_windows(gpucert, "window_batch_pct", [b / level_batch[0] * 100 for b, _ in batches],
+                    what="decode batches", unit="%", direction="higher",
+                    note=f"the judged windows' median decode batch against {level_batch[0]:g}, {level_batch[1]}; "
+                         f"{len(judged)} window(s) judged of {len(opened)} opened, at most {plan.attempts}")
     # too few windows in the steady state (a short one, or none left by the attempts): a partial
     # measurement, never a pass nor a baseline
     wanted = _windows_wanted(plan, kind)
