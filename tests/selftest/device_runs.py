@@ -14,7 +14,7 @@ EVIDENCE = Path(__file__).resolve().parents[2] / "docs" / "evidence"
 # timelines, failures with their reasons)
 SERVING_CHECK = EVIDENCE / "issue-4-inference/session5/serving-check/metrics.json.gz"
 # 2× H100, session 6: a full `make certify` (every check family, physics against datasheet peaks)
-CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.gz"
+CERTIFY = EVIDENCE / "issue-6-certify/certify/metrics.json.xz"
 
 # the lent H100 (session 22): `make study`'s batching and tuned studies, kept without per-request samples
 STUDY_BATCHING = EVIDENCE / "issue-15-studies/session22-h100/batching-tuned/metrics.json.gz"

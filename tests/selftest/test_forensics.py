@@ -161,9 +161,11 @@ def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_
 
 
 @pytest.mark.slow("captures under load")
-def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
+def test_a_plain_rerun_passes_and_a_slower_host_or_engine_fails(tmp_path):
     """The host-bound share and the step time are judged like any metric: baselines from one run,
-    the same engine again passes, the host taking 10 ms of each 20 ms step instead of 0.5 fails.
+    the same engine again passes, the host taking 10 ms of each 20 ms step instead of 0.5 fails,
+    and so does an engine stepping every 30 ms instead of 20 with the host as quick as before — on
+    the engine's own step without the profiler (vLLM's inter-token latency), its host share unmoved.
     The share is the host's wait over the steps' mean length, and a stall of a busy box lengthens
     the step it falls in (the emulated GPU work runs on until the next step): under two CPU hogs
     and `make test`'s other worker a 2 ms wait read 3.4 % in one run and 9.7 % in the next, more
@@ -174,10 +176,16 @@ def test_a_plain_rerun_passes_and_a_slower_host_fails(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:]
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=0.5), plan=plan)
     assert run.returncode == 0, run.stdout[-3000:]
+    verdicts = {m["metric"]: m["verdict"] for m in metrics["checks"][0]["metrics"]}
+    assert verdicts["unprofiled_engine_itl_ms"] == "pass", verdicts  # judged, and exact: the nominal 20 ms
     run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=10), plan=plan)
     assert run.returncode == 1, run.stdout[-3000:]
     verdicts = {m["metric"]: m["verdict"] for m in metrics["checks"][0]["metrics"]}
     assert verdicts["host_bound_pct"] == "fail", verdicts
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=0.5, itl_ms=30), plan=plan)
+    assert run.returncode == 1, run.stdout[-3000:]
+    verdicts = {m["metric"]: m["verdict"] for m in metrics["checks"][0]["metrics"]}
+    assert verdicts["unprofiled_engine_itl_ms"] == "fail" and verdicts["host_bound_pct"] != "fail", verdicts
 
 
 def test_a_load_that_sets_its_own_times_is_refused_in_one_line(tmp_path):

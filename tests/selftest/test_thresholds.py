@@ -177,6 +177,12 @@ def test_a_trace_checks_energy_is_shown_not_judged_and_its_step_still_is():
     assert judged("energy_j", 23_268.7, 36_998.9).verdict == "pass"
     assert judged("decode_step_ms_p50", 10.4, 6.18).verdict == "fail"  # session 33's first rerun
     assert judged("decode_step_ms_p50", 9.40, 8.34).verdict == "warn"  # its three-window rerun
+    # the engine's own step without the profiler is judged too: session 35's H100 pair passes (its
+    # windows' profiled steps read 6.2 and 7.5 ms), a step 15 % longer fails, 6 % warns
+    itl = judged("unprofiled_engine_itl_ms", 5.7303, 5.7722)
+    assert itl.verdict == "pass" and not itl.informational, itl
+    assert judged("unprofiled_engine_itl_ms", 5.7722 * 1.15, 5.7722).verdict == "fail"
+    assert judged("unprofiled_engine_itl_ms", 5.7722 * 1.06, 5.7722).verdict == "warn"
 
 
 def test_the_plans_windows_at_the_measured_spread_pass_a_plain_rerun_and_fail_a_doubled_step():

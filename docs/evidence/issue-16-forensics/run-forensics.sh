@@ -32,7 +32,8 @@ try:
 except (OSError, ValueError) as exc:
     sys.exit(f"no metrics.json: {exc}")
 cols = ("unprofiled_output_tok_s", "profiled_output_tok_s", "decode_step_ms_p50", "host_bound_pct",
-        "window_batch_pct", "unprofiled_gpu_idle_pct", "unprofiled_below_batch_pct")
+        "unprofiled_engine_itl_ms", "profiler_step_cost_pct", "window_batch_pct",
+        "unprofiled_gpu_idle_pct", "unprofiled_below_batch_pct")
 print("check | outcome | " + " | ".join(cols) + " | windows' decode steps")
 for c in checks:
     mine = [m for m in c.get("metrics", []) if not (m.get("params") or {}).get("gpu")]

@@ -4,6 +4,7 @@ out now.  python docs/evidence/issue-6-certify/rejudge.py METRICS_JSON [BASELINE
 
 import gzip
 import json
+import lzma
 import sys
 from collections import Counter
 from pathlib import Path
@@ -14,8 +15,9 @@ from gpucert.metrics import Metric
 from gpucert.thresholds import load
 
 root = Path(__file__).resolve().parents[3]
-path = Path(sys.argv[1])  # metrics.json, or metrics.json.gz as kept here
-data = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+path = Path(sys.argv[1])  # metrics.json, or metrics.json.gz / .xz as kept here
+opener = {".gz": gzip.decompress, ".xz": lzma.decompress}.get(path.suffix)
+data = json.loads(opener(path.read_bytes()) if opener else path.read_text())
 store = BaselineStore(sys.argv[2] if len(sys.argv) > 2 else root / "baselines", data["profile"])
 rules = load(root / "thresholds.yaml")
 before, after, moved = Counter(), Counter(), []
