@@ -378,13 +378,13 @@ def _record_engine_itl(gpucert, samples, floor: float) -> float | None:
     """vLLM's own inter-token latency over the unprofiled level at the window's batch floor
     (forensics.level.engine_itl): the decode step the engine ran without the profiler, stamped
     by the engine core — what the profiled step is set beside. None where the server publishes
-    no such histogram (a notice says so)."""
+    no such histogram: the judged metric is then recorded as skipped with the reason, so the card
+    shows it was not measured (and it never becomes a baseline)."""
     figures = level.engine_itl(samples, floor)
     if figures is None:
-        gpucert.finding("capture", notice=(
-            "the engine's own step without the profiler is not measured: no vllm:inter_token_latency_seconds "
-            f"tokens on its /metrics over the unprofiled level at {floor:g} requests or more (a server that does not "
-            "publish it, or no monitor)"))
+        gpucert.record("unprofiled_engine_itl_ms", None, unit="ms", direction="lower", status="skipped", error=(
+            "not measured: no vllm:inter_token_latency_seconds tokens on the engine's /metrics over the unprofiled "
+            f"level at {floor:g} requests or more (a server that does not publish it, or no monitor)"))
         return None
     gpucert.record("unprofiled_engine_itl_ms", figures["itl_ms_mean"], unit="ms", direction="lower", stat="mean",
                    note=f"vLLM's inter-token latency (engine core timestamps) over the unprofiled level at "

@@ -157,7 +157,28 @@ def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_
     # warm-up not waiting for the first token) closes before any came: 0
     assert got.get("profiled_output_tok_s", {}).get("value", 0) > 100, (
         metrics["checks"][0]["findings"].get("capture"), sorted(got))
-    assert not [n for n in metrics["checks"][0]["findings"].get("capture", []) if "not measured" in n.get("notice", "")]
+    assert got["unprofiled_engine_itl_ms"]["status"] == "ok", got["unprofiled_engine_itl_ms"]
+
+
+@pytest.mark.fault("forensics", "no engine-stamped inter-token latency to read (the monitor off, or a server "
+                   "that does not publish vllm:inter_token_latency_seconds)",
+                   "the judged engine step is on the card as skipped with its reason, never a baseline")
+@pytest.mark.slow("captures under load")
+def test_without_the_monitor_the_engines_step_is_skipped_with_its_reason_and_never_a_baseline(tmp_path):
+    """The engine's own step comes from vLLM's /metrics as the monitor samples it. With the monitor
+    off it cannot be read: the judged metric is on the card as skipped, saying why, the check
+    passes on what it did measure, and the baselines it writes hold everything else."""
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=2), "--monitor", "off", "--update-baselines")
+    assert run.returncode == 0, run.stdout[-3000:]
+    check = metrics["checks"][0]
+    got = values(check)
+    itl = got["unprofiled_engine_itl_ms"]
+    assert itl["status"] == "skipped" and itl["value"] is None and itl["verdict"] == "skipped", itl
+    assert itl["error"].startswith("not measured: no vllm:inter_token_latency_seconds tokens") and "no monitor" in \
+        itl["error"], itl["error"]
+    assert "profiler_step_cost_pct" not in got and got["decode_step_ms_p50"]["status"] == "ok", sorted(got)
+    stored = "".join(p.read_text() for p in (tmp_path / "b").rglob("*.json"))
+    assert "decode_step_ms_p50" in stored and "unprofiled_engine_itl_ms" not in stored
 
 
 @pytest.mark.slow("captures under load")
