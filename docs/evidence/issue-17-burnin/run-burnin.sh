@@ -9,7 +9,8 @@
 # version in .devbundle/mamf-finder.py: 30 s warm-up, mean of 100 back-to-back iterations per
 # shape) and gpucert's sustained search over the same bf16 grid, one after the other on the GPU, then
 # make certify's method (ranked by bursts, 3 timed sustained). PART gemm (~2 min): make certify's GEMM
-# checks alone, judged by the shipped thresholds.
+# checks alone, judged by the shipped thresholds. PART rebaseline (~7 min): those checks twice with
+# --update-baselines into a copy of baselines/, then a plain rerun against them; gemm.json comes back.
 set -uo pipefail
 source docs/evidence/device-env.sh
 part=${1:-burnin}
@@ -60,6 +61,24 @@ PY
       --baselines-dir=/tmp/gpucert-gemm-baselines > /tmp/gemm.log 2>&1
     echo "certify GEMM checks: exit $? in $(( $(date +%s) - start )) s"; tail -3 /tmp/gemm.log
     cp /tmp/gemm.log "$report/pytest.log"; gzip -f "$report/metrics.json"; tar czf "$OUT/gemm.tgz" "$report" ;;
+  rebaseline)
+    # the committed baselines/1xH200/gemm.json holds burst figures (session 4); certify's GEMM checks
+    # are sustained now, and a baseline of another method is neither compared with nor merged into.
+    # Two separate --update-baselines runs into a copy of the committed baselines (a node's first
+    # baseline wants two: its between-run noise), then a plain rerun judged against them (~7 min)
+    dir=/tmp/gpucert-rebaseline; rm -rf "$dir" reports/gemm-*; cp -r baselines "$dir"; touch /tmp/gemm-start
+    for run in update1 update2 rerun; do
+      opt=(--update-baselines); [[ $run == rerun ]] && opt=()
+      start=$(date +%s)
+      python3 -m pytest tests/hardware/test_gemm.py -m hardware -p no:cacheprovider -q "${opt[@]}" \
+        --report-dir=reports/gemm-$run --baselines-dir=$dir > /tmp/gemm-$run.log 2>&1
+      echo "gemm $run: exit $? in $(( $(date +%s) - start )) s"; tail -2 /tmp/gemm-$run.log
+      cp /tmp/gemm-$run.log reports/gemm-$run/pytest.log; gzip -f reports/gemm-$run/metrics.json
+    done
+    # what changed, per profile the snapshot named: the new gemm.json files, and each run's report
+    (cd "$dir" && find . -name gemm.json -newer /tmp/gemm-start) | tee /tmp/gemm-written.txt
+    tar czf "$OUT/rebaseline.tgz" -C "$dir" $(cat /tmp/gemm-written.txt) -C "$PWD" reports/gemm-update1 \
+      reports/gemm-update2 reports/gemm-rerun ;;
   pershape)
     ms=${SHAPES_M:-4096 12288}; ns=${SHAPES_N:-4096 12288}; ks=${SHAPES_K:-8192 16384}
     python3 .devbundle/mamf-finder.py --m $ms --n $ns --k $ks --dtype bfloat16 \
@@ -83,6 +102,6 @@ print(f"{m}x{n}x{k}  mamf mean {mean:7.1f}  max {mx:7.1f}  |  gpucert sustained 
 PY
     done; done; done | tee "$OUT/pershape.txt"
     cp /tmp/mamf-pershape.log "$OUT"/ ;;
-  *) echo "usage: run-burnin.sh burnin|peer|gemm|pershape"; exit 2 ;;
+  *) echo "usage: run-burnin.sh burnin|peer|gemm|rebaseline|pershape"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,memory.used,temperature.gpu,clocks.sm --format=csv,noheader | sed 's/^/after: gpu /'
