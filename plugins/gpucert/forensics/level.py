@@ -115,4 +115,4 @@ def engine_itl(columns: dict | None, floor: float) -> dict | None:
     if not tokens:
         return None
     return {"itl_ms_mean": float(d_sum[usable].sum() / tokens * 1e3), "tokens": int(tokens),
-            "pairs": int(usable.sum()), "floor": floor}
+            "pairs": int(usable.sum())}

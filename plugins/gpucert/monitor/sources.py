@@ -281,6 +281,13 @@ VLLM_HISTOGRAMS = {
 _NAMES = [n for names in VLLM_GAUGES.values() for name in names for n in (name, name + "_total")] + \
     [n for names in VLLM_HISTOGRAMS.values() for name in names for n in (name, name + "_sum", name + "_count")]
 
+# a gauge's or counter's name → its key; a histogram's samples by their own names (a family parsed
+# without its TYPE line is named after the sample): name_sum → (column KEY_sum_s, name), name_count
+# → (KEY_count, name). Built once: the monitor parses ten times a second
+_GAUGE_KEYS = {name: key for key, names in VLLM_GAUGES.items() for name in names}
+_HISTOGRAM_PARTS = {name + suffix: (f"{key}{column}", name) for key, names in VLLM_HISTOGRAMS.items() for name in names
+                    for suffix, column in (("_sum", "_sum_s"), ("_count", "_count"))}
+
 
 def family_prefixes(names) -> tuple[str, ...]:
     """The line prefixes of the families `names`: their samples and their # TYPE / # HELP lines."""
@@ -305,20 +312,15 @@ def metric_families(text: str, prefixes: tuple[str, ...]) -> list:
 def parse_vllm_metrics(text: str) -> dict[str, float]:
     """The gauges and the histograms' sums and counts above from a Prometheus exposition, summed
     over label sets (engines, models); KV usage as % (vLLM reports a fraction, 1 = full)."""
-    wanted = {name: key for key, names in VLLM_GAUGES.items() for name in names}
-    # a histogram's samples by their own names (a family parsed without its TYPE line is named
-    # after the sample): name_sum → KEY_sum_s, name_count → KEY_count
-    parts = {name + suffix: (f"{key}{column}", name) for key, names in VLLM_HISTOGRAMS.items() for name in names
-             for suffix, column in (("_sum", "_sum_s"), ("_count", "_count"))}
     out: dict[str, float] = {}
     histograms: dict[str, dict[str, float]] = {}  # column → {histogram name: total}
     for family in metric_families(text, _PREFIXES):
         # a counter's family is named without _total (a TYPE line that names it with one leaves it on)
-        key = wanted.get(family.name) or wanted.get(family.name.removesuffix("_total"))
+        key = _GAUGE_KEYS.get(family.name) or _GAUGE_KEYS.get(family.name.removesuffix("_total"))
         if key is None:
             for sample in family.samples:
-                if sample.name in parts:
-                    column, name = parts[sample.name]
+                if sample.name in _HISTOGRAM_PARTS:
+                    column, name = _HISTOGRAM_PARTS[sample.name]
                     seen = histograms.setdefault(column, {})
                     seen[name] = seen.get(name, 0.0) + float(sample.value)
             continue
