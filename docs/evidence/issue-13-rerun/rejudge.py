@@ -4,6 +4,7 @@ keeps (at most 1,000 per metric: a quantile's interval from those is a little wi
 run's own). python rejudge.py METRICS_JSON[.gz] BASELINES_DIR"""
 
 import gzip
+import lzma
 import json
 import sys
 from collections import Counter
@@ -17,7 +18,7 @@ from gpucert.thresholds import load
 
 root = Path(__file__).resolve().parents[3]
 path = Path(sys.argv[1])
-data = json.loads((gzip.open(path) if path.suffix == ".gz" else open(path)).read())
+data = json.loads({".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)(path).read())
 run = Run(RunOptions(baselines_dir=Path(sys.argv[2]), report_dir=Path("/tmp/rejudge"),
                      thresholds=load(root / "thresholds.yaml"), profile=data["profile"]))
 run._store = BaselineStore(sys.argv[2], data["profile"])

@@ -1,10 +1,11 @@
 """One run's verdicts in a few lines: counts, and each failed or warned metric with its reason
-(metrics.json as a run writes it, or the metrics.json.gz kept here)."""
+(metrics.json as a run writes it, or the metrics.json.xz kept here)."""
 import gzip
+import lzma
 import json
 import sys
 
-run = json.load((gzip.open if sys.argv[1].endswith(".gz") else open)(sys.argv[1]))
+run = json.load({".gz": gzip.open, ".xz": lzma.open}.get(sys.argv[1][-3:], open)(sys.argv[1]))
 print(f"status {run['status']}  verdict {run['verdict']}  checks {run['counts']}  metrics {run['metric_counts']}")
 for check in run["checks"]:
     for m in check["metrics"]:

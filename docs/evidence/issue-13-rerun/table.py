@@ -1,6 +1,7 @@
 """The rerun table: each inference level's headline metrics in the two baseline runs and the
 plain rerun, with the rerun's verdict (python3 table.py u1 u2 c1 [planted …])."""
 import gzip
+import lzma
 import json
 import sys
 from pathlib import Path
@@ -10,9 +11,12 @@ METRICS = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p50", "slo_attainment_pct", "
 
 
 def read(name):
-    """A run folder's metrics.json: gzipped as packed runs kept it, plain as runs.tar.xz holds it."""
+    """A run folder's metrics.json: compressed as packed runs kept it, plain as runs.tar.xz holds it."""
     path = Path(name) / "metrics.json"
-    return json.load(gzip.open(f"{path}.gz")) if Path(f"{path}.gz").exists() else json.loads(path.read_text())
+    for suffix, opener in ((".xz", lzma.open), (".gz", gzip.open)):
+        if Path(f"{path}{suffix}").exists():
+            return json.load(opener(f"{path}{suffix}"))
+    return json.loads(path.read_text())
 
 
 runs = {name: read(name) for name in sys.argv[1:]}

@@ -8,13 +8,14 @@ per-GPU figures within 3 % of the local path's.
 from __future__ import annotations
 
 import gzip
+import lzma
 import json
 import math
 import sys
 
 
 def load(path: str) -> dict:
-    opener = gzip.open if path.endswith(".gz") else open
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(path[-3:], open)
     with opener(path, "rt") as fh:
         return json.load(fh)
 

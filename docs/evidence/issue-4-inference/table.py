@@ -1,6 +1,7 @@
 """Short table of an inference card's metrics.json: one row per check (used by run-inference.sh;
-also reads the metrics.json.gz files kept here)."""
+also reads the metrics.json.xz files kept here)."""
 import gzip
+import lzma
 import json
 import sys
 
@@ -8,7 +9,7 @@ COLUMNS = ("output_tok_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms
            "failed_requests", "token_count_mismatches", "client_loop_lag_ms_p99")
 
 try:
-    run = json.load((gzip.open if sys.argv[1].endswith(".gz") else open)(sys.argv[1]))
+    run = json.load({".gz": gzip.open, ".xz": lzma.open}.get(sys.argv[1][-3:], open)(sys.argv[1]))
 except (OSError, ValueError) as exc:
     sys.exit(f"no card: {exc}")
 print(f"status {run['status']}  verdict {run['verdict']}  counts {run['counts']}")
