@@ -51,7 +51,11 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    unloaded: tuple[str, ...] = ()  # the top parser's: command modules a missing package kept out
+
     def error(self, message: str):
+        if self.unloaded and "invalid choice" in message:
+            message = f"{message}; not loaded: {'; '.join(self.unloaded)}"
         raise CommandError(message)
 
 
@@ -59,8 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpucert", description="Certify GPU inference nodes: run one engine.")
     parser.add_argument("--version", action="version", version=f"gpucert {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    unloaded = []
     for module in COMMAND_MODULES:
-        importlib.import_module(module).register(subparsers)
+        try:
+            importlib.import_module(module).register(subparsers)
+        except ModuleNotFoundError as exc:
+            # one engine's missing package (a node with torch but not the load generator's
+            # httptools) leaves every other command usable; a module of gpucert's own is a bug
+            if (exc.name or "gpucert").split(".")[0] == "gpucert":
+                raise
+            unloaded.append(f"{module.removesuffix('.cli')} needs the package {exc.name!r}")
+    parser.unloaded = tuple(unloaded)
     return parser
 
 

@@ -145,7 +145,8 @@ class CheckRecorder:
         self._result.findings.setdefault(kind, []).append(fields)
 
     def work(self, *, output_tokens: float | list[float] | None = None, window: tuple[float, float] | None = None,
-             windows: list[tuple[float, float]] | None = None, repeats: bool = True) -> None:
+             windows: list[tuple[float, float]] | None = None, repeats: bool = True,
+             per_gpu: bool = False) -> None:
         """What the check measured, for the resource monitor: the output tokens (→ joules per
         token) and the time.monotonic() window they were produced in (the monitor's figures then
         cover that window, not the check's set-up and warm-up). `windows`: one per repeat of the
@@ -153,7 +154,11 @@ class CheckRecorder:
         median), so it does not grow with the number of repeats; `output_tokens` may then be one
         count per window, which gives joules per token an interval too. `repeats=False`: the
         windows are different loads (a study's probes around its engine starts): the figures
-        cover them alone, `energy_j` is their sum."""
+        cover them alone, `energy_j` is their sum. `per_gpu`: the card's charts of this check get
+        each GPU's SM clock, power and temperature too (the burn-in's time series), not only the
+        node's sums and means."""
+        if per_gpu:
+            self._result.work["per_gpu"] = True
         if window is not None:
             windows = [window]
         if isinstance(output_tokens, (list, tuple)):

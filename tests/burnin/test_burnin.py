@@ -85,7 +85,7 @@ def test_burnin(gpucert, request, gpucert_report_dir, gpucert_monitor):
     result = burnin.run(config)
     after = _repairs() if before is not None else None
     _record_repairs(gpucert, before, after, len(devices))
-    gpucert.work(window=(result.started_monotonic, result.ended_monotonic))
+    gpucert.work(window=(result.started_monotonic, result.ended_monotonic), per_gpu=True)
     figures = gpucert_monitor.figures(result.started_monotonic, result.ended_monotonic) if gpucert_monitor else None
     tflops = {}
     for rank, device in enumerate(devices):

@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gpucert.physics import burnin, core
 from gpucert.physics.gemm import Gemm
+from . import fake_pynvml
 from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,6 +197,65 @@ def test_the_burnin_in_words():
                                     "peak 71 °C; no XID, ECC error or remap.")
     metrics["xid_count"] = {"value": 2, "verdict": "fail"}
     assert sentence(1, metrics).startswith("GPU 1 FAILED (xid_count): ") and "2 xid count" in sentence(1, metrics)
+
+
+def test_the_monitor_keeps_each_gpus_own_series_only_where_a_check_asks():
+    """Per GPU, so a GPU that throttles is not averaged away by the node's mean (and the other
+    checks' files stay as small as they were)."""
+    from gpucert.monitor.summary import timeline
+
+    t = np.arange(0.0, 2.0, 0.1)
+    columns = {"t": t}
+    for gpu, clock in ((0, 1980.0), (1, 1410.0)):
+        columns.update({f"gpu{gpu}.util_gpu_pct": np.full(t.size, 99.0), f"gpu{gpu}.power_w": np.full(t.size, 690.0),
+                        f"gpu{gpu}.mem_used_mib": np.full(t.size, 4096.0), f"gpu{gpu}.sm_clock_mhz": np.full(t.size, clock),
+                        f"gpu{gpu}.temp_c": np.full(t.size, 60.0 + gpu)})
+    columns["gpu1.temp_c"][5] = np.nan  # a reading NVML did not give
+    plain = timeline(columns, 0.0)
+    assert set(plain["series"]) == {"GPU util % (mean)", "GPU memory GiB (sum)", "power W (sum)"}
+    per_gpu = timeline(columns, 0.0, per_gpu=True)["series"]
+    assert per_gpu["GPU 0 SM clock MHz"] == [1980.0] * 20 and per_gpu["GPU 1 SM clock MHz"] == [1410.0] * 20
+    assert per_gpu["GPU 1 power W"][0] == 690.0 and per_gpu["power W (sum)"][0] == 1380.0
+    assert per_gpu["GPU 1 temperature °C"][5] is None and per_gpu["GPU 1 temperature °C"][6] == 61.0
+
+
+def test_the_card_draws_the_burnin_per_gpu_over_its_minutes():
+    from gpucert.report.burnin_view import time_series
+
+    t = [0.0, 100.0, 200.0, 300.0]
+    series = {f"GPU {g} {name}": [v] * 4 for g, (clock, watts, temp) in enumerate(((1980, 700, 70), (1410, 540, 83)))
+              for name, v in (("SM clock MHz", clock), ("power W", watts), ("temperature °C", temp))}
+    check = {"monitor": {"timeline": {"t_s": t, "series": {"power W (sum)": [1240] * 4, **series}},
+                         "overlays": {f"GPU {g} gemm TFLOP/s": {"t_s": [10.0, 50.0], "values": [680.0, 560.0 + g]}
+                                      for g in (0, 1)} | {"GPU 0 hbm GB/s": {"t_s": [150.0], "values": [3000.0]}}}}
+    charts = time_series(check)
+    titles = ["burn-in: TFLOP/s per GPU", "burn-in: SM clock per GPU", "burn-in: power per GPU",
+              "burn-in: temperature per GPU"]
+    assert len(charts) == 4 and all(title in chart for title, chart in zip(titles, charts))
+    assert all("GPU 0" in chart and "GPU 1" in chart for chart in charts)
+    assert "hbm" not in charts[0] and "(sum)" not in charts[2]  # TFLOP/s only; each GPU, not the node's sum
+    assert time_series({"monitor": None}) == []  # without the monitor: none, and the card says so
+
+
+@pytest.mark.slow("gloo ranks under sustained load")
+def test_a_rehearsal_under_the_fake_nvml_draws_each_gpus_clock(tmp_path):
+    """The whole path: the burn-in asks for per-GPU series, the monitor's sampler process reads
+    them from NVML (the fake, its only seam: GPU 1 held at 1,410 MHz), the card draws them."""
+    plan = tmp_path / "plan.json"
+    fake_pynvml.write_plan(plan, {"sm_clock_mhz": {"1": [[0, 1e9, 1410]]}})
+    env = {"GPUCERT_NVML_MODULE": fake_pynvml.NAME, "FAKE_NVML_PLAN": str(plan),
+           "PYTHONPATH": os.pathsep.join([fake_pynvml.FOLDER, os.environ.get("PYTHONPATH", "")])}
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", env=env)
+    assert metrics is not None, run.stdout[-3000:]
+    (check,) = metrics["checks"]
+    series = check["monitor"]["timeline"]["series"]
+    assert set(series["GPU 1 SM clock MHz"]) == {1410.0} and set(series["GPU 0 SM clock MHz"]) == {1980.0}, series.keys()
+    assert {"GPU 0 power W", "GPU 1 power W", "GPU 0 temperature °C", "GPU 1 temperature °C"} <= set(series)
+    card = (tmp_path / "r" / "report.html").read_text()
+    section = card[card.index('<section id="burnin">'):]
+    section = section[:section.index("</section>")]
+    for title in ("TFLOP/s per GPU", "SM clock per GPU", "power per GPU", "temperature per GPU"):
+        assert f"burn-in: {title}" in section, title
 
 
 def test_gemm_bench_times_sustained_figures_on_request(capsys):

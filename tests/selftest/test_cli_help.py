@@ -84,3 +84,24 @@ def test_help_is_printed_by_the_command(tmp_path):
                               text=True, timeout=60, env={**os.environ, "COLUMNS": "100"})
         assert done.returncode == 0 and done.stderr == "", done.stderr
         assert expected in " ".join(done.stdout.split()), done.stdout
+
+
+def _gpucert_without(package: str, *argv: str) -> subprocess.CompletedProcess:
+    """The gpucert command in a Python where `package` cannot be imported (sys.modules[name] =
+    None makes every import of it raise ModuleNotFoundError, as on a node that lacks it)."""
+    code = (f"import sys; sys.modules[{package!r}] = None; from gpucert.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_missing_package_of_one_engine_leaves_the_other_commands_usable():
+    """Session 36: on a GPU node without the load generator's httptools, `gpucert bench gemm`
+    died in a traceback before parsing, because the serving commands' module failed to import."""
+    bench = _gpucert_without("httptools", "bench", "gemm", "--help")
+    assert bench.returncode == 0 and "--sustain-s" in bench.stdout, bench.stderr
+    loadgen = _gpucert_without("httptools", "loadgen", "--url", "http://127.0.0.1:9")
+    assert loadgen.returncode == cli.EXIT_USAGE and "Traceback" not in loadgen.stderr
+    lines = loadgen.stderr.strip().splitlines()
+    assert len(lines) == 1 and "invalid choice: 'loadgen'" in lines[0]
+    assert "not loaded: gpucert.serving needs the package 'httptools'" in lines[0]

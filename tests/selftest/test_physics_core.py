@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from gpucert.physics import core
 from gpucert.physics.core import Benchmark, BenchmarkSkipped, Result, measure, stats_of, time_op
 
 
@@ -123,3 +124,76 @@ def test_base_teardown_drops_buffers_but_keeps_params():
     bench.buffer = bytearray(8)
     bench.teardown()
     assert bench.buffer is None and bench.params == {"size": 8}
+
+
+# ---- sustained timing of µs-scale work: a CUDA graph instead of the host's launch rate ----------
+# CUDA cannot exist here: the graph capture and the CUDA events are replaced at that boundary only.
+
+def fake_capture(captured):
+    def capture(op, device, batch):
+        captured.append(batch)
+        return lambda: [op() for _ in range(batch)]
+    return capture
+
+
+@pytest.mark.parametrize("eager_s, cycle, batch", [
+    (8e-6, 1, 125),      # a replay holds GRAPH_REPLAY_S of eager launches
+    (8e-6, 42, 84),      # ... rounded down to whole cycles of the weight copies
+    (1e-7, 42, 1008),    # ... and at most GRAPH_MOST iterations
+    (90e-6, 1, 12),
+    (90e-6, 64, 64),     # never fewer than one cycle
+])
+def test_a_short_iteration_is_captured_whole_cycles_at_a_time(monkeypatch, eager_s, cycle, batch):
+    captured = []
+    monkeypatch.setattr(core, "capture_graph", fake_capture(captured))
+    bench = Counting()
+    replay, got, note = core._graphed(bench.op, "cuda:0", eager_s, cycle)
+    assert (got, captured) == (batch, [batch]) and got % cycle == 0
+    replay()
+    assert bench.calls == batch
+    assert f"CUDA graph of {batch}" in note and f"{eager_s * 1e6:.1f} µs" in note
+
+
+def test_work_that_cannot_be_captured_is_timed_eagerly_and_says_why(monkeypatch):
+    def refuse(op, device, batch):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(core, "capture_graph", refuse)
+    bench = Counting()
+    op, batch, note = core._graphed(bench.op, "cuda:0", 6e-6, 1)
+    assert batch == 1 and op == bench.op
+    assert "capture failed: operation not permitted" in note
+
+
+class FakeEvent:
+    def __init__(self, ms):
+        self.ms = ms
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, other):
+        return other.ms - self.ms
+
+
+def test_a_replayed_block_is_divided_by_the_iterations_each_replay_holds():
+    samples, timeline = [], []
+    took = core._take_block((FakeEvent(0.0), FakeEvent(100.0), 10), samples, timeline, batch=84)
+    assert took == pytest.approx(0.1)
+    assert samples == [pytest.approx(0.1 / 840)] and len(timeline) == 1
+
+
+@pytest.mark.parametrize("graph_batch, method", [(84, core.SUSTAINED_GRAPH), (1, core.SUSTAINED)])
+def test_a_graph_timed_figure_carries_its_own_method(monkeypatch, graph_batch, method):
+    """Another method, so a baseline of eager launches is never compared with it (judge.py)."""
+    said = "iterations replayed from a CUDA graph of 84" if graph_batch > 1 else None
+    monkeypatch.setattr(core, "time_sustained",
+                        lambda *a, **k: core.Sustained([2e-3, 1e-3, 3e-3], said, graph_batch))
+    result = measure(Counting(), "cpu", sustain_s=0.3, warmup_s=0.1)
+    assert result.status == "ok" and result.method == method and result.median_s == 2e-3
+    assert result.note.startswith("sustained: 0.1 s warm-up, then 3 blocks")
+    assert (said in result.note) if said else "graph" not in result.note
+
+
+def test_on_the_cpu_sustained_work_is_never_graphed():
+    result = measure(Counting(), "cpu", sustain_s=0.05)
+    assert result.status == "ok" and result.method == core.SUSTAINED and "graph" not in result.note

@@ -11,6 +11,7 @@
 # make certify's method (ranked by bursts, 3 timed sustained). PART gemm (~2 min): make certify's GEMM
 # checks alone, judged by the shipped thresholds. PART rebaseline (~7 min): those checks twice with
 # --update-baselines into a copy of baselines/, then a plain rerun against them; gemm.json comes back.
+# PART projections (~2.5 min): the model-projection GEMMs alone, twice (their run-to-run spread).
 set -uo pipefail
 source docs/evidence/device-env.sh
 part=${1:-burnin}
@@ -79,6 +80,18 @@ PY
     (cd "$dir" && find . -name gemm.json -newer /tmp/gemm-start) | tee /tmp/gemm-written.txt
     tar czf "$OUT/rebaseline.tgz" -C "$dir" $(cat /tmp/gemm-written.txt) -C "$PWD" reports/gemm-update1 \
       reports/gemm-update2 reports/gemm-rerun ;;
+  projections)
+    # certify's model-projection GEMMs (small m: decode-sized) twice, no baseline: session 36 found
+    # their eager launches moving 13-77 % between runs (the host's launch rate); CUDA graphs now
+    rm -rf reports/proj-*
+    for run in 1 2; do
+      start=$(date +%s)
+      python3 -m pytest tests/hardware/test_gemm.py -m hardware -k qwen -p no:cacheprovider -q \
+        --report-dir=reports/proj-$run --baselines-dir=/tmp/gpucert-proj-baselines > /tmp/proj-$run.log 2>&1
+      echo "projections run $run: exit $? in $(( $(date +%s) - start )) s"; tail -1 /tmp/proj-$run.log
+      cp /tmp/proj-$run.log reports/proj-$run/pytest.log; gzip -f reports/proj-$run/metrics.json
+    done
+    tar czf "$OUT/projections.tgz" reports/proj-1 reports/proj-2 ;;
   pershape)
     ms=${SHAPES_M:-4096 12288}; ns=${SHAPES_N:-4096 12288}; ks=${SHAPES_K:-8192 16384}
     python3 .devbundle/mamf-finder.py --m $ms --n $ns --k $ks --dtype bfloat16 \
@@ -102,6 +115,6 @@ print(f"{m}x{n}x{k}  mamf mean {mean:7.1f}  max {mx:7.1f}  |  gpucert sustained 
 PY
     done; done; done | tee "$OUT/pershape.txt"
     cp /tmp/mamf-pershape.log "$OUT"/ ;;
-  *) echo "usage: run-burnin.sh burnin|peer|gemm|rebaseline|pershape"; exit 2 ;;
+  *) echo "usage: run-burnin.sh burnin|peer|gemm|rebaseline|projections|pershape"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,memory.used,temperature.gpu,clocks.sm --format=csv,noheader | sed 's/^/after: gpu /'

@@ -116,7 +116,7 @@ class SessionMonitor:
                           "window_s": [round(w0 - t0, 3), round(w1 - t0, 3)],
                           # different loads in one window (a study's): the figures are theirs alone
                           "loads": len(windows) if not work.get("repeats", True) else None,
-                          "timeline": summary_engine.timeline(columns, t0),
+                          "timeline": summary_engine.timeline(columns, t0, per_gpu=work.get("per_gpu", False)),
                           "overlays": {name: {"t_s": [round(t - t0, 3) for t in times], "values": values}
                                        for name, (times, values) in (result.timelines or {}).items()}}
 

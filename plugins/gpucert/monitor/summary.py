@@ -345,9 +345,15 @@ def check_metrics(summary: dict[str, Any]) -> list[tuple[str, float, str, str | 
     return [r for r in rows if r[1] is not None and not (isinstance(r[1], float) and math.isnan(r[1]))]
 
 
-def timeline(columns: dict[str, np.ndarray], t0: float, max_points: int = 300) -> dict[str, Any]:
+# (column, the series' name after "GPU i ") of each GPU's own series, where a check asks for them
+PER_GPU_SERIES = (("sm_clock_mhz", "SM clock MHz"), ("power_w", "power W"), ("temp_c", "temperature °C"))
+
+
+def timeline(columns: dict[str, np.ndarray], t0: float, max_points: int = 300,
+             per_gpu: bool = False) -> dict[str, Any]:
     """Downsampled series for the card's charts: seconds from t0 → GPU util (mean of GPUs), memory
-    used (GiB, sum), power (W, sum), KV cache %."""
+    used (GiB, sum), power (W, sum), KV cache %; with `per_gpu`, each GPU's SM clock, power and
+    temperature too ("GPU 0 SM clock MHz"), so one GPU that throttles is not averaged away."""
     t = columns.get("t")
     if t is None or not len(t):
         return {}
@@ -367,8 +373,11 @@ def timeline(columns: dict[str, np.ndarray], t0: float, max_points: int = 300) -
               "GPU memory GiB (sum)": [None if v is None else round(v / 1024, 3)
                                        for v in over_gpus("mem_used_mib", np.nansum)],
               "power W (sum)": over_gpus("power_w", np.nansum)}
-    for name, column in (("KV cache %", "vllm.kv_cache_usage_pct"), ("vLLM running", "vllm.running"),
-                         ("vLLM waiting", "vllm.waiting")):
+    columns_named = [("KV cache %", "vllm.kv_cache_usage_pct"), ("vLLM running", "vllm.running"),
+                     ("vLLM waiting", "vllm.waiting")]
+    if per_gpu:
+        columns_named += [(f"GPU {i} {name}", f"gpu{i}.{field}") for i in gpus for field, name in PER_GPU_SERIES]
+    for name, column in columns_named:
         if column in columns:
             series[name] = [None if not math.isfinite(v) else round(float(v), 3) for v in columns[column][idx]]
     return {"t_s": [round(float(v - t0), 3) for v in t[idx]], "series": {k: v for k, v in series.items() if v}}

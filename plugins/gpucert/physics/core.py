@@ -50,6 +50,9 @@ class Benchmark:
 
     name = "benchmark"
     flush_l2 = False  # flush the L2 cache before each timed iteration (GEMM, copies > L2)
+    # op() cycles through this many buffers (a GEMM's weight copies): a CUDA graph of sustained
+    # iterations holds a whole number of cycles, so no replay starts on the buffer the last ended on
+    cycle = 1
 
     def __init__(self, **params: Any):
         self.params = params
@@ -89,7 +92,7 @@ class Result:
     flops: float | None = None
     bytes: float | None = None
     note: str | None = None
-    method: str | None = None  # "sustained" (time_op's sustained mode); None: a burst
+    method: str | None = None  # SUSTAINED or SUSTAINED_GRAPH (time_sustained); None: a burst
 
     @property
     def median_s(self) -> float | None:
@@ -145,7 +148,24 @@ class L2Flusher:
 
 
 SUSTAINED = "sustained"  # Result.method of a figure timed in time_op's sustained mode
+# ... whose iterations were replayed from a CUDA graph: another figure than eager launches of the
+# same work (the GPU's, not the host's launch rate), so never compared with a SUSTAINED baseline
+SUSTAINED_GRAPH = "sustained, CUDA graph"
 SUSTAIN_BLOCK_S = 0.1  # a sustained sample: ~100 ms of back-to-back iterations (the monitor's interval)
+# An eager iteration shorter than this is mostly the host's launch path: a decode-sized GEMM's
+# kernel takes a few µs, torch's launch of it 5-15 µs, so back-to-back eager launches time the
+# CPU (on an H100, m = 1..1024 projections moved 13-77 % between runs of one node, session 36).
+# Such work is captured in a CUDA graph, as vLLM runs its decode steps, and the graph replayed.
+GRAPH_BELOW_S = 100e-6
+GRAPH_REPLAY_S = 1e-3  # a replay holds about this much work, so its own launch is amortized
+GRAPH_MOST = 1024  # iterations in one graph at most (its capture time and output buffers)
+
+
+@dataclass
+class Sustained:
+    samples: list[float]  # seconds per iteration, one per block
+    note: str | None
+    graph_batch: int = 1  # iterations a replayed CUDA graph holds; 1: eager launches
 
 
 def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 20,
@@ -156,15 +176,11 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
     time budget is spent (the note says so). Work is never timed on its first launch.
 
     Burst (the default): `reps` iterations after `warmup`, each timed on its own. Sustained
-    (`sustain_s` given): `warmup_s` seconds of back-to-back iterations first, untimed (the GPU
-    reaches the clocks and power it holds under load), then back-to-back iterations for
-    `sustain_s` seconds in blocks of about `block_s`: one sample per block, its mean seconds per
-    iteration; `timeline` (when given) gets each block's end (time.monotonic()). A burst of a few
-    milliseconds finishes inside the GPU's power-averaging window, at boost clocks; a sustained
-    figure is what seconds of work see (issue 17: 829 burst against 687 sustained TFLOP/s). No L2
-    flush between sustained iterations: they run back to back, as a workload's do."""
+    (`sustain_s` given): time_sustained's samples and note. No L2 flush between sustained
+    iterations: they run back to back, as a workload's do."""
     if sustain_s is not None:
-        return _time_sustained(op, device, warmup_s, sustain_s, block_s, timeline)
+        timing = time_sustained(op, device, sustain_s, warmup_s=warmup_s, block_s=block_s, timeline=timeline)
+        return timing.samples, timing.note
     if is_cuda(device):
         import torch
         # Events record on the *current* device's stream: without this guard, timing cuda:1 from a
@@ -186,11 +202,21 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
     return samples, None
 
 
-def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: float,
-                    timeline: list[float] | None) -> tuple[list[float], str | None]:
-    """Back-to-back blocks; on CUDA the host waits on the block before the one it just queued, so
-    the GPU always has the next block and never idles between them (a wait on the block just
-    queued would leave it empty while the host launches the next)."""
+def time_sustained(op: Callable[[], Any], device: str, sustain_s: float, *, warmup_s: float = 0.0,
+                   block_s: float = SUSTAIN_BLOCK_S, timeline: list[float] | None = None,
+                   cycle: int = 1) -> Sustained:
+    """`warmup_s` seconds of back-to-back iterations first, untimed (the GPU reaches the clocks and
+    power it holds under load), then back-to-back iterations for `sustain_s` seconds in blocks of
+    about `block_s`: one sample per block, its mean seconds per iteration; `timeline` (when given)
+    gets each block's end (time.monotonic()). A burst of a few milliseconds finishes inside the
+    GPU's power-averaging window, at boost clocks; a sustained figure is what seconds of work see
+    (issue 17: 829 burst against 687 sustained TFLOP/s). On CUDA an iteration shorter than
+    GRAPH_BELOW_S is captured, a whole number of `cycle`s at a time, in a CUDA graph that is
+    replayed instead (graph_batch > 1; the note says so).
+
+    On CUDA the host waits on the block before the one it just queued, so the GPU always has the
+    next block and never idles between them (a wait on the block just queued would leave it empty
+    while the host launches the next)."""
     cuda = is_cuda(device)
     if cuda:
         import torch
@@ -198,19 +224,11 @@ def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: floa
     with torch.cuda.device(torch.device(device)) if cuda else nullcontext():
         op()  # never time a first launch
         synchronize(device)
-        # iterations per block: doubled until a batch fills a quarter block (one iteration of a
-        # µs kernel is all launch overhead and jitter)
-        count = 1
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(count):
-                op()
-            synchronize(device)
-            took = time.perf_counter() - t0
-            if took >= block_s / 4 or count >= 1 << 20:
-                break
-            count *= 2
-        per_block = max(1, round(block_s / max(took / count, 1e-9)))
+        took, count = _calibrate(op, device, block_s)
+        batch, note = 1, None
+        if cuda and took / count < GRAPH_BELOW_S:
+            op, batch, note = _graphed(op, device, took / count, cycle)
+        per_block = max(1, round(block_s / max(took / count * batch, 1e-9)))  # in calls of op
         end = time.monotonic() + warmup_s
         while time.monotonic() < end:
             for _ in range(per_block):
@@ -227,7 +245,7 @@ def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: floa
                 if timeline is not None:
                     timeline.append(time.monotonic())
                 per_block = _rescaled(per_block, samples[-1] * per_block, block_s)
-            return samples, None
+            return Sustained(samples, None)
         pending = None
         while True:
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -237,13 +255,41 @@ def _time_sustained(op, device, warmup_s: float, sustain_s: float, block_s: floa
             stop.record()
             queued = per_block
             if pending is not None:
-                took = _take_block(pending, samples, timeline)
+                took = _take_block(pending, samples, timeline, batch)
                 per_block = _rescaled(per_block, took, block_s, pending[2])
             pending = (start, stop, queued)
             if time.monotonic() >= deadline:
                 break
-        _take_block(pending, samples, timeline)
-    return samples, None
+        _take_block(pending, samples, timeline, batch)
+    return Sustained(samples, note, batch)
+
+
+def _calibrate(op, device: str, block_s: float) -> tuple[float, int]:
+    """(seconds, iterations) of a batch of eager iterations that fills a quarter block: doubled
+    until it does (one iteration of a µs kernel is all launch overhead and jitter)."""
+    count = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(count):
+            op()
+        synchronize(device)
+        took = time.perf_counter() - t0
+        if took >= block_s / 4 or count >= 1 << 20:
+            return took, count
+        count *= 2
+
+
+def _graphed(op, device: str, eager_s: float, cycle: int) -> tuple[Callable[[], Any], int, str]:
+    """(the replay of a CUDA graph of `batch` iterations, batch, note) — or (op, 1, why not) when
+    the op cannot be captured, so the figure is still taken, from eager launches, and says so."""
+    batch = min(GRAPH_MOST, max(2, math.ceil(round(GRAPH_REPLAY_S / eager_s, 6))))  # 1e-3/8e-6 is 125.00000000000001
+    batch = max(cycle, batch - batch % cycle) if cycle > 1 else batch
+    try:
+        replay = capture_graph(op, device, batch)
+    except Exception as exc:  # noqa: BLE001 — whatever the capture raised, eager launches still give the figure
+        return op, 1, f"eager launches of {eager_s * 1e6:.1f} µs (CUDA graph capture failed: {exc})"
+    return replay, batch, (f"iterations replayed from a CUDA graph of {batch} (eager launches took "
+                           f"{eager_s * 1e6:.1f} µs each: the host's, not the GPU's, time)")
 
 
 def _rescaled(per_block: int, took_s: float, block_s: float, counted: int | None = None) -> int:
@@ -260,12 +306,13 @@ def _rescaled(per_block: int, took_s: float, block_s: float, counted: int | None
     return per_block
 
 
-def _take_block(block, samples: list[float], timeline: list[float] | None) -> float:
-    """Wait for a queued block; its mean seconds per iteration becomes a sample. Returns the block's seconds."""
+def _take_block(block, samples: list[float], timeline: list[float] | None, batch: int = 1) -> float:
+    """Wait for a queued block of `count` calls of `batch` iterations each; its mean seconds per
+    iteration becomes a sample. Returns the block's seconds."""
     start, stop, count = block
     stop.synchronize()
     took = start.elapsed_time(stop) / 1e3
-    samples.append(took / count)
+    samples.append(took / (count * batch))
     if timeline is not None:
         timeline.append(time.monotonic())
     return took
@@ -367,14 +414,16 @@ def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, m
         flush = L2Flusher(device) if bench.flush_l2 and is_cuda(device) else None
         label = ",".join(f"{k}={v}" for k, v in bench.params.items())
         with phase(f"{bench.name}[{label}]"):  # named in an nsys / profiler trace of the suite
-            result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
-                                                    max_time_s=max_time_s, flush=flush, sustain_s=sustain_s,
-                                                    warmup_s=warmup_s, timeline=timeline)
-        if sustain_s is not None:
-            result.method = SUSTAINED
-            result.note = "; ".join(filter(None, (result.note, f"sustained: {warmup_s:g} s warm-up, then "
-                                                  f"{len(result.samples_s)} blocks of back-to-back iterations "
-                                                  f"over {sustain_s:g} s (median block)")))
+            if sustain_s is None:
+                result.samples_s, result.note = time_op(bench.op, device, warmup=warmup, reps=reps,
+                                                        max_time_s=max_time_s, flush=flush)
+            else:
+                timing = time_sustained(bench.op, device, sustain_s, warmup_s=warmup_s, timeline=timeline,
+                                        cycle=bench.cycle)
+                result.samples_s, result.method = timing.samples, SUSTAINED_GRAPH if timing.graph_batch > 1 else SUSTAINED
+                result.note = "; ".join(filter(None, (f"sustained: {warmup_s:g} s warm-up, then "
+                                                      f"{len(result.samples_s)} blocks of back-to-back iterations "
+                                                      f"over {sustain_s:g} s (median block)", timing.note)))
         wrong = bench.check()
         if wrong:
             result.status, result.error = "error", f"wrong result: {wrong}"

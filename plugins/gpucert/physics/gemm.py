@@ -230,6 +230,7 @@ class Gemm(Benchmark):
             l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0)
             copies = weight_copies(self.b.numel() * self.b.element_size(), l2)
             self._weights += [self.b.clone() for _ in range(copies - 1)]  # clone keeps fp8's column-major strides
+        self.cycle = len(self._weights)
 
     def _setup_fp8(self, torch, device, gen) -> None:
         if self.n % 16 or self.k % 16:

@@ -1,10 +1,12 @@
 """The card's burn-in section, from metrics.json alone: per GPU the sustained figures beside the
 burst and the datasheet, the monitor's slowdowns, clock drop, temperature and fault counters, and
-the verdict in words (the time series are drawn over the monitor's charts of the check)."""
+the verdict in words, and its time series per GPU (TFLOP/s, SM clock, power, temperature)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from . import charts
 
 FAULTS = ("xid_count", "ecc_uncorrected_new", "ecc_corrected_new", "row_remap_new", "retired_pages_new")
 
@@ -60,6 +62,30 @@ def sentence(gpu: int, metrics: dict) -> str:
     return f"GPU {gpu} {verdict}: " + "; ".join(parts) + "." if parts else f"GPU {gpu} {verdict}."
 
 
+# the monitor's per-GPU series the burn-in asks for (monitor/summary.py PER_GPU_SERIES): chart
+# title and unit, each drawn one line per GPU over the check's seconds
+MONITOR_CHARTS = (("SM clock", "SM clock MHz", "MHz"), ("power", "power W", "W"),
+                  ("temperature", "temperature °C", "°C"))
+
+
+def time_series(check: dict) -> list[str]:
+    """The burn-in over its minutes, one line per GPU: the TFLOP/s each phase kept (the GEMM
+    alone, then beside the copy), then the SM clock, power and temperature over the same seconds
+    — where a GPU's clock or power gives way under minutes of load, and which GPU."""
+    monitor = check.get("monitor") or {}
+    timeline = monitor.get("timeline") or {}
+    t, series = timeline.get("t_s") or [], timeline.get("series") or {}
+    work = {name.removesuffix(" TFLOP/s"): list(zip(o["t_s"], o["values"]))
+            for name, o in (monitor.get("overlays") or {}).items() if name.endswith(" TFLOP/s")}
+    out = [charts.line_chart("burn-in: TFLOP/s per GPU", "s from the check's start", "TFLOP/s", work, log2_x=False)]
+    for title, suffix, unit in MONITOR_CHARTS:
+        lines = {name.removesuffix(f" {suffix}"): list(zip(t, values)) for name, values in series.items()
+                 if name.startswith("GPU ") and name.endswith(f" {suffix}")}
+        out.append(charts.line_chart(f"burn-in: {title} per GPU", "s from the check's start", unit, lines,
+                                     log2_x=False))
+    return [c for c in out if c]
+
+
 def burnin_view(data: dict[str, Any]) -> dict[str, Any] | None:
     for check in data["checks"]:
         if check["check"] != "burnin" or check["outcome"] == "skipped":
@@ -73,5 +99,5 @@ def burnin_view(data: dict[str, Any]) -> dict[str, Any] | None:
                  "faults": sum(_value(m, name) or 0 for name in FAULTS)} for gpu, m in sorted(gpus.items())]
         notices = [row["notice"] for row in (check.get("findings") or {}).get("burnin", []) if row.get("notice")]
         return {"check": check, "rows": rows, "sentences": [sentence(gpu, m) for gpu, m in sorted(gpus.items())],
-                "notices": notices}
+                "notices": notices, "charts": time_series(check)}
     return None
