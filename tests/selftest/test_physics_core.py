@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from gpucert.physics import core
+from gpucert.physics import core, gemm
+from gpucert.physics.gemm import Gemm
 from gpucert.physics.core import Benchmark, BenchmarkSkipped, Result, measure, stats_of, time_op
 
 
@@ -197,3 +198,16 @@ def test_a_graph_timed_figure_carries_its_own_method(monkeypatch, graph_batch, m
 def test_on_the_cpu_sustained_work_is_never_graphed():
     result = measure(Counting(), "cpu", sustain_s=0.05)
     assert result.status == "ok" and result.method == core.SUSTAINED and "graph" not in result.note
+    bench = Gemm("fp32", 1, 64, 64)  # a decode-sized GEMM: graphed on a GPU, never here
+    bench.setup("cpu")
+    assert bench.graph_sustained is False and bench.cycle == 1
+
+
+def test_which_gemms_replay_from_a_graph_is_decided_by_their_size():
+    """The same shapes every run (a method that flipped with a timing would leave a metric without
+    a baseline of its method): certify's decode-sized projections, never a square or a search shape."""
+    shapes = gemm.projection_shapes(gemm.model_preset(gemm.DEFAULT_MODEL), gemm.DEFAULT_TP)
+    graphed = {s.name.rsplit("-m", 1)[1] for s in shapes if 2 * s.m * s.n * s.k < gemm.GRAPH_BELOW_FLOP}
+    eager = {s.name.rsplit("-m", 1)[1] for s in shapes if 2 * s.m * s.n * s.k >= gemm.GRAPH_BELOW_FLOP}
+    assert {"1", "16", "128", "1024"} <= graphed and "1024" not in eager and "16384" in eager
+    assert 2 * 4096 ** 3 >= gemm.GRAPH_BELOW_FLOP  # the smallest square and search shape

@@ -50,6 +50,9 @@ class Benchmark:
 
     name = "benchmark"
     flush_l2 = False  # flush the L2 cache before each timed iteration (GEMM, copies > L2)
+    # sustained on a GPU: iterations replayed from a CUDA graph (time_sustained). Decided by the
+    # benchmark from its size, never from a timing: a figure's method must not flip between runs
+    graph_sustained = False
     # op() cycles through this many buffers (a GEMM's weight copies): a CUDA graph of sustained
     # iterations holds a whole number of cycles, so no replay starts on the buffer the last ended on
     cycle = 1
@@ -152,11 +155,10 @@ SUSTAINED = "sustained"  # Result.method of a figure timed in time_op's sustaine
 # same work (the GPU's, not the host's launch rate), so never compared with a SUSTAINED baseline
 SUSTAINED_GRAPH = "sustained, CUDA graph"
 SUSTAIN_BLOCK_S = 0.1  # a sustained sample: ~100 ms of back-to-back iterations (the monitor's interval)
-# An eager iteration shorter than this is mostly the host's launch path: a decode-sized GEMM's
-# kernel takes a few µs, torch's launch of it 5-15 µs, so back-to-back eager launches time the
-# CPU (on an H100, m = 1..1024 projections moved 13-77 % between runs of one node, session 36).
-# Such work is captured in a CUDA graph, as vLLM runs its decode steps, and the graph replayed.
-GRAPH_BELOW_S = 100e-6
+# A decode-sized GEMM's kernel takes a few µs, torch's launch of it 5-15 µs: back-to-back eager
+# launches time the host's launch path (on an H100, m = 1..1024 projections moved 13-77 % between
+# runs of one node, session 36). Such work (Benchmark.graph_sustained) is captured in a CUDA graph,
+# as vLLM runs its decode steps, and the graph replayed.
 GRAPH_REPLAY_S = 1e-3  # a replay holds about this much work, so its own launch is amortized
 GRAPH_MOST = 1024  # iterations in one graph at most (its capture time and output buffers)
 
@@ -204,15 +206,15 @@ def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 
 
 def time_sustained(op: Callable[[], Any], device: str, sustain_s: float, *, warmup_s: float = 0.0,
                    block_s: float = SUSTAIN_BLOCK_S, timeline: list[float] | None = None,
-                   cycle: int = 1) -> Sustained:
+                   graph: bool = False, cycle: int = 1) -> Sustained:
     """`warmup_s` seconds of back-to-back iterations first, untimed (the GPU reaches the clocks and
     power it holds under load), then back-to-back iterations for `sustain_s` seconds in blocks of
     about `block_s`: one sample per block, its mean seconds per iteration; `timeline` (when given)
     gets each block's end (time.monotonic()). A burst of a few milliseconds finishes inside the
     GPU's power-averaging window, at boost clocks; a sustained figure is what seconds of work see
-    (issue 17: 829 burst against 687 sustained TFLOP/s). On CUDA an iteration shorter than
-    GRAPH_BELOW_S is captured, a whole number of `cycle`s at a time, in a CUDA graph that is
-    replayed instead (graph_batch > 1; the note says so).
+    (issue 17: 829 burst against 687 sustained TFLOP/s). With `graph`, on CUDA, ~GRAPH_REPLAY_S of
+    iterations (a whole number of `cycle`s) are captured in a CUDA graph that is replayed instead
+    (graph_batch > 1; the note says so).
 
     On CUDA the host waits on the block before the one it just queued, so the GPU always has the
     next block and never idles between them (a wait on the block just queued would leave it empty
@@ -226,7 +228,7 @@ def time_sustained(op: Callable[[], Any], device: str, sustain_s: float, *, warm
         synchronize(device)
         took, count = _calibrate(op, device, block_s)
         batch, note = 1, None
-        if cuda and took / count < GRAPH_BELOW_S:
+        if cuda and graph:
             op, batch, note = _graphed(op, device, took / count, cycle)
         per_block = max(1, round(block_s / max(took / count * batch, 1e-9)))  # in calls of op
         end = time.monotonic() + warmup_s
@@ -419,7 +421,7 @@ def measure(bench: Benchmark, device: str, *, warmup: int = 3, reps: int = 20, m
                                                         max_time_s=max_time_s, flush=flush)
             else:
                 timing = time_sustained(bench.op, device, sustain_s, warmup_s=warmup_s, timeline=timeline,
-                                        cycle=bench.cycle)
+                                        graph=bench.graph_sustained, cycle=bench.cycle)
                 result.samples_s, result.method = timing.samples, SUSTAINED_GRAPH if timing.graph_batch > 1 else SUSTAINED
                 result.note = "; ".join(filter(None, (f"sustained: {warmup_s:g} s warm-up, then "
                                                       f"{len(result.samples_s)} blocks of back-to-back iterations "

@@ -60,6 +60,11 @@ PROJECTION_SUSTAIN = {"sustain_s": 0.7, "warmup_s": 0.2}
 SEARCH_SUSTAIN = {"sustain_s": 1.0, "warmup_s": 0.5}
 SEARCH_SUSTAIN_TOP = 3
 PREHEAT_S = 15.0
+# Sustained GEMMs of less work than this replay from a CUDA graph (core.time_sustained): under
+# ~25-50 µs a kernel (fp8 or bf16 at an H100's sustained rates) is not much longer than torch's
+# launch of it, so eager launches would time the host. Decided by size, so a shape's method is the
+# same in every run: of certify's shapes, the projections up to m = 1,024 (and small ones at 4,096).
+GRAPH_BELOW_FLOP = 32e9
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,7 @@ class Gemm(Benchmark):
             copies = weight_copies(self.b.numel() * self.b.element_size(), l2)
             self._weights += [self.b.clone() for _ in range(copies - 1)]  # clone keeps fp8's column-major strides
         self.cycle = len(self._weights)
+        self.graph_sustained = is_cuda(device) and self.flops() < GRAPH_BELOW_FLOP
 
     def _setup_fp8(self, torch, device, gen) -> None:
         if self.n % 16 or self.k % 16:
