@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from gpucert.fleet.nodes import short_names
 
 # each node's object store: Ray's default (30 % of RAM per node) would not fit several on a small box
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
@@ -80,3 +83,8 @@ def processes_running(marker: str, within_s: float) -> list[str]:
         if not found or time.monotonic() >= deadline:
             return found
         time.sleep(0.5)
+
+
+def node_names(cluster) -> dict[str, str]:
+    """node id → the name the fleet gives it (fleet.nodes.short_names over Ray's hostname and node id)."""
+    return short_names([(socket.gethostname(), node.node_id) for node in cluster.list_all_nodes()])

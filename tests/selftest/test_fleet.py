@@ -228,6 +228,42 @@ def test_four_node_fleet_with_a_node_removed_mid_run(tmp_path, local_cluster):
             shutil.rmtree(row["workdir"], ignore_errors=True)
 
 
+@pytest.mark.fault("fleet", "one node of a 4-node local Ray cluster slowed 200 ms in each all-reduce of its own "
+                            "sweep's largest size (GPUCERT_NCCL_FAULT slow:node=…, forwarded by the driver)",
+                   "that node's fleet check fails on vs_fleet_median_pct (its bus bandwidth ~99 % under the "
+                   "median) and it is named the outlier, the others far above it; exit 1")
+@pytest.mark.slow("a real local Ray cluster")
+def test_a_slow_node_is_judged_against_the_fleet_median(tmp_path, local_cluster):
+    """The one thing a node cannot see from inside: its own checks, judged against its own
+    (empty) baselines, have no reference for what its peers reach."""
+    names = sorted(ray_clusters.node_names(local_cluster).values())
+    victim = names[1]
+    (tmp_path / "baselines").mkdir()
+    # only where the headline is taken (all_reduce at the sweep's largest size, 32 KiB under
+    # NODE_ARGS' --nccl-max-bytes 64K): elsewhere each collective would wait for nothing read
+    env = {**os.environ, nccl_faults.ENV: f"slow:node={victim}:op=all_reduce:bytes={32 * 1024}:ms=200"}
+    proc = subprocess.run(driver(tmp_path, "--ray-address", local_cluster.address, "--fleet-timeout-min", "4",
+                                 "--fleet-args", NODE_ARGS.format(baselines=tmp_path / "baselines")),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=DRIVER_TIMEOUT_S)
+    report = tmp_path / "report"
+    checks = driver_checks(report)
+    assert set(checks) == set(names), (sorted(checks), names, proc.stdout[-3000:])
+    distance = {name: next(m for m in check["metrics"] if m["key"].endswith("::vs_fleet_median_pct")
+                           and m["params"].get("figure") == "nccl_busbw_gbps") for name, check in checks.items()}
+    assert distance[victim]["value"] < -90 and distance[victim]["verdict"] == "fail", distance[victim]
+    assert checks[victim]["outcome"] == "failed"
+    # the healthy nodes' gloo figures on two shared cores lie up to 8× apart (a GPU fleet's within a
+    # few %): each is far above the slowed one, whatever its own distance from the median
+    for name in set(names) - {victim}:
+        assert distance[name]["value"] > distance[victim]["value"] + 5, (name, distance[name]["value"])
+    notes = json.loads((report / "metrics.json").read_text())["notes"]
+    assert any(victim in note and "median" in note for note in notes), notes
+    assert proc.returncode == 1 and proc.stdout.strip().splitlines()[-1].startswith("gpucert: FLEET FAILED"), proc.stdout[-500:]
+    for row in json.loads((report / "fleet.json").read_text())["nodes"]:
+        if row.get("workdir"):
+            shutil.rmtree(row["workdir"], ignore_errors=True)
+
+
 # each node's gloo sweep held past the deadline by a planted 500 ms wait in every collective of its
 # rank 0 (GPUCERT_NCCL_FAULT, inherited through the cluster's workers): the ranks wait instead of
 # burning both cores for the 24 s (a 128 MB sweep did: 72 s of CPU for this test)

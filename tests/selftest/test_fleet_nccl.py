@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +22,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from gpucert.fleet import nccl_ranks, pairs
-from gpucert.fleet.nodes import short_names
 from gpucert.physics.nccl import faults
 from gpucert.physics.nccl.sweep import tail_of
 
 from . import ray_clusters
-from .ray_clusters import processes_running
+from .ray_clusters import node_names, processes_running
 from .rules import thresholds_with
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,8 +92,18 @@ def test_bad_fault_specs_are_refused(spec, error):
 def test_node_faults_apply_by_node_and_peer():
     node, link = faults.parse(f"slow:node=c:ms={SLOW_MS},slow:node=a:peer=b:ms=5")
     assert node.applies("slow", 1, "all_reduce", 8, ["a", "c"]) and not node.applies("slow", 0, "all_reduce", 8, ["a", "c"])
-    assert not node.applies("slow", 1, "all_reduce", 8, None)  # a node's sweep has no node names
+    assert not node.applies("slow", 1, "all_reduce", 8, None)  # a node's own sweep, outside a fleet run
     assert link.applies("slow", 0, "all_reduce", 8, ["a", "b"]) and not link.applies("slow", 0, "all_reduce", 8, ["a", "c"])
+
+
+def test_a_node_fault_slows_that_nodes_own_sweep_in_a_fleet_run(monkeypatch):
+    """Each node's run is told its fleet name (runner.NodeRun): every rank of its own sweep is on it."""
+    node, link = faults.parse(f"slow:node=c:ms={SLOW_MS},slow:node=a:peer=b:ms=5")
+    monkeypatch.setenv(faults.FLEET_NODE_ENV, "c")
+    assert node.applies("slow", 0, "all_reduce", 8, None) and node.applies("slow", 1, "all_reduce", 8, None)
+    monkeypatch.setenv(faults.FLEET_NODE_ENV, "a")
+    assert not node.applies("slow", 0, "all_reduce", 8, None)
+    assert not link.applies("slow", 0, "all_reduce", 8, None)  # a link has no place inside one node
 
 
 @pytest.mark.fault("fleet", "another process binds the cross-node rendezvous port after rank 0's actor named it, "
@@ -122,11 +130,6 @@ def test_the_rendezvous_port_is_held_from_the_moment_it_is_named():
 def cluster(tmp_path_factory):
     with ray_clusters.cluster_for_one_test(4, tmp_path_factory, resources={"gpucert_node": 1}) as local:
         yield local
-
-
-def node_names(cluster) -> dict[str, str]:
-    """node id → the name the fleet gives it (fleet.nodes.short_names over Ray's hostname and node id)."""
-    return short_names([(socket.gethostname(), node.node_id) for node in cluster.list_all_nodes()])
 
 
 def driver(tmp_path: Path, address: str, *args: str) -> list[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..physics.nccl import faults
 from .guard import GRACE_S
 from .nodes import FleetNode
 
@@ -36,7 +37,7 @@ DEFAULT_POLL_S = 1.0
 class NodeRun:
     """The node's side (a Ray actor): one pytest run of the node-level checks."""
 
-    def __init__(self, python: str, repo: str, args: list[str], name: str):
+    def __init__(self, python: str, repo: str, args: list[str], name: str, forwarded: dict[str, str] | None = None):
         self.workdir = Path(tempfile.mkdtemp(prefix=f"gpucert-fleet-{name}-"))
         self.report_dir = self.workdir / "report"
         self.log_path = self.workdir / "node.log"
@@ -46,8 +47,11 @@ class NodeRun:
                    "-p", "no:cacheprovider", *args, "--report-dir", str(self.report_dir)]
         with open(self.log_path, "wb") as log:
             # a session of its own: stop() ends the run and everything it started with one killpg
+            # the node's run knows its name in the fleet; `forwarded`: what the driver's environment
+            # hands it (the self-tests' fault hook), over the node's own
+            env = {**os.environ, **(forwarded or {}), faults.FLEET_NODE_ENV: name}
             self.proc = subprocess.Popen(command, cwd=repo, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.started = time.time()
         self.stopped_by: str | None = None
 
@@ -110,6 +114,12 @@ class NodeOutcome:
                 "workdir": self.last.get("workdir")}
 
 
+def forwarded_environment() -> dict[str, str]:
+    """What the driver's environment hands every node's run: the self-tests' fault hook only (each
+    node's other settings are its own)."""
+    return {faults.ENV: os.environ[faults.ENV]} if os.environ.get(faults.ENV) else {}
+
+
 def run_fleet(nodes: list[FleetNode], *, python: str, repo: str, args: list[str], deadline_s: float,
               poll_s: float = DEFAULT_POLL_S,
               on_poll: Callable[[dict[str, NodeOutcome]], None] | None = None) -> dict[str, NodeOutcome]:
@@ -123,7 +133,7 @@ def run_fleet(nodes: list[FleetNode], *, python: str, repo: str, args: list[str]
     outcomes = {node.name: NodeOutcome(node) for node in nodes}
     actors = {node.name: actor_class.options(
         num_gpus=node.gpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-    ).remote(python, repo, args, node.name) for node in nodes}
+    ).remote(python, repo, args, node.name, forwarded_environment()) for node in nodes}
     deadline = time.monotonic() + deadline_s
     try:
         while active := [name for name, outcome in outcomes.items() if outcome.state == "running"]:

@@ -12,7 +12,10 @@ GPUCERT_NCCL_FAULT holds one or more comma-separated faults, `kind:key=value:…
     slow:node=gpu-07:peer=gpu-08:ms=20  the same, only in a group that has a rank on gpu-08: a
                                       slow link between the two (a cross-node sweep's pairs)
 
-Keys: rank or node (one required; node: the names of a cross-node sweep, gpucert.fleet), op
+A node fault (without peer) also applies in a node's own sweep of a fleet run: there every rank
+runs on the node the fleet names in GPUCERT_FLEET_NODE (a slow node, as the fleet median sees it).
+
+Keys: rank or node (one required; node: the names of a fleet's nodes, gpucert.fleet), op
 (default: any), bytes (default: any size), peer and ms (slow only). The worker reads the variable;
 the sweep parses it before launching so a typo is an error, not a silently healthy run. A bad link
 or a sick NIC cannot exist on the self-tests' one host: `slow` stands in for them there.
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 from .formulas import OPS
 
 ENV = "GPUCERT_NCCL_FAULT"
+# the node's name in its fleet, which the fleet's runner gives each node's run (gpucert.fleet.runner)
+FLEET_NODE_ENV = "GPUCERT_FLEET_NODE"
 KINDS = ("corrupt", "hang", "crash", "slow")
 KEYS = ("rank", "node", "peer", "op", "bytes", "ms")
 CORRUPTED_ELEMENTS = 3
@@ -43,11 +48,14 @@ class Fault:
     ms: float = 0.0
 
     def applies(self, kind: str, rank: int, op: str, nbytes: int, nodes: list[str] | None = None) -> bool:
-        """`nodes`: the node of every rank of the group (a cross-node sweep), else None."""
+        """`nodes`: the node of every rank of the group (a cross-node sweep), else None (a node's
+        own sweep: its ranks are all on the node FLEET_NODE_ENV names, in a fleet run)."""
         if self.kind != kind or self.op not in (None, op) or self.nbytes not in (None, nbytes):
             return False
+        if self.node is not None and not nodes:
+            return self.peer is None and os.environ.get(FLEET_NODE_ENV) == self.node
         if self.node is not None:
-            return bool(nodes) and nodes[rank] == self.node and (self.peer is None or self.peer in nodes)
+            return nodes[rank] == self.node and (self.peer is None or self.peer in nodes)
         return self.rank == rank
 
 
