@@ -340,17 +340,24 @@ def test_counters_are_read_at_their_own_cadence_within_a_cpu_budget(tmp_path, mo
     assert meta["counter_interval_s"] == 0.2 and meta["counter_cpu_budget"] == 0.005
     read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
     spacing = np.diff(columns["t"][read])
-    # every 4th 50 ms tick; a read that happened to cost more than 1 ms (0.5 % of 0.2 s: a busy CI
-    # box) pushes only its own next read a tick later, as it should
-    assert len(read) >= 6 and abs(np.median(spacing) - 0.2) < 0.03 and spacing.min() > 0.17, spacing
+    # every 4th 50 ms tick, never sooner. A read that cost more than 1 ms of CPU (0.5 % of 0.2 s)
+    # pushes the next one later, by what the sampler measured and reports (counter_spacing_s: the
+    # shortest and longest spacing it chose after the first read) — and it takes no longer one. On
+    # this 2-core VM the host's two /proc reads alone cost 0.4-0.9 ms (session 36), so how many
+    # reads are stretched is the box's, not the sampler's: the first spacing is the cadence itself
+    shortest, longest = final["counter_spacing_s"]
+    assert len(read) >= 3 and abs(spacing[0] - 0.2) < 0.03 and spacing.min() > 0.17, spacing
+    assert shortest >= 0.2 - 1e-9 and spacing.max() <= longest + 0.1, (spacing, final["counter_spacing_s"])
+    if longest < 0.21:  # no read over the budget: the cadence throughout
+        assert len(read) >= 6 and abs(np.median(spacing) - 0.2) < 0.03, spacing
     assert np.isfinite(columns["gpu0.power_w"]).all()  # gauges every tick
     # host CPU: a rate since the last read, on the same ticks (none at the first)
     assert np.array_equal(read[1:], np.flatnonzero(np.isfinite(columns["host.cpu_busy_pct"])))
-    assert final["counter_reads"] >= 6 and final["counter_spacing_s"][0] == pytest.approx(0.2)  # the shortest gap
+    assert final["counter_reads"] >= len(read)
 
     monkeypatch.setenv("FAKE_NVML_ENERGY_CPU_MS", "4")  # a slow driver: 8 ms of CPU a read, 2 GPUs
     with monitor(tmp_path, counter_interval_s=0.2) as mon:
-        time.sleep(2.6)
+        time.sleep(3.4)  # the sampler's start, 0.2 s, then two reads ~1.6-1.8 s apart (the host's own ~0.5 ms)
         _, columns = mon.window()
     read = np.flatnonzero(np.isfinite(columns["gpu0.energy_j"]))
     # the first read at the configured interval, then ~8 ms / 0.5 % = ~1.6 s apart
