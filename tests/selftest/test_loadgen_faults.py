@@ -205,7 +205,10 @@ def test_itl_keeps_the_gap_of_a_second_chunk_that_arrived_with_the_first():
     gaps = itl_gaps_s(record)
     assert len(gaps) == 12 - 2 == summarize([record]).itl_ms["count"]
     assert gaps[:2] == [0.0, 0.0]  # chunk 2: its gap (0: it came with chunk 1) and its second token's
-    assert all(0.025 <= g < 0.5 for g in gaps[2::2]), gaps  # chunks 3-6: ~30 ms each
+    # chunks 3-6: ~30 ms each, none lost. The server sleeps 30 ms between writes; a read the busy
+    # client takes late shortens the next gap by as much (CI read 24.8 ms), so the four together
+    # are held to their sum, each only to being a real gap
+    assert all(0.01 <= g < 0.5 for g in gaps[2::2]) and sum(gaps[2::2]) >= 0.1, gaps
     assert gaps[3::2] == [0.0] * 4
 
 
