@@ -45,12 +45,6 @@ FORENSICS_WINDOWS = [EVIDENCE / f"issue-16-forensics/h100-session33/windows-{run
                      for run in ("base", "rerun")] + \
     [EVIDENCE / f"issue-16-forensics/h200-session34/{run}-metrics.json.xz" for run in ("base", "rerun")]
 
-
-def load(path: Path) -> dict:
-    """A run's metrics.json (xz-compressed; gzip read too), as the
-    card and the exporters take it."""
-    raw = path.read_bytes()
-    return json.loads(lzma.decompress(raw) if path.suffix == ".xz" else gzip.decompress(raw))
 # the lent H200 (session 10, GPU fdc826f6, driver 580, XML schema v13, busy with vLLM): `nvidia-smi
 # -q -x` and, one second later, `nvidia-smi -q`
 H200_SMI = EVIDENCE / "issue-14-newcomer/h200"
@@ -66,3 +60,8 @@ def text(path: Path) -> str:
     """A captured text file, compressed (xz, gzip) or not."""
     raw = path.read_bytes()
     return {".xz": lzma.decompress, ".gz": gzip.decompress}.get(path.suffix, bytes)(raw).decode()
+
+
+def load(path: Path) -> dict:
+    """A run's metrics.json (xz-compressed; gzip read too), as the card and the exporters take it."""
+    return json.loads(text(path))

@@ -110,7 +110,7 @@ def test_bad_burnin_options_are_one_line(tmp_path, args, message):
 
 
 def test_the_sustained_timing_loop_blocks_and_warms_up():
-    """core.time_op's sustained mode: an untimed warm-up, then ~block_s blocks of back-to-back
+    """core.time_sustained: an untimed warm-up, then ~block_s blocks of back-to-back
     iterations until sustain_s, each stamped; the Result says it is a sustained figure."""
     times: list[float] = []
     started = time.monotonic()

@@ -131,7 +131,8 @@ def interface_of(ip: str) -> str | None:
 def forwarded_environment() -> dict[str, str]:
     """What the driver's environment hands every rank: the self-tests' fault hook and the interface
     override (each node's other settings are its own)."""
-    return {name: os.environ[name] for name in (faults.ENV, SOCKET_IFNAME_ENV) if os.environ.get(name)}
+    ifname = {SOCKET_IFNAME_ENV: os.environ[SOCKET_IFNAME_ENV]} if os.environ.get(SOCKET_IFNAME_ENV) else {}
+    return {**faults.forwarded_environment(), **ifname}
 
 
 class RayRanks:

@@ -114,12 +114,6 @@ class NodeOutcome:
                 "workdir": self.last.get("workdir")}
 
 
-def forwarded_environment() -> dict[str, str]:
-    """What the driver's environment hands every node's run: the self-tests' fault hook only (each
-    node's other settings are its own)."""
-    return {faults.ENV: os.environ[faults.ENV]} if os.environ.get(faults.ENV) else {}
-
-
 def run_fleet(nodes: list[FleetNode], *, python: str, repo: str, args: list[str], deadline_s: float,
               poll_s: float = DEFAULT_POLL_S,
               on_poll: Callable[[dict[str, NodeOutcome]], None] | None = None) -> dict[str, NodeOutcome]:
@@ -133,7 +127,7 @@ def run_fleet(nodes: list[FleetNode], *, python: str, repo: str, args: list[str]
     outcomes = {node.name: NodeOutcome(node) for node in nodes}
     actors = {node.name: actor_class.options(
         num_gpus=node.gpus, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-    ).remote(python, repo, args, node.name, forwarded_environment()) for node in nodes}
+    ).remote(python, repo, args, node.name, faults.forwarded_environment()) for node in nodes}
     deadline = time.monotonic() + deadline_s
     try:
         while active := [name for name, outcome in outcomes.items() if outcome.state == "running"]:

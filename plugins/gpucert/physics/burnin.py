@@ -10,7 +10,7 @@ over the duration (PHASE_SHARES):
   third (NCCL; gloo on the CPU), its iteration count agreed by all ranks before the phase.
 Before the phases, the same GEMM and copy as a burst (core.time_op's default: 10 iterations
 after 3), the figure the certification's checks report: the sustained figures are given as a
-fraction of it and of the datasheet. Every phase is timed by core.time_op's sustained mode:
+fraction of it and of the datasheet. Every phase is timed by core.time_sustained:
 samples of ~100 ms blocks of back-to-back iterations, each with its time, so the card can draw
 TFLOP/s and GB/s over the minutes beside the monitor's clocks, power and temperature.
 

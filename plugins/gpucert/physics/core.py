@@ -1,4 +1,5 @@
-"""The one timing loop of gpucert's micro-benchmarks, and the lifecycle every benchmark shares.
+"""The timing loops of gpucert's micro-benchmarks (a burst: time_op; seconds of back-to-back work:
+time_sustained), and the lifecycle every benchmark shares.
 
 A benchmark is a small class: its parameters, `setup()` (allocate, fill with random data),
 `op()` (one iteration: the thing timed), the work formula (`flops()` and/or `bytes_moved()` per
@@ -150,7 +151,7 @@ class L2Flusher:
         self._buffer.zero_()
 
 
-SUSTAINED = "sustained"  # Result.method of a figure timed in time_op's sustained mode
+SUSTAINED = "sustained"  # Result.method of a figure timed by time_sustained
 # ... whose iterations were replayed from a CUDA graph: another figure than eager launches of the
 # same work (the GPU's, not the host's launch rate), so never compared with a SUSTAINED baseline
 SUSTAINED_GRAPH = "sustained, CUDA graph"
@@ -171,18 +172,11 @@ class Sustained:
 
 
 def time_op(op: Callable[[], Any], device: str, *, warmup: int = 3, reps: int = 20,
-            max_time_s: float = 30.0, flush: Callable[[], None] | None = None,
-            sustain_s: float | None = None, warmup_s: float = 0.0, block_s: float = SUSTAIN_BLOCK_S,
-            timeline: list[float] | None = None) -> tuple[list[float], str | None]:
-    """THE timing loop: (per-iteration seconds, note). Stops early, keeping what it has, once the
-    time budget is spent (the note says so). Work is never timed on its first launch.
-
-    Burst (the default): `reps` iterations after `warmup`, each timed on its own. Sustained
-    (`sustain_s` given): time_sustained's samples and note. No L2 flush between sustained
-    iterations: they run back to back, as a workload's do."""
-    if sustain_s is not None:
-        timing = time_sustained(op, device, sustain_s, warmup_s=warmup_s, block_s=block_s, timeline=timeline)
-        return timing.samples, timing.note
+            max_time_s: float = 30.0, flush: Callable[[], None] | None = None) -> tuple[list[float], str | None]:
+    """The timing loop of a burst: (per-iteration seconds, note) of `reps` iterations after
+    `warmup`, each timed on its own. Stops early, keeping what it has, once the time budget is
+    spent (the note says so). Work is never timed on its first launch. Seconds of back-to-back
+    work are time_sustained's (no L2 flush there: iterations run back to back, as a workload's do)."""
     if is_cuda(device):
         import torch
         # Events record on the *current* device's stream: without this guard, timing cuda:1 from a

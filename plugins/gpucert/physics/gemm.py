@@ -328,7 +328,7 @@ def search_max(dtype: str, device: str, m_values, n_values, k_values, *, budget_
                preheat_s: float = 0.0, sustain_top: int | None = None) -> SearchResult:
     """Measure every (m, n, k) of the grid until the time budget is spent; keep the fastest.
     As in mamf-finder, the reported figure is the best median TFLOP/s over the shapes tried.
-    `sustain_s`: each shape timed in core.time_op's sustained mode (after `warmup_s` of its own),
+    `sustain_s`: each shape timed in core.time_sustained (after `warmup_s` of its own),
     and before the first shape `preheat_s` of untimed back-to-back GEMMs (mamf-finder warms the GPU
     up for 30 s first): figures of a GPU at the clocks and power it holds, not a burst's.
     `sustain_top` (with `sustain_s`): the grid is ranked by bursts within the budget, and only its

@@ -59,6 +59,12 @@ class Fault:
         return self.rank == rank
 
 
+def forwarded_environment() -> dict[str, str]:
+    """The hook as a process started elsewhere (a Ray actor on another node) needs it: the driver's
+    GPUCERT_NCCL_FAULT, or nothing."""
+    return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}
+
+
 def parse(text: str | None) -> list[Fault]:
     faults = []
     for spec in (text or "").split(","):
