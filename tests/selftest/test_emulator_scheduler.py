@@ -199,9 +199,11 @@ def test_the_second_wave_waits_one_service_time():
     (waiting 4 on /metrics) and each starts at the exact instant a first-wave request sent its last
     chunk; the client measures their TTFT as one service time longer. Server decisions compared
     exactly; the client judged against the server's own send times by the timing oracle, and its
-    TTFT never below the server's schedule (causality) nor, at the median, more than an eighth of a
-    service time above it: a busy box adds milliseconds (7-10 ms seen with the self-tests running
-    beside it on 2 cores), a client or a schedule that got the queueing wrong a whole service time."""
+    TTFT never below the server's schedule (causality) nor, at the median, more than half a service
+    time above it. Half is the midpoint between the two outcomes told apart: a busy box delays every
+    request in flight by the same stall (7-10 ms seen beside the self-tests on 2 cores; CI once read
+    38-40 ms for 7 of the 8, one stall of the process that hosts both ends), a client or a schedule
+    that got the queueing wrong adds a whole service time (200 ms here)."""
     config = EmulatorConfig(ttft_ms=50, itl_ms=10, max_running=4, record_timings=True)
     out = 16
     s = service_s(config, out)
@@ -232,7 +234,7 @@ def test_the_second_wave_waits_one_service_time():
         assert t["writes"][0] >= t["admitted"][0] + config.ttft_ms / 1000  # never early
         assert ttft_s(record) >= model_ttft  # the client cannot read it before it is due
         excess_ms.append((ttft_s(record) - model_ttft) * 1000)
-    assert float(np.median(excess_ms)) < s * 1000 / 8, excess_ms
+    assert float(np.median(excess_ms)) < s * 1000 / 2, excess_ms
     # hence the second wave's TTFT: one service time (less the arrivals' spread, ~1 ms) more than
     # the first's, by the server's decisions, and so the client measured it
     spread = timings[order[-1]]["arrival"] - timings[order[0]]["arrival"]
