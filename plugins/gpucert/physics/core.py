@@ -279,7 +279,7 @@ def _graphed(op, device: str, eager_s: float, cycle: int) -> tuple[Callable[[], 
     """(the replay of a CUDA graph of `batch` iterations, batch, note) — or (op, 1, why not) when
     the op cannot be captured, so the figure is still taken, from eager launches, and says so."""
     batch = min(GRAPH_MOST, max(2, math.ceil(round(GRAPH_REPLAY_S / eager_s, 6))))  # 1e-3/8e-6 is 125.00000000000001
-    batch = max(cycle, batch - batch % cycle) if cycle > 1 else batch
+    batch = max(cycle, batch - batch % cycle)  # whole cycles of the op's buffers
     try:
         replay = capture_graph(op, device, batch)
     except Exception as exc:  # noqa: BLE001 — whatever the capture raised, eager launches still give the figure

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..monitor.summary import PER_GPU_SERIES
 from . import charts
 
 FAULTS = ("xid_count", "ecc_uncorrected_new", "ecc_corrected_new", "row_remap_new", "retired_pages_new")
@@ -62,12 +63,6 @@ def sentence(gpu: int, metrics: dict) -> str:
     return f"GPU {gpu} {verdict}: " + "; ".join(parts) + "." if parts else f"GPU {gpu} {verdict}."
 
 
-# the monitor's per-GPU series the burn-in asks for (monitor/summary.py PER_GPU_SERIES): chart
-# title and unit, each drawn one line per GPU over the check's seconds
-MONITOR_CHARTS = (("SM clock", "SM clock MHz", "MHz"), ("power", "power W", "W"),
-                  ("temperature", "temperature °C", "°C"))
-
-
 def time_series(check: dict) -> list[str]:
     """The burn-in over its minutes, one line per GPU: the TFLOP/s each phase kept (the GEMM
     alone, then beside the copy), then the SM clock, power and temperature over the same seconds
@@ -78,7 +73,8 @@ def time_series(check: dict) -> list[str]:
     work = {name.removesuffix(" TFLOP/s"): list(zip(o["t_s"], o["values"]))
             for name, o in (monitor.get("overlays") or {}).items() if name.endswith(" TFLOP/s")}
     out = [charts.line_chart("burn-in: TFLOP/s per GPU", "s from the check's start", "TFLOP/s", work, log2_x=False)]
-    for title, suffix, unit in MONITOR_CHARTS:
+    for _, suffix in PER_GPU_SERIES:  # the monitor's per-GPU series the burn-in asks for ("SM clock MHz")
+        title, unit = suffix.rsplit(" ", 1)
         lines = {name.removesuffix(f" {suffix}"): list(zip(t, values)) for name, values in series.items()
                  if name.startswith("GPU ") and name.endswith(f" {suffix}")}
         out.append(charts.line_chart(f"burn-in: {title} per GPU", "s from the check's start", unit, lines,
