@@ -38,6 +38,9 @@ STUDY_GRID = EVIDENCE / "issue-15-studies/session31-h100/grid/metrics.json.xz"
 # and the lent H200 (session 28), each judged on the datasheet floors alone
 GEMM_H100 = EVIDENCE / "issue-17-burnin/h100-session19/gemm-metrics.json.xz"
 GEMM_H200 = EVIDENCE / "issue-17-burnin/h200-session28/gemm-metrics.json.xz"
+# the plain rerun of those checks on an H100 (session 38) after two `--update-baselines` runs made
+# baselines/1xH100-80GB-HBM3/gemm.json: the projections up to m = 1,024 replayed as CUDA graphs
+GEMM_H100_RERUN = EVIDENCE / "issue-17-burnin/h100-session38/gemm-rerun-metrics.json.xz"
 # the served default capture at 256, each window's decode step kept as a sample: the baselines'
 # run and a plain rerun of the same node, with three windows on one H100 (session 33) and with
 # five on the lent H200 (session 34, the whole plan's base and the rerun of that capture)
