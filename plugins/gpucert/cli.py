@@ -11,7 +11,8 @@ import sys
 from gpucert import __version__, redaction
 
 # One module per subcommand; add "gpucert.physics.cli", "gpucert.serving.cli", ... here.
-COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli", "gpucert.monitor.cli", "gpucert.forensics.cli")
+COMMAND_MODULES = ("gpucert.snapshot.cli", "gpucert.physics.cli", "gpucert.serving.cli", "gpucert.monitor.cli", "gpucert.forensics.cli",
+                   "gpucert.rejudge")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 

@@ -68,3 +68,17 @@ def text(path: Path) -> str:
 def load(path: Path) -> dict:
     """A run's metrics.json (xz-compressed; gzip read too), as the card and the exporters take it."""
     return json.loads(text(path))
+
+
+def slowed(run: dict, factor: float) -> dict:
+    """A copy of a run's metrics.json with every figure, sample and interval × `factor`: a
+    regression planted in a real run (factor < 1 for a higher-is-better figure)."""
+    copy = json.loads(json.dumps(run))
+    for check in copy["checks"]:
+        for metric in check["metrics"]:
+            if isinstance(metric.get("value"), (int, float)):
+                metric["value"] *= factor
+            metric["samples"] = [s * factor for s in metric.get("samples") or []]
+            if metric.get("ci"):
+                metric["ci"] = [c * factor for c in metric["ci"]]
+    return copy

@@ -8,11 +8,11 @@ import pytest
 
 from gpucert.judge import judge
 from gpucert.metrics import Metric
-from gpucert.recorder import CheckResult
-from gpucert.session import Run, RunOptions
+from gpucert.rejudge import rejudge
 from gpucert.thresholds import ThresholdsError, load, parse
 
 from . import device_runs
+from .device_runs import slowed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,35 +162,17 @@ def test_the_shipped_gemm_floors_pass_both_gpus_and_fail_one_a_quarter_slower(ru
     assert {m["key"]: verdict(m, 0.75) for m in figures} == {m["key"]: "fail" for m in figures}
 
 
-def rejudged(run: dict, baselines: Path, tmp_path: Path, scale: float) -> dict[str, str]:
-    """A device run's figures judged again by the session's own path (the profile's baselines,
-    their between-run noise pooled as a run pools it, the shipped rules), every value and sample
-    × `scale`: metric key → verdict."""
-    session = Run(RunOptions(baselines_dir=baselines, report_dir=tmp_path, thresholds=load(REPO / "thresholds.yaml"),
-                             profile=run["profile"]))
-    verdicts = {}
-    for check in run["checks"]:
-        result = CheckResult(check["nodeid"], check["check"], check["family"], check["params"], check["markers"])
-        result.metrics = [Metric(check=m["check"], family=m["family"], metric=m["metric"], unit=m["unit"],
-                                 value=m["value"] * scale, params=m["params"], peak=m.get("peak"),
-                                 samples=[s * scale for s in m.get("samples") or []], direction=m.get("direction"),
-                                 stat=m.get("stat"), method=m.get("method"))
-                          for m in check["metrics"]]
-        session.judge_check(result)
-        verdicts.update({m.key: m.judgement.verdict for m in result.metrics})
-    return verdicts
-
-
-def test_the_h100s_gemm_baseline_passes_its_plain_rerun_and_fails_it_a_tenth_slower(tmp_path):
+def test_the_h100s_gemm_baseline_passes_its_plain_rerun_and_fails_it_a_tenth_slower():
     """Session 38 rebaselined the H100 (two `--update-baselines` runs of certify's GEMM checks) and
     reran them plainly. Judged again against the committed baseline, the rerun passes whole; the
     same run 10 % slower fails every figure but the two whose own blocks dip with the 700 W cap
     (fp8 o-proj at m = 4,096 and 16,384): their change's interval holds zero, so they only warn.
     With the projections' old 10 % / 5 % (written for eager launches) 23 of them only warned."""
     run = device_runs.load(device_runs.GEMM_H100_RERUN)
-    plain = rejudged(run, REPO / "baselines", tmp_path, 1.0)
+    thresholds = load(REPO / "thresholds.yaml")
+    plain = {v.key: v.after for v in rejudge(run, REPO / "baselines", thresholds)}
     assert len(plain) == 66 and set(plain.values()) == {"pass"}
-    slower = rejudged(run, REPO / "baselines", tmp_path, 0.9)
+    slower = {v.key: v.after for v in rejudge(slowed(run, 0.9), REPO / "baselines", thresholds)}
     dipping = {f"gemm_projection[dtype=fp8,shape=qwen2.5-1.5b-o-m{m},tp=2]::tflops" for m in (4096, 16384)}
     assert {k: v for k, v in slower.items() if k not in dipping} == {k: "fail" for k in slower if k not in dipping}
     assert {slower[k] for k in dipping} == {"warn"}
