@@ -69,12 +69,14 @@ def test_a_rehearsal_measures_every_phase_on_every_rank(tmp_path):
     assert len(series["t_s"]) >= 3 and series["t_s"] == sorted(series["t_s"]) and all(v > 0 for v in series["values"])
 
 
-@pytest.mark.fault("burn-in", "rank 1 of a two-rank CPU rehearsal doing each GEMM five times (a GPU 5× slower)",
-                   "vs_median_tflops_pct fails for rank 1 (−67 %), not rank 0; the slowest GPU named; exit 1")
+@pytest.mark.fault("burn-in", "rank 1 of a two-rank CPU rehearsal doing each GEMM 20 times (a GPU 20× slower)",
+                   "vs_median_tflops_pct fails for rank 1 (−90 %), not rank 0; the slowest GPU named; exit 1")
 @pytest.mark.slow("gloo ranks under sustained load")
 def test_a_gpu_that_runs_slow_is_named_and_fails(tmp_path):
-    # rank 1 does each GEMM 5 times: 1/5 of rank 0's figure, 67 % below the pair's median (−50 fails)
-    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_factor": 5})
+    # rank 1 does each GEMM 20 times: 1/20 of rank 0's figure, 90 % below the pair's median (−50
+    # fails). Not 5×: beside other self-tests on two cores the ranks do not get equal shares of the
+    # CPU, and 5× read −47 % there (session 38's fault-table run)
+    run, metrics = pytest_burnin(tmp_path, "-k", "test_burnin", fault={"rank": 1, "slow_factor": 20})
     assert run.returncode == 1, run.stdout[-3000:]
     (check,) = metrics["checks"]
     gpus = by_gpu(check)
