@@ -148,9 +148,12 @@ def test_a_load_slow_to_stream_gets_a_warm_up_that_reaches_its_first_tokens(tmp_
     """Eager at 256 on an H100 streamed its first tokens after the plan's whole warm-up, so its
     window opened on a level not yet streaming. Here a first token takes 4 s, past the plan's
     1.5 s warm-up and its 1.5 s window: the warm-up now lasts until the unprofiled level's first
-    measured token came, plus half its own length, and the measured requests (160 tokens at 20 ms)
-    stream while the profiler records."""
-    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4, ttft_ms=4000), "--load-opt", "output_len=160")
+    measured token came, plus half its own length, and the measured requests (400 tokens at 20 ms)
+    stream while the profiler records. The streams last 8 s, not 3.2 (160 tokens): the profiled
+    level, started warm, can stream seconds earlier than the unprofiled one did on a loaded box,
+    and CI read 0 tok/s once — a window opened after the 3.2 s wave had ended, in the next wave's
+    4 s wait for its first token."""
+    run, metrics = pytest_forensics(tmp_path, engine(host_gap_ms=4, ttft_ms=4000), "--load-opt", "output_len=400")
     assert run.returncode == 0, run.stdout[-3000:]
     got = values(metrics["checks"][0])
     # 4 streams at a token every 20 ms stream 200 tok/s; a window opened at the plan's 1.5 s (the
