@@ -78,16 +78,16 @@ def rejudge(run: dict, baselines_dir: Path, thresholds: Thresholds, profile: str
                              profile=profile or run["profile"]))
     verdicts = []
     for check in run["checks"]:
+        records = check.get("metrics") or []
         try:
             result = CheckResult(check["nodeid"], check["check"], check["family"], check.get("params") or {},
                                  check.get("markers") or [])
-            result.metrics = [metric_from(record) for record in check.get("metrics") or []]
+            result.metrics = [metric_from(record) for record in records]
         except (KeyError, TypeError, ValueError) as exc:
             raise RunFileError(f"a check of the run cannot be read ({type(exc).__name__}: {exc})") from None
-        before = [record.get("verdict") for record in check.get("metrics") or []]
         session.judge_check(result)
-        verdicts += [Verdict(m.key, then, m.judgement.verdict, m.judgement.reason)
-                     for m, then in zip(result.metrics, before)]
+        verdicts += [Verdict(m.key, record.get("verdict"), m.judgement.verdict, m.judgement.reason)
+                     for m, record in zip(result.metrics, records)]
     return verdicts
 
 
